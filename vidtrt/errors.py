@@ -1,0 +1,37 @@
+"""Error types. Every message is one line that names the problem and what is accepted."""
+
+from __future__ import annotations
+
+
+class VidtrtError(Exception):
+    """Base class for errors vidtrt reports to users (CLI exit code 2, error responses in Triton)."""
+
+
+class ConfigError(VidtrtError):
+    """A model configuration is inconsistent."""
+
+
+class InvalidRequestError(VidtrtError, ValueError):
+    """A generation request parameter is out of range.
+
+    ``param`` is the request field's name, so transports can map it (CLI flag, Triton input).
+    """
+
+    def __init__(self, param: str, value: object, accepted: str):
+        self.param = param
+        self.value = value
+        self.accepted = accepted
+        shown = repr(value) if not isinstance(value, str) or len(value) < 80 else repr(value[:77] + "...")
+        super().__init__(f"invalid {param}={shown}: accepted {accepted}")
+
+
+class CheckpointError(VidtrtError):
+    """A checkpoint folder or file is missing, unreadable or does not match the model."""
+
+
+class EngineError(VidtrtError):
+    """An engine cannot run: missing artifact, missing runtime, or inputs outside its spec."""
+
+
+class CancelledError(VidtrtError):
+    """The caller cancelled the generation (raised between denoising steps)."""

@@ -1,0 +1,1 @@
+"""PyTorch modules of the HunyuanVideo architecture (diffusers parameter names)."""

@@ -1,0 +1,76 @@
+"""The one attention entry point of the models; kernels register faster backends here.
+
+Layout everywhere: q, k, v are [B, S, H, D] (sequence-major, as the projections produce them).
+Text padding is expressed as per-sample key lengths (keys at index >= length are ignored), never
+as a dense S x S mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+# backend(q, k, v, key_lengths) -> out; key_lengths is an int tensor [B] or None (all keys valid).
+AttentionBackend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+_BACKENDS: dict[str, AttentionBackend] = {}
+_current = "sdpa"
+
+
+def register_backend(name: str, fn: AttentionBackend) -> None:
+    _BACKENDS[name] = fn
+
+
+def available_backends() -> list[str]:
+    return sorted(_BACKENDS)
+
+
+def set_backend(name: str) -> None:
+    """Select the attention backend for every model in this process."""
+    global _current
+    if name not in _BACKENDS:
+        # Kernel backends register themselves on import; import lazily so CPU installs need no triton.
+        if name.startswith("triton"):
+            import vidtrt.kernels.attention  # noqa: F401
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; accepted: {available_backends()}")
+    _current = name
+
+
+def get_backend() -> str:
+    return _current
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_lengths: torch.Tensor | None) -> torch.Tensor:
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))  # [B, H, S, D]
+    if key_lengths is None:
+        return F.scaled_dot_product_attention(qt, kt, vt).transpose(1, 2)
+    lengths = key_lengths.tolist()
+    s_k = k.shape[1]
+    if all(n == s_k for n in lengths):
+        return F.scaled_dot_product_attention(qt, kt, vt).transpose(1, 2)
+    # Exact varlen semantics without a mask tensor: each sample attends over its own valid keys.
+    outs = [
+        F.scaled_dot_product_attention(qt[b : b + 1], kt[b : b + 1, :, :n], vt[b : b + 1, :, :n])
+        for b, n in enumerate(lengths)
+    ]
+    return torch.cat(outs, dim=0).transpose(1, 2)
+
+
+register_backend("sdpa", _sdpa)
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_lengths: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Softmax attention, non-causal, scale 1/sqrt(D).
+
+    Args:
+        q, k, v: [B, S, H, D] (same S for q and k/v here: self-attention over the joint sequence).
+        key_lengths: int [B]; sample b attends only to keys [0, key_lengths[b]). None = all keys.
+    Returns:
+        [B, S, H, D] in q's dtype.
+    """
+    return _BACKENDS[_current](q, k, v, key_lengths)

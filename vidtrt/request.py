@@ -1,0 +1,129 @@
+"""A generation request and its validation against a model's limits.
+
+Every rule raises :class:`~vidtrt.errors.InvalidRequestError` naming the parameter, the value
+and what is accepted; both transports (in process and Triton) call :meth:`GenerationRequest.validate`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from vidtrt.configs import ModelConfig
+from vidtrt.errors import InvalidRequestError
+
+MAX_SEED = 2**63 - 1
+MAX_PROMPT_CHARS = 20_000
+MAX_GUIDANCE = 100.0
+MAX_FLOW_SHIFT = 100.0
+PROMPT_POLICIES = ("truncate", "error")
+OUTPUT_FORMATS = ("frames", "mp4")
+
+
+@dataclass
+class GenerationRequest:
+    """One text-to-video request. ``None`` fields take the model's defaults in :meth:`resolved`.
+
+    Units: ``height``/``width`` in pixels (multiples of 16), ``num_frames`` in video frames (4k + 1),
+    ``embedded_guidance_scale`` as diffusers' ``guidance_scale`` (the DiT gets it x 1000),
+    ``true_cfg_scale`` 1.0 = off (one DiT pass per step), > 1 = classifier-free guidance with
+    ``negative_prompt``.
+    """
+
+    prompt: str
+    negative_prompt: str | None = None
+    height: int | None = None
+    width: int | None = None
+    num_frames: int | None = None
+    num_inference_steps: int | None = None
+    embedded_guidance_scale: float | None = None
+    flow_shift: float | None = None
+    seed: int | None = None
+    true_cfg_scale: float | None = None
+    # What to do when the prompt has more tokens than the text encoder takes.
+    prompt_policy: str = "truncate"
+    output_format: str = "frames"
+
+    def resolved(self, config: ModelConfig) -> GenerationRequest:
+        """A copy with every ``None`` replaced by the model's default (not yet validated)."""
+        d = config.defaults
+        fill = {
+            "height": d.height,
+            "width": d.width,
+            "num_frames": d.num_frames,
+            "num_inference_steps": d.num_inference_steps,
+            "embedded_guidance_scale": d.embedded_guidance_scale,
+            "flow_shift": d.flow_shift,
+            "seed": d.seed,
+            "true_cfg_scale": d.true_cfg_scale,
+        }
+        out = dataclasses.replace(self)
+        for k, v in fill.items():
+            if getattr(out, k) is None:
+                setattr(out, k, v)
+        if out.negative_prompt is None and out.true_cfg_scale is not None and out.true_cfg_scale > 1.0:
+            out.negative_prompt = d.negative_prompt
+        return out
+
+    def validate(self, config: ModelConfig) -> GenerationRequest:
+        """Resolve defaults and check every field; returns the resolved request."""
+        r = self.resolved(config)
+        d = config.defaults
+        _check_text("prompt", r.prompt, required=True)
+        if r.negative_prompt is not None:
+            _check_text("negative_prompt", r.negative_prompt, required=False)
+        _check_int("height", r.height, 16, d.max_height, multiple=16)
+        _check_int("width", r.width, 16, d.max_width, multiple=16)
+        _check_frames(r.num_frames, d.max_num_frames, config.vae.temporal_compression_ratio)
+        _check_int("num_inference_steps", r.num_inference_steps, 1, d.max_num_inference_steps)
+        _check_float("embedded_guidance_scale", r.embedded_guidance_scale, 0.0, MAX_GUIDANCE)
+        _check_float("flow_shift", r.flow_shift, 0.0, MAX_FLOW_SHIFT, low_open=True)
+        _check_float("true_cfg_scale", r.true_cfg_scale, 1.0, MAX_GUIDANCE)
+        _check_int("seed", r.seed, 0, MAX_SEED)
+        if r.prompt_policy not in PROMPT_POLICIES:
+            raise InvalidRequestError("prompt_policy", r.prompt_policy, f"one of {list(PROMPT_POLICIES)}")
+        if r.output_format not in OUTPUT_FORMATS:
+            raise InvalidRequestError("output_format", r.output_format, f"one of {list(OUTPUT_FORMATS)}")
+        return r
+
+    @property
+    def do_true_cfg(self) -> bool:
+        return self.true_cfg_scale is not None and self.true_cfg_scale > 1.0
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_int(name: str, value: object, low: int, high: int, multiple: int = 1) -> None:
+    accepted = f"an integer in [{low}, {high}]" + (f" that is a multiple of {multiple}" if multiple > 1 else "")
+    if not _is_int(value) or not low <= value <= high or value % multiple:
+        raise InvalidRequestError(name, value, accepted)
+
+
+def _check_frames(value: object, max_frames: int, ratio: int) -> None:
+    accepted = f"{ratio}k + 1 frames in [1, {max_frames}] (e.g. 1, {ratio + 1}, {2 * ratio + 1}, ..., {max_frames})"
+    if not _is_int(value) or not 1 <= value <= max_frames or (value - 1) % ratio:
+        raise InvalidRequestError("num_frames", value, accepted)
+
+
+def _check_float(name: str, value: object, low: float, high: float, low_open: bool = False) -> None:
+    bracket = "(" if low_open else "["
+    accepted = f"a finite number in {bracket}{low:g}, {high:g}]"
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        raise InvalidRequestError(name, value, accepted)
+
+
+def _check_text(name: str, value: object, required: bool) -> None:
+    if not isinstance(value, str):
+        raise InvalidRequestError(name, value, "a string")
+    if required and not value.strip():
+        raise InvalidRequestError(name, value, "a non-empty string")
+    if len(value) > MAX_PROMPT_CHARS:
+        raise InvalidRequestError(name, f"<{len(value)} characters>", f"at most {MAX_PROMPT_CHARS} characters")
+    if "\x00" in value:
+        raise InvalidRequestError(name, value, "text without NUL characters")
