@@ -1,0 +1,129 @@
+"""``vidtrt`` command line: run (in process), export, build, serve, generate (client).
+
+Bad input is one line on stderr and exit code 2; nothing else is printed for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from vidtrt.errors import VidtrtError
+
+EXIT_USAGE = 2
+
+
+def _progress_bar(total_hint: int | None, disabled: bool):
+    from tqdm import tqdm
+
+    bar = None
+
+    def on_progress(event) -> None:
+        nonlocal bar
+        if disabled:
+            return
+        if bar is None:
+            bar = tqdm(total=event.total, unit="step", desc="denoising", file=sys.stderr)
+        bar.update(event.step - bar.n)
+        if event.step == event.total:
+            bar.close()
+
+    return on_progress
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from vidtrt.cli_args import default_output_name, request_from_args
+    from vidtrt.video_io import VIDEO_SUFFIXES, write_video
+
+    output = args.output or default_output_name(args.prompt, args.seed)
+    if not output.endswith(VIDEO_SUFFIXES):
+        raise VidtrtError(f"invalid --output {output!r}: accepted suffixes {list(VIDEO_SUFFIXES)}")
+    request = request_from_args(args)
+    t0 = time.perf_counter()
+    pipe = _load_pipeline(args)
+    request.validate(pipe.config)  # fail fast, before any work
+    t1 = time.perf_counter()
+    frames = pipe.run(request, progress=_progress_bar(None, args.no_progress))
+    t2 = time.perf_counter()
+    path = write_video(output, frames, fps=args.fps)
+    print(f"wrote {path} ({frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}) "
+          f"load {t1 - t0:.1f}s generate {t2 - t1:.1f}s")
+    return 0
+
+
+def _load_pipeline(args):
+    from vidtrt.pipeline import HunyuanVideoPipeline
+
+    engine = getattr(args, "engine", "torch")
+    if engine == "torch":
+        if getattr(args, "attention", None):
+            from vidtrt.models.attention import set_backend
+
+            set_backend(args.attention)
+        return HunyuanVideoPipeline.from_model(args.model)
+    from vidtrt.engines import load_pipeline_with_engine
+
+    return load_pipeline_with_engine(args.model, engine, args.artifacts)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from vidtrt import __version__
+    from vidtrt.cli_args import add_request_arguments
+
+    parser = argparse.ArgumentParser(prog="vidtrt", description="HunyuanVideo text-to-video: run, export, serve.")
+    parser.add_argument("--version", action="version", version=f"vidtrt {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="generate a video in this process",
+                         description="Generate a video in this process and write .mp4 or .npy.")
+    add_request_arguments(run)
+    run.add_argument("--model", default="tiny",
+                     help="'tiny' (embedded default, no download) or a checkpoint folder "
+                          "(diffusers layout with model_index.json, or the official Tencent layout)")
+    run.add_argument("--engine", default="torch", choices=["torch", "onnxruntime"],
+                     help="component engine (default torch)")
+    run.add_argument("--artifacts", default=None, help="folder of exported ONNX files (--engine onnxruntime)")
+    run.add_argument("--attention", default=None, help="attention backend: sdpa (default), triton, triton-fp8")
+    run.set_defaults(func=cmd_run)
+
+    _add_optional(sub, "export", "vidtrt.export.onnx_export", "add_export_arguments", "export_main",
+                  "export components to ONNX")
+    _add_optional(sub, "build", "vidtrt.export.repository", "add_build_arguments", "build_main",
+                  "build a Triton model repository")
+    _add_optional(sub, "serve", "vidtrt.server", "add_serve_arguments", "serve_main",
+                  "start Triton Inference Server on a model repository")
+    _add_optional(sub, "generate", "vidtrt.client.cli", "add_generate_arguments", "generate_main",
+                  "generate a video through a running server")
+    return parser
+
+
+def _add_optional(sub, name: str, module: str, add_fn: str, main_fn: str, help_text: str) -> None:
+    """Register a subcommand whose implementation lives in an optional module."""
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+        add, main = getattr(mod, add_fn), getattr(mod, main_fn)
+    except (ImportError, AttributeError):
+        return
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    add(p)
+    p.set_defaults(func=main)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except VidtrtError as e:
+        print(f"vidtrt: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("vidtrt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

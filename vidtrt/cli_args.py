@@ -1,0 +1,54 @@
+"""Request flags shared by ``vidtrt run`` (in process) and ``vidtrt generate`` (through a server)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+from vidtrt.request import GenerationRequest
+
+
+def add_request_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prompt", help="text prompt describing the video")
+    parser.add_argument("-o", "--output", default=None,
+                        help="output file: .mp4 (H.264, 24 fps) or .npy (raw uint8 frames [F, H, W, 3]); "
+                             "default: <prompt>-seed<seed>.mp4")
+    parser.add_argument("--height", type=int, default=None, help="pixels, multiple of 16 (model default)")
+    parser.add_argument("--width", type=int, default=None, help="pixels, multiple of 16 (model default)")
+    parser.add_argument("--frames", type=int, default=None, dest="num_frames",
+                        help="video frames, 4k + 1 (e.g. 1, 5, ..., 129; model default)")
+    parser.add_argument("--steps", type=int, default=None, dest="num_inference_steps",
+                        help="denoising steps (model default: 50 for HunyuanVideo)")
+    parser.add_argument("--guidance", type=float, default=None, dest="embedded_guidance_scale",
+                        help="embedded guidance scale, diffusers' guidance_scale (default 6.0)")
+    parser.add_argument("--flow-shift", type=float, default=None, help="flow-matching shift (default 7.0)")
+    parser.add_argument("--seed", type=int, default=None, help="noise seed, 0 .. 2**63-1 (default 0)")
+    parser.add_argument("--negative-prompt", default=None,
+                        help="negative prompt for true CFG (default: the official negative prompt)")
+    parser.add_argument("--true-cfg-scale", type=float, default=None,
+                        help="true classifier-free guidance scale; 1.0 = off (default), > 1 runs two DiT passes")
+    parser.add_argument("--prompt-policy", choices=["truncate", "error"], default="truncate",
+                        help="what to do with a prompt longer than the text encoder's limit")
+    parser.add_argument("--fps", type=int, default=24, help="mp4 frame rate (default 24)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def request_from_args(args: argparse.Namespace) -> GenerationRequest:
+    return GenerationRequest(
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        height=args.height,
+        width=args.width,
+        num_frames=args.num_frames,
+        num_inference_steps=args.num_inference_steps,
+        embedded_guidance_scale=args.embedded_guidance_scale,
+        flow_shift=args.flow_shift,
+        seed=args.seed,
+        true_cfg_scale=args.true_cfg_scale,
+        prompt_policy=args.prompt_policy,
+    )
+
+
+def default_output_name(prompt: str, seed: int | None) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:48] or "video"
+    return f"{slug}-seed{seed if seed is not None else 0}.mp4"

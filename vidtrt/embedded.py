@@ -1,0 +1,111 @@
+"""The embedded default: a tiny HunyuanVideo-architecture checkpoint generated from a fixed seed.
+
+It is written once, in the diffusers layout, to a cache folder and then loaded through exactly
+the same code as any user checkpoint (and diffusers' ``HunyuanVideoPipeline`` can load its
+transformer, text encoders and tokenizers as they are).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from vidtrt import __version__
+from vidtrt.checkpoints import VIDTRT_JSON
+from vidtrt.configs import ModelConfig, tiny_config
+
+TINY_SEED = 0
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("VIDTRT_CACHE", Path.home() / ".cache" / "vidtrt"))
+
+
+def _config_dict(obj) -> dict:
+    d = dataclasses.asdict(obj)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def _tiny_fingerprint(config: ModelConfig) -> str:
+    blob = json.dumps([__version__, TINY_SEED, _config_dict(config)], sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+
+def write_tiny_checkpoint(folder: str | Path, seed: int = TINY_SEED) -> Path:
+    """Write the tiny model in the diffusers layout (plus ``vidtrt.json`` with its non-diffusers settings)."""
+    from vidtrt.models.transformer import HunyuanVideoTransformer3D
+    from vidtrt.models.vae import HunyuanVideoVAEDecoder
+    from vidtrt.tiny import write_text_components
+
+    folder = Path(folder)
+    config = tiny_config()
+    folder.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(seed)
+    dit = HunyuanVideoTransformer3D(config.transformer)
+    _save_component(folder / "transformer", dit, "HunyuanVideoTransformer3DModel", config.transformer)
+    torch.manual_seed(seed + 1)
+    vae = HunyuanVideoVAEDecoder(config.vae)
+    _save_component(folder / "vae", vae, "AutoencoderKLHunyuanVideo", config.vae)
+
+    sched = folder / "scheduler"
+    sched.mkdir(exist_ok=True)
+    (sched / "scheduler_config.json").write_text(json.dumps({
+        "_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000,
+        "shift": config.defaults.flow_shift,
+    }, indent=2))
+
+    text_classes = write_text_components(folder, seed=seed)
+    index = {
+        "_class_name": "HunyuanVideoPipeline",
+        "_diffusers_version": "0.32.0",
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "transformer": ["diffusers", "HunyuanVideoTransformer3DModel"],
+        "vae": ["diffusers", "AutoencoderKLHunyuanVideo"],
+        **text_classes,
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    overrides = {
+        "name": "tiny",
+        "text": _config_dict(config.text),
+        "tiling": _config_dict(config.tiling),
+        "defaults": _config_dict(config.defaults),
+    }
+    (folder / VIDTRT_JSON).write_text(json.dumps(overrides, indent=2))
+    return folder
+
+
+def _save_component(folder: Path, module: torch.nn.Module, class_name: str, config) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = {"_class_name": class_name, "_diffusers_version": "0.32.0", **_config_dict(config)}
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2))
+    state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+    save_file(state, str(folder / "diffusion_pytorch_model.safetensors"))
+
+
+def tiny_checkpoint() -> Path:
+    """The tiny model's folder, generated on first use (atomically, safe for concurrent callers)."""
+    target = cache_root() / f"tiny-{_tiny_fingerprint(tiny_config())}"
+    if (target / "model_index.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
+    try:
+        write_tiny_checkpoint(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process won the race
+            if not (target / "model_index.json").exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

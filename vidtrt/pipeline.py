@@ -1,0 +1,139 @@
+"""In-process HunyuanVideo generation: the orchestrator driven by engines held in this process."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vidtrt.components import Components, TextEmbeddings
+from vidtrt.configs import ModelConfig
+from vidtrt.orchestrator import ProgressCallback, run_generation
+from vidtrt.request import GenerationRequest
+
+
+class TorchDenoiser:
+    """The DiT module as a :class:`~vidtrt.components.Denoiser` (inputs cast to the module's dtype)."""
+
+    def __init__(self, module: torch.nn.Module, device: str | torch.device = "cpu"):
+        self.module = module
+        self.device = torch.device(device)
+        self.dtype = next(module.parameters()).dtype
+
+    @torch.inference_mode()
+    def __call__(self, latents, timestep, text: TextEmbeddings, guidance) -> torch.Tensor:
+        d, dt = self.device, self.dtype
+        out = self.module(
+            latents.to(d, dt),
+            timestep.to(d, dt),
+            text.prompt_embeds.to(d, dt),
+            text.attention_mask.to(d),
+            text.pooled.to(d, dt),
+            guidance.to(d, dt),
+        )
+        return out.to("cpu", torch.float32)
+
+
+class TorchTileDecoder:
+    """The VAE decoder module as a :class:`~vidtrt.components.DecodeTile`."""
+
+    def __init__(self, module: torch.nn.Module, device: str | torch.device = "cpu"):
+        self.module = module
+        self.device = torch.device(device)
+        self.dtype = next(module.parameters()).dtype
+
+    @torch.inference_mode()
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.module(latents.to(self.device, self.dtype)).to("cpu", torch.float32)
+
+
+def load_dit(model: str | Path, config: ModelConfig | None = None, device="cpu", dtype=torch.float32):
+    from vidtrt.checkpoints import load_transformer
+
+    return TorchDenoiser(load_transformer(model, config, dtype=dtype).to(device), device)
+
+
+def load_vae_decoder(model: str | Path, config: ModelConfig | None = None, device="cpu", dtype=torch.float32):
+    from vidtrt.checkpoints import load_vae_decoder as load_module
+
+    return TorchTileDecoder(load_module(model, config, dtype=dtype).to(device), device)
+
+
+def load_text_encoder(model: str | Path, config: ModelConfig | None = None, device="cpu", dtype=torch.float32):
+    from vidtrt.checkpoints import load_text_encoder as load_module
+
+    return load_module(model, config, dtype=dtype)
+
+
+def load_components(
+    model: str | Path = "tiny", device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> tuple[ModelConfig, Components]:
+    """Config and the three torch-engine components of a checkpoint ('tiny' or a folder)."""
+    from vidtrt.checkpoints import load_model_config, resolve_model
+
+    folder = resolve_model(model)
+    config = load_model_config(model)
+    components = Components(
+        encode_text=load_text_encoder(folder, config, device, dtype),
+        dit=load_dit(folder, config, device, dtype),
+        decode_tile=load_vae_decoder(folder, config, device, dtype),
+    )
+    return config, components
+
+
+class HunyuanVideoPipeline:
+    """Text -> video in this process.
+
+    >>> pipe = HunyuanVideoPipeline.from_model("tiny")
+    >>> frames = pipe.generate("a cat walks on the grass", seed=1)   # uint8 [F, H, W, 3]
+    """
+
+    def __init__(self, config: ModelConfig, components: Components):
+        self.config = config
+        self.components = components
+
+    @classmethod
+    def from_model(cls, model: str | Path = "tiny", device: str = "cpu", dtype=torch.float32):
+        return cls(*load_components(model, device, dtype))
+
+    def generate(
+        self,
+        prompt: str,
+        negative_prompt: str | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int | None = None,
+        num_inference_steps: int | None = None,
+        embedded_guidance_scale: float | None = None,
+        flow_shift: float | None = None,
+        seed: int | None = None,
+        true_cfg_scale: float | None = None,
+        progress: ProgressCallback | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+        prompt_policy: str = "truncate",
+    ) -> np.ndarray:
+        """uint8 frames [num_frames, height, width, 3]; ``None`` arguments take the model's defaults."""
+        request = GenerationRequest(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            height=height,
+            width=width,
+            num_frames=num_frames,
+            num_inference_steps=num_inference_steps,
+            embedded_guidance_scale=embedded_guidance_scale,
+            flow_shift=flow_shift,
+            seed=seed,
+            true_cfg_scale=true_cfg_scale,
+            prompt_policy=prompt_policy,
+        )
+        return self.run(request, progress, should_cancel)
+
+    def run(self, request: GenerationRequest, progress=None, should_cancel=None) -> np.ndarray:
+        return run_generation(request, self.config, self.components, progress, should_cancel)
+
+
+def generate(prompt: str, model: str | Path = "tiny", **kwargs) -> np.ndarray:
+    """One-shot convenience: load ``model`` and generate (see :meth:`HunyuanVideoPipeline.generate`)."""
+    return HunyuanVideoPipeline.from_model(model).generate(prompt, **kwargs)
