@@ -133,7 +133,8 @@ def load_state_dict_into(
     expected = module.state_dict(keep_vars=True)
     for key in state_dict:
         if key not in expected and not key.startswith(ignored):
-            raise CheckpointError(f"unexpected key {key!r} in {origin(key)} (not a parameter of {type(module).__name__})")
+            owner = type(module).__name__
+            raise CheckpointError(f"unexpected key {key!r} in {origin(key)} (not a parameter of {owner})")
     for key, param in expected.items():
         if key not in state_dict:
             raise CheckpointError(f"missing key {key!r} in {origin(key)} (needed by {type(module).__name__})")

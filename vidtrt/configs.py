@@ -146,7 +146,8 @@ class TextEncoderConfig:
     def validate(self) -> TextEncoderConfig:
         if "{}" not in self.prompt_template:
             raise ConfigError("prompt_template must contain one '{}' placeholder for the prompt")
-        if (self.crop_start is not None and self.crop_start < 0) or self.max_sequence_length < 1 or self.clip_max_length < 2:
+        bad_crop = self.crop_start is not None and self.crop_start < 0
+        if bad_crop or self.max_sequence_length < 1 or self.clip_max_length < 2:
             raise ConfigError(
                 f"text encoder limits out of range: crop_start={self.crop_start}, "
                 f"max_sequence_length={self.max_sequence_length}, clip_max_length={self.clip_max_length}"
