@@ -180,6 +180,8 @@ def test_template_prefix():
 
 
 def test_error_policy_clip_limit(enc):
+    cfg = dataclasses.replace(enc.config, clip_max_length=16)
+    enc = HunyuanTextEncoder(enc.llm, enc.llm_tokenizer, enc.clip, enc.clip_tokenizer, cfg)
     with pytest.raises(InvalidRequestError) as ei:
         enc([SHORT, PROMPTS[0]], prompt_policy="error")
     err = ei.value

@@ -311,23 +311,13 @@ def _init_buffers(module: nn.Module) -> None:
             raise CheckpointError(f"buffer {name!r} of {type(module).__name__} was not initialised by the checkpoint")
 
 
-def text_encoder_folders(model: str | Path) -> dict[str, Path]:
-    """Where the LLM, CLIP and their tokenizers live for a checkpoint folder."""
-    folder = resolve_model(model)
-    if detect_layout(folder) == "diffusers":
-        names = {"text_encoder": "text_encoder", "tokenizer": "tokenizer",
-                 "text_encoder_2": "text_encoder_2", "tokenizer_2": "tokenizer_2"}
-        return {k: folder / v for k, v in names.items()}
-    top = folder if (folder / "text_encoder").is_dir() else official_root(folder).parent
-    return {"text_encoder": top / "text_encoder", "tokenizer": top / "text_encoder",
-            "text_encoder_2": top / "text_encoder_2", "tokenizer_2": top / "text_encoder_2"}
-
-
 def load_text_encoder(model: str | Path, config: ModelConfig | None = None, dtype: torch.dtype = torch.float32):
     """The LLM + CLIP text encoder of a checkpoint folder."""
     from vidtrt.text_encoders import HunyuanTextEncoder
 
     folder = resolve_model(model)
     config = config or load_model_config(folder)
-    return HunyuanTextEncoder.from_folders(text_encoder_folders(folder), config.text, dtype=dtype)
+    if detect_layout(folder) == "official" and not (folder / "text_encoder").is_dir():
+        folder = official_root(folder).parent  # ckpts/ holds text_encoder/ beside hunyuan-video-t2v-720p/
+    return HunyuanTextEncoder.from_pretrained(folder, config.text, torch_dtype=dtype)
 

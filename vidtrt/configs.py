@@ -248,7 +248,6 @@ def tiny_config() -> ModelConfig:
             prompt_template="<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>",
             crop_start=None,
             max_sequence_length=32,
-            clip_max_length=16,
         ),
         # Small tiles so the tiny default exercises the tiled decode on every run.
         tiling=TilingConfig(tile_sample_min_height=64, tile_sample_min_width=64, tile_sample_stride_height=48,

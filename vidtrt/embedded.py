@@ -43,7 +43,7 @@ def write_tiny_checkpoint(folder: str | Path, seed: int = TINY_SEED) -> Path:
     """Write the tiny model in the diffusers layout (plus ``vidtrt.json`` with its non-diffusers settings)."""
     from vidtrt.models.transformer import HunyuanVideoTransformer3D
     from vidtrt.models.vae import HunyuanVideoVAEDecoder
-    from vidtrt.tiny import write_text_components
+    from vidtrt.tiny import MODEL_INDEX_ENTRIES, write_text_components
 
     folder = Path(folder)
     config = tiny_config()
@@ -63,14 +63,14 @@ def write_tiny_checkpoint(folder: str | Path, seed: int = TINY_SEED) -> Path:
         "shift": config.defaults.flow_shift,
     }, indent=2))
 
-    text_classes = write_text_components(folder, seed=seed)
+    write_text_components(folder, seed=seed)
     index = {
         "_class_name": "HunyuanVideoPipeline",
         "_diffusers_version": "0.32.0",
         "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
         "transformer": ["diffusers", "HunyuanVideoTransformer3DModel"],
         "vae": ["diffusers", "AutoencoderKLHunyuanVideo"],
-        **text_classes,
+        **MODEL_INDEX_ENTRIES,
     }
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
     overrides = {
