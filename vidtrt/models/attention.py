@@ -43,10 +43,28 @@ def get_backend() -> str:
     return _current
 
 
+def _tracing() -> bool:
+    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
+def key_length_bias(key_lengths: torch.Tensor, num_keys: int, dtype: torch.dtype) -> torch.Tensor:
+    """Additive key-padding bias [B, 1, 1, S_k]: 0 for keys < length, -inf after (O(S), not S x S)."""
+    keep = torch.arange(num_keys, device=key_lengths.device)[None, :] < key_lengths[:, None].to(torch.int64)
+    zero = torch.zeros((), dtype=dtype, device=key_lengths.device)
+    return torch.where(keep, zero, torch.full((), float("-inf"), dtype=dtype, device=key_lengths.device))[
+        :, None, None, :
+    ]
+
+
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_lengths: torch.Tensor | None) -> torch.Tensor:
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))  # [B, H, S, D]
     if key_lengths is None:
         return F.scaled_dot_product_attention(qt, kt, vt).transpose(1, 2)
+    if _tracing():
+        # Graph capture (ONNX export, torch.compile): no host sync on lengths; a per-key bias, exact
+        # because every sample has at least one valid key (the image tokens).
+        bias = key_length_bias(key_lengths, k.shape[1], q.dtype)
+        return F.scaled_dot_product_attention(qt, kt, vt, attn_mask=bias).transpose(1, 2)
     lengths = key_lengths.tolist()
     s_k = k.shape[1]
     if all(n == s_k for n in lengths):
