@@ -18,6 +18,7 @@ template and the Llama 3 tokenizer that is 95, the value the config carries.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import string
@@ -262,10 +263,29 @@ class HunyuanTextEncoder:
         return TextEmbeddings(prompt_embeds=embeds, attention_mask=mask, pooled=pooled)
 
 
+@contextlib.contextmanager
+def quiet_transformers():
+    """No transformers progress bars / info logs while loading or saving (restored afterwards)."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    level = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def _load_model(model_cls, path: Path, what: str, **kwargs):
     """``model_cls.from_pretrained`` that refuses to leave weights randomly initialised."""
     try:
-        model, info = model_cls.from_pretrained(path, local_files_only=True, output_loading_info=True, **kwargs)
+        with quiet_transformers():
+            model, info = model_cls.from_pretrained(path, local_files_only=True, output_loading_info=True,
+                                                    **kwargs)
     except Exception as e:  # transformers raises many types; report one line
         raise CheckpointError(f"cannot load {what} from {path}: {_one_line(e)}") from e
     missing = sorted(info.get("missing_keys") or ())

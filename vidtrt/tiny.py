@@ -336,8 +336,11 @@ def write_text_components(folder: str | os.PathLike, seed: int = 0) -> None:
     folder = os.fspath(folder)
     llm_tok, clip_tok = build_tiny_tokenizers()
     llm, clip = build_tiny_text_encoders(seed, llm_tok, clip_tok)
-    llm.save_pretrained(os.path.join(folder, "text_encoder"), safe_serialization=True)
-    clip.save_pretrained(os.path.join(folder, "text_encoder_2"), safe_serialization=True)
+    from vidtrt.text_encoders import quiet_transformers
+
+    with quiet_transformers():
+        llm.save_pretrained(os.path.join(folder, "text_encoder"), safe_serialization=True)
+        clip.save_pretrained(os.path.join(folder, "text_encoder_2"), safe_serialization=True)
     llm_tok.save_pretrained(os.path.join(folder, "tokenizer"))
     clip_tok.save_pretrained(os.path.join(folder, "tokenizer_2"))
     _write_clip_vocab_files(os.path.join(folder, "tokenizer_2"))  # as in openai/clip-vit-large-patch14
