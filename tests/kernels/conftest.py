@@ -1,0 +1,24 @@
+"""Kernel tests run on CUDA when there is a GPU, else through Triton's CPU interpreter.
+
+The interpreter must be switched on before ``triton`` is first imported anywhere in the process
+(``@triton.jit`` picks it at decoration time, triton's own library included), hence this module
+sets ``TRITON_INTERPRET=1`` at import. If another test module imported triton earlier without it,
+the kernel wrappers fail with a message saying so (set it in the root tests/conftest.py then).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+if not torch.cuda.is_available() and "triton" not in sys.modules:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,195 @@
+"""FP8 attention: quantization kernels vs torch, kernel vs a block-exact torch emulation, accuracy
+vs the fp32 reference (cosine similarity), the pre-quantized path fed by the fused RoPE kernel."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from vidtrt.kernels import _common
+from vidtrt.kernels.attention_fp8 import (
+    flash_attention_fp8,
+    quantize_per_block,
+    quantize_qkv_fp8,
+    quantize_v_per_channel,
+)
+from vidtrt.kernels.reference import (
+    attention_fp8_emulation,
+    attention_reference,
+    cosine_similarity,
+    quantize_per_block_reference,
+    quantize_per_channel_reference,
+)
+from vidtrt.kernels.rope import fused_qk_norm_rope, qk_norm_rope_reference, safe_fp8_scale
+
+from vidtrt.models import attention as attn_api
+
+FP8 = torch.float8_e4m3fn
+
+
+def _qkv(b, s, h, d, device, seed=0, k_bias=0.0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(b, s, h, d, generator=g) for _ in range(3))
+    k = k + k_bias * torch.randn(1, 1, h, d, generator=g)  # per-channel offset: what smooth-K removes
+    return [t.to(dtype).to(device) for t in (q, k, v)]
+
+
+@pytest.mark.parametrize("block", [16, 32])
+def test_quantize_per_block_matches_torch(block, device):
+    q, k, _ = _qkv(2, 40, 2, 64, device, k_bias=2.0)
+    x8, scale = quantize_per_block(q, block)
+    r8, rscale = quantize_per_block_reference(q, block)
+    assert x8.dtype == FP8 and scale.shape == (2, 2, 3 if block == 16 else 2)
+    assert torch.allclose(scale, rscale, rtol=1e-6, atol=0)
+    assert torch.equal(x8.float(), r8.float())
+    # smooth: the per-channel token mean is removed first
+    x8, scale = quantize_per_block(k, block, smooth=True)
+    r8, rscale = quantize_per_block_reference(k, block, smooth=k.float().mean(dim=1))
+    assert torch.allclose(scale, rscale, rtol=1e-6, atol=0)
+    assert (x8.float() != r8.float()).float().mean().item() < 0.01  # rare fp32-noise rounding flips
+
+
+def test_quantize_v_per_channel_matches_torch(device):
+    _, _, v = _qkv(2, 37, 2, 64, device, dtype=torch.bfloat16)
+    v8, scale = quantize_v_per_channel(v)
+    r8, rscale = quantize_per_channel_reference(v)
+    assert v8.shape == v.shape and v8.stride(1) == 1  # tokens contiguous (transposed buffer)
+    assert torch.allclose(scale, rscale, rtol=1e-6, atol=0)
+    assert torch.equal(v8.float(), r8.float())
+
+
+# (B, S, H, D, key_lengths, quant_block): S not a multiple of the blocks, unequal key lengths.
+CASES = [
+    (2, 72, 2, 64, [72, 41], 32),
+    (2, 40, 1, 128, [40, 16], 16),
+    (1, 50, 2, 64, None, 64),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"B{c[0]}-S{c[1]}-D{c[3]}-kl{c[4]}-qb{c[5]}")
+def test_fp8_accuracy_and_emulation(case, device):
+    b, s, h, d, kl, qb = case
+    q, k, v = _qkv(b, s, h, d, device, k_bias=3.0)
+    key_lengths = None if kl is None else torch.tensor(kl, device=device)
+    out = flash_attention_fp8(q, k, v, key_lengths, quant_block=qb, block_m=32, block_n=min(qb, 32))
+    ref = attention_reference(q, k, v, key_lengths)
+    assert out.dtype == torch.float32 and out.shape == q.shape
+    cos = cosine_similarity(out, ref)
+    assert cos >= 0.995, cos
+    # the kernel computes exactly the emulated algorithm (same fp8 rounding points)
+    ops = quantize_qkv_fp8(q, k, v, qb)
+    emu = attention_fp8_emulation(
+        ops.q8, ops.k8, ops.v8, ops.q_scale, ops.k_scale, ops.v_scale, key_lengths, block_n=min(qb, 32), quant_block=qb
+    )
+    assert ((out - emu).abs().max() / emu.abs().max()).item() <= 1e-5
+
+
+def test_smooth_k_helps_biased_keys(device):
+    q, k, v = _qkv(2, 64, 2, 64, device, k_bias=4.0)
+    ref = attention_reference(q, k, v)
+    smooth = cosine_similarity(flash_attention_fp8(q, k, v, quant_block=32), ref)
+    plain = cosine_similarity(flash_attention_fp8(q, k, v, quant_block=32, smooth_k=False), ref)
+    assert smooth > plain and smooth >= 0.995
+
+
+def test_prequantized_from_fused_rope(device):
+    """End to end: fused norm+RoPE writes FP8 q/k with a static safe per-tensor scale, v is
+    quantized per channel, the FP8 kernel consumes them; vs fp32 attention of the fp32 RoPE output."""
+    b, s, h, d, n = 2, 40, 2, 64, 30
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(b, s, h, d, generator=g).to(device) for _ in range(3))
+    wq = (0.5 + torch.rand(d, generator=g)).to(device)
+    wk = (0.5 + torch.rand(d, generator=g)).to(device)
+    ang = torch.rand(n, d // 2, generator=g) * 6
+    cos = ang.cos().repeat_interleave(2, -1).contiguous().to(device)
+    sin = ang.sin().repeat_interleave(2, -1).contiguous().to(device)
+    sq, sk = safe_fp8_scale(wq), safe_fp8_scale(wk)
+    q8, k8 = fused_qk_norm_rope(q, k, wq, wk, cos, sin, n, fp8_scale=(sq, sk))
+    v8, vs = quantize_v_per_channel(v)
+    kl = torch.tensor([40, 29], device=device)
+    heads = torch.full((h,), sq, device=device)  # per-head form of the same scale
+    out = flash_attention_fp8(q8, k8, v8, kl, q_scale=heads, k_scale=sk, v_scale=vs, out_dtype=torch.float32)
+    qr, kr = qk_norm_rope_reference(q, k, wq, wk, cos, sin, n)
+    ref = attention_reference(qr, kr, v, kl)
+    assert out.dtype == torch.float32
+    assert cosine_similarity(out, ref) >= 0.995
+    emu = attention_fp8_emulation(q8, k8, v8, heads, torch.tensor(sk), vs, kl, block_n=64)
+    assert ((out - emu).abs().max() / emu.abs().max()).item() <= 1e-5
+
+
+def test_backend_triton_fp8(device):
+    q, k, v = _qkv(2, 40, 2, 64, device, dtype=torch.bfloat16)
+    kl = torch.tensor([40, 19], device=device)
+    before = attn_api.get_backend()
+    try:
+        attn_api.set_backend("triton-fp8")
+        out = attn_api.attention(q, k, v, kl)
+    finally:
+        attn_api.set_backend(before)
+    assert out.dtype == torch.bfloat16
+    assert cosine_similarity(out, attention_reference(q, k, v, kl)) >= 0.995
+
+
+# ---------------------------------------------------------------------------------------------
+# wrapper errors
+# ---------------------------------------------------------------------------------------------
+def _good8():
+    q, k, v = _qkv(2, 20, 2, 64, "cpu")
+    ops = quantize_qkv_fp8(q, k, v, 16)
+    return dict(q=ops.q8, k=ops.k8, v=ops.v8, q_scale=ops.q_scale, k_scale=ops.k_scale, v_scale=ops.v_scale,
+                quant_block=16)  # fmt: skip
+
+
+def _goodf():
+    q, k, v = _qkv(2, 20, 2, 64, "cpu")
+    return dict(q=q, k=k, v=v)
+
+
+ERROR_CASES = [
+    ("q type", lambda: {**_goodf(), "q": 1.0}, TypeError, "q must be a torch.Tensor"),
+    ("mixed fp8", lambda: {**_good8(), "k": _goodf()["k"]}, TypeError, "k has dtype torch.float32"),
+    ("missing scale", lambda: {**_good8(), "v_scale": None}, ValueError, "need q_scale, k_scale and v_scale"),
+    ("scale with float", lambda: {**_goodf(), "q_scale": 1.0}, ValueError, "only accepted with float8_e4m3fn"),
+    ("q_scale shape", lambda: {**_good8(), "q_scale": torch.ones(2, 2, 5)}, ValueError, "q_scale has shape (2, 2, 5)"),
+    ("k_scale dtype", lambda: {**_good8(), "k_scale": torch.ones(2).double()}, TypeError, "k_scale has dtype"),
+    ("v_scale shape", lambda: {**_good8(), "v_scale": torch.ones(3)}, ValueError, "v_scale has shape (3,)"),
+    ("v_scale type", lambda: {**_good8(), "v_scale": "x"}, TypeError, "v_scale must be a float"),
+    ("scale negative", lambda: {**_good8(), "q_scale": -2.0}, ValueError, "q_scale=-2.0"),
+    ("quant block", lambda: {**_goodf(), "quant_block": 48}, ValueError, "quant_block=48"),
+    ("quant block small", lambda: {**_goodf(), "quant_block": 8}, ValueError, "quant_block=8"),
+    ("out dtype", lambda: {**_good8(), "out_dtype": torch.int8}, TypeError, "out_dtype=torch.int8"),
+    ("block_n vs quant", lambda: {**_good8(), "block_n": 32}, ValueError, "block_n=32 must divide quant_block=16"),
+    ("block_m", lambda: {**_goodf(), "block_m": 20}, ValueError, "block_m=20"),
+    ("head dim", lambda: {k_: t[..., :32] for k_, t in _goodf().items()}, ValueError, "head dim 32"),
+    ("kl shape", lambda: {**_goodf(), "key_lengths": torch.tensor([3])}, ValueError, "key_lengths has shape (1,)"),
+    ("sm_scale", lambda: {**_goodf(), "sm_scale": 0.0}, ValueError, "sm_scale=0.0"),
+    (
+        "q stride",
+        lambda: {**_good8(), "q": _good8()["q"].transpose(-1, -2).contiguous().transpose(-1, -2)},
+        ValueError,
+        "q must have a contiguous last dimension",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", ERROR_CASES, ids=lambda c: c[0])
+def test_wrapper_errors(case):
+    _, make, exc, msg = case
+    with pytest.raises(exc) as info:
+        flash_attention_fp8(**make())
+    assert msg in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_quantize_errors(monkeypatch):
+    x = torch.randn(1, 4, 1, 64)
+    with pytest.raises(ValueError, match="quant_block=20"):
+        quantize_per_block(x, 20)
+    with pytest.raises(ValueError, match="x must have 4 dimensions"):
+        quantize_per_block(x[0])
+    with pytest.raises(TypeError, match="v has dtype torch.int32"):
+        quantize_v_per_channel(x.int())
+    with pytest.raises(ValueError, match="v must have a contiguous last dimension"):
+        quantize_v_per_channel(torch.randn(1, 4, 2, 64).transpose(-1, -2).contiguous().transpose(-1, -2))
+    monkeypatch.setattr(_common, "interpreter_active", lambda: False)
+    with pytest.raises(ValueError, match="Triton kernels need CUDA tensors"):
+        quantize_per_block(x)
