@@ -1,0 +1,620 @@
+"""Launching a real Triton Inference Server on a vidtrt model repository.
+
+Where the ``tritonserver`` binary comes from, in order: an explicit path, ``$VIDTRT_TRITONSERVER``,
+``tritonserver`` on ``PATH`` (NGC containers: ``/opt/tritonserver/bin``), then the binary bundled in
+the ``nvidia-pytriton`` wheel (``pytriton/tritonserver/bin/tritonserver``, Triton 2.51 with the
+Python backend). For the bundled binary a backend directory ``<cache>/python/`` is assembled from the
+wheel (``libtriton_python.so``, ``triton_python_backend_utils.py`` and the Python-backend stub built
+for the running Python), the wheel's shared libraries go on ``LD_LIBRARY_PATH``, and the running
+interpreter's ``bin`` goes first on ``PATH`` so the stub imports this environment's packages (vidtrt,
+torch).
+
+:class:`TritonServer` is a context manager (tests, benchmarks); :func:`serve_main` is ``vidtrt serve``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import hashlib
+import importlib.util
+import os
+import shutil
+import signal
+import site
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from vidtrt.errors import VidtrtError
+
+INSTALL_HINT = (
+    "install the Triton Inference Server binary with `pip install --no-deps nvidia-pytriton==0.7.0` "
+    "(bundles tritonserver 2.51 + the Python backend), run inside an NGC tritonserver container, "
+    "or pass --tritonserver PATH"
+)
+
+
+class ServerError(VidtrtError):
+    """tritonserver is missing, died, or did not become ready."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Finding the binary and its backend directory
+
+
+def _pytriton_dir() -> Path | None:
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def find_tritonserver(explicit: str | os.PathLike | None = None) -> Path:
+    """Path to a ``tritonserver`` executable; raises :class:`ServerError` (one line) if there is none."""
+    if explicit:
+        p = Path(explicit)
+        if p.is_dir():
+            p = p / "bin" / "tritonserver" if (p / "bin" / "tritonserver").exists() else p / "tritonserver"
+        if not (p.is_file() and os.access(p, os.X_OK)):
+            raise ServerError(f"tritonserver not found at {str(explicit)!r} (not an executable file); {INSTALL_HINT}")
+        return p
+    env = os.environ.get("VIDTRT_TRITONSERVER")
+    if env:
+        return find_tritonserver(env)
+    which = shutil.which("tritonserver")
+    if which:
+        return Path(which)
+    bundled = bundled_tritonserver()
+    if bundled is not None:
+        return bundled
+    raise ServerError(f"no tritonserver binary found (not on PATH, nvidia-pytriton not installed); {INSTALL_HINT}")
+
+
+def bundled_tritonserver() -> Path | None:
+    """The ``tritonserver`` bundled with the nvidia-pytriton wheel, or None."""
+    root = _pytriton_dir()
+    if root is None:
+        return None
+    p = root / "tritonserver" / "bin" / "tritonserver"
+    return p if p.is_file() else None
+
+
+def _is_bundled(binary: Path) -> bool:
+    bundled = bundled_tritonserver()
+    return bundled is not None and binary.resolve() == bundled.resolve()
+
+
+def _bundled_libs_dir() -> Path | None:
+    root = _pytriton_dir()
+    if root is None:
+        return None
+    libs = root.parent / "nvidia_pytriton.libs"
+    return libs if libs.is_dir() else None
+
+
+def _cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "vidtrt"
+
+
+def python_backend_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Assemble (once, cached) a Triton backend directory holding ``python/`` for the running Python.
+
+    Returns the directory to pass as ``--backend-directory``.
+    """
+    root = _pytriton_dir()
+    if root is None:
+        raise ServerError(f"nvidia-pytriton is not installed, so there is no bundled Python backend; {INSTALL_HINT}")
+    ts = root / "tritonserver"
+    pyver = f"{sys.version_info.major}.{sys.version_info.minor}"
+    src = {
+        "libtriton_python.so": ts / "backends" / "python" / "libtriton_python.so",
+        "triton_python_backend_utils.py": ts / "backends" / "python" / "triton_python_backend_utils.py",
+        "triton_python_backend_stub": ts / "python_backend_stubs" / pyver / "triton_python_backend_stub",
+    }
+    missing = [str(p) for p in src.values() if not p.is_file()]
+    if missing:
+        raise ServerError(
+            f"the nvidia-pytriton wheel lacks {missing[0]} (no Python-backend stub for Python {pyver}?); {INSTALL_HINT}"
+        )
+    key = hashlib.sha1(
+        "|".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in src.values()).encode()
+    ).hexdigest()[:12]
+    out = Path(cache_dir) if cache_dir else _cache_root() / f"triton_backends-py{pyver}-{key}"
+    py = out / "python"
+    if all((py / name).is_file() for name in src):
+        return out
+    tmp = Path(tempfile.mkdtemp(prefix=".backends-", dir=_ensure_dir(out.parent)))
+    (tmp / "python").mkdir()
+    for name, path in src.items():
+        shutil.copy2(path, tmp / "python" / name)
+    (tmp / "python" / "triton_python_backend_stub").chmod(0o755)
+    try:
+        tmp.rename(out)
+    except OSError:  # another process won the race, or a partial directory exists
+        if not all((py / name).is_file() for name in src):
+            shutil.rmtree(out, ignore_errors=True)
+            tmp.rename(out)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _ensure_dir(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _numpy_major() -> int | None:
+    try:
+        from importlib.metadata import version
+
+        return int(version("numpy").split(".")[0])
+    except Exception:
+        return None
+
+
+def stub_python_env(auto_install: bool = True) -> Path | None:
+    """The Python environment the bundled Python-backend stub must run in, or None for this one.
+
+    Needed when this environment has NumPy >= 2 (see the module docstring). Made once under the cache
+    directory (``$VIDTRT_TRITON_STUB_ENV`` overrides the place) with ``pip install --no-deps numpy<2``;
+    raises :class:`ServerError` if it is missing and ``auto_install`` is False or the install fails.
+    """
+    major = _numpy_major()
+    if major is None or major < 2:
+        return None
+    pyver = f"{sys.version_info.major}.{sys.version_info.minor}"
+    site_dirs = [d for d in site.getsitepackages() if Path(d).is_dir()]
+    key = hashlib.sha1("|".join([sys.prefix, *site_dirs]).encode()).hexdigest()[:12]
+    root = Path(os.environ.get("VIDTRT_TRITON_STUB_ENV") or _cache_root() / f"triton_stub_env-py{pyver}-{key}")
+    marker = root / ".vidtrt-complete"
+    if marker.is_file():
+        return root
+    if not auto_install:
+        raise ServerError(
+            f"the Triton Python-backend stub environment {root} is missing (the bundled stub needs numpy<2); "
+            "create it with `python -m vidtrt.server --prepare`"
+        )
+    print(f"vidtrt: creating the Triton Python-backend stub environment {root} (numpy<2 for the bundled stub)",
+          file=sys.stderr, flush=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".stub-env-", dir=_ensure_dir(root.parent)))
+    try:
+        base_python = getattr(sys, "_base_executable", None) or sys.executable
+        subprocess.run([base_python, "-m", "venv", "--without-pip", str(tmp)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        sp = tmp / "lib" / f"python{pyver}" / "site-packages"
+        r = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "-q", "--no-deps",
+             "--target", str(sp), "numpy>=1.24,<2"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        if r.returncode != 0:
+            last = [ln for ln in r.stdout.splitlines() if ln.strip() and "is ignored" not in ln][-1:]
+            raise ServerError(f"could not pip install numpy<2 for the Triton stub environment: {' '.join(last)}")
+        # Everything else comes from this environment, after the stub env's own numpy.
+        (sp / "zz_vidtrt_base_env.pth").write_text(
+            "".join(f"import site; site.addsitedir({d!r})\n" for d in site_dirs)
+        )
+        (tmp / ".vidtrt-complete").write_text(f"numpy<2 overlay for {sys.prefix}\n")
+        if root.exists():
+            shutil.rmtree(root, ignore_errors=True)
+        tmp.rename(root)
+    except subprocess.CalledProcessError as e:
+        detail = e.stderr.decode(errors="replace")[-300:]
+        raise ServerError(f"could not create the Triton stub environment: {detail}") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def server_env(binary: Path, base: dict[str, str] | None = None, auto_install: bool = True) -> dict[str, str]:
+    """Environment for tritonserver: bundled libs + libpython on LD_LIBRARY_PATH; the Python environment
+    for the backend stub first on PATH (the stub embeds whatever ``python3`` it finds there)."""
+    env = dict(os.environ if base is None else base)
+    lib_dirs: list[str] = []
+    if _is_bundled(binary):
+        libs = _bundled_libs_dir()
+        if libs is not None:
+            lib_dirs.append(str(libs))
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if libdir and Path(libdir).is_dir():
+        lib_dirs.append(libdir)
+    if env.get("LD_LIBRARY_PATH"):
+        lib_dirs.append(env["LD_LIBRARY_PATH"])
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(lib_dirs)
+    bin_dirs = [str(Path(sys.executable).parent)]
+    if sys.prefix != sys.base_prefix:
+        env["VIRTUAL_ENV"] = sys.prefix
+    stub_env = stub_python_env(auto_install) if _is_bundled(binary) else None
+    if stub_env is not None:
+        bin_dirs.insert(0, str(stub_env / "bin"))
+        env["VIRTUAL_ENV"] = str(stub_env)
+    env["PATH"] = os.pathsep.join([*bin_dirs, env.get("PATH", "")])
+    # Python-backend models print tracebacks promptly.
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask Linux to SIGTERM the server when its parent dies, so a killed test run leaves no server."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+# ----------------------------------------------------------------------------------------------
+# The server
+
+
+class TritonServer:
+    """A tritonserver process serving ``repository``.
+
+    Ports given as 0 are picked free on the loopback interface. Logs go to ``log_file`` (default: a file
+    in a fresh temporary directory). ``start()`` returns once ``/v2/health/ready`` answers 200 (every
+    model loaded); if the process dies or is not ready within ``ready_timeout_s`` it raises a one-line
+    :class:`ServerError` carrying the log's last lines.
+
+    >>> with TritonServer("build/repo") as srv:            # doctest: +SKIP
+    ...     client = tritonclient.grpc.InferenceServerClient(srv.grpc_url)
+    """
+
+    def __init__(
+        self,
+        repository: str | os.PathLike,
+        *,
+        http_port: int = 0,
+        grpc_port: int = 0,
+        metrics_port: int = 0,
+        address: str = "127.0.0.1",
+        tritonserver: str | os.PathLike | None = None,
+        backend_directory: str | os.PathLike | None = None,
+        log_file: str | os.PathLike | None = None,
+        log_verbose: int = 0,
+        ready_timeout_s: float = 300.0,
+        exit_timeout_s: int = 10,
+        extra_args: list[str] | tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.repository = Path(repository).resolve()
+        self.address = address
+        self._requested_ports = (int(http_port), int(grpc_port), int(metrics_port))
+        self.http_port, self.grpc_port, self.metrics_port = self._requested_ports
+        self._explicit_binary = tritonserver
+        self._backend_directory = backend_directory
+        self._log_file = Path(log_file) if log_file else None
+        self.log_verbose = log_verbose
+        self.ready_timeout_s = ready_timeout_s
+        self.exit_timeout_s = exit_timeout_s
+        self.extra_args = list(extra_args)
+        self._env = env
+        self.process: subprocess.Popen | None = None
+        self.binary: Path | None = None
+        self._log_handle = None
+        self._tmpdir: str | None = None
+
+    # -- endpoints --------------------------------------------------------------------------------
+    @property
+    def _host(self) -> str:
+        return "127.0.0.1" if self.address in ("0.0.0.0", "") else self.address
+
+    @property
+    def http_url(self) -> str:
+        """``host:port`` for ``tritonclient.http`` (``http://`` + this for curl)."""
+        return f"{self._host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        """``host:port`` for ``tritonclient.grpc``."""
+        return f"{self._host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """Prometheus text endpoint (``http://host:port/metrics``)."""
+        return f"http://{self._host}:{self.metrics_port}/metrics"
+
+    @property
+    def log_path(self) -> Path:
+        if self._log_file is None:
+            self._tmpdir = tempfile.mkdtemp(prefix="vidtrt-tritonserver-")
+            self._log_file = Path(self._tmpdir) / "tritonserver.log"
+        return self._log_file
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    # -- life cycle -------------------------------------------------------------------------------
+    def command(self) -> list[str]:
+        """The tritonserver command line (binary resolved, ports chosen)."""
+        binary = self.binary or find_tritonserver(self._explicit_binary)
+        cmd = [
+            str(binary),
+            f"--model-repository={self.repository}",
+            f"--http-port={self.http_port}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-port={self.metrics_port}",
+            f"--http-address={self.address}",
+            f"--grpc-address={self.address}",
+            f"--metrics-address={self.address}",
+            f"--log-verbose={self.log_verbose}",
+            # The repository is generated with complete configs: never let Triton guess.
+            "--disable-auto-complete-config",
+            "--exit-on-error=true",
+            "--strict-readiness=true",
+            f"--exit-timeout-secs={self.exit_timeout_s}",
+            # No GPUs here; on GPU machines Triton's GPU metrics come back automatically when allowed.
+            "--allow-gpu-metrics=false",
+        ]
+        backend_dir = self._backend_directory
+        if backend_dir is None and _is_bundled(binary):
+            backend_dir = python_backend_dir()
+        if backend_dir is not None:
+            cmd.append(f"--backend-directory={backend_dir}")
+        return cmd + self.extra_args
+
+    def start(self) -> TritonServer:
+        """Start the server and wait until every model is ready."""
+        if not self.repository.is_dir():
+            raise ServerError(f"model repository {str(self.repository)!r} is not a directory")
+        self.binary = find_tritonserver(self._explicit_binary)
+        auto_ports = 0 in self._requested_ports
+        attempts = 3 if auto_ports else 1
+        for attempt in range(attempts):
+            self._pick_ports()
+            try:
+                self._launch()
+                self._wait_ready()
+                return self
+            except ServerError as e:
+                self.stop()
+                port_clash = "address already in use" in str(e).lower() or "failed to start" in str(e).lower()
+                if not (auto_ports and port_clash and attempt + 1 < attempts):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _pick_ports(self) -> None:
+        chosen: set[int] = set()
+        ports = []
+        for p in self._requested_ports:
+            while p == 0 or p in chosen:
+                p = free_port(self._host)
+            chosen.add(p)
+            ports.append(p)
+        self.http_port, self.grpc_port, self.metrics_port = ports
+
+    def _launch(self) -> None:
+        assert self.binary is not None
+        cmd = self.command()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_handle = open(self.log_path, "ab")
+        self._log_handle.write(("$ " + " ".join(cmd) + "\n").encode())
+        self._log_handle.flush()
+        self.process = subprocess.Popen(
+            cmd,
+            stdout=self._log_handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=server_env(self.binary, self._env),
+            start_new_session=True,  # own process group: stop() reaches the backend stubs too
+            preexec_fn=_set_pdeathsig if sys.platform.startswith("linux") else None,
+        )
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout_s
+        url = f"http://{self._host}:{self.http_port}/v2/health/ready"
+        while True:
+            rc = self.process.poll() if self.process else -1
+            if rc is not None:
+                raise ServerError(f"tritonserver exited with code {rc} before it was ready: {self.log_summary()}")
+            if _http_ok(url):
+                return
+            if time.monotonic() > deadline:
+                raise ServerError(
+                    f"tritonserver not ready after {self.ready_timeout_s:.0f} s: {self.log_summary()}"
+                )
+            time.sleep(0.2)
+
+    def is_ready(self) -> bool:
+        return self.process is not None and self.process.poll() is None and _http_ok(
+            f"http://{self._host}:{self.http_port}/v2/health/ready"
+        )
+
+    def stop(self, timeout_s: float | None = None) -> int | None:
+        """SIGTERM the server (Triton finishes in-flight requests for up to ``exit_timeout_s``), then
+        SIGKILL its process group if it lingers. Returns the exit code (None if never started)."""
+        proc, self.process = self.process, None
+        rc = None
+        if proc is not None:
+            timeout_s = self.exit_timeout_s + 10 if timeout_s is None else timeout_s
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=timeout_s)
+                except subprocess.TimeoutExpired:
+                    pass
+            # Backend stubs live in the server's process group; make sure none outlives it.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+            rc = proc.returncode
+        if self._log_handle is not None:
+            self._log_handle.close()
+            self._log_handle = None
+        return rc
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- logs -------------------------------------------------------------------------------------
+    def log_tail(self, n: int = 20) -> list[str]:
+        """The last ``n`` non-empty lines of the server log."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return []
+        lines = [ln.rstrip() for ln in text.splitlines() if ln.strip()]
+        return lines[-n:]
+
+    def log_summary(self, n: int = 4) -> str:
+        """One line: the log's error lines (Triton's ``E...`` lines) or else its last lines."""
+        lines = self.log_tail(200)
+        errors = [ln for ln in lines if ln[:1] == "E" and ln[1:5].isdigit()]
+        errors = [ln for ln in errors if "nvml" not in ln.lower() and "dcgm" not in ln.lower()]
+        picked = (errors or lines)[-n:]
+        return " | ".join(s.strip()[:400] for s in picked) + f" (full log: {self.log_path})"
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+# ----------------------------------------------------------------------------------------------
+# `vidtrt serve`
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Flags of ``vidtrt serve``."""
+    parser.add_argument("--repository", "--model-repository", dest="repository", required=True, metavar="DIR",
+                        help="model repository written by `vidtrt build` (one folder per Triton model)")
+    parser.add_argument("--http-port", type=int, default=8000,
+                        help="HTTP/REST port (0 = pick a free one; default 8000)")
+    parser.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (0 = pick a free one; default 8001)")
+    parser.add_argument("--metrics-port", type=int, default=8002,
+                        help="Prometheus metrics port (0 = pick a free one; default 8002)")
+    parser.add_argument("--address", default="0.0.0.0",
+                        help="address the three endpoints bind to (default 0.0.0.0; 127.0.0.1 = this machine only)")
+    parser.add_argument("--tritonserver", metavar="PATH", default=None,
+                        help="tritonserver binary (default: $VIDTRT_TRITONSERVER, PATH, "
+                             "then the nvidia-pytriton wheel's)")
+    parser.add_argument("--log-file", default=None, metavar="FILE",
+                        help="write the server log here (default: print it to this terminal)")
+    parser.add_argument("--log-verbose", type=int, default=0, help="Triton's --log-verbose level (default 0)")
+    parser.add_argument("--ready-timeout", type=float, default=600.0,
+                        help="seconds to wait for every model to load before giving up (default 600)")
+    parser.add_argument("--exit-timeout", type=int, default=30,
+                        help="seconds Triton waits for in-flight requests on shutdown (default 30)")
+    parser.add_argument("triton_args", nargs=argparse.REMAINDER,
+                        help="after `--`: extra flags passed to tritonserver unchanged")
+    return parser
+
+
+def serve_main(args: argparse.Namespace) -> int:
+    """Run tritonserver in the foreground until SIGINT/SIGTERM (forwarded for a clean shutdown)."""
+    extra = [a for a in (args.triton_args or []) if a != "--"]
+    log_file = args.log_file
+    follow = log_file is None
+    if follow:
+        log_file = str(Path(tempfile.mkdtemp(prefix="vidtrt-serve-")) / "tritonserver.log")
+    srv = TritonServer(
+        args.repository, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+        address=args.address, tritonserver=args.tritonserver, log_file=log_file, log_verbose=args.log_verbose,
+        ready_timeout_s=args.ready_timeout, exit_timeout_s=args.exit_timeout, extra_args=extra,
+    )
+    stop = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signum
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        print(f"starting {srv.command()[0]} on {srv.repository} (log: {srv.log_path})", file=sys.stderr, flush=True)
+        srv.start()
+        models = ", ".join(sorted(p.name for p in srv.repository.iterdir() if (p / "config.pbtxt").is_file()))
+        print(f"ready: models {models}", flush=True)
+        print(f"  gRPC    {srv.grpc_url}        (streaming progress: vidtrt generate --url {srv.grpc_url})", flush=True)
+        print(f"  HTTP    http://{srv.http_url}", flush=True)
+        print(f"  metrics {srv.metrics_url}", flush=True)
+        print("Ctrl-C to stop", flush=True)
+        pos = srv.log_path.stat().st_size if follow else 0
+        while stop["signal"] is None:
+            if srv.process is None or srv.process.poll() is not None:
+                rc = srv.process.returncode if srv.process else -1
+                print(f"error: tritonserver exited with code {rc}: {srv.log_summary()}", file=sys.stderr)
+                return 2
+            if follow:
+                pos = _copy_new(srv.log_path, pos)
+            time.sleep(0.3)
+        name = signal.Signals(stop["signal"]).name
+        print(f"\nreceived {name}: shutting down tritonserver", file=sys.stderr, flush=True)
+        rc = srv.stop()
+        if follow:
+            _copy_new(srv.log_path, pos)
+        return 0 if rc in (0, None, -signal.SIGTERM) else 2
+    except VidtrtError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        srv.stop()
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _copy_new(path: Path, pos: int) -> int:
+    try:
+        with open(path, "rb") as f:
+            f.seek(pos)
+            data = f.read()
+    except OSError:
+        return pos
+    if data:
+        sys.stderr.write(data.decode(errors="replace"))
+        sys.stderr.flush()
+    return pos + len(data)
+
+
+def prepare() -> int:
+    """Make the cached pieces the bundled tritonserver needs (backend directory, stub environment)."""
+    try:
+        binary = find_tritonserver()
+        if _is_bundled(binary):
+            print(f"backend directory: {python_backend_dir()}")
+            env = stub_python_env(auto_install=True)
+            print(f"stub environment:  {env or 'this environment (numpy < 2)'}")
+        else:
+            print(f"tritonserver {binary}: not the bundled one, nothing to prepare")
+    except VidtrtError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m vidtrt.server --repository DIR`` (the same as ``vidtrt serve``);
+    ``python -m vidtrt.server --prepare`` makes the cached backend directory and stub environment."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--prepare"]:
+        return prepare()
+    parser = add_serve_arguments(argparse.ArgumentParser(prog="vidtrt serve", description=__doc__.split("\n\n")[0]))
+    return serve_main(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
