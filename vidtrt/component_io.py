@@ -1,0 +1,236 @@
+"""The component models of a Triton repository: their tensors, and both sides of each call.
+
+Three Triton models carry the three :class:`~vidtrt.components.Components` callables:
+
+=================  =========================================  ==============================================
+key                tensors (``max_batch_size: 0``, batch kept)  spec
+=================  =========================================  ==============================================
+``text_encoder``   ``prompts`` BYTES [B], ``prompt_policy``      :func:`text_encoder_spec` (strings in, so not
+                   BYTES [1] -> ``prompt_embeds`` FP32 [B,L,D],  an exported ONNX component)
+                   ``attention_mask`` INT64 [B,L],
+                   ``pooled`` FP32 [B,Dc]
+``dit``            :func:`vidtrt.specs.dit_spec`                 hidden_states, timestep, encoder_hidden_states,
+                                                                 encoder_attention_mask, pooled_projections,
+                                                                 guidance -> velocity
+``vae_decoder``    :func:`vidtrt.specs.vae_decoder_spec`         latents [1,C,t,h,w] -> video [1,3,F,H,W]
+                   (``tile=True``: one tile per call)
+=================  =========================================  ==============================================
+
+Both sides of a call live here so they cannot drift: :func:`remote_components` turns an ``infer``
+function (BLS requests inside Triton, or anything else) into Components; :class:`ComponentServer`
+turns a component callable into ``feeds -> outputs`` for the component's ``model.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vidtrt.components import Components, TextEmbeddings
+from vidtrt.configs import ModelConfig
+from vidtrt.errors import EngineError, VidtrtError
+from vidtrt.specs import TRITON_DTYPES, AxisRange, ComponentSpec, TensorSpec, dit_spec, vae_decoder_spec
+
+KEYS = ("text_encoder", "dit", "vae_decoder")
+STRING = "bytes"  # dtype name of string tensors in these specs
+
+# infer(model_name, inputs by name, output names) -> outputs by name (numpy, owned by the caller)
+InferFn = Callable[[str, dict[str, np.ndarray], list[str]], dict[str, np.ndarray]]
+
+
+class RemoteInvalidRequest(VidtrtError):
+    """A component model rejected the request's content (e.g. a prompt too long with policy 'error');
+    the message is the component's, naming the parameter."""
+
+
+class ComponentFailure(VidtrtError):
+    """A component model failed (its error message is kept)."""
+
+
+def text_encoder_spec(config: ModelConfig) -> ComponentSpec:
+    """Prompts -> DiT conditioning (tokenizers inside the model): strings in, TextEmbeddings out."""
+    tc = config.transformer
+    n = config.text.max_sequence_length
+    return ComponentSpec(
+        name="text_encoder",
+        inputs=(
+            TensorSpec("prompts", STRING, ("batch",), "UTF-8 prompts"),
+            TensorSpec("prompt_policy", STRING, (1,), "'truncate' (default) or 'error'"),
+        ),
+        outputs=(
+            TensorSpec("prompt_embeds", "float32", ("batch", "text_length", tc.text_embed_dim),
+                       "LLM hidden states after the template crop"),
+            TensorSpec("attention_mask", "int64", ("batch", "text_length"), "1 = token, right-padded"),
+            TensorSpec("pooled", "float32", ("batch", tc.pooled_projection_dim), "CLIP pooled output"),
+        ),
+        axes={"batch": AxisRange(1, 1, 2), "text_length": AxisRange(1, n, n)},
+        doc="HunyuanVideo text encoders (Llama hidden states + CLIP pooled), tokenizers included",
+    )
+
+
+OPTIONAL_INPUTS = {"text_encoder": ("prompt_policy",)}
+
+
+def specs_for_triton(config: ModelConfig) -> dict[str, ComponentSpec]:
+    """The spec of each component model, by key."""
+    return {
+        "text_encoder": text_encoder_spec(config),
+        "dit": dit_spec(config),
+        "vae_decoder": vae_decoder_spec(config, tile=True),
+    }
+
+
+def triton_type(dtype: str) -> str:
+    return "TYPE_STRING" if dtype == STRING else TRITON_DTYPES[dtype]
+
+
+def spec_io_pbtxt(key: str, spec: ComponentSpec) -> str:
+    """``input [...]`` / ``output [...]`` stanzas of a component model (``max_batch_size: 0``: every axis
+    is in ``dims``, dynamic ones as -1)."""
+    optional = OPTIONAL_INPUTS.get(key, ())
+
+    def row(t: TensorSpec, is_input: bool) -> str:
+        dims = ", ".join(str(d) for d in spec.triton_dims(t, batch_axis=None))
+        opt = " optional: true" if is_input and t.name in optional else ""
+        return f'  {{ name: "{t.name}" data_type: {triton_type(t.dtype)} dims: [ {dims} ]{opt} }}'
+
+    ins = ",\n".join(row(t, True) for t in spec.inputs)
+    outs = ",\n".join(row(t, False) for t in spec.outputs)
+    return f"input [\n{ins}\n]\noutput [\n{outs}\n]\n"
+
+
+# ------------------------------------------------------------------------------------------ caller side
+def _np(x: torch.Tensor, dtype: np.dtype) -> np.ndarray:
+    return np.ascontiguousarray(x.detach().to("cpu").numpy(), dtype=dtype)
+
+
+def remote_components(infer: InferFn, model_names: Mapping[str, str], config: ModelConfig) -> Components:
+    """Components whose calls go through ``infer`` to the component models named in ``model_names``
+    (keys ``text_encoder``, ``dit``, ``vae_decoder``). Tensors cross as float32 / int64 numpy arrays, the
+    dtypes the in-process engines receive, so the same request gives the same bits either way."""
+    specs = specs_for_triton(config)
+    dit_inputs = specs["dit"].input_names
+
+    def encode_text(prompts: list[str], prompt_policy: str = "truncate") -> TextEmbeddings:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        feeds = {
+            "prompts": np.array([p.encode("utf-8") for p in prompts], dtype=np.object_),
+            "prompt_policy": np.array([prompt_policy.encode("utf-8")], dtype=np.object_),
+        }
+        out = infer(model_names["text_encoder"], feeds, ["prompt_embeds", "attention_mask", "pooled"])
+        return TextEmbeddings(
+            prompt_embeds=torch.from_numpy(out["prompt_embeds"]),
+            attention_mask=torch.from_numpy(out["attention_mask"]),
+            pooled=torch.from_numpy(out["pooled"]),
+        )
+
+    def dit(latents: torch.Tensor, timestep: torch.Tensor, text: TextEmbeddings, guidance: torch.Tensor):
+        feeds = {
+            "hidden_states": _np(latents, np.float32),
+            "timestep": _np(timestep.reshape(-1), np.float32),
+            "encoder_hidden_states": _np(text.prompt_embeds, np.float32),
+            "encoder_attention_mask": _np(text.attention_mask, np.int64),
+            "pooled_projections": _np(text.pooled, np.float32),
+        }
+        if "guidance" in dit_inputs:
+            feeds["guidance"] = _np(guidance.reshape(-1), np.float32)
+        return torch.from_numpy(infer(model_names["dit"], feeds, ["velocity"])["velocity"])
+
+    def decode_tile(latents: torch.Tensor) -> torch.Tensor:
+        out = infer(model_names["vae_decoder"], {"latents": _np(latents, np.float32)}, ["video"])
+        return torch.from_numpy(out["video"])
+
+    return Components(encode_text=encode_text, dit=dit, decode_tile=decode_tile)
+
+
+# ------------------------------------------------------------------------------------------ model side
+def _writable(a: np.ndarray) -> np.ndarray:
+    """torch.from_numpy needs a writable array; Triton's input views may be read-only."""
+    return a if a.flags.writeable and a.flags.c_contiguous else np.array(a, order="C")
+
+
+def _decode_strings(a: np.ndarray, name: str) -> list[str]:
+    out = []
+    for v in a.reshape(-1).tolist():
+        try:
+            out.append(v.decode("utf-8") if isinstance(v, bytes) else str(v))
+        except UnicodeDecodeError:
+            raise EngineError(f"input {name!r}: not UTF-8 text") from None
+    return out
+
+
+@dataclass
+class ComponentServer:
+    """One component callable behind ``run(feeds) -> outputs`` (numpy by tensor name), for a model.py.
+
+    ``fail_on_guidance``: test-only fault injection for the DiT: raise when the request's embedded
+    guidance scale equals it (the guidance input is scale * 1000).
+    """
+
+    key: str
+    fn: Callable
+    fail_on_guidance: float | None = None
+
+    @torch.inference_mode()
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.key == "text_encoder":
+            prompts = _decode_strings(feeds["prompts"], "prompts")
+            policy_arr = feeds.get("prompt_policy")
+            policy = _decode_strings(policy_arr, "prompt_policy")[0] if policy_arr is not None else "truncate"
+            emb = self.fn(prompts, policy)
+            return {
+                "prompt_embeds": _np(emb.prompt_embeds, np.float32),
+                "attention_mask": _np(emb.attention_mask, np.int64),
+                "pooled": _np(emb.pooled, np.float32),
+            }
+        if self.key == "dit":
+            t = lambda name: torch.from_numpy(_writable(feeds[name]))  # noqa: E731
+            latents = t("hidden_states")
+            guidance = t("guidance") if feeds.get("guidance") is not None else torch.zeros(latents.shape[0])
+            if self.fail_on_guidance is not None and bool(
+                torch.any(guidance == torch.tensor(self.fail_on_guidance * 1000.0, dtype=guidance.dtype))
+            ):
+                raise RuntimeError(f"injected DiT failure (guidance_scale == {self.fail_on_guidance:g})")
+            text = TextEmbeddings(prompt_embeds=t("encoder_hidden_states"), attention_mask=t("encoder_attention_mask"),
+                                  pooled=t("pooled_projections"))
+            velocity = self.fn(latents, t("timestep"), text, guidance)
+            return {"velocity": _np(velocity, np.float32)}
+        if self.key == "vae_decoder":
+            video = self.fn(torch.from_numpy(_writable(feeds["latents"])))
+            return {"video": _np(video, np.float32)}
+        raise EngineError(f"unknown component {self.key!r}; accepted {list(KEYS)}")
+
+
+def load_component(key: str, model: str | Path, engine: str = "torch", device: str = "cpu",
+                   artifacts: str | Path | None = None) -> Callable:
+    """The callable a component model serves.
+
+    ``engine="torch"``: the project's PyTorch modules (:mod:`vidtrt.pipeline` loaders), exactly what
+    ``vidtrt run`` uses. Other engines (``onnxruntime``, ``tensorrt``) are delegated to
+    ``vidtrt.engine_components.load_component(key, model, engine=..., artifacts=..., device=...)``, the hook
+    the engines issue provides; without it this raises a one-line EngineError.
+    """
+    if key not in KEYS:
+        raise EngineError(f"unknown component {key!r}; accepted {list(KEYS)}")
+    if engine == "torch":
+        from vidtrt import pipeline
+        from vidtrt.checkpoints import load_model_config, resolve_model
+
+        folder = resolve_model(model)
+        config = load_model_config(model)
+        loader = {"text_encoder": pipeline.load_text_encoder, "dit": pipeline.load_dit,
+                  "vae_decoder": pipeline.load_vae_decoder}[key]
+        return loader(folder, config, device)
+    try:
+        from vidtrt.engine_components import load_component as load_engine_component
+    except ImportError:
+        raise EngineError(
+            f"engine {engine!r} for Triton component models needs vidtrt.engine_components.load_component "
+            f"(not in this build); accepted here: 'torch'"
+        ) from None
+    return load_engine_component(key, model, engine=engine, artifacts=artifacts, device=device)

@@ -1,0 +1,242 @@
+"""The one declaration of the generation model's request and response tensors.
+
+Used by the BLS model (parse a request, build responses), the clients (build a request, read
+responses), the ``config.pbtxt`` generator and the perf_analyzer input file, so the wire format is
+written down exactly once.
+
+Request: ``prompt`` (required) and optional knobs, every one a ``[1]`` tensor (``max_batch_size: 0``).
+Responses of the streaming (decoupled) model: one *progress* response per denoising step carrying
+``step``, ``total_steps`` and ``elapsed``, then the *final* response carrying ``video`` (and ``mp4``
+when ``output_format`` is ``"mp4"``). The non-decoupled variant sends the final response only.
+
+No torch here: clients import this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from vidtrt.errors import InvalidRequestError
+from vidtrt.request import GenerationRequest
+
+# Triton config type -> (numpy dtype for the tensor, tritonclient datatype string)
+_TYPES: dict[str, tuple[type, str]] = {
+    "TYPE_STRING": (np.object_, "BYTES"),
+    "TYPE_INT32": (np.int32, "INT32"),
+    "TYPE_INT64": (np.int64, "INT64"),
+    "TYPE_FP32": (np.float32, "FP32"),
+    "TYPE_UINT8": (np.uint8, "UINT8"),
+}
+
+
+@dataclass(frozen=True)
+class IOTensor:
+    """One tensor of the generation model.
+
+    ``field``: the :class:`~vidtrt.request.GenerationRequest` field an input fills (None for outputs).
+    ``dims``: Triton dims (-1 = dynamic); with ``max_batch_size: 0`` they are the full shape.
+    """
+
+    name: str
+    triton_type: str
+    dims: tuple[int, ...]
+    field: str | None = None
+    optional: bool = True
+    doc: str = ""
+
+    @property
+    def numpy_dtype(self) -> type:
+        return _TYPES[self.triton_type][0]
+
+    @property
+    def datatype(self) -> str:
+        """tritonclient's datatype string (``BYTES``, ``INT32``, ...)."""
+        return _TYPES[self.triton_type][1]
+
+    @property
+    def is_string(self) -> bool:
+        return self.triton_type == "TYPE_STRING"
+
+    def pbtxt(self, with_optional: bool = True) -> str:
+        dims = ", ".join(str(d) for d in self.dims)
+        opt = " optional: true" if (with_optional and self.optional) else ""
+        return f'  {{ name: "{self.name}" data_type: {self.triton_type} dims: [ {dims} ]{opt} }}'
+
+
+REQUEST_INPUTS: tuple[IOTensor, ...] = (
+    IOTensor("prompt", "TYPE_STRING", (1,), "prompt", optional=False, doc="text prompt (UTF-8)"),
+    IOTensor("negative_prompt", "TYPE_STRING", (1,), "negative_prompt",
+             doc="negative prompt for true CFG (default: the model's)"),
+    IOTensor("height", "TYPE_INT32", (1,), "height", doc="pixels, multiple of 16"),
+    IOTensor("width", "TYPE_INT32", (1,), "width", doc="pixels, multiple of 16"),
+    IOTensor("num_frames", "TYPE_INT32", (1,), "num_frames", doc="video frames, 4k + 1"),
+    IOTensor("num_inference_steps", "TYPE_INT32", (1,), "num_inference_steps", doc="denoising steps"),
+    IOTensor("guidance_scale", "TYPE_FP32", (1,), "embedded_guidance_scale",
+             doc="embedded guidance scale (diffusers' guidance_scale)"),
+    IOTensor("flow_shift", "TYPE_FP32", (1,), "flow_shift", doc="flow-matching shift"),
+    IOTensor("seed", "TYPE_INT64", (1,), "seed", doc="noise seed, 0 .. 2**63-1"),
+    IOTensor("true_cfg_scale", "TYPE_FP32", (1,), "true_cfg_scale", doc="1.0 = off; > 1 = two DiT passes per step"),
+    IOTensor("prompt_policy", "TYPE_STRING", (1,), "prompt_policy", doc="'truncate' or 'error'"),
+    IOTensor("output_format", "TYPE_STRING", (1,), "output_format",
+             doc="'frames' (video only) or 'mp4' (video + mp4 bytes)"),
+)
+
+RESPONSE_OUTPUTS: tuple[IOTensor, ...] = (
+    IOTensor("step", "TYPE_INT32", (1,), doc="progress: finished denoising steps (1-based)"),
+    IOTensor("total_steps", "TYPE_INT32", (1,), doc="progress: denoising steps of the request"),
+    IOTensor("elapsed", "TYPE_FP32", (1,), doc="progress: seconds since the request started"),
+    IOTensor("video", "TYPE_UINT8", (-1, -1, -1, 3), doc="final: uint8 frames [F, H, W, 3]"),
+    IOTensor("mp4", "TYPE_STRING", (1,), doc="final, output_format='mp4' only: H.264 mp4 bytes"),
+)
+
+PROGRESS_OUTPUTS = ("step", "total_steps", "elapsed")
+FINAL_OUTPUTS = ("video", "mp4")
+
+_BY_NAME = {t.name: t for t in REQUEST_INPUTS}
+_FIELD_TO_INPUT = {t.field: t.name for t in REQUEST_INPUTS}
+_INT32 = (-(2**31), 2**31 - 1)
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def input_name(field: str) -> str:
+    """The Triton input that carries a GenerationRequest field (``embedded_guidance_scale`` ->
+    ``guidance_scale``); other names pass through."""
+    return _FIELD_TO_INPUT.get(field, field)
+
+
+def renamed_error(e: InvalidRequestError) -> InvalidRequestError:
+    """The same error, naming the Triton input instead of the request field."""
+    name = input_name(e.param)
+    if name == e.param:
+        return e
+    return InvalidRequestError(name, e.value, e.accepted)
+
+
+# ------------------------------------------------------------------------------------------ client side
+def request_to_inputs(request: GenerationRequest) -> dict[str, np.ndarray]:
+    """Numpy inputs for a request: every field that is set (``None`` fields are left out, so the server
+    applies the model's defaults). Raises InvalidRequestError naming the input for values that cannot
+    be sent (wrong type, outside the tensor type's range); ranges are the server's to check."""
+    out: dict[str, np.ndarray] = {}
+    for t in REQUEST_INPUTS:
+        value = getattr(request, t.field)
+        if value is None:
+            continue
+        out[t.name] = encode_value(t, value)
+    return out
+
+
+def encode_value(t: IOTensor, value: object) -> np.ndarray:
+    """A ``[1]`` numpy array for one input value (type-checked, range-checked for the tensor type)."""
+    if t.is_string:
+        if not isinstance(value, (str, bytes)):
+            raise InvalidRequestError(t.name, value, "a string")
+        data = value.encode("utf-8") if isinstance(value, str) else value
+        return np.array([data], dtype=np.object_)
+    if t.triton_type in ("TYPE_INT32", "TYPE_INT64"):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise InvalidRequestError(t.name, value, "an integer")
+        low, high = _INT32 if t.triton_type == "TYPE_INT32" else _INT64
+        if not low <= int(value) <= high:
+            raise InvalidRequestError(t.name, value, f"an integer in [{low}, {high}] ({t.datatype})")
+        return np.array([int(value)], dtype=t.numpy_dtype)
+    if t.triton_type == "TYPE_FP32":
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise InvalidRequestError(t.name, value, "a number")
+        return np.array([value], dtype=np.float32)
+    raise TypeError(f"{t.name}: no encoder for {t.triton_type}")
+
+
+def perf_analyzer_inputs(request: GenerationRequest) -> dict[str, list]:
+    """One perf_analyzer ``--input-data`` entry (JSON-ready) for a request."""
+    entry: dict[str, object] = {}
+    for name, arr in request_to_inputs(request).items():
+        if arr.dtype == np.object_:
+            entry[name] = [v.decode("utf-8") for v in arr.tolist()]
+        else:
+            entry[name] = arr.tolist()
+    return entry
+
+
+# ------------------------------------------------------------------------------------------ server side
+def inputs_to_request(get: Callable[[str], np.ndarray | None] | Mapping[str, np.ndarray | None]) -> GenerationRequest:
+    """The GenerationRequest of a request's numpy inputs (``get(name)`` -> array or None when absent).
+
+    Checks what the wire can get wrong (missing prompt, dtype, a shape other than one element, bytes that
+    are not UTF-8), raising InvalidRequestError naming the input. Values are not range-checked here
+    (:meth:`GenerationRequest.validate` does that; :func:`renamed_error` maps its field names to inputs).
+    """
+    lookup = get.get if isinstance(get, Mapping) else get
+    kwargs: dict[str, object] = {}
+    for t in REQUEST_INPUTS:
+        arr = lookup(t.name)
+        if arr is None:
+            if not t.optional:
+                raise InvalidRequestError(t.name, None, "a [1] string tensor (required input)")
+            continue
+        kwargs[t.field] = decode_value(t, np.asarray(arr))
+    return GenerationRequest(**kwargs)
+
+
+def decode_value(t: IOTensor, arr: np.ndarray) -> object:
+    """The Python value of a ``[1]`` input array (str, int or float)."""
+    if arr.size != 1:
+        raise InvalidRequestError(t.name, f"<tensor of shape {list(arr.shape)}>", f"a [1] {t.datatype} tensor")
+    v = arr.reshape(-1)[0]
+    if t.is_string:
+        if isinstance(v, (bytes, np.bytes_)):
+            try:
+                return bytes(v).decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidRequestError(t.name, bytes(v)[:60], "UTF-8 text") from None
+        if isinstance(v, str):
+            return v
+        raise InvalidRequestError(t.name, v, f"a [1] {t.datatype} tensor")
+    if t.triton_type in ("TYPE_INT32", "TYPE_INT64"):
+        if arr.dtype.kind not in "iu":
+            raise InvalidRequestError(t.name, f"<{arr.dtype} tensor>", f"a [1] {t.datatype} tensor")
+        return int(v)
+    if arr.dtype.kind not in "fiu":
+        raise InvalidRequestError(t.name, f"<{arr.dtype} tensor>", f"a [1] {t.datatype} tensor")
+    return float(v)  # NaN / inf are GenerationRequest.validate's to reject, naming the field
+
+
+def progress_outputs(step: int, total: int, elapsed_s: float) -> dict[str, np.ndarray]:
+    """Arrays of one progress response."""
+    return {
+        "step": np.array([step], dtype=np.int32),
+        "total_steps": np.array([total], dtype=np.int32),
+        "elapsed": np.array([elapsed_s], dtype=np.float32),
+    }
+
+
+def final_outputs(frames: np.ndarray, mp4: bytes | None = None) -> dict[str, np.ndarray]:
+    """Arrays of the final response: ``video`` uint8 [F, H, W, 3] (+ ``mp4`` bytes)."""
+    out = {"video": np.ascontiguousarray(frames, dtype=np.uint8)}
+    if mp4 is not None:
+        out["mp4"] = np.array([mp4], dtype=np.object_)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ config.pbtxt
+def config_io_pbtxt(decoupled: bool = True) -> str:
+    """The ``input [...]`` and ``output [...]`` stanzas of the generation model's config.pbtxt.
+
+    The non-decoupled variant declares the same outputs (progress outputs are simply never sent).
+    """
+    del decoupled  # same tensors either way; kept for callers that want to say which
+    ins = ",\n".join(t.pbtxt() for t in REQUEST_INPUTS)
+    outs = ",\n".join(t.pbtxt(with_optional=False) for t in RESPONSE_OUTPUTS)
+    return f"input [\n{ins}\n]\noutput [\n{outs}\n]\n"
+
+
+def describe() -> str:
+    """A human-readable table of the inputs and outputs (README, ``--help``)."""
+    rows = [f"  {t.name:<20} {t.datatype:<6} {list(t.dims)!s:<16} {'required' if not t.optional else ''} {t.doc}"
+            for t in REQUEST_INPUTS]
+    rows.append("outputs:")
+    rows += [f"  {t.name:<20} {t.datatype:<6} {list(t.dims)!s:<16} {t.doc}" for t in RESPONSE_OUTPUTS]
+    return "inputs:\n" + "\n".join(rows)
