@@ -10,16 +10,20 @@ and the file it came from (or should have come from).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import mmap
-from collections.abc import Callable, Iterable
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from vidtrt.configs import ModelConfig, TransformerConfig, VAEConfig, hunyuan_video_config
-from vidtrt.errors import CheckpointError
+from vidtrt.errors import CheckpointError, ConfigError
 
 SAFETENSORS_DTYPES = {
     "F64": torch.float64,
@@ -46,35 +50,95 @@ VIDTRT_JSON = "vidtrt.json"  # optional overrides written next to model_index.js
 
 # ----------------------------------------------------------------------------------------- file readers
 def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of one .safetensors file, backed by a copy-on-write mmap of it (no read into RAM)."""
+    """All tensors of one .safetensors file, backed by a copy-on-write mmap of it (no read into RAM).
+
+    The header is checked against the file (size, offsets, dtype x shape = byte count), so a
+    truncated or corrupt file is a one-line :class:`CheckpointError` naming the file.
+    """
     path = Path(path)
     try:
         with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < 8:
+                raise CheckpointError(f"corrupt safetensors file {path}: {size} bytes, shorter than its header")
             header_len = int.from_bytes(f.read(8), "little")
+            if header_len > size - 8:
+                raise CheckpointError(
+                    f"corrupt safetensors file {path}: header length {header_len} exceeds the file size {size}"
+                )
             header = json.loads(f.read(header_len))
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint file not found: {path}") from None
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read safetensors file {path}: {e}") from None
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CheckpointError(f"cannot read safetensors file {path}: {_one_line(e)}") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"corrupt safetensors file {path}: the header is not a JSON object")
     base = 8 + header_len
     out: dict[str, torch.Tensor] = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        dtype = SAFETENSORS_DTYPES.get(info["dtype"])
+        try:
+            dtype_name, shape, (start, end) = info["dtype"], [int(d) for d in info["shape"]], info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"corrupt safetensors file {path}: bad header entry for tensor {name!r}") from None
+        dtype = SAFETENSORS_DTYPES.get(dtype_name)
         if dtype is None:
-            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
-        start, end = info["data_offsets"]
-        numel = 1
-        for d in info["shape"]:
-            numel *= d
+            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dtype_name}")
+        numel = math.prod(shape)
+        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        bad_offsets = not (isinstance(start, int) and isinstance(end, int)) or start < 0 or base + end > size
+        if bad_offsets or min(shape, default=0) < 0 or end - start != nbytes:
+            raise CheckpointError(
+                f"corrupt or truncated safetensors file {path}: tensor {name!r} ({dtype_name} {shape}) "
+                f"claims bytes [{start}, {end}) of a {size - base}-byte data section"
+            )
         if numel == 0:
-            out[name] = torch.empty(info["shape"], dtype=dtype)
+            out[name] = torch.empty(shape, dtype=dtype)
             continue
-        flat = torch.frombuffer(mm, dtype=torch.uint8, count=end - start, offset=base + start)
-        out[name] = flat.view(dtype).reshape(info["shape"])
+        flat = torch.frombuffer(mm, dtype=torch.uint8, count=nbytes, offset=base + start)
+        out[name] = flat.view(dtype).reshape(shape)
     return out
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+SAFETENSORS_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+
+
+def write_safetensors_streaming(
+    path: str | Path,
+    specs: Iterable[tuple[str, Sequence[int], torch.dtype]],
+    make: Callable[[str], torch.Tensor],
+    metadata: dict[str, str] | None = None,
+) -> int:
+    """Write a .safetensors file one tensor at a time (peak RAM: one tensor, not the whole model).
+
+    ``specs`` lists (name, shape, dtype) in file order; ``make(name)`` returns that tensor when its
+    turn comes. Returns the file size in bytes. The file is readable by ``safetensors`` itself.
+    """
+    specs = [(name, [int(d) for d in shape], dtype) for name, shape, dtype in specs]
+    header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for name, shape, dtype in specs:
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        header[name] = {"dtype": SAFETENSORS_NAMES[dtype], "shape": shape, "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # align the data section like safetensors does
+    with open(path, "wb") as f:
+        f.write(len(blob).to_bytes(8, "little"))
+        f.write(blob)
+        for name, shape, dtype in specs:
+            t = make(name)
+            if list(t.shape) != shape or t.dtype != dtype:
+                raise ValueError(f"{name}: make() gave {t.dtype} {list(t.shape)}, the header says {dtype} {shape}")
+            f.write(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return 8 + len(blob) + offset
 
 
 def read_weights_dir(folder: Path, stem: str = DIFFUSERS_WEIGHTS) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
@@ -110,7 +174,7 @@ def read_torch_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except Exception as e:  # torch raises many types for corrupt files
-        raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"cannot read {path}: {_one_line(e)}") from None
     if isinstance(obj, dict) and "module" in obj and isinstance(obj["module"], dict):
         obj = obj["module"]
     elif isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
@@ -120,6 +184,61 @@ def read_torch_file(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+# ------------------------------------------------------------------------------------- page release
+class PageReleaser:
+    """Drops the resident pages of file-backed source tensors once they have been converted.
+
+    A tensor read through a private file mapping (``read_safetensors``, ``torch.load(mmap=True)``)
+    occupies RAM only for the pages touched. Converting it (bf16 -> fp32, fp8 dequantization)
+    touches every page, so without help the loader would end up holding the source bytes *and*
+    the converted copy. ``madvise(MADV_DONTNEED)`` on the source's whole pages returns them; the
+    mapping stays valid (a later read re-reads the file), so this is safe as long as nobody wrote
+    to the mapping, which the loader never does.
+
+    Only address ranges that ``/proc/self/maps`` shows as private mappings of ``files`` are ever
+    released, so an ordinary (anonymous) tensor passed by mistake is left alone. Linux only; a
+    no-op elsewhere.
+    """
+
+    MADV_DONTNEED = 4
+
+    def __init__(self, files: Iterable[Path]):
+        self.ranges: list[tuple[int, int]] = []
+        self.page = mmap.PAGESIZE
+        self._madvise = None
+        if not sys.platform.startswith("linux"):
+            return
+        names = {str(Path(f).resolve()) for f in files}
+        try:
+            with open("/proc/self/maps") as maps:
+                for line in maps:
+                    parts = line.split(maxsplit=5)
+                    if len(parts) == 6 and parts[5].rstrip("\n") in names and parts[1].endswith("p"):
+                        lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                        self.ranges.append((lo, hi))
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+            self._madvise = libc.madvise
+        except (OSError, AttributeError):
+            self.ranges = []
+
+    def release(self, tensor: torch.Tensor) -> int:
+        """Drop the whole pages of ``tensor``'s bytes if they lie in one of the files; bytes released."""
+        if self._madvise is None or tensor.device.type != "cpu" or tensor.numel() == 0:
+            return 0
+        start = tensor.data_ptr()
+        end = start + tensor.numel() * tensor.element_size()
+        if not any(lo <= start and end <= hi for lo, hi in self.ranges):
+            return 0
+        lo = -(-start // self.page) * self.page
+        hi = end // self.page * self.page
+        if hi <= lo or self._madvise(lo, hi - lo, self.MADV_DONTNEED) != 0:
+            return 0
+        return hi - lo
+
+
 # -------------------------------------------------------------------------------------------- loading
 def load_state_dict_into(
     module: nn.Module,
@@ -127,21 +246,29 @@ def load_state_dict_into(
     origin: Callable[[str], Path | str],
     ignored_prefixes: Iterable[str] = (),
     dtype: torch.dtype | None = None,
+    releaser: PageReleaser | None = None,
+    describe: Callable[[str], str] = repr,
 ) -> nn.Module:
-    """Strictly assign ``state_dict`` to a (meta-device) module; one-line errors name key and file."""
+    """Strictly assign ``state_dict`` to a (meta-device) module; one-line errors name key and file.
+
+    Tensors already in ``dtype`` are assigned as they are (zero-copy: the parameters *are* the
+    mapped file). Others are converted one at a time, and ``releaser`` drops each source's pages
+    right after its conversion, so the peak is the converted model plus one tensor, not both copies.
+    ``describe(key)`` renders a key in messages (the official layout adds the official name).
+    """
     ignored = tuple(ignored_prefixes)
     expected = module.state_dict(keep_vars=True)
+    owner = type(module).__name__
     for key in state_dict:
         if key not in expected and not key.startswith(ignored):
-            owner = type(module).__name__
-            raise CheckpointError(f"unexpected key {key!r} in {origin(key)} (not a parameter of {owner})")
+            raise CheckpointError(f"unexpected key {describe(key)} in {origin(key)} (not a parameter of {owner})")
     for key, param in expected.items():
         if key not in state_dict:
-            raise CheckpointError(f"missing key {key!r} in {origin(key)} (needed by {type(module).__name__})")
+            raise CheckpointError(f"missing key {describe(key)} in {origin(key)} (needed by {owner})")
         got = state_dict[key]
         if tuple(got.shape) != tuple(param.shape):
             raise CheckpointError(
-                f"key {key!r} in {origin(key)} has shape {list(got.shape)}, "
+                f"key {describe(key)} in {origin(key)} has shape {list(got.shape)}, "
                 f"the model expects {list(param.shape)} (wrong config for this checkpoint?)"
             )
     target = dtype or torch.float32
@@ -149,7 +276,9 @@ def load_state_dict_into(
     for key in expected:
         t = state_dict[key]
         if t.dtype != target and t.is_floating_point():
-            t = t.to(target)
+            src, t = t, t.to(target)
+            if releaser is not None:
+                releaser.release(src)
         converted[key] = t
     module.load_state_dict(converted, strict=True, assign=True)
     return module
@@ -186,7 +315,8 @@ def resolve_model(model: str | Path) -> Path:
     if str(model) == "tiny":
         from vidtrt.embedded import tiny_checkpoint
 
-        return tiny_checkpoint()
+        with quiet_transformers():  # the first call writes it with save_pretrained ("Writing model shards")
+            return tiny_checkpoint()
     folder = Path(model).expanduser()
     if not folder.is_dir():
         raise CheckpointError(f"model folder not found: {folder} (accepted: 'tiny' or a checkpoint folder)")
@@ -194,43 +324,84 @@ def resolve_model(model: str | Path) -> Path:
     return folder
 
 
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers' tqdm bars ("Loading weights", "Writing model shards") off for the block."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        yield
+        return
+    was_on = hf_logging.is_progress_bar_enabled()
+    if was_on:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"missing config file: {path}") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
 
 
 def load_model_config(model: str | Path) -> ModelConfig:
-    """The ModelConfig of a checkpoint folder ('tiny' included)."""
+    """The ModelConfig of a checkpoint folder ('tiny' included).
+
+    diffusers layout: ``transformer/config.json``, ``vae/config.json`` and the scheduler's ``shift``.
+    Official layout: the DiT architecture is inferred from the weights' shapes
+    (:func:`infer_transformer_config`); a ``transformers/config.json`` (diffusers field names) next
+    to the weights overrides what it names. The VAE config is ``vae/config.json`` (official names).
+    Both: ``vidtrt.json`` beside the checkpoint overrides the text/tiling/defaults sections.
+    """
     folder = resolve_model(model)
     config = hunyuan_video_config()
     config.name = folder.name if str(model) != "tiny" else "tiny"
-    if detect_layout(folder) == "diffusers":
-        config.transformer = TransformerConfig.from_dict(_read_json(folder / "transformer" / "config.json"))
-        config.vae = VAEConfig.from_dict(_read_json(folder / "vae" / "config.json"))
-        sched = folder / "scheduler" / "scheduler_config.json"
-        if sched.exists():
-            config.defaults.flow_shift = float(_read_json(sched).get("shift", config.defaults.flow_shift))
-    else:
-        root = official_root(folder)
-        cfg_json = root / "transformers" / "config.json"
-        if cfg_json.exists():
-            config.transformer = TransformerConfig.from_dict(_read_json(cfg_json))
-        vae_json = root / "vae" / "config.json"
-        if vae_json.exists():
-            config.vae = VAEConfig.from_dict(_vae_config_from_official(_read_json(vae_json)))
-    overrides = folder / VIDTRT_JSON
-    if overrides.exists():
-        _apply_overrides(config, _read_json(overrides))
-    return config.validate()
+    try:
+        if detect_layout(folder) == "diffusers":
+            cfg_path = folder / "transformer" / "config.json"
+            dit_cfg = _read_json(cfg_path)
+            if dit_cfg.get("image_condition_type") is not None:
+                raise CheckpointError(
+                    f"{cfg_path}: image_condition_type={dit_cfg['image_condition_type']!r} is an image-to-video "
+                    f"model; only text-to-video (image_condition_type null) is supported"
+                )
+            config.transformer = TransformerConfig.from_dict(dit_cfg)
+            config.vae = VAEConfig.from_dict(_read_json(folder / "vae" / "config.json"))
+            sched = folder / "scheduler" / "scheduler_config.json"
+            if sched.exists():
+                config.defaults.flow_shift = float(_read_json(sched).get("shift", config.defaults.flow_shift))
+        else:
+            root = official_root(folder)
+            config.transformer = _official_transformer_config(root)
+            vae_json = root / "vae" / "config.json"
+            if vae_json.exists():
+                config.vae = VAEConfig.from_dict(_vae_config_from_official(_read_json(vae_json)))
+        overrides = folder / VIDTRT_JSON
+        if overrides.exists():
+            _apply_overrides(config, _read_json(overrides))
+        return config.validate()
+    except ConfigError as e:
+        raise CheckpointError(f"{folder}: {e}") from None
 
 
 def _vae_config_from_official(data: dict) -> dict:
-    # The official VAE config.json uses diffusers-style names already; keep the fields we know.
-    return {k: v for k, v in data.items() if not k.startswith("_")}
+    """The official VAE config.json (``AutoencoderKLCausal3D``) -> VAEConfig fields."""
+    out = {k: v for k, v in data.items() if not k.startswith("_")}
+    renames = {"time_compression_ratio": "temporal_compression_ratio", "scale_factor": "scaling_factor"}
+    for old, new in renames.items():
+        if old in out and new not in out:
+            out[new] = out.pop(old)
+    return out
 
 
 def _apply_overrides(config: ModelConfig, data: dict) -> None:
@@ -244,43 +415,180 @@ def _apply_overrides(config: ModelConfig, data: dict) -> None:
         config.name = data["name"]
 
 
+# ------------------------------------------------------------------------------ official DiT config
+# rope_axes_dim cannot be read off the weights (RoPE has no parameters); HunyuanVideo's is known.
+KNOWN_ROPE_AXES = {128: (16, 56, 56)}
+
+
+def _official_dit_file(root: Path) -> Path:
+    for name in (OFFICIAL_DIT, OFFICIAL_DIT_FP8):
+        if (root / name).exists():
+            return root / name
+    raise CheckpointError(f"no DiT weights under {root}: expected {OFFICIAL_DIT} or {OFFICIAL_DIT_FP8}")
+
+
+def _official_transformer_config(root: Path) -> TransformerConfig:
+    source = _official_dit_file(root)
+    cfg_json = root / "transformers" / "config.json"
+    overrides = _read_json(cfg_json) if cfg_json.exists() else {}
+    return infer_transformer_config(read_torch_file(source), source, overrides, cfg_json)
+
+
+def infer_transformer_config(
+    sd: dict[str, torch.Tensor],
+    source: Path | str = "the checkpoint",
+    overrides: dict | None = None,
+    config_path: Path | str = "transformers/config.json",
+) -> TransformerConfig:
+    """The DiT architecture of an official-layout state dict, from its tensor shapes alone.
+
+    hidden size and patch sizes: ``img_in.proj.weight`` [hidden, C_in, pt, p, p]; head_dim: the size of
+    a QK-norm weight (heads = hidden / head_dim); layer counts: the block indices present; MLP ratio:
+    ``img_mlp.fc1`` (or single-stream ``linear1``) width / hidden; text and pooled dims: the inputs of
+    ``txt_in.input_embedder`` and ``vector_in.in_layer``; guidance: ``guidance_in`` present; output
+    channels: ``final_layer.linear`` rows / (pt * p * p). ``rope_axes_dim`` has no weights: it is
+    (16, 56, 56) for head_dim 128 (HunyuanVideo) and must come from ``overrides`` (config.json,
+    diffusers field names, which also override anything inferred) otherwise.
+    """
+    overrides = {k: v for k, v in (overrides or {}).items() if not k.startswith("_")}
+
+    def shape(key: str) -> tuple[int, ...]:
+        if key not in sd:
+            raise CheckpointError(f"missing key {key!r} in {source} (needed to infer the DiT architecture)")
+        return tuple(sd[key].shape)
+
+    def count(prefix: str) -> int:
+        found = {int(k[len(prefix):].split(".", 1)[0]) for k in sd if k.startswith(prefix)}
+        return max(found) + 1 if found else 0
+
+    img_in = shape("img_in.proj.weight")
+    if len(img_in) != 5:
+        raise CheckpointError(f"key 'img_in.proj.weight' in {source} has shape {list(img_in)}, expected 5 dims")
+    hidden, in_channels, pt, p, p2 = img_in
+    if p != p2:
+        raise CheckpointError(f"key 'img_in.proj.weight' in {source}: non-square patch {p}x{p2} is not supported")
+    n_double, n_single = count("double_blocks."), count("single_blocks.")
+    if n_double:
+        head_dim = shape("double_blocks.0.img_attn_q_norm.weight")[0]
+        mlp_hidden = shape("double_blocks.0.img_mlp.fc1.weight")[0]
+    elif n_single:
+        head_dim = shape("single_blocks.0.q_norm.weight")[0]
+        mlp_hidden = shape("single_blocks.0.linear1.weight")[0] - 3 * hidden
+    else:
+        raise CheckpointError(f"{source}: no double_blocks.* or single_blocks.* keys; not a HunyuanVideo DiT")
+    if hidden % head_dim:
+        raise CheckpointError(f"{source}: hidden size {hidden} is not a multiple of the QK-norm width {head_dim}")
+    final = shape("final_layer.linear.weight")[0]
+    inferred = dict(
+        in_channels=in_channels,
+        out_channels=final // (pt * p * p),
+        num_attention_heads=hidden // head_dim,
+        attention_head_dim=head_dim,
+        num_layers=n_double,
+        num_single_layers=n_single,
+        num_refiner_layers=count("txt_in.individual_token_refiner.blocks."),
+        mlp_ratio=mlp_hidden / hidden,
+        patch_size=p,
+        patch_size_t=pt,
+        guidance_embeds=any(k.startswith("guidance_in.") for k in sd),
+        text_embed_dim=shape("txt_in.input_embedder.weight")[1],
+        pooled_projection_dim=shape("vector_in.in_layer.weight")[1],
+    )
+    inferred.update(overrides)
+    if "rope_axes_dim" not in inferred:
+        head_dim = inferred["attention_head_dim"]
+        if head_dim not in KNOWN_ROPE_AXES:
+            raise CheckpointError(
+                f"{source}: attention head_dim is {head_dim}, and the RoPE axis split (rope_axes_dim, "
+                f"known only for head_dim 128) cannot be read off the weights; write it to {config_path}, "
+                f'e.g. {{"rope_axes_dim": [t, h, w]}} with t + h + w = {head_dim}'
+            )
+        inferred["rope_axes_dim"] = KNOWN_ROPE_AXES[head_dim]
+    return TransformerConfig.from_dict(inferred)
+
+
+def _official_name(key: str) -> str:
+    """The official-layout name of a diffusers DiT key (for messages); the key itself if unknown."""
+    from vidtrt.models import official_layout as ol
+
+    module, _, param = key.rpartition(".")
+    top = {v: k for k, v in ol._TOP.items()}
+    if module in top:
+        return f"{top[module]}.{param}"
+    if module == ol._FINAL_ADALN[1]:
+        return f"{ol._FINAL_ADALN[0]}.{param}"
+    for off_prefix, dif_prefix, renames, fused in ol._BLOCKS:
+        hit = ol._match_block(module, dif_prefix)
+        if hit is None:
+            continue
+        index, sub = hit
+        inverse = {v: k for k, v in renames.items()}
+        if sub in inverse:
+            return f"{off_prefix}.{index}.{inverse[sub]}.{param}"
+        owner = next((name for name, parts in fused.items() if sub in parts), None)
+        if owner is not None:
+            return f"{off_prefix}.{index}.{owner}.{param}"
+    return key
+
+
+# -------------------------------------------------------------------------------------------- modules
+def _weights_file(folder: Path) -> Path:
+    """What a diffusers component's weights are called (the index of a sharded checkpoint)."""
+    index = folder / f"{DIFFUSERS_WEIGHTS}.safetensors.index.json"
+    return index if index.exists() else folder / f"{DIFFUSERS_WEIGHTS}.safetensors"
+
+
 def load_transformer(model: str | Path, config: ModelConfig | None = None, dtype: torch.dtype = torch.float32):
-    """The DiT of a checkpoint folder, on CPU, in ``dtype``."""
+    """The DiT of a checkpoint folder, on CPU, in ``dtype`` (zero-copy when the file is in ``dtype``)."""
     from vidtrt.models.transformer import HunyuanVideoTransformer3D
 
     folder = resolve_model(model)
     config = config or load_model_config(folder)
+    describe = repr
     if detect_layout(folder) == "diffusers":
-        tensors, origin = read_weights_dir(folder / "transformer")
-        where = lambda k: origin.get(k, folder / "transformer")  # noqa: E731
+        sub = folder / "transformer"
+        tensors, origin = read_weights_dir(sub)
+        default = _weights_file(sub)
+        where = lambda k: origin.get(k, default)  # noqa: E731
+        releaser = PageReleaser(set(origin.values()))
     else:
-        tensors, where = _read_official_dit(official_root(folder))
+        tensors, source, releaser = _read_official_dit(official_root(folder), dtype)
+        where = lambda k: source  # noqa: E731
+        describe = lambda k: f"{k!r} (official name {_official_name(k)!r})"  # noqa: E731
     module = build_on_meta(lambda: HunyuanVideoTransformer3D(config.transformer))
-    load_state_dict_into(module, tensors, where, dtype=dtype)
+    load_state_dict_into(module, tensors, where, dtype=dtype, releaser=releaser, describe=describe)
     _init_buffers(module)
     return module.eval()
 
 
-def _read_official_dit(root: Path):
+def _read_official_dit(root: Path, dtype: torch.dtype = torch.float32):
+    """(diffusers-named tensors, source file, releaser) of the official DiT, FP8 dequantized to ``dtype``."""
     from vidtrt.models.official_layout import dequantize_fp8, official_to_diffusers
 
-    fp8, fp8_map = root / OFFICIAL_DIT_FP8, root / OFFICIAL_DIT_FP8_MAP
-    if (root / OFFICIAL_DIT).exists():
-        source = root / OFFICIAL_DIT
-        sd = read_torch_file(source)
-    elif fp8.exists():
+    source = _official_dit_file(root)
+    sd = read_torch_file(source)
+    releaser = PageReleaser([source])
+    if source.name == Path(OFFICIAL_DIT_FP8).name:
+        fp8_map = root / OFFICIAL_DIT_FP8_MAP
         if not fp8_map.exists():
-            raise CheckpointError(f"{fp8} needs its scale map {fp8_map.name}, which is missing")
-        source = fp8
+            raise CheckpointError(f"{source} needs its scale map {fp8_map}, which is missing")
         scales = read_torch_file(fp8_map)
-        sd = dequantize_fp8(read_torch_file(fp8), scales)
-    else:
-        raise CheckpointError(f"no DiT weights under {root}: expected {OFFICIAL_DIT} or {OFFICIAL_DIT_FP8}")
+        out = {}
+        for key, t in sd.items():  # one tensor at a time: the peak is the dequantized model + one tensor
+            try:
+                out[key] = dequantize_fp8({key: t}, scales, dtype)[key]
+            except CheckpointError as e:
+                raise CheckpointError(f"{source} with {fp8_map.name}: {e}") from None
+            if out[key] is not t:
+                releaser.release(t)
+        sd = out
     try:
         converted = official_to_diffusers(sd)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e} in {source}") from None
     except KeyError as e:
         raise CheckpointError(f"{source}: unexpected key layout ({e})") from None
-    return converted, lambda k: source
+    return converted, source, releaser
 
 
 def load_vae_decoder(model: str | Path, config: ModelConfig | None = None, dtype: torch.dtype = torch.float32):
@@ -290,16 +598,23 @@ def load_vae_decoder(model: str | Path, config: ModelConfig | None = None, dtype
     folder = resolve_model(model)
     config = config or load_model_config(folder)
     if detect_layout(folder) == "diffusers":
-        tensors, origin = read_weights_dir(folder / "vae")
-        where = lambda k: origin.get(k, folder / "vae")  # noqa: E731
+        sub = folder / "vae"
+        tensors, origin = read_weights_dir(sub)
+        default = _weights_file(sub)
+        where = lambda k: origin.get(k, default)  # noqa: E731
+        releaser = PageReleaser(set(origin.values()))
     else:
         from vidtrt.models.vae_official_layout import official_vae_to_diffusers
 
         source = official_root(folder) / OFFICIAL_VAE
-        tensors = official_vae_to_diffusers(read_torch_file(source))
+        try:
+            tensors = official_vae_to_diffusers(read_torch_file(source))
+        except CheckpointError as e:
+            raise CheckpointError(f"{source}: {e}") from None
         where = lambda k: source  # noqa: E731
+        releaser = PageReleaser([source])
     module = build_on_meta(lambda: HunyuanVideoVAEDecoder(config.vae))
-    load_state_dict_into(module, tensors, where, ignored_prefixes=IGNORED_PREFIXES, dtype=dtype)
+    load_state_dict_into(module, tensors, where, ignored_prefixes=IGNORED_PREFIXES, dtype=dtype, releaser=releaser)
     _init_buffers(module)
     return module.eval()
 
@@ -319,5 +634,6 @@ def load_text_encoder(model: str | Path, config: ModelConfig | None = None, dtyp
     config = config or load_model_config(folder)
     if detect_layout(folder) == "official" and not (folder / "text_encoder").is_dir():
         folder = official_root(folder).parent  # ckpts/ holds text_encoder/ beside hunyuan-video-t2v-720p/
-    return HunyuanTextEncoder.from_pretrained(folder, config.text, torch_dtype=dtype)
+    with quiet_transformers():
+        return HunyuanTextEncoder.from_pretrained(folder, config.text, torch_dtype=dtype)
 
