@@ -7,32 +7,44 @@
   installable on our machines, so everything up to the TensorRT call is what is tested).
 
 Every engine checks its inputs against the component's :class:`~vidtrt.specs.ComponentSpec` and
-answers with float32/int64 numpy arrays named by the spec.
+answers with numpy arrays named by the spec. Errors (missing or corrupt file, input outside the spec)
+are one-line :class:`~vidtrt.errors.EngineError` naming the file or input and what is accepted.
+
+Components built from engines (the pipeline's callables) live in :mod:`vidtrt.engine_components`;
+:func:`load_pipeline_with_engine` is re-exported here for the CLI.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import ctypes
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from vidtrt.errors import EngineError
-from vidtrt.specs import ComponentSpec
+from vidtrt.specs import ONNX_DTYPES, ComponentSpec
 
 ENGINE_KINDS = ("torch", "onnxruntime", "tensorrt")
 
 
 class Engine(Protocol):
+    """Runs one component: ``run(feeds)`` takes the spec's inputs by name and returns its outputs by name."""
+
     spec: ComponentSpec
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
 class TorchEngine:
-    """A torch callable taking the spec's inputs positionally and returning its outputs (tensor or tuple)."""
+    """A torch callable taking the spec's inputs positionally and returning its outputs (tensor or tuple).
+
+    Floating inputs are cast to ``dtype`` on ``device``; outputs come back as float32 numpy arrays.
+    """
+
+    kind = "torch"
 
     def __init__(self, spec: ComponentSpec, fn: Callable[..., torch.Tensor | tuple[torch.Tensor, ...]],
                  device: str = "cpu", dtype: torch.dtype = torch.float32):
@@ -50,55 +62,141 @@ class TorchEngine:
         return {t.name: o.to("cpu", torch.float32).numpy() for t, o in zip(self.spec.outputs, outs, strict=True)}
 
 
+# ------------------------------------------------------------------------------------------ onnxruntime
+def _tensorrt_libs_present() -> bool:
+    for name in ("libnvinfer.so.10", "libnvinfer.so"):
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
 def onnxruntime_providers(requested: Sequence[str] | None = None) -> list[str]:
-    """TensorRT / CUDA execution providers when this onnxruntime has them, CPU always last."""
+    """Execution providers: ``requested`` (checked against this onnxruntime), else TensorRT (when its
+    libraries load) and CUDA when this onnxruntime has them, CPU always last."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
     if requested:
         unknown = [p for p in requested if p not in available]
         if unknown:
-            raise EngineError(f"onnxruntime provider {unknown[0]!r} is not available; available: {available}")
+            raise EngineError(f"onnxruntime execution provider {unknown[0]!r} is not available; "
+                              f"accepted: {available}")
         return list(requested)
-    preferred = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    return [p for p in preferred if p in available] or ["CPUExecutionProvider"]
+    preferred = []
+    if "TensorrtExecutionProvider" in available and _tensorrt_libs_present():
+        preferred.append("TensorrtExecutionProvider")
+    if "CUDAExecutionProvider" in available:
+        preferred.append("CUDAExecutionProvider")
+    return preferred + ["CPUExecutionProvider"]
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else type(e).__name__
+    return " ".join(line.split())[:300]
+
+
+def _external_data_files(path: Path) -> list[str]:
+    """Names of the external data files an ONNX file refers to (reads the graph only, not the data)."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf raises DecodeError and others on corrupt files
+        raise EngineError(f"cannot read ONNX file {path}: {_first_line(e)}") from None
+    files = []
+    for init in proto.graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            loc = next((e.value for e in init.external_data if e.key == "location"), None)
+            if loc and loc not in files:
+                files.append(loc)
+    return files
 
 
 class OnnxRuntimeEngine:
     """An exported component in onnxruntime.
 
-    ``threads``: intra-op threads (0 = onnxruntime's default); ``providers``: execution providers in
-    priority order (default: TensorRT, CUDA when installed, then CPU). FP8 (Q/DQ) graphs load with
-    basic graph optimisations only (onnxruntime's full level moves Transposes onto FP8 data).
+    ``threads``: intra-op threads (0 = onnxruntime's default, one per core); ``inter_threads``:
+    inter-op threads (0 = default); ``providers``: execution providers in priority order (default:
+    TensorRT, CUDA when installed, then CPU); ``session_options``: extra ``SessionOptions`` attributes
+    (e.g. ``{"enable_mem_pattern": False}``); ``graph_optimization``: "all" (default), "extended",
+    "basic" or "disabled". FP8 (Q/DQ) graphs load with basic graph optimisations (onnxruntime's higher
+    levels move Transposes onto FP8 data); ``fp8=None`` guesses that from the file name.
     """
 
+    kind = "onnxruntime"
+    _LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+               "all": "ORT_ENABLE_ALL"}
+
     def __init__(self, path: str | Path, spec: ComponentSpec, threads: int = 0,
-                 providers: Sequence[str] | None = None, fp8: bool | None = None):
+                 providers: Sequence[str] | None = None, fp8: bool | None = None, inter_threads: int = 0,
+                 graph_optimization: str | None = None, session_options: Mapping[str, Any] | None = None):
         import onnxruntime as ort
 
         self.path, self.spec = Path(path), spec
-        if not self.path.exists():
+        if not self.path.is_file():
             raise EngineError(f"{spec.name}: ONNX file not found: {self.path} (run `vidtrt export` first)")
+        for name in _external_data_files(self.path):
+            if not (self.path.parent / name).is_file():
+                raise EngineError(f"{spec.name}: {self.path} needs its external data file "
+                                  f"{self.path.parent / name}, which is missing")
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         if threads:
-            opts.intra_op_num_threads = threads
+            opts.intra_op_num_threads = int(threads)
+        if inter_threads:
+            opts.inter_op_num_threads = int(inter_threads)
         if fp8 is None:
             fp8 = "fp8" in self.path.name
-        if fp8:
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        level = graph_optimization or ("basic" if fp8 else "all")
+        if level not in self._LEVELS:
+            raise EngineError(f"graph_optimization {level!r} is not valid; accepted: {list(self._LEVELS)}")
+        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, self._LEVELS[level])
+        for key, value in (session_options or {}).items():
+            if not hasattr(opts, key):
+                raise EngineError(f"onnxruntime SessionOptions has no attribute {key!r}")
+            setattr(opts, key, value)
+        self.providers = onnxruntime_providers(providers)
         try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=onnxruntime_providers(providers))
+            self.session = ort.InferenceSession(str(self.path), opts, providers=self.providers)
         except Exception as e:  # onnxruntime raises its own exception types for corrupt models
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise EngineError(f"{spec.name}: cannot load ONNX file {self.path}: {first[:300]}") from None
-        names = [i.name for i in self.session.get_inputs()]
-        if sorted(names) != sorted(spec.input_names):
-            raise EngineError(f"{spec.name}: {self.path} has inputs {names}, the spec expects {spec.input_names}")
+            raise EngineError(f"{spec.name}: cannot load ONNX file {self.path}: {_first_line(e)}") from None
+        self._check_signature()
+
+    def _check_signature(self) -> None:
+        """The file's inputs/outputs must be the spec's: names, element types, ranks, fixed sizes."""
+        import onnxruntime as ort  # noqa: F401  (types come from the session)
+
+        type_names = {f"tensor({'float' if k == 'float32' else 'double' if k == 'float64' else k})": k
+                      for k in ONNX_DTYPES}
+        got_in = {i.name: i for i in self.session.get_inputs()}
+        got_out = {o.name: o for o in self.session.get_outputs()}
+        if sorted(got_in) != sorted(self.spec.input_names):
+            raise EngineError(f"{self.spec.name}: {self.path} has inputs {sorted(got_in)}, "
+                              f"the spec expects {self.spec.input_names} (exported from another model?)")
+        missing = [n for n in self.spec.output_names if n not in got_out]
+        if missing:
+            raise EngineError(f"{self.spec.name}: {self.path} lacks output {missing[0]!r}; "
+                              f"it has {sorted(got_out)}")
+        for t in self.spec.inputs + self.spec.outputs:
+            arg = got_in.get(t.name) or got_out[t.name]
+            dtype = type_names.get(arg.type, arg.type)
+            if dtype != t.dtype:
+                raise EngineError(f"{self.spec.name}: {self.path} declares {t.name!r} as {arg.type}, "
+                                  f"the spec says {t.dtype}")
+            shape = list(arg.shape)
+            if len(shape) != len(t.shape) or any(
+                isinstance(want, int) and got != want for got, want in zip(shape, t.shape, strict=True)
+            ):
+                raise EngineError(f"{self.spec.name}: {self.path} declares {t.name!r} with shape {shape}, "
+                                  f"the spec says {list(t.shape)}")
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.spec.check_inputs(feeds)
-        outs = self.session.run(self.spec.output_names, dict(feeds))
+        outs = self.session.run(self.spec.output_names, {k: np.ascontiguousarray(v) for k, v in feeds.items()})
         return dict(zip(self.spec.output_names, outs, strict=True))
 
 
@@ -154,3 +252,12 @@ def import_tensorrt():
             f"an NGC TensorRT/Triton container); use --engine onnxruntime or torch instead ({type(e).__name__})"
         ) from None
     return trt
+
+
+def load_pipeline_with_engine(model, engine: str = "onnxruntime", artifacts=None, threads: int = 0,
+                              providers: Sequence[str] | None = None):
+    """A :class:`~vidtrt.pipeline.HunyuanVideoPipeline` whose components run on ``engine``
+    (see :func:`vidtrt.engine_components.load_pipeline_with_engine`)."""
+    from vidtrt.engine_components import load_pipeline_with_engine as load
+
+    return load(model, engine, artifacts, threads=threads, providers=providers)

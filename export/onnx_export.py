@@ -1,0 +1,418 @@
+"""ONNX export of every HunyuanVideo component, driven by the component specs.
+
+``vidtrt export --model tiny|PATH --out DIR [--components ...] [--opset N]`` writes
+``DIR/<component>.onnx`` (plus ``<component>.onnx.data`` when the weights go to external data) and
+``DIR/manifest.json``, which records the model config fingerprint, opset and each component's spec so
+engines can refuse artifacts from another model.
+
+How each file is made (:func:`export_onnx`):
+
+1. ``torch.onnx.export(..., dynamo=True)`` traces the component's module on the spec's export example
+   (batch 2, sizes > 1 and distinct) with ``torch.export.Dim`` per dynamic axis, bounded by the spec's
+   ranges (an axis with a ``multiple`` becomes ``multiple * Dim``). The DiT traces without its
+   padding trim; text padding is per-sample key lengths turned into an O(S) key bias [B, 1, 1, S],
+   never a dense mask.
+2. The exporter's graph optimiser (constant folding, dead-code removal, e.g. the LLM layers after
+   the one the DiT reads) runs unless ``optimize=False``.
+3. Graph inputs/outputs must still be dynamic on every spec axis (an axis the trace specialised to a
+   number is an error, not a silent static model); their dims are renamed to the spec's axis names.
+4. Saved with ``onnx_ir`` -- weights to ``<file>.data`` (external data, 64 KiB-aligned) when they are
+   larger than ``EXTERNAL_DATA_BYTES`` or always/never as asked -- and checked with
+   ``onnx.checker.check_model`` on the path (which works past 2 GB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import io
+import json
+import logging
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vidtrt.errors import VidtrtError
+from vidtrt.specs import COMPONENTS, ComponentSpec
+
+DEFAULT_OPSET = 18
+MIN_OPSET = 18
+EXTERNAL_DATA_BYTES = 1 << 30  # "auto": weights above 1 GiB go to external data (protobuf's limit is 2 GiB)
+EXTERNAL_DATA_CHOICES = ("auto", "always", "never")
+
+
+class ExportError(VidtrtError):
+    """An ONNX export failed or produced a model that does not match its spec."""
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_onnx` wrote."""
+
+    component: str
+    path: Path
+    external_data: Path | None
+    weight_bytes: int
+    file_bytes: int
+    seconds: float
+    num_nodes: int
+
+    def manifest_entry(self, spec: ComponentSpec) -> dict:
+        return {
+            "file": self.path.name,
+            "external_data": self.external_data.name if self.external_data else None,
+            "bytes": self.file_bytes,
+            "weight_bytes": self.weight_bytes,
+            "nodes": self.num_nodes,
+            "spec": spec.to_dict(),
+        }
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def torch_dynamic_shapes(spec: ComponentSpec) -> tuple[dict[int, object] | None, ...]:
+    """``torch.export`` dynamic shapes (one dict per input, in spec order) from the spec's axes."""
+    from torch.export import Dim
+
+    dims: dict[str, object] = {}
+    for axis, rng in spec.axes.items():
+        if rng.multiple > 1:
+            m = rng.multiple
+            dims[axis] = m * Dim(f"{axis}_div{m}", min=math.ceil(rng.min / m), max=rng.max // m)
+        else:
+            dims[axis] = Dim(axis, min=rng.min, max=rng.max)
+    out = []
+    for t in spec.inputs:
+        dyn = {i: dims[a] for i, a in t.dynamic_axes.items()}
+        out.append(dyn or None)
+    return tuple(out)
+
+
+@contextlib.contextmanager
+def _quiet_export() -> Iterator[io.StringIO]:
+    """Silence the exporter's progress prints, warnings and registration logs (kept for errors)."""
+    buf = io.StringIO()
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript",
+                                                "torch.fx.experimental.symbolic_shapes", "torch._dynamo")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
+            warnings.simplefilter("ignore")
+            yield buf
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    for line in text.splitlines():
+        if line.strip():
+            return " ".join(line.split())[:400]
+    return type(e).__name__
+
+
+def _weight_bytes(model) -> int:
+    total = 0
+    for value in model.graph.initializers.values():
+        if value.const_value is not None:
+            total += value.const_value.nbytes
+    return total
+
+
+def _fix_io_shapes(model, spec: ComponentSpec, pin: bool = False) -> None:
+    """Check the exported inputs/outputs against the spec and name their dynamic dims as the spec does.
+
+    ``pin``: a dim the spec fixes may be symbolic in the graph; it is set to the spec's value (a graph
+    traced with a dynamic batch serving a batch-1 spec)."""
+    import onnx_ir as ir
+
+    for values, tensors, kind in ((model.graph.inputs, spec.inputs, "input"),
+                                  (model.graph.outputs, spec.outputs, "output")):
+        names = [v.name for v in values]
+        if names != [t.name for t in tensors]:
+            raise ExportError(f"{spec.name}: exported {kind}s {names}, the spec says {[t.name for t in tensors]}")
+        for value, t in zip(values, tensors, strict=True):
+            shape = value.shape
+            if shape is None or len(shape) != len(t.shape):
+                raise ExportError(f"{spec.name}: exported {kind} {t.name!r} has shape {shape}, "
+                                  f"the spec says {list(t.shape)}")
+            dims = []
+            for i, (got, want) in enumerate(zip(shape, t.shape, strict=True)):
+                if isinstance(want, int):
+                    if got != want and not (pin and not isinstance(got, int)):
+                        raise ExportError(f"{spec.name}: exported {kind} {t.name!r} axis {i} is {got}, "
+                                          f"the spec says {want}")
+                    dims.append(want)
+                else:
+                    if isinstance(got, int):
+                        raise ExportError(f"{spec.name}: the export specialised {kind} {t.name!r} axis {i} "
+                                          f"({want}) to {got}; it must stay dynamic")
+                    dims.append(ir.SymbolicDim(want))
+            value.shape = ir.Shape(dims)
+
+
+# ------------------------------------------------------------------------------------------------ export
+def trace_onnx(module: torch.nn.Module, spec: ComponentSpec, opset: int = DEFAULT_OPSET, optimize: bool = True):
+    """Steps 1-3 of the module docstring: the checked ``onnx_ir`` model of ``module`` (not yet saved)."""
+    if opset < MIN_OPSET:
+        raise ExportError(f"--opset {opset} is not supported; accepted: >= {MIN_OPSET} (the dynamo exporter's floor)")
+    feeds = spec.example_inputs(spec.export_axes, seed=0)
+    args = tuple(torch.from_numpy(feeds[n]) for n in spec.input_names)
+    module = module.eval()
+    try:
+        with torch.no_grad(), _quiet_export():
+            program = torch.onnx.export(
+                module, args, input_names=spec.input_names, output_names=spec.output_names, dynamo=True,
+                dynamic_shapes=torch_dynamic_shapes(spec), opset_version=opset, optimize=optimize, verbose=False,
+            )
+    except Exception as e:  # the exporter raises many types; one line, the cause chained for debugging
+        raise ExportError(f"{spec.name}: ONNX export failed: {type(e).__name__}: {_first_line(e)}") from e
+    model = program.model
+    _fix_io_shapes(model, spec)
+    return model
+
+
+def save_onnx(model, spec: ComponentSpec, path: str | Path, external_data: str = "auto",
+              metadata: dict[str, str] | None = None, seconds: float = 0.0) -> ExportResult:
+    """Step 4: write ``model`` (external data as asked) and run ``onnx.checker`` on the file."""
+    import onnx
+    import onnx_ir as ir
+
+    if external_data not in EXTERNAL_DATA_CHOICES:
+        raise ExportError(f"external_data={external_data!r}; accepted: {list(EXTERNAL_DATA_CHOICES)}")
+    t0 = time.perf_counter()
+    path = Path(path)
+    props = {"vidtrt.component": spec.name, "vidtrt.spec": json.dumps(spec.to_dict())}
+    props.update(metadata or {})
+    model.metadata_props.update(props)
+    model.producer_name = "vidtrt"
+    weights = _weight_bytes(model)
+    use_external = external_data == "always" or (external_data == "auto" and weights > EXTERNAL_DATA_BYTES)
+    data_path = path.with_name(path.name + ".data") if use_external else None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in (path, path.with_name(path.name + ".data")):
+        if stale.exists():
+            stale.unlink()
+    try:
+        if use_external:
+            ir.save(model, path, external_data=data_path.name, alignment=65536, max_workers=1,
+                    max_in_flight_bytes=256 << 20)
+        else:
+            ir.save(model, path)
+    except (OSError, ValueError) as e:
+        raise ExportError(f"{spec.name}: cannot write {path}: {_first_line(e)}") from None
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as e:
+        raise ExportError(f"{spec.name}: onnx.checker rejects {path}: {_first_line(e)}") from None
+    size = path.stat().st_size + (data_path.stat().st_size if data_path else 0)
+    return ExportResult(spec.name, path, data_path, weights, size, seconds + time.perf_counter() - t0,
+                        len(model.graph))
+
+
+def export_onnx(module: torch.nn.Module, spec: ComponentSpec, path: str | Path, opset: int = DEFAULT_OPSET,
+                external_data: str = "auto", optimize: bool = True,
+                metadata: dict[str, str] | None = None) -> ExportResult:
+    """Export one component's module to ``path`` following ``spec`` (see the module docstring)."""
+    t0 = time.perf_counter()
+    model = trace_onnx(module, spec, opset, optimize)
+    result = save_onnx(model, spec, path, external_data, metadata, time.perf_counter() - t0)
+    del model
+    gc.collect()
+    return result
+
+
+def export_components(model: str | Path = "tiny", out: str | Path = "onnx", components: Sequence[str] | None = None,
+                      opset: int = DEFAULT_OPSET, external_data: str = "auto", optimize: bool = True,
+                      verify: bool = False, log: Callable[[str], None] | None = print) -> dict:
+    """Export ``components`` (default: all) of ``model`` into ``out``; returns the manifest written.
+
+    A manifest already in ``out`` from the same model and opset keeps its other components' entries.
+    ``verify``: run each file in onnxruntime on two spec shapes and compare with the torch module
+    (raises ExportError beyond 1e-4 relative error).
+    """
+    from vidtrt.checkpoints import load_model_config, resolve_model
+    from vidtrt.engine_components import (
+        MANIFEST_FORMAT,
+        MANIFEST_NAME,
+        component_module,
+        config_fingerprint,
+        model_specs,
+        text_encoder_modules,
+    )
+
+    names = list(components or COMPONENTS)
+    unknown = [n for n in names if n not in COMPONENTS]
+    if unknown:
+        raise ExportError(f"unknown component {unknown[0]!r}; accepted: {list(COMPONENTS)}")
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"cannot create --out folder {out}: {_first_line(e)}") from None
+    folder = resolve_model(model)
+    config = load_model_config(model)
+    specs = model_specs(model, config, names)
+    fingerprint = config_fingerprint(config)
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "model": {"name": config.name, "source": str(model) if str(model) == "tiny" else str(folder),
+                  "config_sha256": fingerprint},
+        "opset": opset,
+        "exporter": {"torch": torch.__version__, "onnx": _version("onnx"), "onnxscript": _version("onnxscript")},
+        "components": {},
+    }
+    old_path = out / MANIFEST_NAME
+    if old_path.is_file():
+        try:
+            old = json.loads(old_path.read_text())
+        except (OSError, ValueError):
+            old = {}
+        if old.get("model", {}).get("config_sha256") == fingerprint and old.get("opset") == opset:
+            manifest["components"].update({k: v for k, v in old.get("components", {}).items()
+                                           if k not in names and (out / v.get("file", "")).is_file()})
+    metadata = {"vidtrt.model": config.name, "vidtrt.config_sha256": fingerprint}
+    cache: dict[str, object] = {}
+
+    def module_for(name: str) -> torch.nn.Module:
+        # The two VAE components share one module, the two text encoders one load.
+        if name.startswith("vae_decoder"):
+            if "vae" not in cache:
+                cache["vae"] = component_module(model, name, config)
+            return cache["vae"]
+        if name in ("llm_text_encoder", "clip_text_encoder"):
+            if "text" not in cache:
+                _, llm, clip = text_encoder_modules(model, config)
+                cache["text"] = {"llm_text_encoder": llm, "clip_text_encoder": clip}
+            return cache["text"][name]
+        return component_module(model, name, config)
+
+    def record(name: str, result: ExportResult, module: torch.nn.Module) -> None:
+        manifest["components"][name] = result.manifest_entry(specs[name])
+        note = f", external data {result.external_data.name}" if result.external_data else ""
+        if log:
+            log(f"{name}: {result.path} ({result.file_bytes / 1e6:.1f} MB{note}, {result.num_nodes} nodes) "
+                f"in {result.seconds:.1f}s")
+        if verify:
+            err = verify_onnx(module, specs[name], result.path)
+            if log:
+                log(f"{name}: onnxruntime vs torch max relative error {err:.2e}")
+        _write_json(old_path, manifest)
+
+    done: set[str] = set()
+    for name in names:
+        if name in done:
+            continue
+        spec = specs[name]
+        module = module_for(name)
+        if name == "vae_decoder" or (name == "vae_decoder_tile" and "vae_decoder" in names):
+            # One trace serves both decoder files: the whole-latents graph (dynamic batch) and, with the
+            # batch pinned to 1 at its inputs/outputs, the tile graph (same network, the tile spec).
+            t0 = time.perf_counter()
+            model_ir = trace_onnx(module, specs["vae_decoder"], opset, optimize)
+            traced = time.perf_counter() - t0
+            record("vae_decoder", save_onnx(model_ir, specs["vae_decoder"], out / "vae_decoder.onnx",
+                                            external_data, metadata, traced), module)
+            done.add("vae_decoder")
+            if "vae_decoder_tile" in names:
+                _fix_io_shapes(model_ir, specs["vae_decoder_tile"], pin=True)
+                record("vae_decoder_tile", save_onnx(model_ir, specs["vae_decoder_tile"],
+                                                     out / "vae_decoder_tile.onnx", external_data, metadata),
+                       module)
+                done.add("vae_decoder_tile")
+            del model_ir
+        else:
+            record(name, export_onnx(module, spec, out / f"{name}.onnx", opset, external_data, optimize, metadata),
+                   module)
+            done.add(name)
+        del module
+        gc.collect()
+    return manifest
+
+
+def _version(pkg: str) -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(pkg)
+    except Exception:  # metadata missing in odd installs
+        return "unknown"
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def verification_axes(spec: ComponentSpec) -> list[dict[str, int]]:
+    """Two small axis settings other than the export example: batch 1 at minimum sizes, and batch 2 at
+    the smallest bucket (or the export sizes + 1 step)."""
+    small = {a: r.clamp(max(r.min, 2 * r.multiple)) for a, r in spec.axes.items()}
+    small["batch"] = 1 if "batch" in spec.axes else None
+    small = {k: v for k, v in small.items() if v is not None}
+    other = {a: spec.axes[a].clamp(v + spec.axes[a].multiple) for a, v in spec.export_axes.items()}
+    return [small, other]
+
+
+def relative_error(got: np.ndarray, want: np.ndarray) -> float:
+    """max |got - want| / max |want| (the scale-free error the tests bound)."""
+    scale = float(np.abs(want).max()) or 1.0
+    return float(np.abs(got.astype(np.float64) - want).max()) / scale
+
+
+def verify_onnx(module: torch.nn.Module, spec: ComponentSpec, path: Path, tol: float = 1e-4) -> float:
+    """Run ``path`` in onnxruntime and ``module`` in torch on :func:`verification_axes`; the worst error."""
+    from vidtrt.engines import OnnxRuntimeEngine
+
+    engine = OnnxRuntimeEngine(path, spec)
+    worst = 0.0
+    for i, axes in enumerate(verification_axes(spec)):
+        feeds = spec.example_inputs(axes, seed=100 + i)
+        got = engine.run(feeds)
+        with torch.no_grad():
+            want = module(*(torch.from_numpy(feeds[n]) for n in spec.input_names))
+        want = want if isinstance(want, tuple) else (want,)
+        for name, w in zip(spec.output_names, want, strict=True):
+            err = relative_error(got[name], w.float().numpy())
+            worst = max(worst, err)
+            if not err <= tol:
+                raise ExportError(f"{spec.name}: onnxruntime differs from torch by {err:.2e} (> {tol:g}) on "
+                                  f"{name!r} at {axes}")
+    return worst
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="tiny",
+                        help="'tiny' (embedded default) or a checkpoint folder (diffusers or official layout)")
+    parser.add_argument("--out", required=True, help="output folder for <component>.onnx and manifest.json")
+    parser.add_argument("--components", nargs="+", choices=list(COMPONENTS), default=None, metavar="NAME",
+                        help=f"components to export (default: all of {', '.join(COMPONENTS)})")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                        help=f"ONNX opset (default {DEFAULT_OPSET}; >= {MIN_OPSET})")
+    parser.add_argument("--external-data", choices=EXTERNAL_DATA_CHOICES, default="auto",
+                        help="weights in <file>.onnx.data: auto (when above 1 GiB), always, never")
+    parser.add_argument("--no-optimize", action="store_true", help="skip the exporter's graph optimisation")
+    parser.add_argument("--verify", action="store_true",
+                        help="run each file in onnxruntime on two spec shapes and compare with torch")
+
+
+def export_main(args: argparse.Namespace) -> int:
+    manifest = export_components(args.model, args.out, args.components, args.opset, args.external_data,
+                                 optimize=not args.no_optimize, verify=args.verify,
+                                 log=lambda line: print(line, file=sys.stdout, flush=True))
+    print(f"wrote {Path(args.out) / 'manifest.json'} ({len(manifest['components'])} components, "
+          f"model {manifest['model']['name']}, opset {manifest['opset']})")
+    return 0

@@ -1,0 +1,435 @@
+"""Pipeline components built from engines, and the artifacts manifest that ties ONNX files to a model.
+
+The orchestrator's three callables (:class:`~vidtrt.components.Components`) on any engine:
+
+- :class:`EngineTextEncoder`: tokenization in Python (the model's tokenizers, exactly as
+  :class:`~vidtrt.text_encoders.HunyuanTextEncoder`), the LLM and CLIP networks on engines;
+- :class:`EngineDenoiser`: the DiT engine; trims batch-wide text padding to the smallest text bucket
+  that holds every prompt (exact: padding tokens are never attended to) before calling it;
+- :class:`EngineTileDecoder`: the VAE decoder engine, called once per tile by the tiled decode.
+
+``engine="torch"`` wraps the project's PyTorch modules (:class:`~vidtrt.engines.TorchEngine`);
+``engine="onnxruntime"`` loads ``ARTIFACTS/<component>.onnx`` after checking ``ARTIFACTS/manifest.json``
+says they were exported from the same model config with the same specs. The per-component loaders
+(:func:`engine_text_encoder`, :func:`engine_dit`, :func:`engine_vae_decoder`) are what Triton's
+component models call; their objects also offer ``run(feeds)`` on numpy arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from vidtrt.components import Components, TextEmbeddings
+from vidtrt.configs import ModelConfig
+from vidtrt.engines import ENGINE_KINDS, Engine, OnnxRuntimeEngine, TorchEngine, import_tensorrt
+from vidtrt.errors import CheckpointError, EngineError
+from vidtrt.specs import COMPONENTS, ComponentSpec, TextEncoderDims, component_specs, text_length_buckets
+from vidtrt.text_encoders import HunyuanTextEncoder
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "vidtrt-onnx-artifacts/1"
+
+
+# ---------------------------------------------------------------------------------------- torch modules
+class LLMHiddenStates(nn.Module):
+    """The LLM as the DiT's text encoder: ``(input_ids, attention_mask) -> hidden_states[layer]``.
+
+    ``layer`` is ``-(num_hidden_layers_to_skip + 1)`` (the output of a middle layer, no final norm).
+    The same module is exported to ONNX and run by the torch engine.
+    """
+
+    def __init__(self, llm: nn.Module, layer: int):
+        super().__init__()
+        self.llm = llm
+        self.layer = layer
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.llm(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        return out.hidden_states[self.layer]
+
+
+class CLIPPooled(nn.Module):
+    """CLIP's text model: ``input_ids -> pooler_output`` (no attention mask, as diffusers)."""
+
+    def __init__(self, clip: nn.Module):
+        super().__init__()
+        self.clip = clip
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.clip(input_ids, output_hidden_states=False).pooler_output
+
+
+def text_encoder_modules(model: str | Path, config: ModelConfig | None = None,
+                         dtype: torch.dtype = torch.float32) -> tuple[HunyuanTextEncoder, LLMHiddenStates, CLIPPooled]:
+    """The torch text encoder of a checkpoint and its two networks as spec-shaped modules."""
+    from vidtrt.checkpoints import load_model_config, load_text_encoder
+
+    config = config or load_model_config(model)
+    te = load_text_encoder(model, config, dtype=dtype)
+    llm = LLMHiddenStates(te.llm, -(config.text.num_hidden_layers_to_skip + 1)).eval()
+    return te, llm, CLIPPooled(te.clip).eval()
+
+
+def component_module(model: str | Path, name: str, config: ModelConfig | None = None,
+                     dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The torch module of one component, taking the spec's inputs positionally."""
+    from vidtrt.checkpoints import load_model_config, load_transformer, load_vae_decoder
+
+    config = config or load_model_config(model)
+    if name == "dit":
+        return load_transformer(model, config, dtype=dtype)
+    if name in ("vae_decoder", "vae_decoder_tile"):
+        return load_vae_decoder(model, config, dtype=dtype)
+    if name in ("llm_text_encoder", "clip_text_encoder"):
+        _, llm, clip = text_encoder_modules(model, config, dtype)
+        return llm if name == "llm_text_encoder" else clip
+    raise EngineError(f"unknown component {name!r}; accepted: {list(COMPONENTS)}")
+
+
+# ------------------------------------------------------------------------------------- text encoder side
+def _text_encoder_root(model: str | Path) -> Path:
+    from vidtrt.checkpoints import detect_layout, official_root, resolve_model
+
+    folder = resolve_model(model)
+    if detect_layout(folder) == "official" and not (folder / "text_encoder").is_dir():
+        folder = official_root(folder).parent  # ckpts/ holds text_encoder/ beside hunyuan-video-t2v-720p/
+    return folder
+
+
+def load_tokenizers(model: str | Path):
+    """(llm_tokenizer, clip_tokenizer, llm_config, clip_config) of a checkpoint without loading weights.
+
+    Same files and classes as :meth:`HunyuanTextEncoder.from_pretrained`; configs are the text models'
+    transformers configs (a nested ``text_config`` is taken when the folder holds a multimodal model)."""
+    from transformers import AutoConfig, AutoTokenizer, CLIPTokenizer, PreTrainedTokenizerFast
+
+    from vidtrt.text_encoders import _model_dir, _one_line, _tokenizer_dir, quiet_transformers
+
+    root = _text_encoder_root(model)
+    llm_dir = _model_dir(root, "text_encoder", "the LLM text encoder")
+    clip_dir = _model_dir(root, "text_encoder_2", "the CLIP text encoder")
+    llm_tok_dir = _tokenizer_dir(root, "tokenizer", llm_dir, "the LLM tokenizer")
+    clip_tok_dir = _tokenizer_dir(root, "tokenizer_2", clip_dir, "the CLIP tokenizer")
+    with quiet_transformers():
+        try:
+            if (llm_tok_dir / "tokenizer.json").is_file():
+                llm_tok = PreTrainedTokenizerFast.from_pretrained(llm_tok_dir, local_files_only=True)
+            else:
+                llm_tok = AutoTokenizer.from_pretrained(llm_tok_dir, local_files_only=True)
+        except Exception as e:  # transformers raises many types; report one line
+            raise CheckpointError(f"cannot load the LLM tokenizer from {llm_tok_dir}: {_one_line(e)}") from e
+        try:
+            clip_tok = CLIPTokenizer.from_pretrained(clip_tok_dir, local_files_only=True)
+        except Exception as e:
+            raise CheckpointError(f"cannot load the CLIP tokenizer from {clip_tok_dir}: {_one_line(e)}") from e
+        try:
+            llm_cfg = AutoConfig.from_pretrained(llm_dir, local_files_only=True)
+            clip_cfg = AutoConfig.from_pretrained(clip_dir, local_files_only=True)
+        except Exception as e:
+            raise CheckpointError(f"cannot read the text encoder configs in {root}: {_one_line(e)}") from e
+    llm_cfg = getattr(llm_cfg, "text_config", None) or llm_cfg
+    clip_cfg = getattr(clip_cfg, "text_config", None) or clip_cfg
+    return llm_tok, clip_tok, llm_cfg, clip_cfg
+
+
+class _ConfigOnly:
+    """Stands in for a text network inside :class:`HunyuanTextEncoder` (its checks read ``config``)."""
+
+    def __init__(self, config):
+        self.config = config
+
+    def eval(self):
+        return self
+
+
+class EngineTextEncoder(HunyuanTextEncoder):
+    """Prompts -> :class:`TextEmbeddings` with the networks on engines (implements ``EncodeText``).
+
+    Tokenization, prompt checks and the template crop are :class:`HunyuanTextEncoder`'s; only the two
+    network forwards go to ``llm_engine`` (spec ``llm_text_encoder``) and ``clip_engine``
+    (``clip_text_encoder``).
+    """
+
+    def __init__(self, llm_engine: Engine, clip_engine: Engine, llm_tokenizer, clip_tokenizer,
+                 llm_config, clip_config, config):
+        super().__init__(_ConfigOnly(llm_config), llm_tokenizer, _ConfigOnly(clip_config), clip_tokenizer, config)
+        self.llm_engine, self.clip_engine = llm_engine, clip_engine
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def tokenize_llm(self, prompts: list[str]) -> dict[str, np.ndarray]:
+        """The LLM engine's feeds: template-formatted prompts padded to ``llm_max_length`` (int64)."""
+        formatted = [self.config.prompt_template.format(p) for p in prompts]
+        inputs = self.llm_tokenizer(formatted, max_length=self.llm_max_length, padding="max_length",
+                                    truncation=True, return_tensors="np", return_attention_mask=True)
+        return {"input_ids": inputs["input_ids"].astype(np.int64),
+                "attention_mask": inputs["attention_mask"].astype(np.int64)}
+
+    def tokenize_clip(self, prompts: list[str]) -> dict[str, np.ndarray]:
+        """The CLIP engine's feeds: prompts padded to ``clip_max_length`` (int64)."""
+        inputs = self.clip_tokenizer(list(prompts), padding="max_length", max_length=self.config.clip_max_length,
+                                     truncation=True, return_tensors="np")
+        return {"input_ids": inputs["input_ids"].astype(np.int64)}
+
+    def encode_llm(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        feeds = self.tokenize_llm(prompts)
+        hidden = self.llm_engine.run(feeds)["hidden_states"]
+        mask = feeds["attention_mask"]
+        if self.crop_start > 0:
+            hidden, mask = hidden[:, self.crop_start:], mask[:, self.crop_start:]
+        return (torch.from_numpy(np.ascontiguousarray(hidden, dtype=np.float32)),
+                torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64)))
+
+    def encode_clip(self, prompts: list[str]) -> torch.Tensor:
+        pooled = self.clip_engine.run(self.tokenize_clip(prompts))["pooled"]
+        return torch.from_numpy(np.ascontiguousarray(pooled, dtype=np.float32))
+
+
+class EngineDenoiser:
+    """The DiT engine as a :class:`~vidtrt.components.Denoiser`.
+
+    Text padding common to the whole batch is cut down to the smallest of ``text_buckets`` holding
+    every prompt's tokens (the padded length if none does, or if a mask is not right-padded). That is
+    exact: padding tokens are never keys. ``run(feeds)`` does the same on numpy feeds (Triton).
+    """
+
+    def __init__(self, engine: Engine, text_buckets: Sequence[int] = ()):
+        self.engine = engine
+        self.spec = engine.spec
+        self.text_buckets = tuple(sorted(text_buckets))
+        self.has_guidance = "guidance" in self.spec.input_names
+
+    def text_keep(self, mask: np.ndarray) -> int:
+        """Text columns to keep for an int mask [B, L]."""
+        length = mask.shape[1]
+        if length == 0:
+            return 0
+        valid = mask != 0
+        lengths = valid.sum(axis=1)
+        right_padded = bool((valid == (np.arange(length)[None, :] < lengths[:, None])).all())
+        need = max(int(lengths.max()), 1)
+        if not right_padded:
+            return length
+        return next((b for b in self.text_buckets if need <= b <= length), length)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = dict(feeds)
+        mask = feeds.get("encoder_attention_mask")
+        if mask is not None and mask.ndim == 2:
+            keep = self.text_keep(mask)
+            if keep < mask.shape[1]:
+                feeds["encoder_attention_mask"] = mask[:, :keep]
+                feeds["encoder_hidden_states"] = feeds["encoder_hidden_states"][:, :keep]
+        return self.engine.run(feeds)
+
+    def __call__(self, latents: torch.Tensor, timestep: torch.Tensor, text: TextEmbeddings,
+                 guidance: torch.Tensor) -> torch.Tensor:
+        f32 = lambda t: np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy())  # noqa: E731
+        feeds = {
+            "hidden_states": f32(latents),
+            "timestep": f32(timestep),
+            "encoder_hidden_states": f32(text.prompt_embeds),
+            "encoder_attention_mask": np.ascontiguousarray(text.attention_mask.to("cpu", torch.int64).numpy()),
+            "pooled_projections": f32(text.pooled),
+        }
+        if self.has_guidance:
+            feeds["guidance"] = f32(guidance)
+        return torch.from_numpy(self.run(feeds)["velocity"])
+
+
+class EngineTileDecoder:
+    """The VAE decoder engine as a :class:`~vidtrt.components.DecodeTile` (``run(feeds)`` for Triton)."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.spec = engine.spec
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.engine.run(feeds)
+
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        feeds = {"latents": np.ascontiguousarray(latents.detach().to("cpu", torch.float32).numpy())}
+        return torch.from_numpy(self.run(feeds)["video"])
+
+
+# ---------------------------------------------------------------------------------------- specs, manifest
+def text_encoder_dims(model: str | Path, config: ModelConfig | None = None, tokenizers=None) -> TextEncoderDims:
+    """Hidden sizes and vocabularies of a checkpoint's text encoders (configs only, no weights), and
+    the template crop (counted with the LLM tokenizer when the config leaves it None)."""
+    from vidtrt.checkpoints import load_model_config
+    from vidtrt.text_encoders import count_template_prefix_tokens
+
+    config = config or load_model_config(model)
+    llm_tok, _, llm_cfg, clip_cfg = tokenizers or load_tokenizers(model)
+    crop = config.text.crop_start
+    if crop is None:
+        crop = count_template_prefix_tokens(llm_tok, config.text.prompt_template)
+    return TextEncoderDims(llm_hidden=int(llm_cfg.hidden_size), llm_vocab=int(llm_cfg.vocab_size),
+                           clip_hidden=int(clip_cfg.hidden_size), clip_vocab=int(clip_cfg.vocab_size),
+                           crop_start=int(crop))
+
+
+def model_specs(model: str | Path, config: ModelConfig | None = None, names: Sequence[str] = COMPONENTS,
+                tokenizers=None) -> dict[str, ComponentSpec]:
+    """The component specs of a checkpoint ('tiny' or a folder)."""
+    from vidtrt.checkpoints import load_model_config
+
+    config = config or load_model_config(model)
+    text = None
+    if any(n in ("llm_text_encoder", "clip_text_encoder") for n in names):
+        text = text_encoder_dims(model, config, tokenizers)
+    return component_specs(config, text, names)
+
+
+def config_fingerprint(config: ModelConfig) -> str:
+    """sha256 of the model config (architecture, text, tiling, defaults): artifacts match a model by it."""
+    blob = json.dumps(dataclasses.asdict(config), sort_keys=True, default=list)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def read_manifest(artifacts: str | Path) -> dict:
+    """``ARTIFACTS/manifest.json`` as written by ``vidtrt export``; one-line EngineError otherwise."""
+    folder = Path(artifacts)
+    if not folder.is_dir():
+        raise EngineError(f"artifacts folder {folder} does not exist (run `vidtrt export --out {folder}` first)")
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        raise EngineError(f"{path} is missing: {folder} is not a `vidtrt export` output folder")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EngineError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+        raise EngineError(f"{path} is not a vidtrt artifacts manifest (expected format {MANIFEST_FORMAT!r})")
+    return data
+
+
+def artifact_path(artifacts: str | Path, name: str, config: ModelConfig, spec: ComponentSpec,
+                  manifest: dict | None = None) -> Path:
+    """The ONNX file of component ``name``, after checking the manifest matches ``config`` and ``spec``."""
+    folder = Path(artifacts)
+    manifest = manifest if manifest is not None else read_manifest(folder)
+    where = folder / MANIFEST_NAME
+    exported = manifest.get("model", {})
+    if exported.get("config_sha256") != config_fingerprint(config):
+        theirs = str(exported.get("config_sha256"))[:12]
+        raise EngineError(
+            f"{where}: exported from model {exported.get('name')!r} (config {theirs}), "
+            f"not from this model {config.name!r} (config {config_fingerprint(config)[:12]}); re-export with "
+            f"`vidtrt export --model ...`")
+    entry = manifest.get("components", {}).get(name)
+    if entry is None:
+        raise EngineError(f"{where} has no component {name!r}; exported: {sorted(manifest.get('components', {}))} "
+                          f"(run `vidtrt export --components {name}`)")
+    if entry.get("spec") != json.loads(json.dumps(spec.to_dict())):
+        raise EngineError(f"{where}: the {name!r} spec it was exported with differs from this vidtrt's; re-export")
+    return folder / entry["file"]
+
+
+def _check_engine_kind(engine: str, artifacts) -> None:
+    if engine not in ENGINE_KINDS:
+        raise EngineError(f"unknown engine {engine!r}; accepted: {list(ENGINE_KINDS)}")
+    if engine == "tensorrt":
+        import_tensorrt()  # raises the one-line "not installed" error here
+        raise EngineError("the tensorrt engine runs from a Triton model repository (`vidtrt build`); "
+                          "in process use --engine onnxruntime or torch")
+    if engine == "onnxruntime" and artifacts is None:
+        raise EngineError("--engine onnxruntime needs --artifacts DIR (the output folder of `vidtrt export`)")
+
+
+class _Loader:
+    """Shared state of the per-component loaders: config, specs, manifest (read once)."""
+
+    def __init__(self, model, engine: str, artifacts, threads: int, providers, config: ModelConfig | None):
+        from vidtrt.checkpoints import load_model_config
+
+        _check_engine_kind(engine, artifacts)
+        self.model, self.engine, self.artifacts = model, engine, artifacts
+        self.threads, self.providers = threads, providers
+        self.config = config or load_model_config(model)
+        self.manifest = read_manifest(artifacts) if engine == "onnxruntime" else None
+
+    def onnx_engine(self, name: str, spec: ComponentSpec) -> OnnxRuntimeEngine:
+        path = artifact_path(self.artifacts, name, self.config, spec, self.manifest)
+        return OnnxRuntimeEngine(path, spec, threads=self.threads, providers=self.providers)
+
+
+def engine_text_encoder(model: str | Path, engine: str = "onnxruntime", artifacts: str | Path | None = None,
+                        threads: int = 0, providers: Sequence[str] | None = None,
+                        config: ModelConfig | None = None, _loader: _Loader | None = None) -> EngineTextEncoder:
+    """The text encoder (tokenizers in Python, LLM + CLIP on ``engine``)."""
+    ld = _loader or _Loader(model, engine, artifacts, threads, providers, config)
+    if ld.engine == "torch":
+        te, llm, clip = text_encoder_modules(model, ld.config)
+        tokenizers = (te.llm_tokenizer, te.clip_tokenizer, te.llm.config, te.clip.config)
+        specs = model_specs(model, ld.config, ("llm_text_encoder", "clip_text_encoder"), tokenizers)
+        llm_engine = TorchEngine(specs["llm_text_encoder"], llm)
+        clip_engine = TorchEngine(specs["clip_text_encoder"], clip)
+    else:
+        tokenizers = load_tokenizers(model)
+        specs = model_specs(model, ld.config, ("llm_text_encoder", "clip_text_encoder"), tokenizers)
+        llm_engine = ld.onnx_engine("llm_text_encoder", specs["llm_text_encoder"])
+        clip_engine = ld.onnx_engine("clip_text_encoder", specs["clip_text_encoder"])
+    llm_tok, clip_tok, llm_cfg, clip_cfg = tokenizers
+    return EngineTextEncoder(llm_engine, clip_engine, llm_tok, clip_tok, llm_cfg, clip_cfg, ld.config.text)
+
+
+def engine_dit(model: str | Path, engine: str = "onnxruntime", artifacts: str | Path | None = None,
+               threads: int = 0, providers: Sequence[str] | None = None, config: ModelConfig | None = None,
+               _loader: _Loader | None = None) -> EngineDenoiser:
+    """The DiT on ``engine`` as a Denoiser (text trimmed to the model's text buckets)."""
+    ld = _loader or _Loader(model, engine, artifacts, threads, providers, config)
+    spec = component_specs(ld.config, None, ("dit",))["dit"]
+    if ld.engine == "torch":
+        eng: Engine = TorchEngine(spec, component_module(model, "dit", ld.config))
+    else:
+        eng = ld.onnx_engine("dit", spec)
+    return EngineDenoiser(eng, text_length_buckets(ld.config))
+
+
+def engine_vae_decoder(model: str | Path, engine: str = "onnxruntime", artifacts: str | Path | None = None,
+                       threads: int = 0, providers: Sequence[str] | None = None, config: ModelConfig | None = None,
+                       tile: bool = True, _loader: _Loader | None = None) -> EngineTileDecoder:
+    """The VAE decoder on ``engine``: the tile engine (``tile=True``, what the tiled decode calls) or the
+    whole-latents decoder."""
+    ld = _loader or _Loader(model, engine, artifacts, threads, providers, config)
+    name = "vae_decoder_tile" if tile else "vae_decoder"
+    spec = component_specs(ld.config, None, (name,))[name]
+    if ld.engine == "torch":
+        eng: Engine = TorchEngine(spec, component_module(model, name, ld.config))
+    else:
+        eng = ld.onnx_engine(name, spec)
+    return EngineTileDecoder(eng)
+
+
+def load_engine_components(model: str | Path = "tiny", engine: str = "onnxruntime",
+                           artifacts: str | Path | None = None, threads: int = 0,
+                           providers: Sequence[str] | None = None) -> tuple[ModelConfig, Components]:
+    """Config and the three components of ``model`` on ``engine`` ("torch" or "onnxruntime";
+    onnxruntime reads ``artifacts``, the folder `vidtrt export` wrote)."""
+    ld = _Loader(model, engine, artifacts, threads, providers, None)
+    components = Components(
+        encode_text=engine_text_encoder(model, _loader=ld),
+        dit=engine_dit(model, _loader=ld),
+        decode_tile=engine_vae_decoder(model, tile=True, _loader=ld),
+    )
+    return ld.config, components
+
+
+def load_pipeline_with_engine(model: str | Path = "tiny", engine: str = "onnxruntime",
+                              artifacts: str | Path | None = None, threads: int = 0,
+                              providers: Sequence[str] | None = None):
+    """A :class:`~vidtrt.pipeline.HunyuanVideoPipeline` whose components run on ``engine``."""
+    from vidtrt.pipeline import HunyuanVideoPipeline
+
+    return HunyuanVideoPipeline(*load_engine_components(model, engine, artifacts, threads, providers))
