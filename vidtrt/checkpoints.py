@@ -10,7 +10,6 @@ and the file it came from (or should have come from).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import mmap
@@ -315,31 +314,12 @@ def resolve_model(model: str | Path) -> Path:
     if str(model) == "tiny":
         from vidtrt.embedded import tiny_checkpoint
 
-        with quiet_transformers():  # the first call writes it with save_pretrained ("Writing model shards")
-            return tiny_checkpoint()
+        return tiny_checkpoint()
     folder = Path(model).expanduser()
     if not folder.is_dir():
         raise CheckpointError(f"model folder not found: {folder} (accepted: 'tiny' or a checkpoint folder)")
     detect_layout(folder)
     return folder
-
-
-@contextlib.contextmanager
-def quiet_transformers():
-    """transformers' tqdm bars ("Loading weights", "Writing model shards") off for the block."""
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:
-        yield
-        return
-    was_on = hf_logging.is_progress_bar_enabled()
-    if was_on:
-        hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_on:
-            hf_logging.enable_progress_bar()
 
 
 def _read_json(path: Path) -> dict:
@@ -634,6 +614,5 @@ def load_text_encoder(model: str | Path, config: ModelConfig | None = None, dtyp
     config = config or load_model_config(folder)
     if detect_layout(folder) == "official" and not (folder / "text_encoder").is_dir():
         folder = official_root(folder).parent  # ckpts/ holds text_encoder/ beside hunyuan-video-t2v-720p/
-    with quiet_transformers():
-        return HunyuanTextEncoder.from_pretrained(folder, config.text, torch_dtype=dtype)
+    return HunyuanTextEncoder.from_pretrained(folder, config.text, torch_dtype=dtype)
 

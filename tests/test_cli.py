@@ -1,0 +1,156 @@
+"""``vidtrt run``: in process through ``vidtrt.cli.main`` and once through the installed console script."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vidtrt.checkpoints import resolve_model
+from vidtrt.cli import build_parser, main
+from vidtrt.pipeline import HunyuanVideoPipeline
+from vidtrt.video_io import decode_mp4
+
+PROMPT = "a cat walks on the grass"
+ARGS = ["--frames", "5", "--steps", "2", "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def expected() -> np.ndarray:
+    return HunyuanVideoPipeline.from_model("tiny").generate(PROMPT, num_frames=5, num_inference_steps=2, seed=3)
+
+
+def _run(capsys, argv: list[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _only_progress(err: str) -> bool:
+    """True when stderr holds nothing but tqdm's "denoising" bar (redrawn with carriage returns)."""
+    chunks = [c.strip() for c in re.split(r"[\r\n]", err) if c.strip()]
+    return bool(chunks) and all(c.startswith("denoising") for c in chunks)
+
+
+def test_run_npy_equals_pipeline(tmp_path, capsys, expected):
+    out_path = tmp_path / "out.npy"
+    code, out, err = _run(capsys, ["run", PROMPT, "-o", str(out_path), *ARGS])
+    assert code == 0, err
+    frames = np.load(out_path)
+    assert frames.dtype == np.uint8 and frames.shape == (5, 64, 96, 3)
+    assert np.array_equal(frames, expected)
+    # stdout: the one "wrote ..." line; stderr: the progress bar and nothing else
+    assert out.count("\n") == 1 and out.startswith(f"wrote {out_path} (5 frames, 96x64)"), out
+    assert _only_progress(err) and "2/2" in err, err
+
+
+def test_no_progress_means_silent_stderr(tmp_path, capsys):
+    code, out, err = _run(capsys, ["run", PROMPT, "-o", str(tmp_path / "o.npy"), *ARGS, "--no-progress"])
+    assert code == 0 and err == "" and out.startswith("wrote ")
+
+
+def test_run_mp4_decodes_back(tmp_path, capsys, expected):
+    out_path = tmp_path / "out.mp4"
+    code, out, err = _run(capsys, ["run", PROMPT, "-o", str(out_path), *ARGS, "--no-progress"])
+    assert code == 0, err
+    assert out_path.read_bytes()[4:8] == b"ftyp"  # an ISO-BMFF (mp4) file
+    back = decode_mp4(out_path)
+    assert back.shape == expected.shape == (5, 64, 96, 3)
+    assert np.abs(back.astype(int) - expected.astype(int)).mean() < 12  # lossy H.264
+
+
+def test_model_path_accepts_a_diffusers_folder(tmp_path, capsys, expected):
+    folder = tmp_path / "my-checkpoint"
+    shutil.copytree(resolve_model("tiny"), folder)  # a diffusers-layout folder, used as it is
+    out_path = tmp_path / "out.npy"
+    code, _, err = _run(capsys, ["run", PROMPT, "-o", str(out_path), *ARGS, "--model", str(folder), "--no-progress"])
+    assert code == 0, err
+    assert np.array_equal(np.load(out_path), expected)
+
+
+@pytest.mark.parametrize(
+    "argv, names",
+    [
+        (["--frames", "8"], ("--frames", "num_frames")),
+        (["--height", "100"], ("--height", "height")),
+        (["--steps", "0"], ("--steps", "num_inference_steps")),
+        (["--seed", "-1"], ("--seed", "seed")),
+        (["--prompt", ""], ("prompt",)),
+        (["-o", "out.gif"], ("--output", "-o")),
+        (["--model", "/nonexistent"], ("/nonexistent",)),
+        (["--guidance", "nan"], ("--guidance", "embedded_guidance_scale")),
+    ],
+    ids=["frames", "height", "steps", "seed", "empty-prompt", "gif", "model", "guidance-nan"],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, names):
+    prompt = PROMPT
+    if argv[0] == "--prompt":
+        prompt, argv = argv[1], []
+    out_path = tmp_path / "out.npy"
+    if "-o" in argv:
+        argv = ["-o", str(tmp_path / argv[1])]
+    else:
+        argv = ["-o", str(out_path), *argv]
+    code, out, err = _run(capsys, ["run", prompt, *argv, "--no-progress"])
+    assert code == 2
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vidtrt: error:"), err
+    assert any(n in lines[0] for n in names), lines[0]
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_help_lists_every_flag(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    run_parser = build_parser()._subparsers._group_actions[0].choices["run"]
+    flags = [s for action in run_parser._actions for s in action.option_strings]
+    for flag in ("-o", "--output", "--height", "--width", "--frames", "--steps", "--guidance", "--flow-shift",
+                 "--seed", "--negative-prompt", "--true-cfg-scale", "--prompt-policy", "--fps", "--no-progress",
+                 "--model", "--engine", "--artifacts", "--attention"):
+        assert flag in flags, flag
+    for flag in flags:
+        assert re.search(rf"(^|[\s,]){re.escape(flag)}\b", text), f"{flag} missing from --help"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "run" in capsys.readouterr().out
+
+
+def _console_script() -> str:
+    script = Path(sys.executable).with_name("vidtrt")
+    if script.exists():
+        return str(script)
+    found = shutil.which("vidtrt")
+    if found is None:
+        pytest.skip("the vidtrt console script is not installed")
+    return found
+
+
+@pytest.mark.slow
+def test_console_script_first_run(tmp_path, expected):
+    """The installed ``vidtrt`` in a fresh process and a fresh cache (the tiny model is written on this
+    first run), with transformers' progress bars enabled as they are for users: stdout is the one
+    "wrote" line and stderr only our progress bar (no "Writing model shards" / "Loading weights")."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY", "TRITON_INTERPRET")}
+    env.update(VIDTRT_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="2")
+    out_path = tmp_path / "out.npy"
+    proc = subprocess.run([_console_script(), "run", PROMPT, "-o", str(out_path), *ARGS], capture_output=True,
+                          text=True, env=env, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("\n") == 1 and proc.stdout.startswith(f"wrote {out_path}"), proc.stdout
+    assert _only_progress(proc.stderr), proc.stderr[-3000:]
+    assert np.array_equal(np.load(out_path), expected)
+
+    bad = subprocess.run([_console_script(), "run", PROMPT, "--frames", "8"], capture_output=True, text=True,
+                         env=env, timeout=600, cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert len(bad.stderr.splitlines()) == 1 and bad.stderr.startswith("vidtrt: error:"), bad.stderr
