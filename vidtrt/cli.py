@@ -57,11 +57,7 @@ def _load_pipeline(args):
 
     engine = getattr(args, "engine", "torch")
     if engine == "torch":
-        if getattr(args, "attention", None):
-            from vidtrt.models.attention import set_backend
-
-            set_backend(args.attention)
-        return HunyuanVideoPipeline.from_model(args.model)
+        return HunyuanVideoPipeline.from_model(args.model, device=args.device, attention=args.attention)
     from vidtrt.engines import load_pipeline_with_engine
 
     return load_pipeline_with_engine(args.model, engine, args.artifacts)
@@ -84,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--engine", default="torch", choices=["torch", "onnxruntime"],
                      help="component engine (default torch)")
     run.add_argument("--artifacts", default=None, help="folder of exported ONNX files (--engine onnxruntime)")
-    run.add_argument("--attention", default=None, help="attention backend: sdpa (default), triton, triton-fp8")
+    run.add_argument("--attention", default=None,
+                     help="attention backend: sdpa, triton, triton-fp8 (default: triton on CUDA, sdpa on CPU)")
+    run.add_argument("--device", default="cpu", help="torch device for --engine torch: cpu (default) or cuda")
     run.set_defaults(func=cmd_run)
 
     _add_optional(sub, "export", "vidtrt.export.onnx_export", "add_export_arguments", "export_main",

@@ -7,8 +7,8 @@ class VidtrtError(Exception):
     """Base class for errors vidtrt reports to users (CLI exit code 2, error responses in Triton)."""
 
 
-class ConfigError(VidtrtError):
-    """A model configuration is inconsistent."""
+class ConfigError(VidtrtError, ValueError):
+    """A model configuration or a runtime setting (e.g. an attention backend) is invalid."""
 
 
 class InvalidRequestError(VidtrtError, ValueError):

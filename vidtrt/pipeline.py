@@ -49,9 +49,29 @@ class TorchTileDecoder:
         return self.module(latents.to(self.device, self.dtype)).to("cpu", torch.float32)
 
 
-def load_dit(model: str | Path, config: ModelConfig | None = None, device="cpu", dtype=torch.float32):
+def configure_kernels(device: str | torch.device, attention: str | None = None) -> str:
+    """Choose the DiT's kernels for ``device``; returns the attention backend in use.
+
+    CUDA: our Triton-language kernels (fused QK-norm + 3D RoPE, flash attention ``triton`` unless
+    ``attention`` names another backend). CPU: the torch path (``sdpa``) unless told otherwise.
+    """
+    from vidtrt.models.attention import set_backend
+
+    on_cuda = torch.device(device).type == "cuda"
+    backend = attention or ("triton" if on_cuda else "sdpa")
+    if on_cuda:
+        from vidtrt.kernels.rope import install_fused_qk_norm_rope
+
+        install_fused_qk_norm_rope(True)
+    set_backend(backend)
+    return backend
+
+
+def load_dit(model: str | Path, config: ModelConfig | None = None, device="cpu", dtype=torch.float32,
+             attention: str | None = None):
     from vidtrt.checkpoints import load_transformer
 
+    configure_kernels(device, attention)
     return TorchDenoiser(load_transformer(model, config, dtype=dtype).to(device), device)
 
 
@@ -68,7 +88,7 @@ def load_text_encoder(model: str | Path, config: ModelConfig | None = None, devi
 
 
 def load_components(
-    model: str | Path = "tiny", device: str = "cpu", dtype: torch.dtype = torch.float32
+    model: str | Path = "tiny", device: str = "cpu", dtype: torch.dtype = torch.float32, attention: str | None = None
 ) -> tuple[ModelConfig, Components]:
     """Config and the three torch-engine components of a checkpoint ('tiny' or a folder)."""
     from vidtrt.checkpoints import load_model_config, resolve_model
@@ -77,7 +97,7 @@ def load_components(
     config = load_model_config(model)
     components = Components(
         encode_text=load_text_encoder(folder, config, device, dtype),
-        dit=load_dit(folder, config, device, dtype),
+        dit=load_dit(folder, config, device, dtype, attention),
         decode_tile=load_vae_decoder(folder, config, device, dtype),
     )
     return config, components
@@ -95,8 +115,9 @@ class HunyuanVideoPipeline:
         self.components = components
 
     @classmethod
-    def from_model(cls, model: str | Path = "tiny", device: str = "cpu", dtype=torch.float32):
-        return cls(*load_components(model, device, dtype))
+    def from_model(cls, model: str | Path = "tiny", device: str = "cpu", dtype=torch.float32,
+                   attention: str | None = None):
+        return cls(*load_components(model, device, dtype, attention))
 
     def generate(
         self,

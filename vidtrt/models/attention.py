@@ -12,6 +12,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from vidtrt.errors import ConfigError
+
 # backend(q, k, v, key_lengths) -> out; key_lengths is an int tensor [B] or None (all keys valid).
 AttentionBackend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
@@ -23,19 +25,24 @@ def register_backend(name: str, fn: AttentionBackend) -> None:
     _BACKENDS[name] = fn
 
 
+# Backends that register themselves when vidtrt.kernels.attention is imported (needs triton).
+KERNEL_BACKENDS = ("triton", "triton-fp8")
+
+
 def available_backends() -> list[str]:
-    return sorted(_BACKENDS)
+    return sorted(set(_BACKENDS) | set(KERNEL_BACKENDS))
 
 
 def set_backend(name: str) -> None:
     """Select the attention backend for every model in this process."""
     global _current
+    if name in KERNEL_BACKENDS and name not in _BACKENDS:
+        try:
+            import vidtrt.kernels.attention  # noqa: F401  (registers the kernel backends)
+        except ImportError as e:
+            raise ConfigError(f"attention backend {name!r} needs the triton package ({e})") from None
     if name not in _BACKENDS:
-        # Kernel backends register themselves on import; import lazily so CPU installs need no triton.
-        if name.startswith("triton"):
-            import vidtrt.kernels.attention  # noqa: F401
-    if name not in _BACKENDS:
-        raise ValueError(f"unknown attention backend {name!r}; accepted: {available_backends()}")
+        raise ConfigError(f"unknown attention backend {name!r}; accepted: {available_backends()}")
     _current = name
 
 
