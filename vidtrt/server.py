@@ -242,6 +242,10 @@ def server_env(binary: Path, base: dict[str, str] | None = None, auto_install: b
     env["PATH"] = os.pathsep.join([*bin_dirs, env.get("PATH", "")])
     # Python-backend models print tracebacks promptly.
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # Every model instance is its own stub process with its own OpenMP pool. Busy-waiting workers of the
+    # stub that just answered steal the cores from the next one in the chain (BLS -> DiT -> BLS ...):
+    # measured 5.8 s vs 0.42 s per tiny request on 2 cores. Sleep instead of spinning.
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return env
 
 

@@ -1,0 +1,79 @@
+"""``vidtrt generate``: the ``vidtrt run`` request flags, sent to a running server.
+
+    vidtrt generate "a cat walks on the grass" --url localhost:8001 -o cat.mp4 --seed 42
+
+Errors are one line with exit code 2 (raised as VidtrtError for ``vidtrt.cli.main`` to print).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vidtrt.errors import VidtrtError
+
+
+def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Flags of ``vidtrt generate``: the request flags of ``vidtrt run`` plus the server's address."""
+    from vidtrt.cli_args import add_request_arguments
+
+    add_request_arguments(parser)
+    parser.add_argument("--url", default="localhost:8001",
+                        help="server address host:port (gRPC default localhost:8001; with --protocol http "
+                             "the HTTP port, e.g. localhost:8000)")
+    parser.add_argument("--protocol", choices=["grpc", "http"], default="grpc",
+                        help="grpc (default): streams progress from the decoupled model, Ctrl-C cancels on "
+                             "the server; http: the non-streaming <model>_sync model, no progress")
+    parser.add_argument("--model-name", default="hunyuan_video",
+                        help="generation model in the repository (default hunyuan_video)")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="seconds to wait for the video before cancelling (default: no limit)")
+    return parser
+
+
+def generate_main(args: argparse.Namespace) -> int:
+    import time
+
+    from vidtrt.client.video_client import VideoClient
+
+    from vidtrt.cli_args import default_output_name, request_from_args
+    from vidtrt.video_io import VIDEO_SUFFIXES, write_video
+
+    output = args.output or default_output_name(args.prompt, args.seed)
+    if not output.endswith(VIDEO_SUFFIXES):
+        raise VidtrtError(f"invalid --output {output!r}: accepted suffixes {list(VIDEO_SUFFIXES)}")
+    request = request_from_args(args)
+    client = VideoClient(args.url, protocol=args.protocol, model_name=args.model_name, timeout_s=args.timeout)
+    bar = _ProgressBar(disabled=args.no_progress or args.protocol == "http")
+    t0 = time.perf_counter()
+    try:
+        result = client.run(request, progress=bar)
+    finally:
+        bar.close()
+    frames = result.frames
+    path = write_video(output, frames, fps=args.fps)
+    print(f"wrote {path} ({frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}) "
+          f"via {args.protocol}://{client.url} in {time.perf_counter() - t0:.1f}s")
+    return 0
+
+
+class _ProgressBar:
+    """tqdm bar on stderr, fed by progress responses."""
+
+    def __init__(self, disabled: bool) -> None:
+        self.disabled = disabled
+        self.bar = None
+
+    def __call__(self, event) -> None:
+        if self.disabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=event.total, unit="step", desc="denoising (server)", file=sys.stderr)
+        self.bar.update(event.step - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -1,0 +1,273 @@
+"""A client for the vidtrt generation models on Triton Inference Server.
+
+gRPC (default): streams from the decoupled ``hunyuan_video`` model; ``progress`` is called once per
+denoising step, the call returns when the final response (the video) arrives, and ``cancel`` (an Event
+or a callable) cancels the request on the server (it stops within one step).
+
+HTTP: Triton's ``/infer`` endpoint rejects decoupled models, so HTTP goes to the non-decoupled
+``hunyuan_video_sync`` model: one response, no progress, no cancellation.
+
+>>> client = VideoClient("localhost:8001")                              # doctest: +SKIP
+>>> frames = client.generate("a cat walks on the grass", seed=1)        # uint8 [F, H, W, 3]
+
+Tensors are declared in :mod:`vidtrt.request_io`; nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vidtrt import request_io
+from vidtrt.errors import CancelledError, VidtrtError
+from vidtrt.request import GenerationRequest
+
+DEFAULT_MODEL = "hunyuan_video"
+PROTOCOLS = ("grpc", "http")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress response: ``step`` of ``total`` finished (1-based), ``elapsed_s`` since the server
+    started the request. Same fields as :class:`vidtrt.orchestrator.ProgressEvent`."""
+
+    step: int
+    total: int
+    elapsed_s: float
+
+
+@dataclass
+class GenerationResult:
+    """``frames`` uint8 [F, H, W, 3]; ``mp4`` bytes when requested; ``progress`` in arrival order;
+    ``latency_s`` from sending the request to the final response."""
+
+    frames: np.ndarray
+    mp4: bytes | None = None
+    progress: list[Progress] = field(default_factory=list)
+    latency_s: float = 0.0
+
+
+class ServerRequestError(VidtrtError):
+    """The server answered the request with an error. ``param`` names the request input for invalid
+    parameters (``invalid height=65: ...``), else None; ``status`` is the server's status text."""
+
+    def __init__(self, message: str, status: str | None = None):
+        self.status = status
+        m = re.match(r"invalid ([A-Za-z_]+)=", message)
+        self.param = m.group(1) if m else None
+        super().__init__(message)
+
+
+def _split_url(url: str, protocol: str) -> str:
+    url = url.strip()
+    for scheme in ("grpc://", "http://", "https://"):
+        if url.startswith(scheme):
+            url = url[len(scheme):]
+    url = url.rstrip("/")
+    if ":" not in url:
+        url += ":8001" if protocol == "grpc" else ":8000"
+    return url
+
+
+def _server_message(e: Exception) -> tuple[str, str | None]:
+    msg = e.message() if hasattr(e, "message") and callable(e.message) else str(e)
+    status = e.status() if hasattr(e, "status") and callable(e.status) else None
+    msg = " ".join(str(msg).split())
+    # Triton prefixes BLS errors with its own context; keep the model's message.
+    return msg, status
+
+
+class VideoClient:
+    """Generate videos through a running server (``vidtrt serve``).
+
+    ``url``: ``host:port`` of the gRPC endpoint (protocol ``grpc``, default port 8001) or the HTTP endpoint
+    (``http``, default port 8000). ``model_name``: the generation model (``hunyuan_video``; over HTTP its
+    ``_sync`` variant is used). ``timeout_s``: give up on a request after this long (None = wait).
+    """
+
+    def __init__(self, url: str = "localhost:8001", protocol: str = "grpc", model_name: str = DEFAULT_MODEL,
+                 timeout_s: float | None = None):
+        if protocol not in PROTOCOLS:
+            raise VidtrtError(f"invalid protocol {protocol!r}: accepted {list(PROTOCOLS)}")
+        self.protocol = protocol
+        self.url = _split_url(url, protocol)
+        self.model_name = model_name if protocol == "grpc" else self._sync_name(model_name)
+        self.timeout_s = timeout_s
+
+    @staticmethod
+    def _sync_name(name: str) -> str:
+        return name if name.endswith("_sync") else f"{name}_sync"
+
+    # -- health ------------------------------------------------------------------------------------
+    def is_ready(self) -> bool:
+        """The server is up and the generation model is ready."""
+        try:
+            client = self._make_client()
+            try:
+                return bool(client.is_server_ready() and client.is_model_ready(self.model_name))
+            finally:
+                client.close()
+        except Exception:
+            return False
+
+    def _make_client(self):
+        try:
+            if self.protocol == "grpc":
+                import tritonclient.grpc as grpcclient
+
+                return grpcclient.InferenceServerClient(self.url)
+            import tritonclient.http as httpclient
+
+            timeout = self.timeout_s if self.timeout_s is not None else 24 * 3600.0
+            return httpclient.InferenceServerClient(self.url, connection_timeout=60.0, network_timeout=timeout)
+        except ImportError:
+            raise VidtrtError("tritonclient is not installed: pip install 'tritonclient[grpc,http]'") from None
+        except Exception as e:
+            msg = _server_message(e)[0]
+            raise VidtrtError(f"cannot connect to {self.protocol} server at {self.url}: {msg}") from None
+
+    # -- generation --------------------------------------------------------------------------------
+    def generate(
+        self,
+        prompt: str,
+        *,
+        negative_prompt: str | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        flow_shift: float | None = None,
+        seed: int | None = None,
+        true_cfg_scale: float | None = None,
+        prompt_policy: str = "truncate",
+        progress: Callable[[Progress], None] | None = None,
+        cancel: threading.Event | Callable[[], bool] | None = None,
+    ) -> np.ndarray:
+        """uint8 frames [num_frames, height, width, 3]; ``None`` arguments take the served model's defaults.
+
+        ``guidance_scale`` is the embedded guidance scale (diffusers' name). Raises
+        :class:`ServerRequestError` (``.param`` names a bad input), :class:`~vidtrt.errors.CancelledError`.
+        """
+        request = GenerationRequest(
+            prompt=prompt, negative_prompt=negative_prompt, height=height, width=width, num_frames=num_frames,
+            num_inference_steps=num_inference_steps, embedded_guidance_scale=guidance_scale, flow_shift=flow_shift,
+            seed=seed, true_cfg_scale=true_cfg_scale, prompt_policy=prompt_policy,
+        )
+        return self.run(request, progress=progress, cancel=cancel).frames
+
+    def run(self, request: GenerationRequest, progress: Callable[[Progress], None] | None = None,
+            cancel: threading.Event | Callable[[], bool] | None = None) -> GenerationResult:
+        """Send one :class:`~vidtrt.request.GenerationRequest` (``output_format="mp4"`` also returns mp4 bytes)."""
+        arrays = request_io.request_to_inputs(request)
+        if self.protocol == "grpc":
+            return self._run_grpc(arrays, progress, cancel)
+        return self._run_http(arrays)
+
+    def _inputs(self, module, arrays: dict[str, np.ndarray]) -> list:
+        specs = {t.name: t for t in request_io.REQUEST_INPUTS}
+        inputs = []
+        for name, arr in arrays.items():
+            inp = module.InferInput(name, list(arr.shape), specs[name].datatype)
+            inp.set_data_from_numpy(arr)
+            inputs.append(inp)
+        return inputs
+
+    def _run_grpc(self, arrays, progress, cancel) -> GenerationResult:
+        import tritonclient.grpc as grpcclient
+
+        is_cancelled = cancel.is_set if isinstance(cancel, threading.Event) else cancel
+        responses: queue.Queue = queue.Queue()
+        client = self._make_client()
+        result = GenerationResult(frames=np.zeros((0, 0, 0, 3), np.uint8))
+        start = time.perf_counter()
+        cancelled = False
+        try:
+            client.start_stream(callback=lambda result, error: responses.put((result, error)))
+            client.async_stream_infer(self.model_name, self._inputs(grpcclient, arrays),
+                                      request_id=uuid.uuid4().hex, enable_empty_final_response=True)
+            while True:
+                if is_cancelled is not None and is_cancelled():
+                    cancelled = True
+                    client.stop_stream(cancel_requests=True)
+                    raise CancelledError("generation cancelled by the client")
+                if self.timeout_s is not None and time.perf_counter() - start > self.timeout_s:
+                    cancelled = True
+                    client.stop_stream(cancel_requests=True)
+                    raise VidtrtError(f"no final response from {self.url} within {self.timeout_s:g} s (cancelled)")
+                try:
+                    res, err = responses.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+                if err is not None:
+                    msg, status = _server_message(err)
+                    raise ServerRequestError(msg, status)
+                step = res.as_numpy("step")
+                if step is not None:
+                    ev = Progress(int(step[0]), int(res.as_numpy("total_steps")[0]), float(res.as_numpy("elapsed")[0]))
+                    result.progress.append(ev)
+                    if progress is not None:
+                        progress(ev)
+                video = res.as_numpy("video")
+                if video is not None:
+                    result.frames = video
+                    mp4 = res.as_numpy("mp4")
+                    result.mp4 = bytes(mp4.reshape(-1)[0]) if mp4 is not None else None
+                final = res.get_response().parameters.get("triton_final_response")
+                if final is not None and final.bool_param:
+                    if video is None:
+                        raise ServerRequestError("the server ended the request without a video")
+                    break
+        except KeyboardInterrupt:
+            cancelled = True
+            client.stop_stream(cancel_requests=True)
+            raise
+        except (ServerRequestError, CancelledError, VidtrtError):
+            raise
+        except Exception as e:
+            msg, _ = _server_message(e)
+            try:  # the stream reports the cause (e.g. connection refused) through the callback
+                _, err = responses.get_nowait()
+                if err is not None:
+                    msg = _server_message(err)[0]
+            except queue.Empty:
+                pass
+            raise VidtrtError(f"gRPC request to {self.url} failed: {msg}") from None
+        finally:
+            if not cancelled:
+                try:
+                    client.stop_stream()
+                except Exception:
+                    pass
+            client.close()
+        result.latency_s = time.perf_counter() - start
+        return result
+
+    def _run_http(self, arrays) -> GenerationResult:
+        import tritonclient.http as httpclient
+
+        client = self._make_client()
+        start = time.perf_counter()
+        outputs = [httpclient.InferRequestedOutput("video", binary_data=True)]
+        if "mp4" in [v.decode() if isinstance(v, bytes) else v for v in arrays.get("output_format", [])]:
+            outputs.append(httpclient.InferRequestedOutput("mp4", binary_data=True))
+        try:
+            res = client.infer(self.model_name, self._inputs(httpclient, arrays), outputs=outputs)
+        except Exception as e:
+            msg, status = _server_message(e)
+            if "connect" in msg.lower() or "refused" in msg.lower():
+                raise VidtrtError(f"cannot reach HTTP server at {self.url}: {msg}") from None
+            raise ServerRequestError(msg, status) from None
+        finally:
+            client.close()
+        mp4 = res.as_numpy("mp4")
+        return GenerationResult(frames=res.as_numpy("video"),
+                                mp4=bytes(mp4.reshape(-1)[0]) if mp4 is not None else None,
+                                latency_s=time.perf_counter() - start)

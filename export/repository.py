@@ -1,0 +1,245 @@
+"""Writing a Triton model repository from the templates in ``model_repository/`` and the tensor specs.
+
+    vidtrt build --model tiny --engine torch --out build/model_repository
+
+writes one folder per Triton model (``config.pbtxt`` + ``1/model.py``), named with the model family:
+
+- ``hunyuan_video``: the generation model (Python BLS, decoupled: progress per step, then the video);
+- ``hunyuan_video_sync``: the same model.py, not decoupled (HTTP ``/infer``, perf_analyzer without
+  streaming);
+- ``hunyuan_video_text_encoder``, ``hunyuan_video_dit``, ``hunyuan_video_vae_decoder``: Python-backend
+  models serving the components on an engine (``torch`` here; ``onnxruntime`` once
+  ``vidtrt.engine_components`` provides it, see :func:`vidtrt.component_io.load_component`).
+
+Tensor stanzas come from :mod:`vidtrt.request_io` (generation model) and
+:mod:`vidtrt.component_io` / :mod:`vidtrt.specs` (components); nothing is written by hand. Repositories
+go to a build directory, never into the templates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import string
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from vidtrt.errors import VidtrtError
+
+FAMILY = "hunyuan_video"
+ENGINES = ("torch", "onnxruntime")
+MARKER = "vidtrt-repository.json"
+
+COMPONENT_DOCS = {
+    "text_encoder": ("Text encoders (Llama hidden states + CLIP pooled) with their tokenizers: prompts -> "
+                     "conditioning.", "request (two with true CFG)"),
+    "dit": ("HunyuanVideo DiT: one flow-matching velocity per call.", "denoising step (two with true CFG)"),
+    "vae_decoder": ("3D causal VAE decoder, one latent tile per call; the tile plan and blending run in the "
+                    "generation model (vidtrt.tiling).", "tile of the tiled decode"),
+}
+
+
+class RepositoryError(VidtrtError):
+    """The repository cannot be built as asked."""
+
+
+def templates_dir() -> Path:
+    """The ``model_repository/`` templates: ``$VIDTRT_TEMPLATES``, the source checkout's folder, or the
+    copy packaged under ``vidtrt/templates/model_repository``."""
+    env = os.environ.get("VIDTRT_TEMPLATES")
+    candidates = [Path(env)] if env else []
+    here = Path(__file__).resolve().parent
+    candidates += [here.parent / "model_repository", Path(__import__("vidtrt").__file__).parent / "templates" /
+                   "model_repository"]
+    for c in candidates:
+        if (c / FAMILY / "config.pbtxt.in").is_file():
+            return c
+    raise RepositoryError(f"model repository templates not found (looked in {[str(c) for c in candidates]})")
+
+
+@dataclass(frozen=True)
+class ModelNames:
+    """The Triton model names of one family."""
+
+    family: str = FAMILY
+
+    @property
+    def stream(self) -> str:
+        return self.family
+
+    @property
+    def sync(self) -> str:
+        return f"{self.family}_sync"
+
+    def component(self, key: str) -> str:
+        return f"{self.family}_{key}"
+
+    def all(self, sync: bool = True) -> list[str]:
+        names = [self.stream] + ([self.sync] if sync else [])
+        return names + [self.component(k) for k in ("text_encoder", "dit", "vae_decoder")]
+
+
+def _render(template_path: Path, **values: object) -> str:
+    try:
+        return string.Template(template_path.read_text()).substitute({k: str(v) for k, v in values.items()})
+    except KeyError as e:
+        raise RepositoryError(
+            f"template {template_path} uses ${{{e.args[0]}}}, which the builder does not fill") from None
+
+
+def build_repository(
+    model: str | os.PathLike = "tiny",
+    out_dir: str | os.PathLike = "build/model_repository",
+    engine: str = "torch",
+    *,
+    artifacts: str | os.PathLike | None = None,
+    device: str = "cpu",
+    dit_instances: int = 1,
+    text_encoder_instances: int = 1,
+    vae_decoder_instances: int = 1,
+    max_concurrent_generations: int = 4,
+    sync_model: bool = True,
+    family: str = FAMILY,
+    fail_on_guidance: float | None = None,
+    overwrite: bool = True,
+) -> Path:
+    """Write the repository for ``model`` ('tiny' or a checkpoint folder) to ``out_dir``; returns it.
+
+    ``device``: ``cpu`` (instance_group KIND_CPU) or ``cuda`` (KIND_GPU: one instance per GPU listed by
+    Triton, the component on that GPU). ``*_instances``: instances per device (each holds its own
+    weights, so keep the DiT at 1 on GPUs; on CPU extra instances only help with spare cores).
+    ``max_concurrent_generations``: requests the generation model runs at once (threads; each waits on
+    the component models). ``fail_on_guidance``: test-only; the DiT model fails requests whose
+    guidance_scale equals it. ``overwrite``: replace a repository this function wrote before (never
+    a folder it did not write).
+    """
+    from vidtrt import __version__, request_io
+    from vidtrt.checkpoints import load_model_config, resolve_model
+    from vidtrt.component_io import specs_for_triton
+
+    if engine not in ENGINES:
+        raise RepositoryError(f"invalid engine {engine!r}: accepted {list(ENGINES)}")
+    if device not in ("cpu", "cuda"):
+        raise RepositoryError(f"invalid device {device!r}: accepted ['cpu', 'cuda']")
+    for name, n in (("dit_instances", dit_instances), ("text_encoder_instances", text_encoder_instances),
+                    ("vae_decoder_instances", vae_decoder_instances),
+                    ("max_concurrent_generations", max_concurrent_generations)):
+        if not isinstance(n, int) or n < 1:
+            raise RepositoryError(f"invalid {name}={n!r}: accepted an integer >= 1")
+    if engine != "torch" and not artifacts:
+        raise RepositoryError(f"engine {engine!r} needs --artifacts (the folder `vidtrt export` wrote)")
+    if artifacts and not Path(artifacts).is_dir():
+        raise RepositoryError(f"artifacts folder not found: {artifacts}")
+
+    templates = templates_dir()
+    out = Path(out_dir).resolve()
+    if out == templates.resolve() or templates.resolve() in out.parents:
+        raise RepositoryError(f"refusing to build into the templates folder {templates}; use a build directory")
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise RepositoryError(f"{out} exists and is not a vidtrt repository; choose an empty or new folder")
+        if not overwrite:
+            raise RepositoryError(f"{out} exists; pass overwrite=True (--force) to replace it")
+        shutil.rmtree(out)
+
+    # The model as the server will load it: 'tiny' stays 'tiny' (every process regenerates the same
+    # seeded checkpoint into its cache); folders become absolute paths.
+    model_param = "tiny" if str(model) == "tiny" else str(resolve_model(model).resolve())
+    config = load_model_config(model)
+    specs = specs_for_triton(config)
+    names = ModelNames(family)
+    kind = "KIND_GPU" if device == "cuda" else "KIND_CPU"
+    instances = {"text_encoder": text_encoder_instances, "dit": dit_instances, "vae_decoder": vae_decoder_instances}
+    common = dict(model=model_param, text_encoder_name=names.component("text_encoder"),
+                  dit_name=names.component("dit"), vae_decoder_name=names.component("vae_decoder"),
+                  max_concurrent=max_concurrent_generations, fps=config.defaults.fps,
+                  stream_name=names.stream, sync_name=names.sync)
+
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, str] = {}
+
+    def write(name: str, config_text: str, model_py: Path) -> None:
+        folder = out / name
+        (folder / "1").mkdir(parents=True, exist_ok=True)
+        (folder / "config.pbtxt").write_text(config_text)
+        shutil.copyfile(model_py, folder / "1" / "model.py")
+        written[name] = str(folder)
+
+    bls_py = templates / FAMILY / "model.py"
+    io = request_io.config_io_pbtxt()
+    write(names.stream, _render(templates / FAMILY / "config.pbtxt.in", name=names.stream, io=io, **common), bls_py)
+    if sync_model:
+        write(names.sync, _render(templates / f"{FAMILY}_sync" / "config.pbtxt.in", name=names.sync, io=io,
+                                  **common), bls_py)
+    from vidtrt.component_io import spec_io_pbtxt
+
+    for key in ("text_encoder", "dit", "vae_decoder"):
+        doc, per_call = COMPONENT_DOCS[key]
+        n = instances[key]
+        extra = ""
+        if key == "dit" and fail_on_guidance is not None:
+            extra = ('# TEST ONLY: fail requests whose guidance_scale equals this value.\n'
+                     f'parameters {{ key: "fail_on_guidance" value {{ string_value: "{fail_on_guidance:g}" }} }}\n')
+        instances_doc = (f"{n} instance(s) per {'GPU' if device == 'cuda' else 'server'}; calls from concurrent "
+                         "generations queue here and run one at a time per instance.")
+        text = _render(
+            templates / f"{FAMILY}_{key}" / "config.pbtxt.in",
+            template=f"{FAMILY}_{key}", name=names.component(key), component=key, doc=doc, per_call=per_call,
+            io=spec_io_pbtxt(key, specs[key]), kind=kind, count=n, instances_doc=instances_doc,
+            model=model_param, engine=engine, artifacts=str(Path(artifacts).resolve()) if artifacts else "",
+            device=device, extra_parameters=extra,
+        )
+        write(names.component(key), text, templates / "component" / "model.py")
+
+    manifest = {
+        "vidtrt_version": __version__, "model": model_param, "model_name": config.name, "engine": engine,
+        "device": device, "models": written, "generation_model": names.stream,
+        "sync_model": names.sync if sync_model else None,
+        "inputs": [t.name for t in request_io.REQUEST_INPUTS], "outputs": [t.name for t in request_io.RESPONSE_OUTPUTS],
+    }
+    (out / MARKER).write_text(json.dumps(manifest, indent=2) + "\n")
+    return out
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def add_build_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Flags of ``vidtrt build``."""
+    parser.add_argument("--model", default="tiny",
+                        help="'tiny' (embedded default) or a checkpoint folder (diffusers or official layout)")
+    parser.add_argument("--engine", default="torch", choices=list(ENGINES),
+                        help="engine the component models run (default torch; onnxruntime needs --artifacts)")
+    parser.add_argument("--artifacts", default=None, metavar="DIR",
+                        help="folder of exported ONNX files (`vidtrt export`), for --engine onnxruntime")
+    parser.add_argument("--out", "-o", default="build/model_repository", metavar="DIR",
+                        help="where to write the repository (default build/model_repository)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="component instances on CPU (KIND_CPU) or on each GPU (KIND_GPU); default cpu")
+    parser.add_argument("--dit-instances", type=int, default=1,
+                        help="DiT model instances per device (each holds the weights; default 1)")
+    parser.add_argument("--max-concurrent", type=int, default=4,
+                        help="generations the BLS model runs at once (default 4)")
+    parser.add_argument("--no-sync-model", action="store_true",
+                        help="leave out the non-streaming hunyuan_video_sync model (HTTP /infer)")
+    parser.add_argument("--force", action="store_true", help="replace an existing vidtrt repository at --out")
+    return parser
+
+
+def build_main(args: argparse.Namespace) -> int:
+    out = build_repository(
+        args.model, args.out, args.engine, artifacts=args.artifacts, device=args.device,
+        dit_instances=args.dit_instances, max_concurrent_generations=args.max_concurrent,
+        sync_model=not args.no_sync_model, overwrite=args.force or _is_vidtrt_repo(args.out),
+    )
+    manifest = json.loads((out / MARKER).read_text())
+    print(f"wrote {out}")
+    for name in manifest["models"]:
+        print(f"  {name}/config.pbtxt, {name}/1/model.py")
+    print(f"serve it: vidtrt serve --repository {out}", file=sys.stderr)
+    return 0
+
+
+def _is_vidtrt_repo(path: str | os.PathLike) -> bool:
+    return (Path(path) / MARKER).is_file()

@@ -1,0 +1,89 @@
+"""Triton Python-backend model serving one HunyuanVideo component (text encoder, DiT or VAE tile decoder).
+
+The same file serves the three component models of a vidtrt repository; the config parameter
+``component`` says which (``text_encoder``, ``dit``, ``vae_decoder``). Tensors are declared in
+:mod:`vidtrt.component_io` (DiT and decoder from :mod:`vidtrt.specs`); the call itself is
+:class:`vidtrt.component_io.ComponentServer`, so this file only moves tensors.
+
+Parameters (config.pbtxt): ``model`` ('tiny' or a checkpoint folder), ``engine`` ('torch' or an
+engine from vidtrt.engine_components), ``artifacts`` (exported ONNX folder for those engines),
+``device`` ('cpu', or 'cuda' taken from the instance's GPU with KIND_GPU), ``fail_on_guidance``
+(test-only fault injection for the DiT).
+
+Errors: a bad request gets an error response for that request only (INVALID_ARG for request
+content, INTERNAL otherwise); the model never takes the server down.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        from vidtrt.component_io import KEYS, ComponentServer, load_component, specs_for_triton
+        from vidtrt.errors import VidtrtError
+
+        self.model_name = args["model_name"]
+        config = json.loads(args["model_config"])
+        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        key = params.get("component", "")
+        if key not in KEYS:
+            raise pb_utils.TritonModelException(
+                f"{self.model_name}: parameter 'component' is {key!r}; accepted {list(KEYS)}")
+        if not params.get("model"):
+            raise pb_utils.TritonModelException(f"{self.model_name}: parameter 'model' ('tiny' or a folder) is missing")
+        if pb_utils.using_decoupled_model_transaction_policy(config):
+            raise pb_utils.TritonModelException(f"{self.model_name}: component models must not be decoupled")
+        if args.get("model_instance_kind") == "GPU":
+            device = f"cuda:{args.get('model_instance_device_id', '0')}"
+        else:
+            device = params.get("device") or "cpu"
+
+        try:
+            from vidtrt.checkpoints import load_model_config
+
+            spec = specs_for_triton(load_model_config(params["model"]))[key]
+            declared_in = [t["name"] for t in config.get("input", [])]
+            declared_out = [t["name"] for t in config.get("output", [])]
+            if sorted(declared_in) != sorted(spec.input_names) or sorted(declared_out) != sorted(spec.output_names):
+                raise pb_utils.TritonModelException(
+                    f"{self.model_name}: config tensors {declared_in} -> {declared_out} do not match the {key} spec "
+                    f"{spec.input_names} -> {spec.output_names}; rebuild the repository with `vidtrt build`")
+            fn = load_component(key, params["model"], engine=params.get("engine") or "torch", device=device,
+                                artifacts=params.get("artifacts") or None)
+        except VidtrtError as e:
+            raise pb_utils.TritonModelException(f"{self.model_name}: {e}") from None
+        fail = params.get("fail_on_guidance") or None
+        self.server = ComponentServer(key, fn, fail_on_guidance=float(fail) if fail else None)
+        self.input_names = spec.input_names
+        self.logger = pb_utils.Logger
+
+    def execute(self, requests: list) -> list:
+        from vidtrt.errors import InvalidRequestError
+
+        responses = []
+        for request in requests:
+            try:
+                feeds = {}
+                for name in self.input_names:
+                    t = pb_utils.get_input_tensor_by_name(request, name)
+                    if t is not None:
+                        feeds[name] = t.as_numpy()
+                outputs = self.server.run(feeds)
+                responses.append(pb_utils.InferenceResponse(
+                    output_tensors=[pb_utils.Tensor(name, value) for name, value in outputs.items()]))
+            except InvalidRequestError as e:
+                responses.append(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)))
+            except Exception as e:  # one failing request must not take the others (or the server) down
+                self.logger.log_error(f"{self.model_name}: {traceback.format_exc()}")
+                responses.append(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(f"{type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL)))
+        return responses
+
+    def finalize(self) -> None:
+        self.server = None

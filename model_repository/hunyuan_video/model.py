@@ -1,0 +1,229 @@
+"""Triton Python-backend BLS model: text -> video with HunyuanVideo, streaming progress.
+
+Thin on purpose: the generation program is :func:`vidtrt.orchestrator.run_generation`, the same code
+``vidtrt run`` executes in process. Here its three component callables are BLS requests to the
+component models (:func:`vidtrt.component_io.remote_components`), and its progress callback sends one
+response per denoising step. Request/response tensors: :mod:`vidtrt.request_io`.
+
+Decoupled config (``hunyuan_video``): progress responses (``step``, ``total_steps``, ``elapsed``), then
+the final response (``video`` [F, H, W, 3] uint8, ``mp4`` when ``output_format`` is "mp4") with the
+FINAL flag. Non-decoupled config (``hunyuan_video_sync``, same file): the final response only.
+
+Every request runs on its own worker thread (``max_concurrent_generations``), so concurrent clients
+are served together. Errors end that request only: bad parameters -> INVALID_ARG naming the input,
+component failures -> INTERNAL, cancellation (``request.is_cancelled()``, checked between steps) ->
+CANCELLED; the FINAL flag is always sent.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+REQUIRED_PARAMETERS = ("model", "text_encoder_model", "dit_model", "vae_decoder_model")
+LATENCY_BUCKETS_S = [0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1200, 2400]
+
+
+class _Metrics:
+    """Custom Prometheus metrics (served on Triton's metrics port next to its own nv_* metrics).
+
+    The MetricFamily objects are kept alive as long as their Metric objects (Triton requires it).
+    """
+
+    def __init__(self, model_name: str) -> None:
+        labels = {"model": model_name}
+        self.families = {
+            "requests": pb_utils.MetricFamily(
+                name="vidtrt_generation_requests_total",
+                description="Generation requests finished, by outcome (success, invalid, cancelled, error)",
+                kind=pb_utils.MetricFamily.COUNTER),
+            "latency": pb_utils.MetricFamily(
+                name="vidtrt_generation_latency_seconds",
+                description="End-to-end latency of successful generations (request parsed -> final response), s",
+                kind=pb_utils.MetricFamily.HISTOGRAM),
+            "steps": pb_utils.MetricFamily(
+                name="vidtrt_denoising_steps_total",
+                description="Denoising steps completed (DiT velocity + Euler step), all requests",
+                kind=pb_utils.MetricFamily.COUNTER),
+            "in_flight": pb_utils.MetricFamily(
+                name="vidtrt_generations_in_flight",
+                description="Generations currently running",
+                kind=pb_utils.MetricFamily.GAUGE),
+        }
+        self.outcome = {o: self.families["requests"].Metric(labels={**labels, "outcome": o})
+                        for o in ("success", "invalid", "cancelled", "error")}
+        self.latency = self.families["latency"].Metric(labels=labels, buckets=LATENCY_BUCKETS_S)
+        self.steps = self.families["steps"].Metric(labels=labels)
+        self.in_flight = self.families["in_flight"].Metric(labels=labels)
+
+    def release(self) -> None:
+        """Metrics first, then their families."""
+        self.outcome = self.latency = self.steps = self.in_flight = None
+        self.families = {}
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        from vidtrt import request_io
+        from vidtrt.checkpoints import load_model_config
+        from vidtrt.component_io import remote_components
+        from vidtrt.errors import VidtrtError
+
+        self.model_name = args["model_name"]
+        config = json.loads(args["model_config"])
+        self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
+        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        missing = [p for p in REQUIRED_PARAMETERS if not params.get(p)]
+        if missing:
+            raise pb_utils.TritonModelException(f"{self.model_name}: config parameter {missing[0]!r} is missing")
+        declared_in = sorted(t["name"] for t in config.get("input", []))
+        declared_out = sorted(t["name"] for t in config.get("output", []))
+        if declared_in != sorted(t.name for t in request_io.REQUEST_INPUTS) or \
+                declared_out != sorted(t.name for t in request_io.RESPONSE_OUTPUTS):
+            raise pb_utils.TritonModelException(
+                f"{self.model_name}: config tensors do not match vidtrt.request_io; rebuild with `vidtrt build`")
+        try:
+            self.config = load_model_config(params["model"])
+            workers = int(params.get("max_concurrent_generations") or 4)
+            self.fps = int(params.get("fps") or self.config.defaults.fps)
+            if workers < 1 or self.fps < 1:
+                raise ValueError("max_concurrent_generations and fps must be >= 1")
+        except (VidtrtError, ValueError) as e:
+            raise pb_utils.TritonModelException(f"{self.model_name}: {e}") from None
+        names = {"text_encoder": params["text_encoder_model"], "dit": params["dit_model"],
+                 "vae_decoder": params["vae_decoder_model"]}
+        self.components = remote_components(self._infer, names, self.config)
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{self.model_name}-gen")
+        self.metrics = _Metrics(self.model_name)
+        self._lock = threading.Lock()
+        self._in_flight = 0
+
+    # -- BLS -------------------------------------------------------------------------------------
+    def _infer(self, model_name: str, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        """One BLS call; raises on an error response (checked on this very response)."""
+        from vidtrt.component_io import ComponentFailure, RemoteInvalidRequest
+
+        response = pb_utils.InferenceRequest(
+            model_name=model_name,
+            requested_output_names=outputs,
+            inputs=[pb_utils.Tensor(name, value) for name, value in feeds.items()],
+        ).exec()
+        if response.has_error():
+            error = response.error()
+            message = error.message()
+            code = error.code() if hasattr(error, "code") else None
+            if code == pb_utils.TritonError.INVALID_ARG or message.startswith("invalid "):
+                raise RemoteInvalidRequest(message)
+            raise ComponentFailure(f"{model_name} failed: {message}")
+        result = {}
+        for name in outputs:
+            tensor = pb_utils.get_output_tensor_by_name(response, name)
+            if tensor is None:
+                raise ComponentFailure(f"{model_name} returned no {name!r} output")
+            result[name] = np.array(tensor.as_numpy(), copy=True)  # own it: the response's buffer goes with it
+        return result
+
+    # -- requests --------------------------------------------------------------------------------
+    def execute(self, requests: list) -> None:
+        from vidtrt import request_io
+        from vidtrt.errors import InvalidRequestError
+
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                # Inputs are read here, while the request's buffers are certainly alive.
+                gen = request_io.inputs_to_request(lambda name, r=request: _input(r, name))
+                gen = gen.validate(self.config)
+            except InvalidRequestError as e:
+                self._fail(sender, str(request_io.renamed_error(e)), pb_utils.TritonError.INVALID_ARG, "invalid")
+                continue
+            except Exception as e:
+                self._fail(sender, f"{type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL, "error")
+                continue
+            self.pool.submit(self._generate, request, sender, gen)
+        return None
+
+    def _generate(self, request, sender, gen) -> None:
+        from vidtrt import request_io
+        from vidtrt.component_io import ComponentFailure, RemoteInvalidRequest
+        from vidtrt.errors import CancelledError, InvalidRequestError
+        from vidtrt.orchestrator import run_generation
+
+        start = time.perf_counter()
+        try:
+            self._track(+1)
+            frames = run_generation(gen, self.config, self.components,
+                                    progress=self._progress(sender), should_cancel=request.is_cancelled)
+            mp4 = None
+            if gen.output_format == "mp4":
+                from vidtrt.video_io import encode_mp4
+
+                mp4 = encode_mp4(frames, fps=self.fps)
+            outputs = request_io.final_outputs(frames, mp4)
+            sender.send(pb_utils.InferenceResponse(
+                output_tensors=[pb_utils.Tensor(k, v) for k, v in outputs.items()]), flags=FINAL)
+            self.metrics.outcome["success"].increment(1)
+            self.metrics.latency.observe(time.perf_counter() - start)
+        except CancelledError as e:
+            self._fail(sender, str(e), pb_utils.TritonError.CANCELLED, "cancelled")
+        except InvalidRequestError as e:
+            self._fail(sender, str(request_io.renamed_error(e)), pb_utils.TritonError.INVALID_ARG, "invalid")
+        except RemoteInvalidRequest as e:
+            self._fail(sender, str(e), pb_utils.TritonError.INVALID_ARG, "invalid")
+        except ComponentFailure as e:
+            self._fail(sender, str(e), pb_utils.TritonError.INTERNAL, "error")
+        except Exception as e:
+            pb_utils.Logger.log_error(f"{self.model_name}: {traceback.format_exc()}")
+            self._fail(sender, f"{type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL, "error")
+        finally:
+            try:
+                self._track(-1)
+            except Exception:
+                pb_utils.Logger.log_error(f"{self.model_name}: {traceback.format_exc()}")
+
+    def _progress(self, sender):
+        if not self.decoupled:
+            return lambda event: self.metrics.steps.increment(1)
+        from vidtrt import request_io
+
+        def send(event) -> None:
+            self.metrics.steps.increment(1)
+            outputs = request_io.progress_outputs(event.step, event.total, event.elapsed_s)
+            sender.send(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in outputs.items()]))
+
+        return send
+
+    def _fail(self, sender, message: str, code, outcome: str) -> None:
+        """Error response for this request only, with the FINAL flag (required even after a cancel)."""
+        try:
+            self.metrics.outcome[outcome].increment(1)
+        except Exception:
+            pb_utils.Logger.log_error(f"{self.model_name}: {traceback.format_exc()}")
+        try:
+            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code)), flags=FINAL)
+        except Exception:  # the client is gone (cancelled stream): the FINAL flag alone closes the request
+            try:
+                sender.send(flags=FINAL)
+            except Exception:
+                pass
+
+    def _track(self, delta: int) -> None:
+        with self._lock:
+            self._in_flight += delta
+            self.metrics.in_flight.set(self._in_flight)
+
+    def finalize(self) -> None:
+        self.pool.shutdown(wait=True)
+        self.metrics.release()
+
+
+def _input(request, name: str) -> np.ndarray | None:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else np.array(tensor.as_numpy(), copy=True)
