@@ -25,6 +25,7 @@ from ._common import (
     tl,
     triton,
 )
+from ._configs import attention_config_dicts
 from .reference import attention_reference
 
 __all__ = [
@@ -145,38 +146,12 @@ def _attn_fwd_kernel(
 # Block sizes
 # ----------------------------------------------------------------------------------------------
 def attention_configs(capability: tuple[int, int], head_dim: int, fp8: bool = False) -> list[triton.Config]:
-    """Autotuning candidates per GPU generation (BLOCK_M, BLOCK_N, num_warps, num_stages).
-
-    Hopper (sm_90): 128-row query tiles with 8 warps (wgmma wants 64-row warpgroups), 64/128-key
-    tiles, 2-4 pipeline stages (228 KB shared memory). Ampere sm_80 (164 KB): 128x64, 4 warps.
-    Consumer parts (sm_86/89, ~100 KB): smaller tiles and fewer stages. FP8 tiles are half the
-    bytes, so they take the larger key tiles.
-    """
-    c = triton.Config
-    major = capability[0]
-    if major >= 9:
-        cfgs = [
-            c({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=2),
-            c({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
-            c({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=3),
-            c({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=3),
-        ]
-        if head_dim <= 64 or fp8:
-            cfgs += [
-                c({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=4),
-                c({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=4),
-            ]
-        return cfgs
-    if capability == (8, 0):
-        return [
-            c({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=3),
-            c({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=4, num_stages=3),
-            c({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
-        ]
+    """Autotuning candidates per GPU generation (see ``_configs.attention_config_dicts``)."""
     return [
-        c({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2),
-        c({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=2),
-        c({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2),
+        triton.Config(
+            {"BLOCK_M": c["BLOCK_M"], "BLOCK_N": c["BLOCK_N"]}, num_warps=c["num_warps"], num_stages=c["num_stages"]
+        )
+        for c in attention_config_dicts(capability, head_dim, fp8)
     ]
 
 

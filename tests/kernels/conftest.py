@@ -22,3 +22,16 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(scope="session")
+def aot_payloads():
+    """AOT payloads (sm_90) of every plugin's default tactic plus a few more, compiled once per session
+    in two clean child processes (the interpreter that runs the other tests cannot compile)."""
+    from vidtrt.kernels import aot
+
+    reqs = aot.default_requests(head_dims=(128,))  # tactic 0 of each plugin
+    reqs += [{"kind": "attention", "dtype": "bf16", "head_dim": 128, "tactic": 1},  # 128-key tiles
+             {"kind": "attention_fp8", "head_dim": 128, "tactic": 1},
+             {"kind": "attention", "dtype": "fp16", "head_dim": 64, "tactic": 0}]  # fmt: skip
+    return aot.build_payloads_subprocess(reqs, jobs=2)

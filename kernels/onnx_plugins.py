@@ -1,0 +1,428 @@
+"""ONNX export flavour whose graph carries the TensorRT plugin nodes instead of decomposed ops.
+
+Pieces:
+  * torch custom ops ``torch.ops.vidtrt.{qk_norm_rope, qk_norm_rope_fp8, attention, attention_fp8}``
+    (eager: the Triton kernels on CUDA, the torch references on CPU; fake impls for export);
+  * ONNX schemas + translations: each op becomes one node ``<name>`` in domain ``trt.plugins``
+    with ``plugin_namespace="vidtrt"``, ``plugin_version="1"``, ``aot=1`` (TensorRT's ONNX parser
+    maps such a node to the quickly deployable plugin of ``kernels/trt_plugins.py``);
+  * the flavour switch: ``plugin_flavour()`` routes the DiT's ``qk_norm_rope`` and ``attention``
+    through the custom ops (attention backends ``trt-plugin`` / ``trt-plugin-fp8``);
+  * ``export_onnx(..., flavour="plugin" | "plugin-fp8" | "decomposed")``;
+  * ``reference_functions()``: the plugins' math as ONNX model-local functions (exported from the
+    torch references). Attached to a plugin graph they let ONNX Runtime run it, which checks the
+    plugin nodes' wiring on CPU; never attach them to a graph meant for TensorRT.
+
+The FP8 flavour quantizes in the graph (per-(batch, head) absmax scales of q and smoothed k,
+per-channel absmax of v, v transposed to [B, H, D, S] before the cast) and calls the
+``attention_fp8`` plugin; the norm + RoPE stays the bf16 plugin there, because the DiT joins text
+and image q/k before attention. ``qk_norm_rope_fp8`` is for graphs that feed the rotated q/k to
+attention directly (static scale: ``safe_fp8_scale``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+from collections.abc import Iterator
+from typing import Any
+
+import onnx
+import torch
+from onnx.defs import OpSchema
+
+from .reference import (
+    FP8_DTYPE,
+    FP8_MAX,
+    attention_reference,
+    key_padding_mask,
+    qk_norm_rope_reference,
+)
+
+PLUGIN_DOMAIN = "trt.plugins"
+PLUGIN_NAMESPACE = "vidtrt"
+PLUGIN_VERSION = "1"
+PLUGIN_ATTRS = {"plugin_namespace": PLUGIN_NAMESPACE, "plugin_version": PLUGIN_VERSION, "aot": 1}
+FP8_OPSET = 21  # Cast to FLOAT8E4M3FN needs >= 19
+
+# op name -> (inputs with type var, outputs with type var, extra attributes)
+_FLOAT = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"]
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "qk_norm_rope": {
+        "inputs": [("q", "T"), ("k", "T"), ("weight_q", "W"), ("weight_k", "W"), ("cos", "F"), ("sin", "F")],
+        "outputs": [("q_out", "T"), ("k_out", "T")],
+        "attrs": {"eps": OpSchema.AttrType.FLOAT},
+    },
+    "qk_norm_rope_fp8": {
+        "inputs": [("q", "T"), ("k", "T"), ("weight_q", "W"), ("weight_k", "W"), ("cos", "F"), ("sin", "F"),
+                   ("q_scale", "F"), ("k_scale", "F")],
+        "outputs": [("q_out", "Q"), ("k_out", "Q")],
+        "attrs": {"eps": OpSchema.AttrType.FLOAT},
+    },  # fmt: skip
+    "attention": {
+        "inputs": [("q", "T"), ("k", "T"), ("v", "T"), ("key_lengths", "I")],
+        "outputs": [("out", "T")],
+        "attrs": {},
+    },
+    "attention_fp8": {
+        "inputs": [("q8", "Q"), ("k8", "Q"), ("v8t", "Q"), ("q_scale", "F"), ("k_scale", "F"), ("v_scale", "F"),
+                   ("key_lengths", "I")],
+        "outputs": [("out", "O")],
+        "attrs": {},
+    },  # fmt: skip
+}
+_TYPE_CONSTRAINTS = {
+    "T": _FLOAT,
+    "W": _FLOAT,
+    "F": ["tensor(float)"],
+    "I": ["tensor(int32)"],
+    "Q": ["tensor(float8e4m3fn)"],
+    "O": ["tensor(bfloat16)"],
+}
+
+
+def register_onnx_schemas() -> None:
+    """Register the plugin ops' schemas in domain ``trt.plugins`` (needed by onnxscript; idempotent)."""
+    fp = OpSchema.FormalParameter
+    for name, sch in SCHEMAS.items():
+        if onnx.defs.has(name, PLUGIN_DOMAIN):
+            continue
+        used = sorted({t for _, t in sch["inputs"] + sch["outputs"]})
+        attrs = [OpSchema.Attribute(a, t, a) for a, t in sch["attrs"].items()]
+        attrs += [
+            OpSchema.Attribute("plugin_namespace", OpSchema.AttrType.STRING, "TensorRT plugin namespace"),
+            OpSchema.Attribute("plugin_version", OpSchema.AttrType.STRING, "TensorRT plugin version"),
+            OpSchema.Attribute("aot", OpSchema.AttrType.INT, "1: use the ahead-of-time implementation"),
+        ]
+        onnx.defs.register_schema(
+            OpSchema(
+                name, PLUGIN_DOMAIN, 1, doc=f"vidtrt TensorRT plugin {name}",
+                inputs=[fp(n, t) for n, t in sch["inputs"]], outputs=[fp(n, t) for n, t in sch["outputs"]],
+                type_constraints=[(t, _TYPE_CONSTRAINTS[t], t) for t in used], attributes=attrs,
+            )  # fmt: skip
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# torch custom ops
+# ----------------------------------------------------------------------------------------------
+Tensor = torch.Tensor
+
+
+@torch.library.custom_op("vidtrt::qk_norm_rope", mutates_args=())
+def qk_norm_rope_op(
+    q: Tensor, k: Tensor, weight_q: Tensor, weight_k: Tensor, cos: Tensor, sin: Tensor, eps: float
+) -> tuple[Tensor, Tensor]:
+    n = cos.shape[0]
+    if q.is_cuda:
+        from .rope import fused_qk_norm_rope
+
+        return fused_qk_norm_rope(q, k, weight_q, weight_k, cos.float().contiguous(), sin.float().contiguous(), n, eps)
+    return qk_norm_rope_reference(q, k, weight_q, weight_k, cos, sin, n, eps)
+
+
+@qk_norm_rope_op.register_fake
+def _(q, k, weight_q, weight_k, cos, sin, eps):
+    return torch.empty_like(q, memory_format=torch.contiguous_format), torch.empty_like(
+        k, memory_format=torch.contiguous_format
+    )
+
+
+@torch.library.custom_op("vidtrt::qk_norm_rope_fp8", mutates_args=())
+def qk_norm_rope_fp8_op(
+    q: Tensor, k: Tensor, weight_q: Tensor, weight_k: Tensor, cos: Tensor, sin: Tensor, q_scale: Tensor,
+    k_scale: Tensor, eps: float,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    n = cos.shape[0]
+    if q.is_cuda:
+        from .rope import fused_qk_norm_rope
+
+        return fused_qk_norm_rope(q, k, weight_q, weight_k, cos.float().contiguous(), sin.float().contiguous(), n,
+                                  eps, fp8_scale=(q_scale, k_scale))  # fmt: skip
+    return qk_norm_rope_reference(q, k, weight_q, weight_k, cos, sin, n, eps, fp8_scale=(q_scale, k_scale))
+
+
+@qk_norm_rope_fp8_op.register_fake
+def _(q, k, weight_q, weight_k, cos, sin, q_scale, k_scale, eps):
+    return q.new_empty(q.shape, dtype=FP8_DTYPE), k.new_empty(k.shape, dtype=FP8_DTYPE)
+
+
+@torch.library.custom_op("vidtrt::attention", mutates_args=())
+def attention_op(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor) -> Tensor:
+    if q.is_cuda:
+        from .attention import flash_attention
+
+        return flash_attention(q, k, v, key_lengths)
+    return attention_reference(q, k, v, key_lengths, compute_dtype=torch.float32).to(q.dtype)
+
+
+@attention_op.register_fake
+def _(q, k, v, key_lengths):
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+def _dequant_attention(q8, k8, v8t, q_scale, k_scale, v_scale, key_lengths):
+    q = q8.float() * q_scale[:, None, :, None]
+    k = k8.float() * k_scale[:, None, :, None]
+    v = (v8t.float() * v_scale[..., None]).permute(0, 3, 1, 2)  # [B, H, D, S] -> [B, S, H, D]
+    return attention_reference(q, k, v, key_lengths, compute_dtype=torch.float32).to(torch.bfloat16)
+
+
+@torch.library.custom_op("vidtrt::attention_fp8", mutates_args=())
+def attention_fp8_op(
+    q8: Tensor, k8: Tensor, v8t: Tensor, q_scale: Tensor, k_scale: Tensor, v_scale: Tensor, key_lengths: Tensor
+) -> Tensor:
+    if q8.is_cuda:
+        from .attention_fp8 import flash_attention_fp8
+
+        return flash_attention_fp8(q8, k8, v8t.permute(0, 3, 1, 2), key_lengths, q_scale=q_scale, k_scale=k_scale,
+                                   v_scale=v_scale, out_dtype=torch.bfloat16)  # fmt: skip
+    return _dequant_attention(q8, k8, v8t, q_scale, k_scale, v_scale, key_lengths)
+
+
+@attention_fp8_op.register_fake
+def _(q8, k8, v8t, q_scale, k_scale, v_scale, key_lengths):
+    return q8.new_empty(q8.shape, dtype=torch.bfloat16)
+
+
+# ----------------------------------------------------------------------------------------------
+# ONNX translations
+# ----------------------------------------------------------------------------------------------
+def custom_translation_table() -> dict:
+    """``torch.onnx.export(..., dynamo=True, custom_translation_table=...)`` entries of the plugin ops."""
+    import onnxscript
+
+    register_onnx_schemas()
+    plug = onnxscript.values.Opset(PLUGIN_DOMAIN, 1)
+
+    def rope(q, k, weight_q, weight_k, cos, sin, eps: float):
+        return plug.qk_norm_rope(q, k, weight_q, weight_k, cos, sin, eps=eps, **PLUGIN_ATTRS, _outputs=2)
+
+    def rope_fp8(q, k, weight_q, weight_k, cos, sin, q_scale, k_scale, eps: float):
+        return plug.qk_norm_rope_fp8(q, k, weight_q, weight_k, cos, sin, q_scale, k_scale, eps=eps, **PLUGIN_ATTRS,
+                                     _outputs=2)  # fmt: skip
+
+    def attn(q, k, v, key_lengths):
+        return plug.attention(q, k, v, key_lengths, **PLUGIN_ATTRS)
+
+    def attn_fp8(q8, k8, v8t, q_scale, k_scale, v_scale, key_lengths):
+        return plug.attention_fp8(q8, k8, v8t, q_scale, k_scale, v_scale, key_lengths, **PLUGIN_ATTRS)
+
+    ops = torch.ops.vidtrt
+    return {
+        ops.qk_norm_rope.default: rope,
+        ops.qk_norm_rope_fp8.default: rope_fp8,
+        ops.attention.default: attn,
+        ops.attention_fp8.default: attn_fp8,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Flavour switch for the DiT (vidtrt.models.rope / vidtrt.models.attention hooks)
+# ----------------------------------------------------------------------------------------------
+def _full_lengths(key_lengths: Tensor | None, q: Tensor, k: Tensor) -> Tensor:
+    if key_lengths is None:
+        return torch.full((q.shape[0],), k.shape[1], dtype=torch.int32, device=q.device)
+    return key_lengths.to(torch.int32)
+
+
+def attention_plugin_backend(q, k, v, key_lengths):
+    """Attention backend ``trt-plugin``: one ``vidtrt::attention`` node."""
+    return torch.ops.vidtrt.attention(q, k, v, _full_lengths(key_lengths, q, k))
+
+
+def quantize_for_fp8_plugin(q: Tensor, k: Tensor, v: Tensor):
+    """In-graph FP8 quantization for ``vidtrt::attention_fp8``: (q8, k8, v8t, q_scale [B,H],
+    k_scale [B,H], v_scale [B,H,D]); k is smoothed (token mean removed) first."""
+    qf, kf = q.float(), k.float()
+    kf = kf - kf.mean(dim=1, keepdim=True)
+    q_scale = (qf.abs().amax(dim=(1, 3)) / FP8_MAX).clamp_min(1e-12)
+    k_scale = (kf.abs().amax(dim=(1, 3)) / FP8_MAX).clamp_min(1e-12)
+    q8 = (qf / q_scale[:, None, :, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    k8 = (kf / k_scale[:, None, :, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    vt = v.float().permute(0, 2, 3, 1)  # [B, H, D, S]: transpose before the cast
+    v_scale = (vt.abs().amax(dim=-1) / FP8_MAX).clamp_min(1e-12)
+    v8t = (vt / v_scale[..., None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return q8, k8, v8t, q_scale, k_scale, v_scale
+
+
+def attention_fp8_plugin_backend(q, k, v, key_lengths):
+    """Attention backend ``trt-plugin-fp8``: in-graph quantization + one ``vidtrt::attention_fp8`` node."""
+    q8, k8, v8t, qs, ks, vs = quantize_for_fp8_plugin(q, k, v)
+    out = torch.ops.vidtrt.attention_fp8(q8, k8, v8t, qs, ks, vs, _full_lengths(key_lengths, q, k))
+    return out.to(q.dtype)
+
+
+def qk_norm_rope_plugin(q, k, norm_q, norm_k, cos, sin, num_image_tokens):
+    """Drop-in for ``vidtrt.models.rope.qk_norm_rope``: one ``vidtrt::qk_norm_rope`` node."""
+    eps = float(getattr(norm_q, "eps", 1e-6))
+    cos = cos[:num_image_tokens]
+    sin = sin[:num_image_tokens]
+    return torch.ops.vidtrt.qk_norm_rope(q, k, norm_q.weight, norm_k.weight, cos, sin, eps)
+
+
+def _register_backends() -> None:
+    from vidtrt.models.attention import register_backend
+
+    register_backend("trt-plugin", attention_plugin_backend)
+    register_backend("trt-plugin-fp8", attention_fp8_plugin_backend)
+
+
+_register_backends()
+
+FLAVOURS = ("decomposed", "plugin", "plugin-fp8")
+
+
+@contextlib.contextmanager
+def plugin_flavour(flavour: str = "plugin") -> Iterator[None]:
+    """Within the block the DiT's norm+RoPE and attention go through the plugin custom ops
+    (``decomposed``: the PyTorch code; ``plugin``; ``plugin-fp8``: FP8 attention plugin)."""
+    from vidtrt.models import attention as attn_api
+    from vidtrt.models import rope as rope_api
+
+    if flavour not in FLAVOURS:
+        raise ValueError(f"flavour={flavour!r}: accepted {', '.join(FLAVOURS)}")
+    prev_backend = attn_api.get_backend()
+    prev_rope = rope_api._qk_norm_rope_impl
+    try:
+        if flavour == "decomposed":
+            attn_api.set_backend("sdpa")
+            rope_api.set_qk_norm_rope_impl(None)
+        else:
+            attn_api.set_backend("trt-plugin" if flavour == "plugin" else "trt-plugin-fp8")
+            rope_api.set_qk_norm_rope_impl(qk_norm_rope_plugin)
+        yield
+    finally:
+        attn_api.set_backend(prev_backend)
+        rope_api.set_qk_norm_rope_impl(prev_rope)
+
+
+def export_onnx(module: torch.nn.Module, args: tuple, flavour: str = "plugin", path: str | None = None,
+                dynamic_shapes: Any = None, opset_version: int | None = None, **kwargs) -> onnx.ModelProto:
+    """Dynamo ONNX export of ``module`` in one flavour; returns the ModelProto (and saves it to ``path``)."""
+    opset = opset_version or (FP8_OPSET if flavour == "plugin-fp8" else 18)
+    with plugin_flavour(flavour), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        prog = torch.onnx.export(
+            module, args, dynamo=True, dynamic_shapes=dynamic_shapes, opset_version=opset,
+            custom_translation_table=custom_translation_table() if flavour != "decomposed" else None,
+            verbose=False, **kwargs,
+        )  # fmt: skip
+    model = prog.model_proto
+    if path:
+        onnx.save(model, path)
+    return model
+
+
+def plugin_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    return [n for n in model.graph.node if n.domain == PLUGIN_DOMAIN]
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference ONNX functions (for ONNX Runtime checks of plugin graphs on CPU)
+# ----------------------------------------------------------------------------------------------
+class _RopeRef(torch.nn.Module):
+    def __init__(self, fp8: bool, eps: float):
+        super().__init__()
+        self.fp8, self.eps = fp8, eps
+
+    def forward(self, q, k, weight_q, weight_k, cos, sin, q_scale=None, k_scale=None):
+        xs = []
+        for x, w, s in ((q, weight_q, q_scale), (k, weight_k, k_scale)):
+            xf = x.float()
+            xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * w.float()
+            n = cos.shape[0]
+            img = xf[:, :n]
+            pairs = img.unflatten(-1, (-1, 2))
+            rot = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+            img = img * cos[None, :, None, :] + rot * sin[None, :, None, :]
+            y = torch.cat((img, xf[:, n:]), dim=1)
+            if self.fp8:
+                xs.append((y / s[None, None, :, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE))
+            else:
+                xs.append(y.to(x.dtype))
+        return xs[0], xs[1]
+
+
+class _AttnRef(torch.nn.Module):
+    def __init__(self, fp8: bool):
+        super().__init__()
+        self.fp8 = fp8
+
+    def forward(self, q, k, v, q_scale_or_lengths, k_scale=None, v_scale=None, key_lengths=None):
+        if self.fp8:
+            q = q.float() * q_scale_or_lengths[:, None, :, None]
+            k = k.float() * k_scale[:, None, :, None]
+            v = (v.float() * v_scale[..., None]).permute(0, 3, 1, 2)
+            out_dtype = torch.bfloat16
+        else:
+            key_lengths = q_scale_or_lengths
+            out_dtype = q.dtype
+        qf, kf, vf = q.float(), k.float(), v.float()
+        scores = torch.einsum("bqhd,bkhd->bhqk", qf, kf) * (qf.shape[-1] ** -0.5)
+        keep = key_padding_mask(key_lengths, q.shape[0], k.shape[1], q.device)
+        bias = torch.where(keep, torch.zeros((), device=q.device), torch.full((), float("-inf"), device=q.device))
+        p = torch.softmax(scores + bias[:, None, None, :], dim=-1)
+        return torch.einsum("bhqk,bkhd->bqhd", p, vf).to(out_dtype)
+
+
+def _graph_to_function(model: onnx.ModelProto, name: str, attrs: list[str]) -> onnx.FunctionProto:
+    nodes = []
+    for init in model.graph.initializer:
+        nodes.append(onnx.helper.make_node("Constant", [], [init.name], value=init))
+    nodes += list(model.graph.node)
+    return onnx.helper.make_function(
+        PLUGIN_DOMAIN, name, [i.name for i in model.graph.input], [o.name for o in model.graph.output], nodes,
+        opset_imports=[o for o in model.opset_import if o.domain == ""], attributes=attrs,
+    )  # fmt: skip
+
+
+def reference_functions(names=None, eps: float = 1e-6, opset_version: int = FP8_OPSET) -> list[onnx.FunctionProto]:
+    """FunctionProtos computing plugin ops with standard ONNX ops (the torch references, exported).
+
+    names: the ops wanted (default all; the FP8 ones need opset >= 19)."""
+    out = []
+    for name in names or list(SCHEMAS):
+        f = onnx.FunctionProto()
+        f.CopyFrom(_reference_function(name, float(eps), int(opset_version)))
+        out.append(f)
+    return out
+
+
+@functools.cache
+def _reference_function(name: str, eps: float, opset_version: int) -> onnx.FunctionProto:
+    b, s, h, d, n = 2, 6, 2, 16, 4
+    dyn_b, dyn_n = torch.export.Dim("B", min=1, max=4096), torch.export.Dim("n_img", min=1, max=100000)
+    dyn_s = torch.export.Dim("S", min=2, max=100000)
+    # distinct example tensors: the exporter merges inputs that are the same Python object
+    t = lambda *shape: torch.randn(*shape)  # noqa: E731
+    f8 = lambda *shape: torch.randn(*shape).to(FP8_DTYPE)  # noqa: E731
+    kl = torch.full((b,), s, dtype=torch.int32)
+    x4 = {0: dyn_b, 1: dyn_s}
+    rope_dyn = (x4, x4, None, None, {0: dyn_n}, {0: dyn_n})
+    specs = {
+        "qk_norm_rope": (_RopeRef(False, eps), (t(b, s, h, d), t(b, s, h, d), t(d), t(d), t(n, d), t(n, d)), rope_dyn),
+        "qk_norm_rope_fp8": (_RopeRef(True, eps),
+                             (t(b, s, h, d), t(b, s, h, d), t(d), t(d), t(n, d), t(n, d), t(h), t(h)),
+                             (*rope_dyn, None, None)),
+        "attention": (_AttnRef(False), (t(b, s, h, d), t(b, s, h, d), t(b, s, h, d), kl), (x4, x4, x4, {0: dyn_b})),
+        "attention_fp8": (_AttnRef(True),
+                          (f8(b, s, h, d), f8(b, s, h, d), f8(b, h, d, s), t(b, h), t(b, h), t(b, h, d), kl),
+                          (x4, x4, {0: dyn_b, 3: dyn_s}, {0: dyn_b}, {0: dyn_b}, {0: dyn_b}, {0: dyn_b})),
+    }  # fmt: skip
+    mod, args, dyn = specs[name]
+    attrs = [*SCHEMAS[name]["attrs"], *PLUGIN_ATTRS]
+    with contextlib.redirect_stdout(io.StringIO()):
+        prog = torch.onnx.export(mod, args, dynamo=True, dynamic_shapes=dyn, opset_version=opset_version,
+                                 verbose=False)  # fmt: skip
+    return _graph_to_function(prog.model_proto, name, attrs)
+
+
+def attach_reference_functions(model: onnx.ModelProto, eps: float = 1e-6) -> onnx.ModelProto:
+    """A copy of ``model`` whose plugin nodes ONNX Runtime can execute (for CPU checks only)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    used = sorted({n.op_type for n in plugin_nodes(model)})
+    opset = next(o.version for o in model.opset_import if o.domain == "")
+    out.functions.extend(reference_functions(used, eps, opset_version=opset))
+    return out
