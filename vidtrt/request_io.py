@@ -183,7 +183,7 @@ def inputs_to_request(get: Callable[[str], np.ndarray | None] | Mapping[str, np.
 
 def decode_value(t: IOTensor, arr: np.ndarray) -> object:
     """The Python value of a ``[1]`` input array (str, int or float)."""
-    if arr.size != 1:
+    if arr.shape != (1,):
         raise InvalidRequestError(t.name, f"<tensor of shape {list(arr.shape)}>", f"a [1] {t.datatype} tensor")
     v = arr.reshape(-1)[0]
     if t.is_string:
