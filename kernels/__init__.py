@@ -1,1 +1,15 @@
+"""Triton-language kernels of vidtrt (importable as ``vidtrt.kernels``; needs the ``triton`` extra).
 
+Modules (import them explicitly; this package imports nothing, so CPU installs need no triton):
+  rope           ``fused_qk_norm_rope``: per-head RMSNorm + 3D RoPE of q and k in one kernel
+                 (bf16/fp16/fp32, optional FP8 e4m3 output); ``install_fused_qk_norm_rope`` hooks it
+                 into the DiT's ``qk_norm_rope`` (CUDA; CPU keeps the torch path).
+  attention      ``flash_attention``: non-causal flash attention for [B, S, H, D] with per-sample key
+                 lengths; registers the attention backends "triton" and "triton-fp8".
+  attention_fp8  ``flash_attention_fp8`` / ``quantize_qkv_fp8``: FP8 e4m3 attention (per-block q/k,
+                 per-channel v, smooth K, P quantized for the PV product).
+  reference      torch references (no triton): the definitions the kernels are tested against.
+  aot            ahead-of-time payloads (PTX for sm_90, launch grid / scalars) for TensorRT plugins.
+  trt_plugins    TensorRT quickly deployable plugins (AOT) built on ``aot``.
+  onnx_plugins   ONNX export flavour with plugin nodes; attention backends "trt-plugin(-fp8)".
+"""

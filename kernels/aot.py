@@ -255,6 +255,7 @@ class AotPayload:
     registers: int | None
     triton_version: str
     request: dict[str, Any]
+    divisibility_hints: bool = True  # 16-byte alignment hints reached the compiler
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -365,9 +366,11 @@ def compile_spec(spec: KernelSpec, arch: int = DEFAULT_ARCH, ptx_version: int | 
     if ptx_version is not None:
         options["ptx_version"] = ptx_version
     target = GPUTarget("cuda", arch, 32)
+    hints = True
     try:
         compiled = triton.compile(ASTSource(fn, signature, spec.constexprs, attrs), target=target, options=options)
-    except TypeError:  # an older ASTSource without attrs support
+    except Exception:  # noqa: BLE001 - a Triton whose attrs format differs: compile without the hints
+        hints = False
         compiled = triton.compile(ASTSource(fn, signature, spec.constexprs), target=target, options=options)
     md = compiled.metadata
     ptx = compiled.asm["ptx"]
@@ -391,7 +394,7 @@ def compile_spec(spec: KernelSpec, arch: int = DEFAULT_ARCH, ptx_version: int | 
         constexprs={k: v for k, v in spec.constexprs.items()}, ptx_params=params, stripped_params=stripped,
         global_scratch_size=gs, profile_scratch_size=ps, cubin_sha256=hashlib.sha256(cubin).hexdigest(),
         cubin_size=len(cubin), ptxas_ok=ok, ptxas_log=log, registers=regs, triton_version=triton.__version__,
-        request=dict(spec.request),
+        request=dict(spec.request), divisibility_hints=hints,
     )  # fmt: skip
 
 

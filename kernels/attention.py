@@ -35,7 +35,7 @@ __all__ = [
     "flash_attention",
 ]
 
-SUPPORTED_HEAD_DIMS = (64, 128)
+SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)  # tuned for 64 / 128; the small ones serve toy models
 
 
 @triton.jit
@@ -226,7 +226,7 @@ def flash_attention(
     """softmax(q k^T * sm_scale) v over each sample's first key_lengths[b] keys.
 
     Args:
-        q: [B, S_q, H, D]; k, v: [B, S_k, H, D]; bf16 / fp16 / fp32, one dtype; D in {64, 128};
+        q: [B, S_q, H, D]; k, v: [B, S_k, H, D]; bf16 / fp16 / fp32, one dtype; D in {16, 32, 64, 128};
             last dim contiguous (other strides free: views of a fused qkv projection are fine).
         key_lengths: int [B] on q's device, or None (all keys). Clamped to [0, S_k] in the kernel
             (no host sync); length 0 gives zeros.

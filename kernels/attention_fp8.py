@@ -39,6 +39,8 @@ from ._common import (
 from .attention import _autotuned, check_attention_inputs, check_key_lengths
 from .reference import attention_fp8_emulation, quantize_per_block_reference, quantize_per_channel_reference
 
+FP8_HEAD_DIMS = (64, 128)  # the QK^T product has K = D: FP8 tensor cores need K >= 32
+
 __all__ = [
     "Fp8QKV",
     "attention_fp8_emulation",
@@ -331,7 +333,7 @@ def quantize_qkv_fp8(
     smooth_k: bool = True,
 ) -> Fp8QKV:
     """Quantize attention inputs for ``flash_attention_fp8`` (see the module docstring)."""
-    check_attention_inputs(q, k, v)
+    check_attention_inputs(q, k, v, head_dims=FP8_HEAD_DIMS)
     _check_quant_block(quant_block)
     q8, qs = quantize_per_block(q, quant_block)
     k8, ks = quantize_per_block(k, quant_block, smooth=smooth_k)
@@ -425,13 +427,13 @@ def flash_attention_fp8(
         raise TypeError(f"q must be a torch.Tensor, got {type(q).__name__}")
     _check_quant_block(quant_block)
     if q.dtype == FP8_DTYPE:
-        check_attention_inputs(q, k, v, dtypes=(FP8_DTYPE,))
+        check_attention_inputs(q, k, v, dtypes=(FP8_DTYPE,), head_dims=FP8_HEAD_DIMS)
         if q_scale is None or k_scale is None or v_scale is None:
             raise ValueError("float8 q, k, v need q_scale, k_scale and v_scale")
         out_dtype = out_dtype or torch.bfloat16
         q8, k8, v8 = q, k, v
     else:
-        check_attention_inputs(q, k, v)
+        check_attention_inputs(q, k, v, head_dims=FP8_HEAD_DIMS)
         if q_scale is not None or k_scale is not None or v_scale is not None:
             raise ValueError("q_scale / k_scale / v_scale are only accepted with float8_e4m3fn q, k, v")
         out_dtype = out_dtype or q.dtype

@@ -24,6 +24,18 @@ from vidtrt.kernels.rope import fused_qk_norm_rope, qk_norm_rope_reference, safe
 from vidtrt.models import attention as attn_api
 
 FP8 = torch.float8_e4m3fn
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+ones = lambda *shape: torch.ones(*shape, device=DEVICE)  # noqa: E731
+# Interpreter: the kernel reproduces the emulation's rounding exactly. GPU: approximate exp2 /
+# division can move a P value across an fp8 rounding boundary, which shows up at ~1e-4.
+EMU_TOL = 1e-5 if DEVICE == "cpu" else 2e-3
+
+
+def _flip_stats(a: torch.Tensor, b: torch.Tensor) -> tuple[float, bool]:
+    """(fraction of fp8 values differing, all differences within one e4m3 step)."""
+    af, bf = a.float(), b.float()
+    step = torch.exp2(torch.floor(torch.log2(bf.abs().clamp_min(2.0**-6))) - 3)
+    return (af != bf).float().mean().item(), bool(((af - bf).abs() <= step * 1.01).all())
 
 
 def _qkv(b, s, h, d, device, seed=0, k_bias=0.0, dtype=torch.float32):
@@ -40,7 +52,8 @@ def test_quantize_per_block_matches_torch(block, device):
     r8, rscale = quantize_per_block_reference(q, block)
     assert x8.dtype == FP8 and scale.shape == (2, 2, 3 if block == 16 else 2)
     assert torch.allclose(scale, rscale, rtol=1e-6, atol=0)
-    assert torch.equal(x8.float(), r8.float())
+    frac, one_step = _flip_stats(x8, r8)
+    assert one_step and frac <= (0.0 if DEVICE == "cpu" else 0.01)
     # smooth: the per-channel token mean is removed first
     x8, scale = quantize_per_block(k, block, smooth=True)
     r8, rscale = quantize_per_block_reference(k, block, smooth=k.float().mean(dim=1))
@@ -54,7 +67,8 @@ def test_quantize_v_per_channel_matches_torch(device):
     r8, rscale = quantize_per_channel_reference(v)
     assert v8.shape == v.shape and v8.stride(1) == 1  # tokens contiguous (transposed buffer)
     assert torch.allclose(scale, rscale, rtol=1e-6, atol=0)
-    assert torch.equal(v8.float(), r8.float())
+    frac, one_step = _flip_stats(v8, r8)
+    assert one_step and frac <= (0.0 if DEVICE == "cpu" else 0.01)
 
 
 # (B, S, H, D, key_lengths, quant_block): S not a multiple of the blocks, unequal key lengths.
@@ -80,7 +94,7 @@ def test_fp8_accuracy_and_emulation(case, device):
     emu = attention_fp8_emulation(
         ops.q8, ops.k8, ops.v8, ops.q_scale, ops.k_scale, ops.v_scale, key_lengths, block_n=min(qb, 32), quant_block=qb
     )
-    assert ((out - emu).abs().max() / emu.abs().max()).item() <= 1e-5
+    assert ((out - emu).abs().max() / emu.abs().max()).item() <= EMU_TOL
 
 
 def test_smooth_k_helps_biased_keys(device):
@@ -113,7 +127,7 @@ def test_prequantized_from_fused_rope(device):
     assert out.dtype == torch.float32
     assert cosine_similarity(out, ref) >= 0.995
     emu = attention_fp8_emulation(q8, k8, v8, heads, torch.tensor(sk), vs, kl, block_n=64)
-    assert ((out - emu).abs().max() / emu.abs().max()).item() <= 1e-5
+    assert ((out - emu).abs().max() / emu.abs().max()).item() <= EMU_TOL
 
 
 def test_backend_triton_fp8(device):
@@ -133,14 +147,14 @@ def test_backend_triton_fp8(device):
 # wrapper errors
 # ---------------------------------------------------------------------------------------------
 def _good8():
-    q, k, v = _qkv(2, 20, 2, 64, "cpu")
+    q, k, v = _qkv(2, 20, 2, 64, DEVICE)
     ops = quantize_qkv_fp8(q, k, v, 16)
     return dict(q=ops.q8, k=ops.k8, v=ops.v8, q_scale=ops.q_scale, k_scale=ops.k_scale, v_scale=ops.v_scale,
                 quant_block=16)  # fmt: skip
 
 
 def _goodf():
-    q, k, v = _qkv(2, 20, 2, 64, "cpu")
+    q, k, v = _qkv(2, 20, 2, 64, DEVICE)
     return dict(q=q, k=k, v=v)
 
 
@@ -149,9 +163,9 @@ ERROR_CASES = [
     ("mixed fp8", lambda: {**_good8(), "k": _goodf()["k"]}, TypeError, "k has dtype torch.float32"),
     ("missing scale", lambda: {**_good8(), "v_scale": None}, ValueError, "need q_scale, k_scale and v_scale"),
     ("scale with float", lambda: {**_goodf(), "q_scale": 1.0}, ValueError, "only accepted with float8_e4m3fn"),
-    ("q_scale shape", lambda: {**_good8(), "q_scale": torch.ones(2, 2, 5)}, ValueError, "q_scale has shape (2, 2, 5)"),
-    ("k_scale dtype", lambda: {**_good8(), "k_scale": torch.ones(2).double()}, TypeError, "k_scale has dtype"),
-    ("v_scale shape", lambda: {**_good8(), "v_scale": torch.ones(3)}, ValueError, "v_scale has shape (3,)"),
+    ("q_scale shape", lambda: {**_good8(), "q_scale": ones(2, 2, 5)}, ValueError, "q_scale has shape (2, 2, 5)"),
+    ("k_scale dtype", lambda: {**_good8(), "k_scale": ones(2).double()}, TypeError, "k_scale has dtype"),
+    ("v_scale shape", lambda: {**_good8(), "v_scale": ones(3)}, ValueError, "v_scale has shape (3,)"),
     ("v_scale type", lambda: {**_good8(), "v_scale": "x"}, TypeError, "v_scale must be a float"),
     ("scale negative", lambda: {**_good8(), "q_scale": -2.0}, ValueError, "q_scale=-2.0"),
     ("quant block", lambda: {**_goodf(), "quant_block": 48}, ValueError, "quant_block=48"),
@@ -160,7 +174,7 @@ ERROR_CASES = [
     ("block_n vs quant", lambda: {**_good8(), "block_n": 32}, ValueError, "block_n=32 must divide quant_block=16"),
     ("block_m", lambda: {**_goodf(), "block_m": 20}, ValueError, "block_m=20"),
     ("head dim", lambda: {k_: t[..., :32] for k_, t in _goodf().items()}, ValueError, "head dim 32"),
-    ("kl shape", lambda: {**_goodf(), "key_lengths": torch.tensor([3])}, ValueError, "key_lengths has shape (1,)"),
+    ("kl shape", lambda: {**_goodf(), "key_lengths": ones(1).int()}, ValueError, "key_lengths has shape (1,)"),
     ("sm_scale", lambda: {**_goodf(), "sm_scale": 0.0}, ValueError, "sm_scale=0.0"),
     (
         "q stride",

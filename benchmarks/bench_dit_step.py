@@ -1,0 +1,189 @@
+"""One full-size HunyuanVideo DiT denoising step (random weights, bf16) per attention backend.
+
+    python benchmarks/bench_dit_step.py                       # GPU: 544x960x129 (S = 67,320 image + 256 text)
+    python benchmarks/bench_dit_step.py --backends sdpa triton --steps 3
+    python benchmarks/bench_dit_step.py --smoke               # tiny DiT on CPU (interpreter), checks the script
+
+Backends: ``sdpa`` (PyTorch attention + the unfused norm/RoPE), ``triton`` (flash-attention kernel
++ fused QK-norm/RoPE kernel), ``triton-fp8`` (FP8 attention + fused QK-norm/RoPE). The weights are
+random (normal, std 0.02; norms 1), so timings are real and outputs only compare backends.
+The text has ``--text-valid`` real tokens of 256 (the rest is padding, given as key lengths).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+if "--smoke" in sys.argv:
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
+
+import torch  # noqa: E402
+
+BACKENDS = ("sdpa", "triton", "triton-fp8")
+
+
+def bootstrap() -> None:
+    """Make ``vidtrt`` and ``vidtrt.kernels`` importable from a plain checkout (no pip install)."""
+    try:
+        import vidtrt.kernels  # noqa: F401
+
+        return
+    except ImportError:
+        pass
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root))
+    import vidtrt
+
+    spec = importlib.util.spec_from_file_location(
+        "vidtrt.kernels", root / "kernels" / "__init__.py", submodule_search_locations=[str(root / "kernels")]
+    )
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["vidtrt.kernels"] = mod
+    spec.loader.exec_module(mod)
+    vidtrt.kernels = mod
+
+
+def build_model(config, device: str, dtype=torch.bfloat16, seed: int = 0):
+    """The DiT with random weights, materialized directly on ``device`` in ``dtype`` (no fp32 copy)."""
+    from vidtrt.models.transformer import HunyuanVideoTransformer3D
+
+    with torch.device("meta"):
+        model = HunyuanVideoTransformer3D(config)
+    model = model.to(dtype=dtype).to_empty(device=device).eval()
+    gen = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+            elif p.ndim == 1:  # norm weights
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, 0.02, generator=gen)
+    return model
+
+
+def make_inputs(config, frames: int, height: int, width: int, text_len: int, text_valid: int, device: str,
+                dtype=torch.bfloat16):
+    t_lat, h_lat, w_lat = (frames - 1) // 4 + 1, height // 8, width // 8
+    g = torch.Generator(device=device).manual_seed(1)
+    latents = torch.randn(1, config.in_channels, t_lat, h_lat, w_lat, device=device, dtype=dtype, generator=g)
+    text = torch.randn(1, text_len, config.text_embed_dim, device=device, dtype=dtype, generator=g)
+    mask = torch.zeros(1, text_len, dtype=torch.int64, device=device)
+    mask[:, :text_valid] = 1
+    pooled = torch.randn(1, config.pooled_projection_dim, device=device, dtype=dtype, generator=g)
+    return dict(hidden_states=latents, timestep=torch.tensor([900.0], device=device),
+                encoder_hidden_states=text, encoder_attention_mask=mask, pooled_projections=pooled,
+                guidance=torch.tensor([6000.0], device=device))  # fmt: skip
+
+
+def _configure(backend: str) -> None:
+    from vidtrt.kernels.rope import install_fused_qk_norm_rope
+
+    from vidtrt.models.attention import set_backend
+
+    set_backend(backend)
+    install_fused_qk_norm_rope(backend != "sdpa")
+
+
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def run(height: int = 544, width: int = 960, frames: int = 129, text_len: int = 256, text_valid: int = 200,
+        backends=BACKENDS, steps: int = 2, device: str | None = None, smoke: bool = False,
+        time_budget_s: float | None = None, log=print) -> list[dict]:
+    bootstrap()
+    from vidtrt.configs import TransformerConfig, tiny_config
+    from vidtrt.models.attention import get_backend
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    t_start = time.perf_counter()
+    config = tiny_config().transformer if smoke else TransformerConfig()
+    dtype = torch.float32 if smoke else torch.bfloat16
+    t0 = time.perf_counter()
+    model = build_model(config, device, dtype)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"  DiT {n_params / 1e9:.2f} B params on {device} ({dtype}) built in {time.perf_counter() - t0:.1f} s")
+    inputs = make_inputs(config, frames, height, width, text_len, text_valid, device, dtype)
+    lat = inputs["hidden_states"].shape
+    n_img = lat[2] * (lat[3] // 2) * (lat[4] // 2)
+    rows: list[dict] = []
+    outputs: dict[str, torch.Tensor] = {}
+    before = get_backend()
+    try:
+        for backend in backends:
+            if time_budget_s is not None and rows:
+                spent = time.perf_counter() - t_start
+                per = max(r.get("first_step_s", 0) + r.get("s_per_step", 0) * steps for r in rows if "s_per_step" in r)
+                if spent + per * 1.2 > time_budget_s:
+                    log(f"  {backend}: skipped (time budget)")
+                    rows.append({"backend": backend, "skipped": "time budget"})
+                    continue
+            _configure(backend)
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            with torch.inference_mode():
+                t0 = time.perf_counter()
+                out = model(**inputs)  # warm-up: compiles / autotunes the kernels
+                _sync(device)
+                first = time.perf_counter() - t0
+                times = []
+                for _ in range(steps):
+                    t0 = time.perf_counter()
+                    out = model(**inputs)
+                    _sync(device)
+                    times.append(time.perf_counter() - t0)
+            outputs[backend] = out.float().cpu()
+            row = {"backend": backend, "height": height, "width": width, "frames": frames, "image_tokens": n_img,
+                   "text_tokens": text_len, "text_valid": text_valid, "seq": n_img + text_len,
+                   "first_step_s": round(first, 3), "s_per_step": round(min(times), 4),
+                   "steps_timed": steps, "finite": bool(torch.isfinite(out).all())}  # fmt: skip
+            if device == "cuda":
+                row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            rows.append(row)
+            log(f"  {backend:<11} {row['s_per_step']:8.3f} s/step (first {first:.1f} s)"
+                + (f"  peak {row.get('peak_mem_gib')} GiB" if device == "cuda" else ""))  # fmt: skip
+    finally:
+        _configure(before if before in BACKENDS else "sdpa")
+        from vidtrt.kernels.rope import install_fused_qk_norm_rope
+
+        install_fused_qk_norm_rope(False)
+    base = outputs.get("sdpa")
+    for r in rows:
+        if base is not None and r.get("backend") in outputs and r["backend"] != "sdpa":
+            a, b = outputs[r["backend"]].double().flatten(), base.double().flatten()
+            r["cos_vs_sdpa"] = round(float((a @ b) / (a.norm() * b.norm()).clamp_min(1e-300)), 6)
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--height", type=int, default=544)
+    ap.add_argument("--width", type=int, default=960)
+    ap.add_argument("--frames", type=int, default=129)
+    ap.add_argument("--text-valid", type=int, default=200, help="real text tokens of 256")
+    ap.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    ap.add_argument("--steps", type=int, default=2, help="timed steps per backend (after one warm-up step)")
+    ap.add_argument("--smoke", action="store_true", help="tiny DiT on CPU through the Triton interpreter")
+    ap.add_argument("--json", help="write the rows here")
+    a = ap.parse_args(argv)
+    if a.smoke:
+        backends = [b for b in a.backends if b != "triton-fp8"]  # the tiny DiT's head dim 16 is below FP8's 64
+        rows = run(height=32, width=48, frames=5, text_len=8, text_valid=5, backends=backends, steps=1,
+                   device="cpu", smoke=True)  # fmt: skip
+    else:
+        rows = run(a.height, a.width, a.frames, 256, a.text_valid, a.backends, a.steps)
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
