@@ -428,6 +428,28 @@ def test_corrupt_safetensors_is_one_line_naming_the_file(tiny_copy, kind):
     assert str(path) in msg, msg
 
 
+@pytest.mark.parametrize("kind", ["garbage", "truncated", "legacy-format"])
+def test_official_pt_files(refs, tmp_path, kind):
+    """A corrupt .pt is one line naming it; a legacy (non-zip) torch.save file still loads (without mmap)."""
+    ref, _ = refs
+    path = tmp_path / "hunyuan-video-t2v-720p" / "transformers" / "mp_rank_00_model_states.pt"
+    path.parent.mkdir(parents=True)
+    sd = {"module": diffusers_to_official(ref.state_dict())}
+    torch.save(sd, path, _use_new_zipfile_serialization=kind != "legacy-format")
+    if kind == "legacy-format":
+        model = load_transformer(tmp_path)
+        assert all(torch.equal(p, ref.state_dict()[k]) for k, p in model.state_dict().items())
+        return
+    data = path.read_bytes()
+    path.write_bytes(bytes(range(256)) * 8 if kind == "garbage" else data[: len(data) // 2])
+    with pytest.raises(CheckpointError) as e:
+        load_transformer(tmp_path)  # the config is inferred from this file first
+    assert str(path) in one_line(e)
+    with pytest.raises(CheckpointError) as e:
+        load_transformer(tmp_path, config=load_model_config("tiny"))  # and the weights read
+    assert str(path) in one_line(e)
+
+
 def test_missing_folder(tmp_path):
     with pytest.raises(CheckpointError, match="model folder not found") as e:
         load_transformer(tmp_path / "nope")

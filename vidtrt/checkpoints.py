@@ -171,7 +171,13 @@ def read_torch_file(path: Path) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise CheckpointError(f"checkpoint file not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        try:
+            obj = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        except RuntimeError as e:
+            if "_use_new_zipfile_serialization" not in str(e):
+                raise
+            # a legacy (pre-zip) torch.save file cannot be mapped: read it whole (one copy, in RAM)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for corrupt files
         raise CheckpointError(f"cannot read {path}: {_one_line(e)}") from None
     if isinstance(obj, dict) and "module" in obj and isinstance(obj["module"], dict):
