@@ -9,12 +9,18 @@ import argparse
 import sys
 import time
 
-from vidtrt.errors import VidtrtError
+from vidtrt.errors import InvalidRequestError, VidtrtError
 
 EXIT_USAGE = 2
+# Request fields -> the flags that set them (errors name what the user typed).
+REQUEST_FLAGS = {
+    "height": "--height", "width": "--width", "num_frames": "--frames", "num_inference_steps": "--steps",
+    "embedded_guidance_scale": "--guidance", "flow_shift": "--flow-shift", "seed": "--seed",
+    "negative_prompt": "--negative-prompt", "true_cfg_scale": "--true-cfg-scale", "prompt_policy": "--prompt-policy",
+}
 
 
-def _progress_bar(total_hint: int | None, disabled: bool):
+def _progress_bar(disabled: bool):
     from tqdm import tqdm
 
     bar = None
@@ -39,12 +45,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     output = args.output or default_output_name(args.prompt, args.seed)
     if not output.endswith(VIDEO_SUFFIXES):
         raise VidtrtError(f"invalid --output {output!r}: accepted suffixes {list(VIDEO_SUFFIXES)}")
+    from vidtrt.checkpoints import load_model_config
+
     request = request_from_args(args)
+    request.validate(load_model_config(args.model))  # fail fast, before loading any weights
     t0 = time.perf_counter()
     pipe = _load_pipeline(args)
-    request.validate(pipe.config)  # fail fast, before any work
     t1 = time.perf_counter()
-    frames = pipe.run(request, progress=_progress_bar(None, args.no_progress))
+    frames = pipe.run(request, progress=_progress_bar(args.no_progress))
     t2 = time.perf_counter()
     path = write_video(output, frames, fps=args.fps)
     print(f"wrote {path} ({frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}) "
@@ -57,7 +65,11 @@ def _load_pipeline(args):
 
     engine = getattr(args, "engine", "torch")
     if engine == "torch":
-        return HunyuanVideoPipeline.from_model(args.model, device=args.device, attention=args.attention)
+        import torch
+
+        dtype = {"auto": torch.bfloat16 if args.device.startswith("cuda") else torch.float32,
+                 "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+        return HunyuanVideoPipeline.from_model(args.model, device=args.device, dtype=dtype, attention=args.attention)
     from vidtrt.engines import load_pipeline_with_engine
 
     return load_pipeline_with_engine(args.model, engine, args.artifacts)
@@ -83,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--attention", default=None,
                      help="attention backend: sdpa, triton, triton-fp8 (default: triton on CUDA, sdpa on CPU)")
     run.add_argument("--device", default="cpu", help="torch device for --engine torch: cpu (default) or cuda")
+    run.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                     help="weights/activations dtype for --engine torch (auto: bfloat16 on CUDA, float32 on CPU)")
     run.set_defaults(func=cmd_run)
 
     _add_optional(sub, "export", "vidtrt.export.onnx_export", "add_export_arguments", "export_main",
@@ -102,9 +116,11 @@ def _add_optional(sub, name: str, module: str, add_fn: str, main_fn: str, help_t
 
     try:
         mod = importlib.import_module(module)
-        add, main = getattr(mod, add_fn), getattr(mod, main_fn)
-    except (ImportError, AttributeError):
-        return
+    except ModuleNotFoundError as e:
+        if e.name and module.startswith(e.name):  # an optional part that is not there: no subcommand
+            return
+        raise
+    add, main = getattr(mod, add_fn), getattr(mod, main_fn)
     p = sub.add_parser(name, help=help_text, description=help_text)
     add(p)
     p.set_defaults(func=main)
@@ -115,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except InvalidRequestError as e:
+        flag = REQUEST_FLAGS.get(e.param)
+        message = f"invalid {flag} {e.value!r} ({e.param}): accepted {e.accepted}" if flag else str(e)
+        print(f"vidtrt: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
     except VidtrtError as e:
         print(f"vidtrt: error: {e}", file=sys.stderr)
         return EXIT_USAGE
