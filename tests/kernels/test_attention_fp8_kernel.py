@@ -167,6 +167,11 @@ ERROR_CASES = [
     ("k_scale dtype", lambda: {**_good8(), "k_scale": ones(2).double()}, TypeError, "k_scale has dtype"),
     ("v_scale shape", lambda: {**_good8(), "v_scale": ones(3)}, ValueError, "v_scale has shape (3,)"),
     ("v_scale type", lambda: {**_good8(), "v_scale": "x"}, TypeError, "v_scale must be a float"),
+    ("q_scale type", lambda: {**_good8(), "q_scale": [1.0]}, TypeError, "q_scale must be a float"),
+    ("k_scale device", lambda: {**_good8(), "k_scale": torch.ones(2, device="meta")}, ValueError, "k_scale is on meta"),
+    ("v_scale negative", lambda: {**_good8(), "v_scale": 0.0}, ValueError, "v_scale=0.0"),
+    ("v_scale dtype", lambda: {**_good8(), "v_scale": ones(2).half()}, TypeError, "v_scale has dtype torch.float16"),
+    ("v_scale device", lambda: {**_good8(), "v_scale": torch.ones(2, device="meta")}, ValueError, "v_scale is on meta"),
     ("scale negative", lambda: {**_good8(), "q_scale": -2.0}, ValueError, "q_scale=-2.0"),
     ("quant block", lambda: {**_goodf(), "quant_block": 48}, ValueError, "quant_block=48"),
     ("quant block small", lambda: {**_goodf(), "quant_block": 8}, ValueError, "quant_block=8"),
@@ -200,6 +205,8 @@ def test_quantize_errors(monkeypatch):
         quantize_per_block(x, 20)
     with pytest.raises(ValueError, match="x must have 4 dimensions"):
         quantize_per_block(x[0])
+    with pytest.raises(ValueError, match="x must have a contiguous last dimension"):
+        quantize_per_block(torch.randn(1, 4, 2, 64).transpose(-1, -2).contiguous().transpose(-1, -2))
     with pytest.raises(TypeError, match="v has dtype torch.int32"):
         quantize_v_per_channel(x.int())
     with pytest.raises(ValueError, match="v must have a contiguous last dimension"):

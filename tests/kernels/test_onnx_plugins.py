@@ -172,7 +172,10 @@ def test_flavour_switch_restores_and_rejects():
 @pytest.mark.slow
 def test_tiny_dit_plugin_flavour():
     """The real DiT (tiny config): 2 norm+RoPE nodes (dual + single block) and 3 attention nodes
-    (+ the token refiner); same symbolic output shape as the decomposed export; same numbers."""
+    (+ the token refiner); the symbolic output shape of the decomposed export ([B, 16, T, 2*H, 2*W]);
+    ONNX Runtime on the plugin graph (reference functions attached) equals torch eager. (The
+    decomposed DiT export is covered by the exporter's own tests; the tiny block above compares
+    the two flavours side by side.)"""
     from vidtrt.configs import tiny_config
     from vidtrt.models.transformer import HunyuanVideoTransformer3D
 
@@ -190,15 +193,13 @@ def test_tiny_dit_plugin_flavour():
     bd, ld = Dim("B", max=8), Dim("L", min=2, max=256)
     dyn = ({0: bd, 2: Dim("T", max=40), 3: 2 * Dim("H", max=90), 4: 2 * Dim("W", max=90)}, {0: bd},
            {0: bd, 1: ld}, {0: bd, 1: ld}, {0: bd}, {0: bd})  # fmt: skip
-    dec = op.export_onnx(model, args, "decomposed", dynamic_shapes=dyn)
     plug = op.export_onnx(model, args, "plugin", dynamic_shapes=dyn)
     kinds = sorted(n.op_type for n in op.plugin_nodes(plug))
     assert kinds == ["attention"] * 3 + ["qk_norm_rope"] * 2
-    assert [_shape(o) for o in dec.graph.output] == [_shape(o) for o in plug.graph.output]
+    assert not any(n.op_type == "Softmax" for n in plug.graph.node)
     assert _shape(plug.graph.output[0]) == ["B", 16, "T", "2*H", "2*W"]
     with torch.no_grad():
         ref = model(*args).numpy()
-    feeds = {i.name: a.numpy() for i, a in zip(dec.graph.input, args, strict=True)}
-    out_dec = _ort_run(dec, feeds)[0]
+    feeds = {i.name: a.numpy() for i, a in zip(plug.graph.input, args, strict=True)}
     out_plug = _ort_run(op.attach_reference_functions(plug), feeds)[0]
-    assert np.abs(out_dec - ref).max() < 1e-4 and np.abs(out_plug - ref).max() < 1e-4
+    assert np.abs(out_plug - ref).max() < 1e-4

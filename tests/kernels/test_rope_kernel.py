@@ -157,6 +157,9 @@ ERROR_CASES = [
     ("fp8 type", lambda a: {**_good(), "fp8_scale": "0.1"}, TypeError, "must be a float or a float tensor"),
     ("fp8 int tensor", lambda a: {**_good(), "fp8_scale": torch.ones(2, dtype=torch.int32)}, TypeError, "floating"),
     ("fp8 device", lambda a: {**_good(), "fp8_scale": torch.ones(2, device="meta")}, ValueError, "is on meta"),
+    ("k device", lambda a: _bad(k=a["k"].to("meta")), ValueError, "k is on meta, q is on"),
+    ("weight device", lambda a: _bad(weight_q=a["weight_q"].to("meta")), ValueError, "weight_q is on meta"),
+    ("cos device", lambda a: _bad(cos=a["cos"].to("meta")), ValueError, "cos is on meta"),
 ]
 
 
