@@ -34,7 +34,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,22 +163,109 @@ def _fix_io_shapes(model, spec: ComponentSpec, pin: bool = False) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ export
-def trace_onnx(module: torch.nn.Module, spec: ComponentSpec, opset: int = DEFAULT_OPSET, optimize: bool = True):
-    """Steps 1-3 of the module docstring: the checked ``onnx_ir`` model of ``module`` (not yet saved)."""
+def _is_meta(value) -> bool:
+    raw = getattr(value.const_value, "raw", None)
+    return isinstance(raw, torch.Tensor) and raw.is_meta
+
+
+def bind_weights(model, weights: Mapping[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> int:
+    """Give every meta initializer of ``model`` (a graph traced from a meta-device module) a lazy value:
+    ``weights[name]`` converted to ``dtype`` when it is written, one tensor at a time. ``weights`` may be
+    memory-mapped checkpoint tensors in any dtype. Returns the number bound."""
+    import onnx_ir as ir
+
+    bound = 0
+    for name, value in model.graph.initializers.items():
+        if not _is_meta(value):
+            continue
+        src = weights.get(name)
+        if src is None:
+            raise ExportError(f"no weight for initializer {name!r} (the module was traced on meta and the "
+                              f"checkpoint has no tensor of that name)")
+        cv = value.const_value
+        if tuple(src.shape) != tuple(cv.shape):
+            raise ExportError(f"weight {name!r} has shape {list(src.shape)}, the graph expects {list(cv.shape)}")
+
+        def load(src=src):
+            return ir.Tensor(src.detach().to(dtype).contiguous().numpy())
+
+        value.const_value = ir.LazyTensor(load, dtype=cv.dtype, shape=cv.shape, name=name)
+        bound += 1
+    return bound
+
+
+def fold_lazy_transposes(model) -> int:
+    """``Transpose(W)`` of a lazily bound weight (used once) becomes a lazy initializer holding ``W``
+    transposed, computed when the file is written. The optimiser would fold these anyway (it always
+    folds Transposes of initializers), but by materialising every transposed weight in RAM at once."""
+    import onnx_ir as ir
+
+    folded = 0
+    for node in list(model.graph):
+        if node.op_type != "Transpose" or node.domain != "":
+            continue
+        x = node.inputs[0]
+        if x is None or not x.is_initializer() or not isinstance(x.const_value, ir.LazyTensor) or len(x.uses()) != 1:
+            continue
+        src = x.const_value
+        perm_attr = node.attributes.get("perm")
+        perm = list(perm_attr.value) if perm_attr is not None else list(reversed(range(len(src.shape))))
+        shape = ir.Shape([src.shape[p] for p in perm])
+        name = f"{x.name}.transposed"
+
+        def load(src=src, perm=perm):
+            return ir.Tensor(np.ascontiguousarray(src.numpy().transpose(perm)))
+
+        value = ir.Value(name=name, shape=shape, type=ir.TensorType(src.dtype),
+                         const_value=ir.LazyTensor(load, dtype=src.dtype, shape=shape, name=name))
+        model.graph.register_initializer(value)
+        node.outputs[0].replace_all_uses_with(value)
+        model.graph.remove(node, safe=True)
+        model.graph.initializers.pop(x.name)
+        folded += 1
+    return folded
+
+
+def optimize_graph(model) -> None:
+    """What the exporter's ``optimize=True`` does: onnxscript's optimizer (constant folding of small
+    tensors, dead code, common subexpressions, duplicate initializers) and its ONNX op fusions."""
+    import onnxscript.optimizer
+    import onnxscript.rewriter.onnx_fusions
+
+    onnxscript.optimizer.optimize_ir(model)
+    onnxscript.rewriter.onnx_fusions.fuse(model)
+
+
+def trace_onnx(module: torch.nn.Module, spec: ComponentSpec, opset: int = DEFAULT_OPSET, optimize: bool = True,
+               weights: Mapping[str, torch.Tensor] | None = None):
+    """Steps 1-3 of the module docstring: the checked ``onnx_ir`` model of ``module`` (not yet saved).
+
+    ``weights``: ``module`` lives on the meta device (no RAM for weights) and its parameters come from
+    this mapping (e.g. the memory-mapped checkpoint), converted lazily when the file is written.
+    """
     if opset < MIN_OPSET:
         raise ExportError(f"--opset {opset} is not supported; accepted: >= {MIN_OPSET} (the dynamo exporter's floor)")
     feeds = spec.example_inputs(spec.export_axes, seed=0)
-    args = tuple(torch.from_numpy(feeds[n]) for n in spec.input_names)
+    device = "meta" if weights is not None else "cpu"
+    args = tuple(torch.from_numpy(feeds[n]).to(device) for n in spec.input_names)
     module = module.eval()
     try:
         with torch.no_grad(), _quiet_export():
             program = torch.onnx.export(
                 module, args, input_names=spec.input_names, output_names=spec.output_names, dynamo=True,
-                dynamic_shapes=torch_dynamic_shapes(spec), opset_version=opset, optimize=optimize, verbose=False,
+                dynamic_shapes=torch_dynamic_shapes(spec), opset_version=opset, optimize=False, verbose=False,
             )
     except Exception as e:  # the exporter raises many types; one line, the cause chained for debugging
         raise ExportError(f"{spec.name}: ONNX export failed: {type(e).__name__}: {_first_line(e)}") from e
     model = program.model
+    if weights is not None:
+        bind_weights(model, weights)
+    elif any(_is_meta(v) for v in model.graph.initializers.values()):
+        raise ExportError(f"{spec.name}: the module has meta-device weights; pass weights=... to export it")
+    if optimize:
+        fold_lazy_transposes(model)
+        with _quiet_export():
+            optimize_graph(model)
     _fix_io_shapes(model, spec)
     return model
 
@@ -222,25 +309,71 @@ def save_onnx(model, spec: ComponentSpec, path: str | Path, external_data: str =
 
 
 def export_onnx(module: torch.nn.Module, spec: ComponentSpec, path: str | Path, opset: int = DEFAULT_OPSET,
-                external_data: str = "auto", optimize: bool = True,
-                metadata: dict[str, str] | None = None) -> ExportResult:
-    """Export one component's module to ``path`` following ``spec`` (see the module docstring)."""
+                external_data: str = "auto", optimize: bool = True, metadata: dict[str, str] | None = None,
+                weights: Mapping[str, torch.Tensor] | None = None) -> ExportResult:
+    """Export one component's module to ``path`` following ``spec`` (see the module docstring);
+    ``weights``: see :func:`trace_onnx` (a meta-device module, weights streamed from the mapping)."""
     t0 = time.perf_counter()
-    model = trace_onnx(module, spec, opset, optimize)
+    model = trace_onnx(module, spec, opset, optimize, weights)
     result = save_onnx(model, spec, path, external_data, metadata, time.perf_counter() - t0)
     del model
     gc.collect()
     return result
 
 
+def checkpoint_dtype(model: str | Path) -> torch.dtype:
+    """The floating dtype most of the DiT checkpoint's bytes are stored in (headers / mmap only, no data
+    read); FP8 checkpoints dequantize into bfloat16."""
+    from collections import Counter
+
+    from vidtrt.checkpoints import (
+        OFFICIAL_DIT,
+        detect_layout,
+        official_root,
+        read_torch_file,
+        read_weights_dir,
+        resolve_model,
+    )
+
+    folder = resolve_model(model)
+    if detect_layout(folder) == "diffusers":
+        tensors, _ = read_weights_dir(folder / "transformer")
+    else:
+        path = official_root(folder) / OFFICIAL_DIT
+        if not path.exists():
+            return torch.bfloat16
+        tensors = read_torch_file(path)
+    sizes: Counter = Counter()
+    for t in tensors.values():
+        if t.is_floating_point():
+            sizes[t.dtype] += t.numel() * t.element_size()
+    dtype = sizes.most_common(1)[0][0] if sizes else torch.float32
+    return torch.bfloat16 if dtype in (torch.float8_e4m3fn, torch.float8_e5m2) else dtype
+
+
+def streamed_dit(model: str | Path, config) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """(float32 DiT on the meta device, its weights memory-mapped from the checkpoint in their stored
+    dtype): exporting these keeps the weights out of RAM (each tensor is converted while it is written)."""
+    from vidtrt.checkpoints import build_on_meta, load_transformer
+    from vidtrt.models.transformer import HunyuanVideoTransformer3D
+
+    source = load_transformer(model, config, dtype=checkpoint_dtype(model))
+    meta = build_on_meta(lambda: HunyuanVideoTransformer3D(config.transformer)).eval()
+    return meta, dict(source.state_dict())
+
+
 def export_components(model: str | Path = "tiny", out: str | Path = "onnx", components: Sequence[str] | None = None,
                       opset: int = DEFAULT_OPSET, external_data: str = "auto", optimize: bool = True,
-                      verify: bool = False, log: Callable[[str], None] | None = print) -> dict:
+                      verify: bool = False, log: Callable[[str], None] | None = print,
+                      stream_weights: bool = True) -> dict:
     """Export ``components`` (default: all) of ``model`` into ``out``; returns the manifest written.
 
     A manifest already in ``out`` from the same model and opset keeps its other components' entries.
     ``verify``: run each file in onnxruntime on two spec shapes and compare with the torch module
-    (raises ExportError beyond 1e-4 relative error).
+    (raises ExportError beyond 1e-4 relative error; loads the module in float32).
+    ``stream_weights``: the DiT is traced on the meta device and its weights are streamed from the
+    memory-mapped checkpoint into the file (:func:`streamed_dit`): RAM stays at the graph plus one
+    tensor whatever the model size. Otherwise it is loaded in float32 first (weights-size RAM).
     """
     from vidtrt.checkpoints import load_model_config, resolve_model
     from vidtrt.engine_components import (
@@ -298,14 +431,14 @@ def export_components(model: str | Path = "tiny", out: str | Path = "onnx", comp
             return cache["text"][name]
         return component_module(model, name, config)
 
-    def record(name: str, result: ExportResult, module: torch.nn.Module) -> None:
+    def record(name: str, result: ExportResult, module: torch.nn.Module | None) -> None:
         manifest["components"][name] = result.manifest_entry(specs[name])
         note = f", external data {result.external_data.name}" if result.external_data else ""
         if log:
             log(f"{name}: {result.path} ({result.file_bytes / 1e6:.1f} MB{note}, {result.num_nodes} nodes) "
                 f"in {result.seconds:.1f}s")
         if verify:
-            err = verify_onnx(module, specs[name], result.path)
+            err = verify_onnx(module or component_module(model, name, config), specs[name], result.path)
             if log:
                 log(f"{name}: onnxruntime vs torch max relative error {err:.2e}")
         _write_json(old_path, manifest)
@@ -315,7 +448,7 @@ def export_components(model: str | Path = "tiny", out: str | Path = "onnx", comp
         if name in done:
             continue
         spec = specs[name]
-        module = module_for(name)
+        module = None if (name == "dit" and stream_weights) else module_for(name)
         if name == "vae_decoder" or (name == "vae_decoder_tile" and "vae_decoder" in names):
             # One trace serves both decoder files: the whole-latents graph (dynamic batch) and, with the
             # batch pinned to 1 at its inputs/outputs, the tile graph (same network, the tile spec).
@@ -332,6 +465,12 @@ def export_components(model: str | Path = "tiny", out: str | Path = "onnx", comp
                        module)
                 done.add("vae_decoder_tile")
             del model_ir
+        elif name == "dit" and stream_weights:
+            meta, weights = streamed_dit(model, config)
+            result = export_onnx(meta, spec, out / "dit.onnx", opset, external_data, optimize, metadata, weights)
+            del meta, weights
+            record(name, result, None)
+            done.add(name)
         else:
             record(name, export_onnx(module, spec, out / f"{name}.onnx", opset, external_data, optimize, metadata),
                    module)
@@ -339,6 +478,37 @@ def export_components(model: str | Path = "tiny", out: str | Path = "onnx", comp
         del module
         gc.collect()
     return manifest
+
+
+def ensure_exported(model: str | Path, out: str | Path, components: Sequence[str] | None = None,
+                    opset: int = DEFAULT_OPSET, log: Callable[[str], None] | None = None) -> dict:
+    """Export the ``components`` of ``model`` into ``out`` unless its manifest already lists them for the
+    same config, opset and specs with their files present (a cache for tests and services). Concurrent
+    callers wait on a lock file."""
+    import fcntl
+
+    from vidtrt.checkpoints import load_model_config
+    from vidtrt.engine_components import MANIFEST_NAME, config_fingerprint, model_specs
+
+    names = list(components or COMPONENTS)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".export.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        config = load_model_config(model)
+        specs = model_specs(model, config, names)
+        try:
+            manifest = json.loads((out / MANIFEST_NAME).read_text())
+        except (OSError, ValueError):
+            manifest = {}
+        same = (manifest.get("model", {}).get("config_sha256") == config_fingerprint(config)
+                and manifest.get("opset") == opset)
+        entries = manifest.get("components", {}) if same else {}
+        todo = [n for n in names if n not in entries or not (out / entries[n]["file"]).is_file()
+                or entries[n].get("spec") != json.loads(json.dumps(specs[n].to_dict()))]
+        if todo:
+            manifest = export_components(model, out, todo, opset, log=log)
+        return manifest
 
 
 def _version(pkg: str) -> str:
@@ -405,6 +575,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--external-data", choices=EXTERNAL_DATA_CHOICES, default="auto",
                         help="weights in <file>.onnx.data: auto (when above 1 GiB), always, never")
     parser.add_argument("--no-optimize", action="store_true", help="skip the exporter's graph optimisation")
+    parser.add_argument("--no-stream-weights", action="store_true",
+                        help="load the DiT in float32 before exporting (default: trace it on the meta device and "
+                             "stream its weights from the checkpoint, RAM ~ graph + one tensor)")
     parser.add_argument("--verify", action="store_true",
                         help="run each file in onnxruntime on two spec shapes and compare with torch")
 
@@ -412,6 +585,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 def export_main(args: argparse.Namespace) -> int:
     manifest = export_components(args.model, args.out, args.components, args.opset, args.external_data,
                                  optimize=not args.no_optimize, verify=args.verify,
+                                 stream_weights=not args.no_stream_weights,
                                  log=lambda line: print(line, file=sys.stdout, flush=True))
     print(f"wrote {Path(args.out) / 'manifest.json'} ({len(manifest['components'])} components, "
           f"model {manifest['model']['name']}, opset {manifest['opset']})")

@@ -348,14 +348,21 @@ def _check_engine_kind(engine: str, artifacts) -> None:
 
 
 class _Loader:
-    """Shared state of the per-component loaders: config, specs, manifest (read once)."""
+    """Shared state of the per-component loaders: config, manifest (read once), device.
 
-    def __init__(self, model, engine: str, artifacts, threads: int, providers, config: ModelConfig | None):
+    ``device``: where the torch engine runs; for onnxruntime "cpu" means the CPU execution provider
+    only, anything else the default providers (TensorRT / CUDA when installed)."""
+
+    def __init__(self, model, engine: str, artifacts, threads: int, providers, config: ModelConfig | None,
+                 device: str = "cpu"):
         from vidtrt.checkpoints import load_model_config
 
         _check_engine_kind(engine, artifacts)
-        self.model, self.engine, self.artifacts = model, engine, artifacts
-        self.threads, self.providers = threads, providers
+        self.model, self.engine, self.artifacts, self.device = model, engine, artifacts, str(device)
+        self.threads = threads
+        if providers is None and engine == "onnxruntime" and self.device == "cpu":
+            providers = ["CPUExecutionProvider"]
+        self.providers = providers
         self.config = config or load_model_config(model)
         self.manifest = read_manifest(artifacts) if engine == "onnxruntime" else None
 
@@ -366,15 +373,16 @@ class _Loader:
 
 def engine_text_encoder(model: str | Path, engine: str = "onnxruntime", artifacts: str | Path | None = None,
                         threads: int = 0, providers: Sequence[str] | None = None,
-                        config: ModelConfig | None = None, _loader: _Loader | None = None) -> EngineTextEncoder:
+                        config: ModelConfig | None = None, device: str = "cpu",
+                        _loader: _Loader | None = None) -> EngineTextEncoder:
     """The text encoder (tokenizers in Python, LLM + CLIP on ``engine``)."""
-    ld = _loader or _Loader(model, engine, artifacts, threads, providers, config)
+    ld = _loader or _Loader(model, engine, artifacts, threads, providers, config, device)
     if ld.engine == "torch":
         te, llm, clip = text_encoder_modules(model, ld.config)
         tokenizers = (te.llm_tokenizer, te.clip_tokenizer, te.llm.config, te.clip.config)
         specs = model_specs(model, ld.config, ("llm_text_encoder", "clip_text_encoder"), tokenizers)
-        llm_engine = TorchEngine(specs["llm_text_encoder"], llm)
-        clip_engine = TorchEngine(specs["clip_text_encoder"], clip)
+        llm_engine = TorchEngine(specs["llm_text_encoder"], llm.to(ld.device), ld.device)
+        clip_engine = TorchEngine(specs["clip_text_encoder"], clip.to(ld.device), ld.device)
     else:
         tokenizers = load_tokenizers(model)
         specs = model_specs(model, ld.config, ("llm_text_encoder", "clip_text_encoder"), tokenizers)
@@ -386,12 +394,12 @@ def engine_text_encoder(model: str | Path, engine: str = "onnxruntime", artifact
 
 def engine_dit(model: str | Path, engine: str = "onnxruntime", artifacts: str | Path | None = None,
                threads: int = 0, providers: Sequence[str] | None = None, config: ModelConfig | None = None,
-               _loader: _Loader | None = None) -> EngineDenoiser:
+               device: str = "cpu", _loader: _Loader | None = None) -> EngineDenoiser:
     """The DiT on ``engine`` as a Denoiser (text trimmed to the model's text buckets)."""
-    ld = _loader or _Loader(model, engine, artifacts, threads, providers, config)
+    ld = _loader or _Loader(model, engine, artifacts, threads, providers, config, device)
     spec = component_specs(ld.config, None, ("dit",))["dit"]
     if ld.engine == "torch":
-        eng: Engine = TorchEngine(spec, component_module(model, "dit", ld.config))
+        eng: Engine = TorchEngine(spec, component_module(model, "dit", ld.config).to(ld.device), ld.device)
     else:
         eng = ld.onnx_engine("dit", spec)
     return EngineDenoiser(eng, text_length_buckets(ld.config))
@@ -399,14 +407,14 @@ def engine_dit(model: str | Path, engine: str = "onnxruntime", artifacts: str | 
 
 def engine_vae_decoder(model: str | Path, engine: str = "onnxruntime", artifacts: str | Path | None = None,
                        threads: int = 0, providers: Sequence[str] | None = None, config: ModelConfig | None = None,
-                       tile: bool = True, _loader: _Loader | None = None) -> EngineTileDecoder:
+                       tile: bool = True, device: str = "cpu", _loader: _Loader | None = None) -> EngineTileDecoder:
     """The VAE decoder on ``engine``: the tile engine (``tile=True``, what the tiled decode calls) or the
     whole-latents decoder."""
-    ld = _loader or _Loader(model, engine, artifacts, threads, providers, config)
+    ld = _loader or _Loader(model, engine, artifacts, threads, providers, config, device)
     name = "vae_decoder_tile" if tile else "vae_decoder"
     spec = component_specs(ld.config, None, (name,))[name]
     if ld.engine == "torch":
-        eng: Engine = TorchEngine(spec, component_module(model, name, ld.config))
+        eng: Engine = TorchEngine(spec, component_module(model, name, ld.config).to(ld.device), ld.device)
     else:
         eng = ld.onnx_engine(name, spec)
     return EngineTileDecoder(eng)
@@ -414,10 +422,11 @@ def engine_vae_decoder(model: str | Path, engine: str = "onnxruntime", artifacts
 
 def load_engine_components(model: str | Path = "tiny", engine: str = "onnxruntime",
                            artifacts: str | Path | None = None, threads: int = 0,
-                           providers: Sequence[str] | None = None) -> tuple[ModelConfig, Components]:
+                           providers: Sequence[str] | None = None, device: str = "cpu",
+                           ) -> tuple[ModelConfig, Components]:
     """Config and the three components of ``model`` on ``engine`` ("torch" or "onnxruntime";
     onnxruntime reads ``artifacts``, the folder `vidtrt export` wrote)."""
-    ld = _Loader(model, engine, artifacts, threads, providers, None)
+    ld = _Loader(model, engine, artifacts, threads, providers, None, device)
     components = Components(
         encode_text=engine_text_encoder(model, _loader=ld),
         dit=engine_dit(model, _loader=ld),
@@ -433,3 +442,16 @@ def load_pipeline_with_engine(model: str | Path = "tiny", engine: str = "onnxrun
     from vidtrt.pipeline import HunyuanVideoPipeline
 
     return HunyuanVideoPipeline(*load_engine_components(model, engine, artifacts, threads, providers))
+
+
+COMPONENT_LOADERS = {"text_encoder": engine_text_encoder, "dit": engine_dit, "vae_decoder": engine_vae_decoder}
+
+
+def load_component(key: str, model: str | Path, engine: str = "onnxruntime", artifacts: str | Path | None = None,
+                   device: str = "cpu", threads: int = 0, providers: Sequence[str] | None = None):
+    """The callable a Triton component model serves (``key``: text_encoder, dit or vae_decoder -- the
+    decoder as the tile engine), on ``engine``. The hook :func:`vidtrt.component_io.load_component`
+    delegates non-torch engines to."""
+    if key not in COMPONENT_LOADERS:
+        raise EngineError(f"unknown component {key!r}; accepted {list(COMPONENT_LOADERS)}")
+    return COMPONENT_LOADERS[key](model, engine, artifacts, threads, providers, device=device)
