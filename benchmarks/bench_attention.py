@@ -13,7 +13,6 @@ for the key-length rows.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -28,25 +27,7 @@ import torch  # noqa: E402
 HUNYUAN_SEQS = (16 * 1024, 67_576, 119_056)
 
 
-def bootstrap() -> None:
-    """Make ``vidtrt`` and ``vidtrt.kernels`` importable from a plain checkout (no pip install)."""
-    try:
-        import vidtrt.kernels  # noqa: F401
-
-        return
-    except ImportError:
-        pass
-    root = Path(__file__).resolve().parents[1]
-    sys.path.insert(0, str(root))
-    import vidtrt
-
-    spec = importlib.util.spec_from_file_location(
-        "vidtrt.kernels", root / "kernels" / "__init__.py", submodule_search_locations=[str(root / "kernels")]
-    )
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["vidtrt.kernels"] = mod
-    spec.loader.exec_module(mod)
-    vidtrt.kernels = mod
+from _bootstrap import bootstrap  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def bench_ms(fn, device: str, long: bool = False) -> float:

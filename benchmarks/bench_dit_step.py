@@ -13,7 +13,6 @@ The text has ``--text-valid`` real tokens of 256 (the rest is padding, given as 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -28,25 +27,7 @@ import torch  # noqa: E402
 BACKENDS = ("sdpa", "triton", "triton-fp8")
 
 
-def bootstrap() -> None:
-    """Make ``vidtrt`` and ``vidtrt.kernels`` importable from a plain checkout (no pip install)."""
-    try:
-        import vidtrt.kernels  # noqa: F401
-
-        return
-    except ImportError:
-        pass
-    root = Path(__file__).resolve().parents[1]
-    sys.path.insert(0, str(root))
-    import vidtrt
-
-    spec = importlib.util.spec_from_file_location(
-        "vidtrt.kernels", root / "kernels" / "__init__.py", submodule_search_locations=[str(root / "kernels")]
-    )
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["vidtrt.kernels"] = mod
-    spec.loader.exec_module(mod)
-    vidtrt.kernels = mod
+from _bootstrap import bootstrap  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def build_model(config, device: str, dtype=torch.bfloat16, seed: int = 0):
