@@ -102,6 +102,7 @@ def build_repository(
     vae_decoder_instances: int = 1,
     max_concurrent_generations: int = 4,
     sync_model: bool = True,
+    sync_instances: int = 1,
     family: str = FAMILY,
     fail_on_guidance: float | None = None,
     overwrite: bool = True,
@@ -111,8 +112,10 @@ def build_repository(
     ``device``: ``cpu`` (instance_group KIND_CPU) or ``cuda`` (KIND_GPU: one instance per GPU listed by
     Triton, the component on that GPU). ``*_instances``: instances per device (each holds its own
     weights, so keep the DiT at 1 on GPUs; on CPU extra instances only help with spare cores).
-    ``max_concurrent_generations``: requests the generation model runs at once (threads; each waits on
-    the component models). ``fail_on_guidance``: test-only; the DiT model fails requests whose
+    ``max_concurrent_generations``: requests the streaming generation model runs at once (threads; each
+    waits on the component models). ``sync_instances``: instances of the non-streaming model (it runs a
+    request inside ``execute``, so this is its concurrency; each is a process without weights).
+    ``fail_on_guidance``: test-only; the DiT model fails requests whose
     guidance_scale equals it. ``overwrite``: replace a repository this function wrote before (never
     a folder it did not write).
     """
@@ -126,7 +129,7 @@ def build_repository(
         raise RepositoryError(f"invalid device {device!r}: accepted ['cpu', 'cuda']")
     for name, n in (("dit_instances", dit_instances), ("text_encoder_instances", text_encoder_instances),
                     ("vae_decoder_instances", vae_decoder_instances),
-                    ("max_concurrent_generations", max_concurrent_generations)):
+                    ("max_concurrent_generations", max_concurrent_generations), ("sync_instances", sync_instances)):
         if not isinstance(n, int) or n < 1:
             raise RepositoryError(f"invalid {name}={n!r}: accepted an integer >= 1")
     if engine != "torch" and not artifacts:
@@ -156,7 +159,7 @@ def build_repository(
     common = dict(model=model_param, text_encoder_name=names.component("text_encoder"),
                   dit_name=names.component("dit"), vae_decoder_name=names.component("vae_decoder"),
                   max_concurrent=max_concurrent_generations, fps=config.defaults.fps,
-                  stream_name=names.stream, sync_name=names.sync)
+                  stream_name=names.stream, sync_name=names.sync, sync_instances=sync_instances)
 
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, str] = {}
@@ -221,6 +224,8 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="DiT model instances per device (each holds the weights; default 1)")
     parser.add_argument("--max-concurrent", type=int, default=4,
                         help="generations the BLS model runs at once (default 4)")
+    parser.add_argument("--sync-instances", type=int, default=1,
+                        help="instances (= concurrent requests) of the non-streaming hunyuan_video_sync model")
     parser.add_argument("--no-sync-model", action="store_true",
                         help="leave out the non-streaming hunyuan_video_sync model (HTTP /infer)")
     parser.add_argument("--force", action="store_true", help="replace an existing vidtrt repository at --out")
@@ -231,7 +236,8 @@ def build_main(args: argparse.Namespace) -> int:
     out = build_repository(
         args.model, args.out, args.engine, artifacts=args.artifacts, device=args.device,
         dit_instances=args.dit_instances, max_concurrent_generations=args.max_concurrent,
-        sync_model=not args.no_sync_model, overwrite=args.force or _is_vidtrt_repo(args.out),
+        sync_model=not args.no_sync_model, sync_instances=args.sync_instances,
+        overwrite=args.force or _is_vidtrt_repo(args.out),
     )
     manifest = json.loads((out / MARKER).read_text())
     print(f"wrote {out}")

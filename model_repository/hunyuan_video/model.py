@@ -9,14 +9,17 @@ Decoupled config (``hunyuan_video``): progress responses (``step``, ``total_step
 the final response (``video`` [F, H, W, 3] uint8, ``mp4`` when ``output_format`` is "mp4") with the
 FINAL flag. Non-decoupled config (``hunyuan_video_sync``, same file): the final response only.
 
-Every request runs on its own worker thread (``max_concurrent_generations``), so concurrent clients
-are served together. Errors end that request only: bad parameters -> INVALID_ARG naming the input,
+Decoupled: every request runs on its own worker thread (``max_concurrent_generations``), so
+concurrent clients are served together, interleaving step by step; BLS calls and response sends are
+serialized per stub (``serialize_bls``). Non-decoupled: requests run inside ``execute`` (concurrency =
+instance count). Errors end that request only: bad parameters -> INVALID_ARG naming the input,
 component failures -> INTERNAL, cancellation (``request.is_cancelled()``, checked between steps) ->
-CANCELLED; the FINAL flag is always sent.
+CANCELLED; in decoupled mode the FINAL flag is always sent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -104,17 +107,25 @@ class TritonPythonModel:
         self.metrics = _Metrics(self.model_name)
         self._lock = threading.Lock()
         self._in_flight = 0
+        # Concurrent BLS calls / response sends from several threads of one stub have crashed the Python
+        # backend under load (tritonserver issue 8882, seen here too); one at a time per stub. Generations
+        # still interleave step by step; set serialize_bls "false" to lift it.
+        serialize = (params.get("serialize_bls") or "true").lower() != "false"
+        self._bls_lock = threading.Lock() if serialize else contextlib.nullcontext()
+        self._ipc_lock = threading.Lock() if serialize else contextlib.nullcontext()
 
     # -- BLS -------------------------------------------------------------------------------------
     def _infer(self, model_name: str, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         """One BLS call; raises on an error response (checked on this very response)."""
         from vidtrt.component_io import ComponentFailure, RemoteInvalidRequest
 
-        response = pb_utils.InferenceRequest(
+        request = pb_utils.InferenceRequest(
             model_name=model_name,
             requested_output_names=outputs,
             inputs=[pb_utils.Tensor(name, value) for name, value in feeds.items()],
-        ).exec()
+        )
+        with self._bls_lock:
+            response = request.exec()
         if response.has_error():
             error = response.error()
             message = error.message()
@@ -131,26 +142,51 @@ class TritonPythonModel:
         return result
 
     # -- requests --------------------------------------------------------------------------------
-    def execute(self, requests: list) -> None:
+    def execute(self, requests: list) -> list | None:
+        if self.decoupled:
+            for request in requests:
+                sender = request.get_response_sender()
+                gen = self._parse(request, lambda response, s=sender: self._send_final(s, response))
+                if gen is not None:
+                    self.pool.submit(self._generate, request, gen, sender)
+            return None
+        # Not decoupled: one response per request, returned from execute (the response sender must not
+        # outlive execute here: answering a non-decoupled request from a thread after execute returned
+        # crashed tritonserver 2.51 under load). Concurrency for this model = its instance count.
+        responses = []
+        for request in requests:
+            gen = self._parse(request, responses.append)
+            if gen is not None:
+                responses.append(self._run(request, gen, None))
+        return responses
+
+    def _parse(self, request, fail):
+        """The validated GenerationRequest, or None after ``fail(error response)``."""
         from vidtrt import request_io
         from vidtrt.errors import InvalidRequestError
 
-        for request in requests:
-            sender = request.get_response_sender()
-            try:
-                # Inputs are read here, while the request's buffers are certainly alive.
-                gen = request_io.inputs_to_request(lambda name, r=request: _input(r, name))
-                gen = gen.validate(self.config)
-            except InvalidRequestError as e:
-                self._fail(sender, str(request_io.renamed_error(e)), pb_utils.TritonError.INVALID_ARG, "invalid")
-                continue
-            except Exception as e:
-                self._fail(sender, f"{type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL, "error")
-                continue
-            self.pool.submit(self._generate, request, sender, gen)
+        try:
+            # Inputs are read here, while the request's buffers are certainly alive.
+            gen = request_io.inputs_to_request(lambda name: _input(request, name))
+            return gen.validate(self.config)
+        except InvalidRequestError as e:
+            fail(self._error(str(request_io.renamed_error(e)), pb_utils.TritonError.INVALID_ARG, "invalid"))
+        except Exception as e:
+            fail(self._error(f"{type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL, "error"))
         return None
 
-    def _generate(self, request, sender, gen) -> None:
+    def _generate(self, request, gen, sender) -> None:
+        """Worker thread of the decoupled model: progress responses, then the final one (always FINAL)."""
+        response = None
+        try:
+            response = self._run(request, gen, sender)
+        finally:
+            if response is None:  # _run never raises; belt and braces for the FINAL flag
+                response = self._error("internal error", pb_utils.TritonError.INTERNAL, "error")
+            self._send_final(sender, response)
+
+    def _run(self, request, gen, sender):
+        """Run one generation; returns the final InferenceResponse (video, or an error for this request)."""
         from vidtrt import request_io
         from vidtrt.component_io import ComponentFailure, RemoteInvalidRequest
         from vidtrt.errors import CancelledError, InvalidRequestError
@@ -167,21 +203,21 @@ class TritonPythonModel:
 
                 mp4 = encode_mp4(frames, fps=self.fps)
             outputs = request_io.final_outputs(frames, mp4)
-            sender.send(pb_utils.InferenceResponse(
-                output_tensors=[pb_utils.Tensor(k, v) for k, v in outputs.items()]), flags=FINAL)
+            response = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in outputs.items()])
             self.metrics.outcome["success"].increment(1)
             self.metrics.latency.observe(time.perf_counter() - start)
+            return response
         except CancelledError as e:
-            self._fail(sender, str(e), pb_utils.TritonError.CANCELLED, "cancelled")
+            return self._error(str(e), pb_utils.TritonError.CANCELLED, "cancelled")
         except InvalidRequestError as e:
-            self._fail(sender, str(request_io.renamed_error(e)), pb_utils.TritonError.INVALID_ARG, "invalid")
+            return self._error(str(request_io.renamed_error(e)), pb_utils.TritonError.INVALID_ARG, "invalid")
         except RemoteInvalidRequest as e:
-            self._fail(sender, str(e), pb_utils.TritonError.INVALID_ARG, "invalid")
+            return self._error(str(e), pb_utils.TritonError.INVALID_ARG, "invalid")
         except ComponentFailure as e:
-            self._fail(sender, str(e), pb_utils.TritonError.INTERNAL, "error")
+            return self._error(str(e), pb_utils.TritonError.INTERNAL, "error")
         except Exception as e:
             pb_utils.Logger.log_error(f"{self.model_name}: {traceback.format_exc()}")
-            self._fail(sender, f"{type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL, "error")
+            return self._error(f"{type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL, "error")
         finally:
             try:
                 self._track(-1)
@@ -189,28 +225,36 @@ class TritonPythonModel:
                 pb_utils.Logger.log_error(f"{self.model_name}: {traceback.format_exc()}")
 
     def _progress(self, sender):
-        if not self.decoupled:
+        if sender is None:
             return lambda event: self.metrics.steps.increment(1)
         from vidtrt import request_io
 
         def send(event) -> None:
             self.metrics.steps.increment(1)
             outputs = request_io.progress_outputs(event.step, event.total, event.elapsed_s)
-            sender.send(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in outputs.items()]))
+            response = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in outputs.items()])
+            with self._ipc_lock:
+                sender.send(response)
 
         return send
 
-    def _fail(self, sender, message: str, code, outcome: str) -> None:
-        """Error response for this request only, with the FINAL flag (required even after a cancel)."""
+    def _error(self, message: str, code, outcome: str):
+        """An error response for one request (counted under ``outcome``)."""
         try:
             self.metrics.outcome[outcome].increment(1)
         except Exception:
             pb_utils.Logger.log_error(f"{self.model_name}: {traceback.format_exc()}")
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
+
+    def _send_final(self, sender, response) -> None:
+        """The last response with the FINAL flag (required even after a cancel)."""
         try:
-            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code)), flags=FINAL)
+            with self._ipc_lock:
+                sender.send(response, flags=FINAL)
         except Exception:  # the client is gone (cancelled stream): the FINAL flag alone closes the request
             try:
-                sender.send(flags=FINAL)
+                with self._ipc_lock:
+                    sender.send(flags=FINAL)
             except Exception:
                 pass
 
