@@ -4,9 +4,9 @@ The DiT is the released architecture at full width (3072 = 24 heads x 128, text 
 2 refiner blocks, RoPE 16/56/56) with reduced depth, random weights (seeded). Each depth runs in a
 fresh child process, which
 
-1. computes a torch reference at a small shape (batch 2 with different text lengths, one latent frame);
-2. exports with the same code as ``vidtrt export`` (:func:`vidtrt.export.onnx_export.export_onnx`;
+1. exports with the same code as ``vidtrt export`` (:func:`vidtrt.export.onnx_export.export_onnx`;
    more than 2 GB of weights, so external data), sampling RSS (anonymous and file-backed) meanwhile;
+2. computes a torch reference at a small shape (batch 2 with different text lengths, one latent frame);
 3. loads the file in onnxruntime and compares with the reference.
 
 Two modes:
@@ -131,6 +131,9 @@ def child(dual: int, single: int, out: Path, mode: str) -> dict:
     import gc
 
     import numpy as np
+    import onnx  # noqa: F401  (imported up front: the base RSS includes the libraries)
+    import onnxruntime  # noqa: F401
+    import onnxscript  # noqa: F401
     import torch
     from vidtrt.export.onnx_export import export_onnx, relative_error, streamed_dit
 
@@ -142,13 +145,23 @@ def child(dual: int, single: int, out: Path, mode: str) -> dict:
     spec = dit_spec(config)
     axes = {"batch": 2, "latent_frames": 1, "latent_height": 8, "latent_width": 12, "text_length": 9}
     feeds = spec.example_inputs(axes, seed=1, lengths=[9, 4])
-    base = _status()["VmRSS"]
+    base = _status()  # after the imports: torch, onnx, onnxruntime, vidtrt
+    path = out / "dit.onnx"
     if mode == "streamed":
-        from vidtrt.checkpoints import load_transformer
-
+        # export first, from a clean process: the checkpoint is written one tensor at a time, then the
+        # meta-device DiT is exported with its weights streamed from the memory-mapped file
         ckpt = out / "checkpoint"
         write_checkpoint(ckpt, config, torch.bfloat16)
-        module = load_transformer(ckpt, config, dtype=torch.float32)  # the reference only
+        gc.collect()
+        before_export = _status()
+        with RssSampler() as export_rss:
+            meta, mapped = streamed_dit(ckpt, config)
+            result = export_onnx(meta, spec, path, external_data="auto", weights=mapped)
+            del meta, mapped
+        gc.collect()
+        from vidtrt.checkpoints import load_transformer
+
+        module = load_transformer(ckpt, config, dtype=torch.float32)  # the reference, after the export
     else:
         with torch.device("meta"):
             module = HunyuanVideoTransformer3D(config.transformer)
@@ -161,21 +174,11 @@ def child(dual: int, single: int, out: Path, mode: str) -> dict:
     with torch.no_grad():
         want = module(*(torch.from_numpy(feeds[n]) for n in spec.input_names)).numpy()
     torch_s = time.perf_counter() - t0
-    if mode == "streamed":
-        del module
-        gc.collect()
-    before_export = _status()
-
-    path = out / "dit.onnx"
-    with RssSampler() as export_rss:
-        if mode == "streamed":
-            meta, mapped = streamed_dit(ckpt, config)
-            result = export_onnx(meta, spec, path, external_data="auto", weights=mapped)
-            del meta, mapped
-        else:
-            result = export_onnx(module, spec, path, external_data="auto")
     if mode != "streamed":
-        del module
+        before_export = _status()
+        with RssSampler() as export_rss:
+            result = export_onnx(module, spec, path, external_data="auto")
+    del module
     gc.collect()
 
     from vidtrt.engines import OnnxRuntimeEngine
@@ -197,10 +200,11 @@ def child(dual: int, single: int, out: Path, mode: str) -> dict:
 
 
 def _overhead(row: dict) -> int:
-    """Export RAM beyond what the process held before it: anonymous memory for the streamed mode (its
-    weights are file-backed pages the kernel can drop), total RSS for in-RAM weights."""
+    """Export RAM beyond what the process held before it. Streamed mode: peak anonymous memory minus the
+    process's after its imports (the weights are file-backed pages the kernel can drop). In-RAM mode:
+    peak RSS minus the RSS just before the export (the weights)."""
     if row["mode"] == "streamed":
-        return row["export_peak"]["RssAnon"] - row["before_export"]["RssAnon"]
+        return row["export_peak"]["RssAnon"] - row["rss_base"]["RssAnon"]
     return row["export_peak"]["VmRSS"] - row["before_export"]["VmRSS"]
 
 

@@ -45,7 +45,8 @@ from vidtrt.errors import VidtrtError
 from vidtrt.specs import COMPONENTS, ComponentSpec
 
 DEFAULT_OPSET = 18
-MIN_OPSET = 18
+MIN_OPSET = 18  # the dynamo exporter's floor
+MAX_OPSET = 22  # opset 23 turns attention into an Attention op, which onnxruntime CPU runs only with dense masks
 EXTERNAL_DATA_BYTES = 1 << 30  # "auto": weights above 1 GiB go to external data (protobuf's limit is 2 GiB)
 EXTERNAL_DATA_CHOICES = ("auto", "always", "never")
 
@@ -243,8 +244,9 @@ def trace_onnx(module: torch.nn.Module, spec: ComponentSpec, opset: int = DEFAUL
     ``weights``: ``module`` lives on the meta device (no RAM for weights) and its parameters come from
     this mapping (e.g. the memory-mapped checkpoint), converted lazily when the file is written.
     """
-    if opset < MIN_OPSET:
-        raise ExportError(f"--opset {opset} is not supported; accepted: >= {MIN_OPSET} (the dynamo exporter's floor)")
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ExportError(f"--opset {opset} is not supported; accepted: {MIN_OPSET}..{MAX_OPSET} (18 is the dynamo "
+                          f"exporter's floor; 23's Attention op takes no [B, 1, 1, S] key mask in onnxruntime)")
     feeds = spec.example_inputs(spec.export_axes, seed=0)
     device = "meta" if weights is not None else "cpu"
     args = tuple(torch.from_numpy(feeds[n]).to(device) for n in spec.input_names)
@@ -266,8 +268,22 @@ def trace_onnx(module: torch.nn.Module, spec: ComponentSpec, opset: int = DEFAUL
         fold_lazy_transposes(model)
         with _quiet_export():
             optimize_graph(model)
+    _strip_debug_metadata(model)
     _fix_io_shapes(model, spec)
     return model
+
+
+# Per-node debug records of the exporter: source stack traces (absolute paths of the exporting machine)
+# and FX node dumps. Module scopes ("namespace", "pkg.torch.onnx.name_scopes") stay: they name layers.
+_DEBUG_METADATA = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node")
+
+
+def _strip_debug_metadata(model) -> None:
+    import onnx_ir as ir
+
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        for key in _DEBUG_METADATA:
+            node.metadata_props.pop(key, None)
 
 
 def save_onnx(model, spec: ComponentSpec, path: str | Path, external_data: str = "auto",
@@ -571,7 +587,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--components", nargs="+", choices=list(COMPONENTS), default=None, metavar="NAME",
                         help=f"components to export (default: all of {', '.join(COMPONENTS)})")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
-                        help=f"ONNX opset (default {DEFAULT_OPSET}; >= {MIN_OPSET})")
+                        help=f"ONNX opset (default {DEFAULT_OPSET}; {MIN_OPSET}..{MAX_OPSET})")
     parser.add_argument("--external-data", choices=EXTERNAL_DATA_CHOICES, default="auto",
                         help="weights in <file>.onnx.data: auto (when above 1 GiB), always, never")
     parser.add_argument("--no-optimize", action="store_true", help="skip the exporter's graph optimisation")

@@ -455,7 +455,7 @@ def llm_text_encoder_spec(config: ModelConfig, hidden_size: int, vocab_size: int
                 TensorSpec("attention_mask", "int64", ("batch", "tokens"), "1 = token", "mask")),
         outputs=(TensorSpec("hidden_states", "float32", ("batch", "tokens", hidden_size),
                             f"hidden_states[-{config.text.num_hidden_layers_to_skip + 1}]"),),
-        axes={"batch": AxisRange(1, 1, 2), "tokens": AxisRange(1, length, length)},
+        axes={"batch": AxisRange(1, 1, 4), "tokens": AxisRange(1, length, length)},
         buckets=tuple({"tokens": crop + n} for n in text_length_buckets(config)),
         export_axes={"batch": 2, "tokens": min(length, max(crop + 5, 9))},
         doc="LLM text encoder (hidden states of a middle layer)",
@@ -469,7 +469,7 @@ def clip_text_encoder_spec(config: ModelConfig, hidden_size: int, vocab_size: in
         name="clip_text_encoder",
         inputs=(TensorSpec("input_ids", "int64", ("batch", n), "prompt token ids, padded", "int", 0, vocab_size),),
         outputs=(TensorSpec("pooled", "float32", ("batch", hidden_size), "pooler_output"),),
-        axes={"batch": AxisRange(1, 1, 2)},
+        axes={"batch": AxisRange(1, 1, 4)},
         export_axes={"batch": 2},
         doc="CLIP text encoder (pooled output)",
     )

@@ -1,0 +1,18 @@
+"""The tiny model's ONNX artifacts, exported once per test session and shared by the test modules.
+
+They live under ``$VIDTRT_CACHE`` (a fresh temporary folder per session, see conftest.py);
+:func:`vidtrt.export.onnx_export.ensure_exported` re-exports only what is missing or stale and
+serialises concurrent callers with a lock file.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def tiny_artifacts() -> Path:
+    from vidtrt.export.onnx_export import ensure_exported
+
+    root = Path(os.environ.get("VIDTRT_CACHE") or tempfile.gettempdir()) / "onnx-tiny"
+    ensure_exported("tiny", root)
+    return root
