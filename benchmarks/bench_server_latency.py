@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--keep-log", default=None, help="copy the server log here")
+    p.add_argument("--out", default=None, help="also append the printed lines to this file")
     p.add_argument("--omp-wait-policy", choices=["passive", "default"], default="passive",
                    help="OpenMP wait policy of the in-process side (default passive, as the server's)")
     p.add_argument("--threads", type=int, default=None,
@@ -85,15 +86,21 @@ def main(argv: list[str] | None = None) -> int:
             if args.keep_log:
                 Path(args.keep_log).write_bytes(srv.log_path.read_bytes())
     ml, mr = statistics.median(local), statistics.median(remote)
-    print(f"model {args.model}: {resolved.num_frames} frames {resolved.width}x{resolved.height}, "
-          f"{resolved.num_inference_steps} steps, seed {args.seed}; {args.runs} runs each after {args.warmup} warm-up")
-    print(f"server start-up (5 models loaded): {startup:.1f} s")
-    print(f"in process     median {ml * 1000:8.1f} ms  (min {min(local) * 1000:.1f}, max {max(local) * 1000:.1f})")
-    print(f"server {args.protocol:<6}  median {mr * 1000:8.1f} ms  (min {min(remote) * 1000:.1f}, "
-          f"max {max(remote) * 1000:.1f}); frames identical")
-    print(f"in-process OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}; "
-          f"server OMP_WAIT_POLICY=PASSIVE; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '(unset)')}")
-    print(f"ratio server/in-process: {mr / ml:.3f}")
+    lines = [
+        f"model {args.model}: {resolved.num_frames} frames {resolved.width}x{resolved.height}, "
+        f"{resolved.num_inference_steps} steps, seed {args.seed}; {args.runs} runs each after {args.warmup} warm-up",
+        f"server start-up (5 models loaded): {startup:.1f} s",
+        f"in process     median {ml * 1000:8.1f} ms  (min {min(local) * 1000:.1f}, max {max(local) * 1000:.1f})",
+        f"server {args.protocol:<6}  median {mr * 1000:8.1f} ms  (min {min(remote) * 1000:.1f}, "
+        f"max {max(remote) * 1000:.1f}); frames identical",
+        f"in-process OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}; server OMP_WAIT_POLICY=PASSIVE; "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '(unset)')}",
+        f"ratio server/in-process: {mr / ml:.3f}",
+    ]
+    print("\n".join(lines))
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(f"# {time.strftime('%Y-%m-%d %H:%M')} {' '.join(sys.argv[1:])}\n" + "\n".join(lines) + "\n\n")
     return 0
 
 

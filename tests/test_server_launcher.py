@@ -196,3 +196,14 @@ def test_serve_command_errors_are_one_line(tmp_path):
                        capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("error: model repository")
+
+
+def test_ports_taken_by_another_server_are_an_error_not_ready(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    with TritonServer(repo, log_file=tmp_path / "first.log", exit_timeout_s=3) as first:
+        second = TritonServer(repo, http_port=first.http_port, grpc_port=first.grpc_port,
+                              metrics_port=first.metrics_port, log_file=tmp_path / "second.log", ready_timeout_s=60)
+        with pytest.raises(ServerError) as e:
+            second.start()
+        assert "already in use" in str(e.value) and "\n" not in str(e.value)
+        assert first.is_ready()

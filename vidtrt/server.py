@@ -313,6 +313,7 @@ class TritonServer:
         self.process: subprocess.Popen | None = None
         self.binary: Path | None = None
         self._log_handle = None
+        self._log_start = 0
         self._tmpdir: str | None = None
 
     # -- endpoints --------------------------------------------------------------------------------
@@ -410,6 +411,7 @@ class TritonServer:
         cmd = self.command()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_handle = open(self.log_path, "ab")
+        self._log_start = self._log_handle.tell()
         self._log_handle.write(("$ " + " ".join(cmd) + "\n").encode())
         self._log_handle.flush()
         self.process = subprocess.Popen(
@@ -429,13 +431,26 @@ class TritonServer:
             rc = self.process.poll() if self.process else -1
             if rc is not None:
                 raise ServerError(f"tritonserver exited with code {rc} before it was ready: {self.log_summary()}")
-            if _http_ok(url):
-                return
+            # Ready = our process bound our ports (its own log says so) and answers /v2/health/ready: a
+            # server left over on the same ports must not pass for this one.
+            if self._started_services() and _http_ok(url):
+                if self.process.poll() is None:
+                    return
             if time.monotonic() > deadline:
                 raise ServerError(
                     f"tritonserver not ready after {self.ready_timeout_s:.0f} s: {self.log_summary()}"
                 )
             time.sleep(0.2)
+
+    def _started_services(self) -> bool:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self._log_start)
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return False
+        return (f"Started HTTPService at {self.address}:{self.http_port}" in text
+                and f"Started GRPCInferenceService at {self.address}:{self.grpc_port}" in text)
 
     def is_ready(self) -> bool:
         return self.process is not None and self.process.poll() is None and _http_ok(
