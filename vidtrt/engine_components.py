@@ -350,17 +350,18 @@ def _check_engine_kind(engine: str, artifacts) -> None:
 class _Loader:
     """Shared state of the per-component loaders: config, manifest (read once), device.
 
-    ``device``: where the torch engine runs; for onnxruntime "cpu" means the CPU execution provider
-    only, anything else the default providers (TensorRT / CUDA when installed)."""
+    ``device``: where the torch engine runs (None: CPU); for onnxruntime "cpu" means the CPU execution
+    provider only, None or a GPU device the default providers (TensorRT / CUDA when installed, CPU)."""
 
     def __init__(self, model, engine: str, artifacts, threads: int, providers, config: ModelConfig | None,
-                 device: str = "cpu"):
+                 device: str | None = None):
         from vidtrt.checkpoints import load_model_config
 
         _check_engine_kind(engine, artifacts)
-        self.model, self.engine, self.artifacts, self.device = model, engine, artifacts, str(device)
+        self.model, self.engine, self.artifacts = model, engine, artifacts
+        self.device = str(device) if device is not None else "cpu"
         self.threads = threads
-        if providers is None and engine == "onnxruntime" and self.device == "cpu":
+        if providers is None and engine == "onnxruntime" and device is not None and str(device) == "cpu":
             providers = ["CPUExecutionProvider"]
         self.providers = providers
         self.config = config or load_model_config(model)
@@ -373,7 +374,7 @@ class _Loader:
 
 def engine_text_encoder(model: str | Path, engine: str = "onnxruntime", artifacts: str | Path | None = None,
                         threads: int = 0, providers: Sequence[str] | None = None,
-                        config: ModelConfig | None = None, device: str = "cpu",
+                        config: ModelConfig | None = None, device: str | None = None,
                         _loader: _Loader | None = None) -> EngineTextEncoder:
     """The text encoder (tokenizers in Python, LLM + CLIP on ``engine``)."""
     ld = _loader or _Loader(model, engine, artifacts, threads, providers, config, device)
@@ -394,7 +395,7 @@ def engine_text_encoder(model: str | Path, engine: str = "onnxruntime", artifact
 
 def engine_dit(model: str | Path, engine: str = "onnxruntime", artifacts: str | Path | None = None,
                threads: int = 0, providers: Sequence[str] | None = None, config: ModelConfig | None = None,
-               device: str = "cpu", _loader: _Loader | None = None) -> EngineDenoiser:
+               device: str | None = None, _loader: _Loader | None = None) -> EngineDenoiser:
     """The DiT on ``engine`` as a Denoiser (text trimmed to the model's text buckets)."""
     ld = _loader or _Loader(model, engine, artifacts, threads, providers, config, device)
     spec = component_specs(ld.config, None, ("dit",))["dit"]
@@ -407,7 +408,8 @@ def engine_dit(model: str | Path, engine: str = "onnxruntime", artifacts: str | 
 
 def engine_vae_decoder(model: str | Path, engine: str = "onnxruntime", artifacts: str | Path | None = None,
                        threads: int = 0, providers: Sequence[str] | None = None, config: ModelConfig | None = None,
-                       tile: bool = True, device: str = "cpu", _loader: _Loader | None = None) -> EngineTileDecoder:
+                       tile: bool = True, device: str | None = None,
+                       _loader: _Loader | None = None) -> EngineTileDecoder:
     """The VAE decoder on ``engine``: the tile engine (``tile=True``, what the tiled decode calls) or the
     whole-latents decoder."""
     ld = _loader or _Loader(model, engine, artifacts, threads, providers, config, device)
@@ -422,7 +424,7 @@ def engine_vae_decoder(model: str | Path, engine: str = "onnxruntime", artifacts
 
 def load_engine_components(model: str | Path = "tiny", engine: str = "onnxruntime",
                            artifacts: str | Path | None = None, threads: int = 0,
-                           providers: Sequence[str] | None = None, device: str = "cpu",
+                           providers: Sequence[str] | None = None, device: str | None = None,
                            ) -> tuple[ModelConfig, Components]:
     """Config and the three components of ``model`` on ``engine`` ("torch" or "onnxruntime";
     onnxruntime reads ``artifacts``, the folder `vidtrt export` wrote)."""
@@ -437,11 +439,11 @@ def load_engine_components(model: str | Path = "tiny", engine: str = "onnxruntim
 
 def load_pipeline_with_engine(model: str | Path = "tiny", engine: str = "onnxruntime",
                               artifacts: str | Path | None = None, threads: int = 0,
-                              providers: Sequence[str] | None = None):
+                              providers: Sequence[str] | None = None, device: str | None = None):
     """A :class:`~vidtrt.pipeline.HunyuanVideoPipeline` whose components run on ``engine``."""
     from vidtrt.pipeline import HunyuanVideoPipeline
 
-    return HunyuanVideoPipeline(*load_engine_components(model, engine, artifacts, threads, providers))
+    return HunyuanVideoPipeline(*load_engine_components(model, engine, artifacts, threads, providers, device))
 
 
 COMPONENT_LOADERS = {"text_encoder": engine_text_encoder, "dit": engine_dit, "vae_decoder": engine_vae_decoder}

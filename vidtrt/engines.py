@@ -207,6 +207,8 @@ class TensorRTEngine:
     so a bad request fails the same way as with the other engines.
     """
 
+    kind = "tensorrt"
+
     def __init__(self, path: str | Path, spec: ComponentSpec, device: str = "cuda"):
         self.path, self.spec = Path(path), spec
         trt = import_tensorrt()
@@ -255,9 +257,9 @@ def import_tensorrt():
 
 
 def load_pipeline_with_engine(model, engine: str = "onnxruntime", artifacts=None, threads: int = 0,
-                              providers: Sequence[str] | None = None):
+                              providers: Sequence[str] | None = None, device: str | None = None):
     """A :class:`~vidtrt.pipeline.HunyuanVideoPipeline` whose components run on ``engine``
     (see :func:`vidtrt.engine_components.load_pipeline_with_engine`)."""
     from vidtrt.engine_components import load_pipeline_with_engine as load
 
-    return load(model, engine, artifacts, threads=threads, providers=providers)
+    return load(model, engine, artifacts, threads=threads, providers=providers, device=device)
