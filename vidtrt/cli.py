@@ -72,7 +72,7 @@ def _load_pipeline(args):
         return HunyuanVideoPipeline.from_model(args.model, device=args.device, dtype=dtype, attention=args.attention)
     from vidtrt.engines import load_pipeline_with_engine
 
-    return load_pipeline_with_engine(args.model, engine, args.artifacts)
+    return load_pipeline_with_engine(args.model, engine, args.artifacts, threads=args.threads)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,7 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "(diffusers layout with model_index.json, or the official Tencent layout)")
     run.add_argument("--engine", default="torch", choices=["torch", "onnxruntime"],
                      help="component engine (default torch)")
-    run.add_argument("--artifacts", default=None, help="folder of exported ONNX files (--engine onnxruntime)")
+    run.add_argument("--artifacts", default=None,
+                     help="folder written by `vidtrt export` (--engine onnxruntime)")
+    run.add_argument("--threads", type=int, default=0,
+                     help="onnxruntime intra-op threads (0 = onnxruntime's default)")
     run.add_argument("--attention", default=None,
                      help="attention backend: sdpa, triton, triton-fp8 (default: triton on CUDA, sdpa on CPU)")
     run.add_argument("--device", default="cpu", help="torch device for --engine torch: cpu (default) or cuda")
