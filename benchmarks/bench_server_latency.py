@@ -7,10 +7,11 @@ warms both paths up, then alternates in-process runs (``HunyuanVideoPipeline.run
 (``VideoClient`` over gRPC streaming, or HTTP with ``--protocol http``), checks the frames are
 identical, and prints the medians. The last line is the ratio server / in process (target <= 1.10).
 
-Both paths run with the same OpenMP setting: the server's model processes get OMP_WAIT_POLICY=PASSIVE
-(vidtrt.server; spinning workers of one stub starve the next), so this process sets it too before torch
-loads (``--omp-wait-policy default`` leaves the in-process side as the environment has it; on the
-2-core CI box the tiny model is ~2.5x slower in process with spinning workers, which flatters the server).
+Both paths run with the same process settings: the server's model processes get
+``vidtrt.server.PROCESS_ENV_DEFAULTS`` (OMP_WAIT_POLICY=PASSIVE, glibc malloc thresholds), so this script
+re-executes itself with them before torch and glibc read them. ``--env default`` leaves the in-process
+side as the environment has it (on the 2-core CI box the tiny model is then ~2-5x slower in process,
+which flatters the server).
 """
 
 from __future__ import annotations
@@ -40,17 +41,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--keep-log", default=None, help="copy the server log here")
     p.add_argument("--out", default=None, help="also append the printed lines to this file")
-    p.add_argument("--omp-wait-policy", choices=["passive", "default"], default="passive",
-                   help="OpenMP wait policy of the in-process side (default passive, as the server's)")
+    p.add_argument("--env", choices=["server", "default"], default="server",
+                   help="process settings of the in-process side: the server's (default) or as inherited")
     p.add_argument("--threads", type=int, default=None,
                    help="OMP_NUM_THREADS for both sides (each server model process gets this many)")
     args = p.parse_args(argv)
     if args.threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    if args.omp_wait_policy == "passive":
-        if "torch" in sys.modules:
-            print("warning: torch already loaded; OMP_WAIT_POLICY may not apply", file=sys.stderr)
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    if args.env == "server":
+        from vidtrt.server import PROCESS_ENV_DEFAULTS
+
+        missing = {k: v for k, v in PROCESS_ENV_DEFAULTS.items() if k not in os.environ}
+        if missing:  # glibc and OpenMP read these at start-up: run again with them set
+            os.environ.update(missing)
+            os.execv(sys.executable, [sys.executable, *sys.argv])
 
     from vidtrt.client import VideoClient
     from vidtrt.export.repository import build_repository
@@ -93,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         f"in process     median {ml * 1000:8.1f} ms  (min {min(local) * 1000:.1f}, max {max(local) * 1000:.1f})",
         f"server {args.protocol:<6}  median {mr * 1000:8.1f} ms  (min {min(remote) * 1000:.1f}, "
         f"max {max(remote) * 1000:.1f}); frames identical",
-        f"in-process OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}; server OMP_WAIT_POLICY=PASSIVE; "
-        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '(unset)')}",
+        "in-process env: " + ", ".join(f"{k}={os.environ.get(k, '(unset)')}" for k in
+                                       ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MALLOC_MMAP_THRESHOLD_",
+                                        "MALLOC_TRIM_THRESHOLD_")) + " (server: the same)",
         f"ratio server/in-process: {mr / ml:.3f}",
     ]
     print("\n".join(lines))

@@ -100,6 +100,47 @@ class VideoClient:
         self.url = _split_url(url, protocol)
         self.model_name = model_name if protocol == "grpc" else self._sync_name(model_name)
         self.timeout_s = timeout_s
+        # One gRPC connection per calling thread, kept across requests (a stream per request on it).
+        self._local = threading.local()
+        self._clients: list = []
+        self._clients_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the connections this client opened."""
+        with self._clients_lock:
+            clients, self._clients = self._clients, []
+        for c in clients:
+            try:
+                c.close()
+            except Exception:
+                pass
+        self._local = threading.local()
+
+    def __enter__(self) -> VideoClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _thread_client(self):
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._make_client()
+            self._local.client = client
+            with self._clients_lock:
+                self._clients.append(client)
+        return client
+
+    def _drop_thread_client(self, client) -> None:
+        """Forget a connection whose stream ended abnormally (the next request opens a fresh one)."""
+        self._local.client = None
+        with self._clients_lock:
+            if client in self._clients:
+                self._clients.remove(client)
+        try:
+            client.close()
+        except Exception:
+            pass
 
     @staticmethod
     def _sync_name(name: str) -> str:
@@ -185,10 +226,11 @@ class VideoClient:
 
         is_cancelled = cancel.is_set if isinstance(cancel, threading.Event) else cancel
         responses: queue.Queue = queue.Queue()
-        client = self._make_client()
+        client = self._thread_client()
         result = GenerationResult(frames=np.zeros((0, 0, 0, 3), np.uint8))
         start = time.perf_counter()
         cancelled = False
+        clean = False
         try:
             client.start_stream(callback=lambda result, error: responses.put((result, error)))
             client.async_stream_infer(self.model_name, self._inputs(grpcclient, arrays),
@@ -224,6 +266,7 @@ class VideoClient:
                 if final is not None and final.bool_param:
                     if video is None:
                         raise ServerRequestError("the server ended the request without a video")
+                    clean = True
                     break
         except KeyboardInterrupt:
             cancelled = True
@@ -245,8 +288,9 @@ class VideoClient:
                 try:
                     client.stop_stream()
                 except Exception:
-                    pass
-            client.close()
+                    clean = False
+            if not clean:
+                self._drop_thread_client(client)
         result.latency_s = time.perf_counter() - start
         return result
 
