@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: set up, then generate a video with the tiny model -> tiny-demo.mp4.
+# The main job on the embedded default: set up, build the tiny model's Triton repository, start the real
+# tritonserver, generate a video through the gRPC client, write the mp4, stop the server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-vidtrt run "a cat walks on the grass" -o "${1:-tiny-demo.mp4}" --seed 42
+exec python scripts/demo.py "$@"
