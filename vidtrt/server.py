@@ -462,8 +462,10 @@ class TritonServer:
                 text = f.read().decode(errors="replace")
         except OSError:
             return False
+        # The metrics service binds a few tens of ms after the other two: wait for all three.
         return (f"Started HTTPService at {self.address}:{self.http_port}" in text
-                and f"Started GRPCInferenceService at {self.address}:{self.grpc_port}" in text)
+                and f"Started GRPCInferenceService at {self.address}:{self.grpc_port}" in text
+                and f"Started Metrics Service at {self.address}:{self.metrics_port}" in text)
 
     def is_ready(self) -> bool:
         return self.process is not None and self.process.poll() is None and _http_ok(
