@@ -137,3 +137,16 @@ def test_config_of_tiny_folder():
     config = load_model_config("tiny")
     assert config.name == "tiny" and config.transformer.num_attention_heads == 2
     assert config.defaults.max_num_frames == 33
+
+
+def test_small_preset_is_cpu_sized_and_embedded():
+    from vidtrt.checkpoints import build_on_meta
+    from vidtrt.configs import EMBEDDED_PRESETS, preset
+    from vidtrt.models.transformer import HunyuanVideoTransformer3D
+
+    assert EMBEDDED_PRESETS == ("tiny", "small")
+    small = preset("small")
+    dit = build_on_meta(lambda: HunyuanVideoTransformer3D(small.transformer))
+    params = sum(p.numel() for p in dit.parameters())
+    assert 30e6 < params < 60e6, params
+    assert small.text == preset("tiny").text and small.vae == preset("tiny").vae

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vidtrt.configs import ModelConfig, TransformerConfig, VAEConfig, hunyuan_video_config
+from vidtrt.configs import EMBEDDED_PRESETS, ModelConfig, TransformerConfig, VAEConfig, hunyuan_video_config
 from vidtrt.errors import CheckpointError, ConfigError
 
 SAFETENSORS_DTYPES = {
@@ -316,14 +316,15 @@ def official_root(folder: Path) -> Path | None:
 
 
 def resolve_model(model: str | Path) -> Path:
-    """'tiny' -> the embedded model's folder (written on first use); a path -> that folder, checked."""
-    if str(model) == "tiny":
+    """'tiny' / 'small' -> the embedded model's folder (written on first use); a path -> that folder, checked."""
+    if str(model) in EMBEDDED_PRESETS:
         from vidtrt.embedded import tiny_checkpoint
 
-        return tiny_checkpoint()
+        return tiny_checkpoint(str(model))
     folder = Path(model).expanduser()
     if not folder.is_dir():
-        raise CheckpointError(f"model folder not found: {folder} (accepted: 'tiny' or a checkpoint folder)")
+        presets = " or ".join(repr(p) for p in EMBEDDED_PRESETS)
+        raise CheckpointError(f"model folder not found: {folder} (accepted: {presets} or a checkpoint folder)")
     detect_layout(folder)
     return folder
 
@@ -351,7 +352,7 @@ def load_model_config(model: str | Path) -> ModelConfig:
     """
     folder = resolve_model(model)
     config = hunyuan_video_config()
-    config.name = folder.name if str(model) != "tiny" else "tiny"
+    config.name = str(model) if str(model) in EMBEDDED_PRESETS else folder.name
     try:
         if detect_layout(folder) == "diffusers":
             cfg_path = folder / "transformer" / "config.json"

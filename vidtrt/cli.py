@@ -87,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Generate a video in this process and write .mp4 or .npy.")
     add_request_arguments(run)
     run.add_argument("--model", default="tiny",
-                     help="'tiny' (embedded default, no download) or a checkpoint folder "
-                          "(diffusers layout with model_index.json, or the official Tencent layout)")
+                     help="'tiny' (embedded default, no download), 'small' (CPU-sized, generated too) or a "
+                          "checkpoint folder (diffusers layout with model_index.json, or the official Tencent layout)")
     run.add_argument("--engine", default="torch", choices=["torch", "onnxruntime"],
                      help="component engine (default torch)")
     run.add_argument("--artifacts", default=None,

@@ -1,4 +1,5 @@
-"""The embedded default: a tiny HunyuanVideo-architecture checkpoint generated from a fixed seed.
+"""The embedded models: HunyuanVideo-architecture checkpoints generated from a fixed seed (``tiny``, the
+default, and ``small``, CPU-sized for benchmarks).
 
 It is written once, in the diffusers layout, to a cache folder and then loaded through exactly
 the same code as any user checkpoint (and diffusers' ``HunyuanVideoPipeline`` can load its
@@ -20,7 +21,7 @@ from safetensors.torch import save_file
 
 from vidtrt import __version__
 from vidtrt.checkpoints import VIDTRT_JSON
-from vidtrt.configs import ModelConfig, tiny_config
+from vidtrt.configs import EMBEDDED_PRESETS, ModelConfig, preset
 
 TINY_SEED = 0
 
@@ -34,19 +35,20 @@ def _config_dict(obj) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
-def _tiny_fingerprint(config: ModelConfig) -> str:
+def _fingerprint(config: ModelConfig) -> str:
     blob = json.dumps([__version__, TINY_SEED, _config_dict(config)], sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
 
-def write_tiny_checkpoint(folder: str | Path, seed: int = TINY_SEED) -> Path:
-    """Write the tiny model in the diffusers layout (plus ``vidtrt.json`` with its non-diffusers settings)."""
+def write_tiny_checkpoint(folder: str | Path, seed: int = TINY_SEED, name: str = "tiny") -> Path:
+    """Write an embedded model (``tiny`` by default) in the diffusers layout (plus ``vidtrt.json`` with its
+    non-diffusers settings)."""
     from vidtrt.models.transformer import HunyuanVideoTransformer3D
     from vidtrt.models.vae import HunyuanVideoVAEDecoder
     from vidtrt.tiny import MODEL_INDEX_ENTRIES, write_text_components
 
     folder = Path(folder)
-    config = tiny_config()
+    config = preset(name)
     folder.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(seed)
@@ -74,7 +76,7 @@ def write_tiny_checkpoint(folder: str | Path, seed: int = TINY_SEED) -> Path:
     }
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
     overrides = {
-        "name": "tiny",
+        "name": name,
         "text": _config_dict(config.text),
         "tiling": _config_dict(config.tiling),
         "defaults": _config_dict(config.defaults),
@@ -91,15 +93,17 @@ def _save_component(folder: Path, module: torch.nn.Module, class_name: str, conf
     save_file(state, str(folder / "diffusion_pytorch_model.safetensors"))
 
 
-def tiny_checkpoint() -> Path:
-    """The tiny model's folder, generated on first use (atomically, safe for concurrent callers)."""
-    target = cache_root() / f"tiny-{_tiny_fingerprint(tiny_config())}"
+def tiny_checkpoint(name: str = "tiny") -> Path:
+    """An embedded model's folder, generated on first use (atomically, safe for concurrent callers)."""
+    if name not in EMBEDDED_PRESETS:
+        raise ValueError(f"unknown embedded model {name!r}; accepted: {list(EMBEDDED_PRESETS)}")
+    target = cache_root() / f"{name}-{_fingerprint(preset(name))}"
     if (target / "model_index.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
-        write_tiny_checkpoint(tmp)
+        write_tiny_checkpoint(tmp, name=name)
         try:
             tmp.rename(target)
         except OSError:  # another process won the race
