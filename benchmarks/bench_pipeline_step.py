@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import tempfile
@@ -29,26 +28,15 @@ from pathlib import Path
 import torch
 
 
-def randomize_(model: torch.nn.Module, seed: int) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            if p.ndim == 1 and "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.2 * noise)
-            elif p.ndim == 1:
-                p.copy_(0.1 * noise)
-            else:
-                p.copy_(noise / math.sqrt(p[0].numel()))
-
-
 def write_folder(folder: Path, dit_kwargs: dict) -> None:
     """A diffusers-layout folder written by diffusers (transformer, a small VAE, scheduler)."""
     import diffusers
 
+    from vidtrt.testing import randomize_parameters
+
     torch.manual_seed(0)
     dit = diffusers.HunyuanVideoTransformer3DModel(**dit_kwargs)
-    randomize_(dit, 1)
+    randomize_parameters(dit, 1)
     dit.save_pretrained(folder / "transformer")
     vae = diffusers.AutoencoderKLHunyuanVideo(block_out_channels=(8, 8, 16, 16), layers_per_block=1,
                                               norm_num_groups=4)

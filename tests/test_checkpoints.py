@@ -7,7 +7,6 @@ one line naming the key and the file. A subprocess measures peak RSS to show tha
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import shutil
@@ -35,6 +34,8 @@ from vidtrt.checkpoints import (  # noqa: E402
 from vidtrt.configs import TINY_CLIP_HIDDEN, TINY_LLM_HIDDEN, TransformerConfig  # noqa: E402
 from vidtrt.errors import CheckpointError  # noqa: E402
 from vidtrt.models.official_layout import dequantize_fp8, diffusers_to_official, official_to_diffusers  # noqa: E402
+from vidtrt.testing import randomize_parameters as randomize_  # noqa: E402
+from vidtrt.testing import rel_err  # noqa: E402
 
 TOL = 1e-5
 # head_dim 128, so the official layout needs no config.json (rope (16, 56, 56) is implied); mlp_ratio 2 and
@@ -61,24 +62,6 @@ def _one_thread():
     torch.set_num_threads(1)  # 2 shared cores
     yield
     torch.set_num_threads(n)
-
-
-def randomize_(model: torch.nn.Module, seed: int) -> None:
-    """Every parameter random (norm scales around 1), so a misplaced tensor cannot go unnoticed."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            if p.ndim == 1 and "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.2 * noise)
-            elif p.ndim == 1:
-                p.copy_(0.1 * noise)
-            else:
-                p.copy_(noise / math.sqrt(p[0].numel()))
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm())
 
 
 def one_line(e: pytest.ExceptionInfo) -> str:

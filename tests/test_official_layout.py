@@ -19,6 +19,7 @@ from vidtrt.models.official_layout import (  # noqa: E402
     unwrap_official,
 )
 from vidtrt.models.transformer import HunyuanVideoTransformer3D  # noqa: E402
+from vidtrt.testing import rel_err as rel  # noqa: E402
 
 KWARGS = dict(
     num_attention_heads=2, attention_head_dim=16, num_layers=2, num_single_layers=2, num_refiner_layers=2,
@@ -186,6 +187,3 @@ def test_unknown_keys_are_errors(diffusers_sd):
     with pytest.raises(CheckpointError, match="img_attn_qkv"):
         diffusers_to_official(partial)
 
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm())

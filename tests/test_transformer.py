@@ -7,7 +7,6 @@ Inputs are fresh ``torch.randn`` draws from a per-run random seed (printed on fa
 
 from __future__ import annotations
 
-import math
 import random
 
 import pytest
@@ -20,6 +19,8 @@ from vidtrt.configs import TransformerConfig  # noqa: E402
 from vidtrt.models import transformer as transformer_mod  # noqa: E402
 from vidtrt.models.rope import apply_rotary, rope_cos_sin  # noqa: E402
 from vidtrt.models.transformer import HunyuanVideoTransformer3D  # noqa: E402
+from vidtrt.testing import randomize_parameters as randomize_  # noqa: E402
+from vidtrt.testing import rel_err  # noqa: E402
 
 TOL = 1e-5
 
@@ -38,20 +39,6 @@ CONFIGS = {
 }
 
 
-def randomize_(model: torch.nn.Module, seed: int) -> None:
-    """Every parameter random: weights ~ N(0, 1/fan_in), biases ~ N(0, 0.1^2), norm scales ~ 1 + N(0, 0.2^2)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            if p.ndim == 1 and "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.2 * noise)
-            elif p.ndim == 1:
-                p.copy_(0.1 * noise)
-            else:
-                p.copy_(noise / math.sqrt(p[0].numel()))
-
-
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def models(request, tmp_path_factory):
     """(ours, reference, config kwargs), both loaded with the same random weights."""
@@ -65,10 +52,6 @@ def models(request, tmp_path_factory):
     ours = HunyuanVideoTransformer3D(TransformerConfig(**kwargs)).eval()
     ours.load_state_dict(weights, strict=True)
     return ours, ref, kwargs
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm())
 
 
 def make_inputs(kwargs: dict, batch: int, frames: int, height: int, width: int, lengths: list[int],
