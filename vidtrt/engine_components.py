@@ -109,27 +109,14 @@ def load_tokenizers(model: str | Path):
 
     Same files and classes as :meth:`HunyuanTextEncoder.from_pretrained`; configs are the text models'
     transformers configs (a nested ``text_config`` is taken when the folder holds a multimodal model)."""
-    from transformers import AutoConfig, AutoTokenizer, CLIPTokenizer, PreTrainedTokenizerFast
+    from transformers import AutoConfig
 
-    from vidtrt.text_encoders import _model_dir, _one_line, _tokenizer_dir, quiet_transformers
+    from vidtrt.text_encoders import _one_line, quiet_transformers
+    from vidtrt.text_encoders import load_tokenizers as load_tokenizer_files
 
     root = _text_encoder_root(model)
-    llm_dir = _model_dir(root, "text_encoder", "the LLM text encoder")
-    clip_dir = _model_dir(root, "text_encoder_2", "the CLIP text encoder")
-    llm_tok_dir = _tokenizer_dir(root, "tokenizer", llm_dir, "the LLM tokenizer")
-    clip_tok_dir = _tokenizer_dir(root, "tokenizer_2", clip_dir, "the CLIP tokenizer")
+    llm_tok, clip_tok, llm_dir, clip_dir = load_tokenizer_files(root)
     with quiet_transformers():
-        try:
-            if (llm_tok_dir / "tokenizer.json").is_file():
-                llm_tok = PreTrainedTokenizerFast.from_pretrained(llm_tok_dir, local_files_only=True)
-            else:
-                llm_tok = AutoTokenizer.from_pretrained(llm_tok_dir, local_files_only=True)
-        except Exception as e:  # transformers raises many types; report one line
-            raise CheckpointError(f"cannot load the LLM tokenizer from {llm_tok_dir}: {_one_line(e)}") from e
-        try:
-            clip_tok = CLIPTokenizer.from_pretrained(clip_tok_dir, local_files_only=True)
-        except Exception as e:
-            raise CheckpointError(f"cannot load the CLIP tokenizer from {clip_tok_dir}: {_one_line(e)}") from e
         try:
             llm_cfg = AutoConfig.from_pretrained(llm_dir, local_files_only=True)
             clip_cfg = AutoConfig.from_pretrained(clip_dir, local_files_only=True)

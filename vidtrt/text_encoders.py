@@ -141,27 +141,11 @@ class HunyuanTextEncoder:
         root = Path(folder)
         if not root.is_dir():
             raise CheckpointError(f"checkpoint folder {root} does not exist or is not a directory")
-        llm_dir = _model_dir(root, "text_encoder", "the LLM text encoder")
-        clip_dir = _model_dir(root, "text_encoder_2", "the CLIP text encoder")
-        llm_tok_dir = _tokenizer_dir(root, "tokenizer", llm_dir, "the LLM tokenizer")
-        clip_tok_dir = _tokenizer_dir(root, "tokenizer_2", clip_dir, "the CLIP tokenizer")
+        llm_tokenizer, clip_tokenizer, llm_dir, clip_dir = load_tokenizers(root)
 
-        from transformers import AutoModel, AutoTokenizer, CLIPTextModel, CLIPTokenizer, PreTrainedTokenizerFast
+        from transformers import AutoModel, CLIPTextModel
 
         dtype_kw = _transformers_dtype_kwarg()
-        try:
-            # tokenizer.json is authoritative: load it as is (transformers 5's LlamaTokenizerFast would
-            # rebuild a SentencePiece-style pipeline and mangle Llama 3's byte-level BPE).
-            if (llm_tok_dir / "tokenizer.json").is_file():
-                llm_tokenizer = PreTrainedTokenizerFast.from_pretrained(llm_tok_dir, local_files_only=True)
-            else:
-                llm_tokenizer = AutoTokenizer.from_pretrained(llm_tok_dir, local_files_only=True)
-        except Exception as e:  # transformers raises many types; report one line
-            raise CheckpointError(f"cannot load the LLM tokenizer from {llm_tok_dir}: {_one_line(e)}") from e
-        try:
-            clip_tokenizer = CLIPTokenizer.from_pretrained(clip_tok_dir, local_files_only=True)
-        except Exception as e:
-            raise CheckpointError(f"cannot load the CLIP tokenizer from {clip_tok_dir}: {_one_line(e)}") from e
         llm = _load_model(AutoModel, llm_dir, "the LLM text encoder", **{dtype_kw: torch_dtype})
         clip = _load_model(CLIPTextModel, clip_dir, "the CLIP text encoder", **{dtype_kw: clip_dtype or torch_dtype})
         return cls(llm.to(device), llm_tokenizer, clip.to(device), clip_tokenizer, config)
@@ -261,6 +245,32 @@ class HunyuanTextEncoder:
         embeds, mask = self.encode_llm(prompts)
         pooled = self.encode_clip(prompts)
         return TextEmbeddings(prompt_embeds=embeds, attention_mask=mask, pooled=pooled)
+
+
+def load_tokenizers(root: Path):
+    """The LLM and CLIP tokenizers of a checkpoint folder (diffusers or official layout), with the folders
+    of the two text models: ``(llm_tokenizer, clip_tokenizer, llm_dir, clip_dir)``."""
+    from transformers import AutoTokenizer, CLIPTokenizer, PreTrainedTokenizerFast
+
+    llm_dir = _model_dir(root, "text_encoder", "the LLM text encoder")
+    clip_dir = _model_dir(root, "text_encoder_2", "the CLIP text encoder")
+    llm_tok_dir = _tokenizer_dir(root, "tokenizer", llm_dir, "the LLM tokenizer")
+    clip_tok_dir = _tokenizer_dir(root, "tokenizer_2", clip_dir, "the CLIP tokenizer")
+    with quiet_transformers():
+        try:
+            # tokenizer.json is authoritative: load it as is (transformers 5's LlamaTokenizerFast would
+            # rebuild a SentencePiece-style pipeline and mangle Llama 3's byte-level BPE).
+            if (llm_tok_dir / "tokenizer.json").is_file():
+                llm_tokenizer = PreTrainedTokenizerFast.from_pretrained(llm_tok_dir, local_files_only=True)
+            else:
+                llm_tokenizer = AutoTokenizer.from_pretrained(llm_tok_dir, local_files_only=True)
+        except Exception as e:  # transformers raises many types; report one line
+            raise CheckpointError(f"cannot load the LLM tokenizer from {llm_tok_dir}: {_one_line(e)}") from e
+        try:
+            clip_tokenizer = CLIPTokenizer.from_pretrained(clip_tok_dir, local_files_only=True)
+        except Exception as e:
+            raise CheckpointError(f"cannot load the CLIP tokenizer from {clip_tok_dir}: {_one_line(e)}") from e
+    return llm_tokenizer, clip_tokenizer, llm_dir, clip_dir
 
 
 @contextlib.contextmanager
