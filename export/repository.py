@@ -90,6 +90,9 @@ def _render(template_path: Path, **values: object) -> str:
             f"template {template_path} uses ${{{e.args[0]}}}, which the builder does not fill") from None
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
 def build_repository(
     model: str | os.PathLike = "tiny",
     out_dir: str | os.PathLike = "build/model_repository",
@@ -97,6 +100,7 @@ def build_repository(
     *,
     artifacts: str | os.PathLike | None = None,
     device: str = "cpu",
+    precision: str = "auto",
     dit_instances: int = 1,
     text_encoder_instances: int = 1,
     vae_decoder_instances: int = 1,
@@ -109,6 +113,8 @@ def build_repository(
 ) -> Path:
     """Write the repository for ``model`` ('tiny' or a checkpoint folder) to ``out_dir``; returns it.
 
+    ``precision``: weights/activations of the torch-engine components: ``fp32``, ``bf16``, ``fp16`` or
+    ``auto`` (bf16 on ``cuda``, fp32 on ``cpu``); the onnxruntime engine runs the exported fp32 ONNX.
     ``device``: ``cpu`` (instance_group KIND_CPU) or ``cuda`` (KIND_GPU: one instance per GPU listed by
     Triton, the component on that GPU). ``*_instances``: instances per device (each holds its own
     weights, so keep the DiT at 1 on GPUs; on CPU extra instances only help with spare cores).
@@ -127,6 +133,14 @@ def build_repository(
         raise RepositoryError(f"invalid engine {engine!r}: accepted {list(ENGINES)}")
     if device not in ("cpu", "cuda"):
         raise RepositoryError(f"invalid device {device!r}: accepted ['cpu', 'cuda']")
+    if precision not in PRECISIONS:
+        raise RepositoryError(f"invalid precision {precision!r}: accepted {list(PRECISIONS)} "
+                              "(fp8 goes through the ModelOpt/TensorRT path, not built yet)")
+    if engine != "torch" and precision not in ("auto", "fp32"):
+        raise RepositoryError(f"precision {precision!r} needs --engine torch; the {engine} engine runs the "
+                              "exported fp32 ONNX (accepted with it: 'auto', 'fp32')")
+    if precision == "auto":
+        precision = "bf16" if device == "cuda" else "fp32"
     for name, n in (("dit_instances", dit_instances), ("text_encoder_instances", text_encoder_instances),
                     ("vae_decoder_instances", vae_decoder_instances),
                     ("max_concurrent_generations", max_concurrent_generations), ("sync_instances", sync_instances)):
@@ -182,9 +196,9 @@ def build_repository(
     for key in ("text_encoder", "dit", "vae_decoder"):
         doc, per_call = COMPONENT_DOCS[key]
         n = instances[key]
-        extra = ""
+        extra = f'parameters {{ key: "precision" value {{ string_value: "{precision}" }} }}\n'
         if key == "dit" and fail_on_guidance is not None:
-            extra = ('# TEST ONLY: fail requests whose guidance_scale equals this value.\n'
+            extra += ('# TEST ONLY: fail requests whose guidance_scale equals this value.\n'
                      f'parameters {{ key: "fail_on_guidance" value {{ string_value: "{fail_on_guidance:g}" }} }}\n')
         instances_doc = (f"{n} instance(s) per {'GPU' if device == 'cuda' else 'server'}; calls from concurrent "
                          "generations queue here and run one at a time per instance.")
@@ -199,7 +213,7 @@ def build_repository(
 
     manifest = {
         "vidtrt_version": __version__, "model": model_param, "model_name": config.name, "engine": engine,
-        "device": device, "models": written, "generation_model": names.stream,
+        "device": device, "precision": precision, "models": written, "generation_model": names.stream,
         "sync_model": names.sync if sync_model else None,
         "inputs": [t.name for t in request_io.REQUEST_INPUTS], "outputs": [t.name for t in request_io.RESPONSE_OUTPUTS],
     }
@@ -220,6 +234,8 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="where to write the repository (default build/model_repository)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="component instances on CPU (KIND_CPU) or on each GPU (KIND_GPU); default cpu")
+    parser.add_argument("--precision", default="auto", choices=list(PRECISIONS),
+                        help="torch-engine components' dtype (auto: bf16 with --device cuda, fp32 on cpu)")
     parser.add_argument("--dit-instances", type=int, default=1,
                         help="DiT model instances per device (each holds the weights; default 1)")
     parser.add_argument("--max-concurrent", type=int, default=4,
@@ -234,7 +250,7 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 def build_main(args: argparse.Namespace) -> int:
     out = build_repository(
-        args.model, args.out, args.engine, artifacts=args.artifacts, device=args.device,
+        args.model, args.out, args.engine, artifacts=args.artifacts, device=args.device, precision=args.precision,
         dit_instances=args.dit_instances, max_concurrent_generations=args.max_concurrent,
         sync_model=not args.no_sync_model, sync_instances=args.sync_instances,
         overwrite=args.force or _is_vidtrt_repo(args.out),

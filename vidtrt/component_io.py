@@ -207,11 +207,12 @@ class ComponentServer:
 
 
 def load_component(key: str, model: str | Path, engine: str = "torch", device: str = "cpu",
-                   artifacts: str | Path | None = None) -> Callable:
+                   artifacts: str | Path | None = None, precision: str = "fp32") -> Callable:
     """The callable a component model serves.
 
     ``engine="torch"``: the project's PyTorch modules (:mod:`vidtrt.pipeline` loaders), exactly what
-    ``vidtrt run`` uses. Other engines (``onnxruntime``, ``tensorrt``) are delegated to
+    ``vidtrt run`` uses, in ``precision`` (fp32, bf16, fp16). Other engines (``onnxruntime``,
+    ``tensorrt``) are delegated to
     ``vidtrt.engine_components.load_component(key, model, engine=..., artifacts=..., device=...)``, the hook
     the engines issue provides; without it this raises a one-line EngineError.
     """
@@ -225,7 +226,10 @@ def load_component(key: str, model: str | Path, engine: str = "torch", device: s
         config = load_model_config(model)
         loader = {"text_encoder": pipeline.load_text_encoder, "dit": pipeline.load_dit,
                   "vae_decoder": pipeline.load_vae_decoder}[key]
-        return loader(folder, config, device)
+        dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+        if precision not in dtypes:
+            raise EngineError(f"invalid precision {precision!r}: accepted {list(dtypes)}")
+        return loader(folder, config, device, dtypes[precision])
     try:
         from vidtrt.engine_components import load_component as load_engine_component
     except ImportError:

@@ -54,7 +54,7 @@ class TritonPythonModel:
                     f"{self.model_name}: config tensors {declared_in} -> {declared_out} do not match the {key} spec "
                     f"{spec.input_names} -> {spec.output_names}; rebuild the repository with `vidtrt build`")
             fn = load_component(key, params["model"], engine=params.get("engine") or "torch", device=device,
-                                artifacts=params.get("artifacts") or None)
+                                artifacts=params.get("artifacts") or None, precision=params.get("precision") or "fp32")
         except VidtrtError as e:
             raise pb_utils.TritonModelException(f"{self.model_name}: {e}") from None
         fail = params.get("fail_on_guidance") or None
