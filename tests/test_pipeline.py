@@ -150,3 +150,23 @@ def test_small_preset_is_cpu_sized_and_embedded():
     params = sum(p.numel() for p in dit.parameters())
     assert 30e6 < params < 60e6, params
     assert small.text == preset("tiny").text and small.vae == preset("tiny").vae
+
+
+def test_bf16_denoiser_keeps_the_timestep_exact(pipe):
+    """bf16 weights must not round 1000 * sigma (997.09 and 994.08 would both become 996)."""
+    from vidtrt.pipeline import TorchDenoiser
+
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1, dtype=torch.bfloat16))
+
+        def forward(self, hidden_states, timestep, *rest):
+            seen.append(timestep)
+            return hidden_states
+
+    text = pipe.components.encode_text(["a cat"])
+    TorchDenoiser(Spy())(torch.zeros(1, 16, 1, 2, 2), torch.tensor([997.0912]), text, torch.tensor([6000.0]))
+    assert seen[0].dtype == torch.float32 and seen[0].item() == torch.tensor(997.0912).item()

@@ -27,7 +27,7 @@ class TorchDenoiser:
         d, dt = self.device, self.dtype
         out = self.module(
             latents.to(d, dt),
-            timestep.to(d, dt),
+            timestep.to(d, torch.float32),  # as diffusers: the sinusoid sees the exact 1000 * sigma, not bf16
             text.prompt_embeds.to(d, dt),
             text.attention_mask.to(d),
             text.pooled.to(d, dt),
