@@ -142,9 +142,12 @@ def python_backend_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     except OSError:  # another process won the race, or a partial directory exists
         if not all((py / name).is_file() for name in src):
             shutil.rmtree(out, ignore_errors=True)
-            tmp.rename(out)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                tmp.rename(out)
+            except OSError:
+                if not all((py / name).is_file() for name in src):
+                    raise ServerError(f"could not assemble the Python backend directory {out}") from None
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -222,9 +225,15 @@ def stub_python_env(auto_install: bool = True) -> Path | None:
             "".join(f"import site; site.addsitedir({d!r})\n" for d in site_dirs)
         )
         (tmp / ".vidtrt-complete").write_text(f"numpy<2 overlay for {sys.prefix}\n")
-        if root.exists():
+        if (root / ".vidtrt-complete").exists():
+            return root  # another process finished first and may be serving from it: keep theirs
+        if root.exists():  # a partial leftover of an interrupted build
             shutil.rmtree(root, ignore_errors=True)
-        tmp.rename(root)
+        try:
+            tmp.rename(root)
+        except OSError:
+            if not (root / ".vidtrt-complete").exists():
+                raise ServerError(f"could not create the Triton stub environment at {root}") from None
     except subprocess.CalledProcessError as e:
         detail = e.stderr.decode(errors="replace")[-300:]
         raise ServerError(f"could not create the Triton stub environment: {detail}") from None
