@@ -128,6 +128,7 @@ def build_repository(
     from vidtrt import __version__, request_io
     from vidtrt.checkpoints import load_model_config, resolve_model
     from vidtrt.component_io import specs_for_triton
+    from vidtrt.configs import EMBEDDED_PRESETS
 
     if engine not in ENGINES:
         raise RepositoryError(f"invalid engine {engine!r}: accepted {list(ENGINES)}")
@@ -151,6 +152,13 @@ def build_repository(
     if artifacts and not Path(artifacts).is_dir():
         raise RepositoryError(f"artifacts folder not found: {artifacts}")
 
+    # The model as the server will load it: embedded presets ('tiny', 'small') stay names (every process
+    # regenerates the same seeded checkpoint into its cache); folders become absolute paths. Resolved
+    # before anything is replaced, so a bad --model leaves an existing repository as it was.
+    model_param = str(model) if str(model) in EMBEDDED_PRESETS else str(resolve_model(model).resolve())
+    config = load_model_config(model)
+    specs = specs_for_triton(config)
+
     templates = templates_dir()
     out = Path(out_dir).resolve()
     if out == templates.resolve() or templates.resolve() in out.parents:
@@ -162,11 +170,6 @@ def build_repository(
             raise RepositoryError(f"{out} exists; pass overwrite=True (--force) to replace it")
         shutil.rmtree(out)
 
-    # The model as the server will load it: 'tiny' stays 'tiny' (every process regenerates the same
-    # seeded checkpoint into its cache); folders become absolute paths.
-    model_param = "tiny" if str(model) == "tiny" else str(resolve_model(model).resolve())
-    config = load_model_config(model)
-    specs = specs_for_triton(config)
     names = ModelNames(family)
     kind = "KIND_GPU" if device == "cuda" else "KIND_CPU"
     instances = {"text_encoder": text_encoder_instances, "dit": dit_instances, "vae_decoder": vae_decoder_instances}

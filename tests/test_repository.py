@@ -155,3 +155,15 @@ def test_component_server_fault_injection_and_hook():
         server.run(feeds)
     with pytest.raises(EngineError, match="unknown component"):
         load_component("unet", "tiny")
+
+
+def test_bad_model_leaves_existing_repository(tmp_path):
+    from vidtrt.export.repository import build_repository
+
+    from vidtrt.errors import CheckpointError
+
+    out = build_repository("tiny", tmp_path / "repo")
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(CheckpointError, match="model folder not found"):
+        build_repository(tmp_path / "typo", out)
+    assert sorted(p.name for p in out.iterdir()) == before
