@@ -286,7 +286,9 @@ class VideoClient:
         finally:
             if not cancelled:
                 try:
-                    client.stop_stream()
+                    # Leaving before the final response (an error, or the caller's progress callback
+                    # raised) cancels the request on the server instead of waiting for its video.
+                    client.stop_stream(cancel_requests=not clean)
                 except Exception:
                     clean = False
             if not clean:

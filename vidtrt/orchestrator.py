@@ -47,6 +47,8 @@ def denoise(
     """Text encoding and the denoising loop for a validated request: final latents float32 [1, C, T', h, w]."""
     r = request
     start = time.perf_counter() if start_time is None else start_time
+    if should_cancel is not None and should_cancel():  # e.g. cancelled while queued behind other requests
+        raise CancelledError("generation cancelled before text encoding")
     text = components.encode_text([r.prompt], r.prompt_policy)
     negative: TextEmbeddings | None = None
     if r.do_true_cfg:

@@ -63,6 +63,10 @@ def configure_kernels(device: str | torch.device, attention: str | None = None) 
         from vidtrt.kernels.rope import install_fused_qk_norm_rope
 
         install_fused_qk_norm_rope(True)
+    else:
+        from vidtrt.models.rope import set_qk_norm_rope_impl
+
+        set_qk_norm_rope_impl(None)  # the torch path (a CUDA pipeline loaded earlier may have set the kernel)
     set_backend(backend)
     return backend
 
