@@ -170,3 +170,18 @@ def test_bf16_denoiser_keeps_the_timestep_exact(pipe):
     text = pipe.components.encode_text(["a cat"])
     TorchDenoiser(Spy())(torch.zeros(1, 16, 1, 2, 2), torch.tensor([997.0912]), text, torch.tensor([6000.0]))
     assert seen[0].dtype == torch.float32 and seen[0].item() == torch.tensor(997.0912).item()
+
+
+def test_tiny_writer_is_deterministic_and_leaves_the_rng(tmp_path):
+    from safetensors.torch import load_file
+
+    from vidtrt.checkpoints import resolve_model
+    from vidtrt.embedded import write_tiny_checkpoint
+
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    write_tiny_checkpoint(tmp_path / "t")
+    assert torch.equal(state, torch.random.get_rng_state())
+    ours = load_file(tmp_path / "t" / "transformer" / "diffusion_pytorch_model.safetensors")
+    cached = load_file(resolve_model("tiny") / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert ours.keys() == cached.keys() and all(torch.equal(ours[k], cached[k]) for k in ours)

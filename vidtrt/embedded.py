@@ -51,11 +51,12 @@ def write_tiny_checkpoint(folder: str | Path, seed: int = TINY_SEED, name: str =
     config = preset(name)
     folder.mkdir(parents=True, exist_ok=True)
 
-    torch.manual_seed(seed)
-    dit = HunyuanVideoTransformer3D(config.transformer)
+    with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG state
+        torch.manual_seed(seed)
+        dit = HunyuanVideoTransformer3D(config.transformer)
+        torch.manual_seed(seed + 1)
+        vae = HunyuanVideoVAEDecoder(config.vae)
     _save_component(folder / "transformer", dit, "HunyuanVideoTransformer3DModel", config.transformer)
-    torch.manual_seed(seed + 1)
-    vae = HunyuanVideoVAEDecoder(config.vae)
     _save_component(folder / "vae", vae, "AutoencoderKLHunyuanVideo", config.vae)
 
     sched = folder / "scheduler"
