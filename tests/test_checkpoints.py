@@ -223,7 +223,7 @@ def test_fp32_file_is_loaded_zero_copy(diffusers_folder):
         shard_tensors.update(read_safetensors(shard))
     maps = Path("/proc/self/maps").read_text() if Path("/proc/self/maps").exists() else ""
     if not maps:
-        pytest.skip("no /proc/self/maps")
+        pytest.skip(reason="no /proc/self/maps")
     ranges = [(int(lo, 16), int(hi, 16)) for line in maps.splitlines() if "diffusion_pytorch_model-" in line
               for lo, hi in [line.split()[0].split("-")]]
     for name, p in model.named_parameters():

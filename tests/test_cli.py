@@ -130,7 +130,7 @@ def _console_script() -> str:
         return str(script)
     found = shutil.which("vidtrt")
     if found is None:
-        pytest.skip("the vidtrt console script is not installed")
+        pytest.skip(reason="the vidtrt console script is not installed")
     return found
 
 

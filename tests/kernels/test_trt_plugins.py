@@ -16,7 +16,7 @@ from vidtrt.errors import EngineError
 
 def test_register_without_tensorrt_is_one_clear_error():
     if trt_plugins.trtp is not None:  # pragma: no cover - a machine with TensorRT
-        pytest.skip("TensorRT is installed here")
+        pytest.skip(reason="TensorRT is installed here")
     with pytest.raises(EngineError) as info:
         trt_plugins.register_plugins()
     msg = str(info.value)
