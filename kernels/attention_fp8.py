@@ -341,8 +341,8 @@ def quantize_qkv_fp8(
     return Fp8QKV(q8, k8, v8, qs, ks, vs, quant_block)
 
 
-def _token_scale_view(name: str, scale, bsz: int, heads: int, seq: int, quant_block: int, device):
-    """-> (tensor, (stride_b, stride_h, stride_block)) for [], [H], [B, H] or [B, H, NB] scales."""
+def _scale_tensor(name: str, scale, device) -> torch.Tensor:
+    """A user-given scale (positive float or float32 tensor on q's device) as a float32 tensor."""
     if isinstance(scale, bool) or not isinstance(scale, (int, float, torch.Tensor)):
         raise TypeError(f"{name} must be a float or a float32 tensor, got {type(scale).__name__}")
     if not isinstance(scale, torch.Tensor):
@@ -353,6 +353,12 @@ def _token_scale_view(name: str, scale, bsz: int, heads: int, seq: int, quant_bl
         raise TypeError(f"{name} has dtype {scale.dtype}: accepted torch.float32")
     if scale.device != device:
         raise ValueError(f"{name} is on {scale.device}, q is on {device}: accepted the same device")
+    return scale
+
+
+def _token_scale_view(name: str, scale, bsz: int, heads: int, seq: int, quant_block: int, device):
+    """-> (tensor, (stride_b, stride_h, stride_block)) for [], [H], [B, H] or [B, H, NB] scales."""
+    scale = _scale_tensor(name, scale, device)
     nb = triton.cdiv(seq, quant_block)
     shape = tuple(scale.shape)
     if shape in ((), (1,)):
@@ -371,16 +377,7 @@ def _token_scale_view(name: str, scale, bsz: int, heads: int, seq: int, quant_bl
 
 
 def _channel_scale_view(name: str, scale, bsz: int, heads: int, dim: int, device):
-    if isinstance(scale, bool) or not isinstance(scale, (int, float, torch.Tensor)):
-        raise TypeError(f"{name} must be a float or a float32 tensor, got {type(scale).__name__}")
-    if not isinstance(scale, torch.Tensor):
-        if not scale > 0:
-            raise ValueError(f"{name}={scale!r}: accepted a positive number")
-        scale = torch.tensor(float(scale), dtype=torch.float32, device=device)
-    if scale.dtype != torch.float32:
-        raise TypeError(f"{name} has dtype {scale.dtype}: accepted torch.float32")
-    if scale.device != device:
-        raise ValueError(f"{name} is on {scale.device}, q is on {device}: accepted the same device")
+    scale = _scale_tensor(name, scale, device)
     shape = tuple(scale.shape)
     if shape in ((), (1,)):
         return scale.reshape(1).expand(dim).contiguous(), (0, 0)
