@@ -95,7 +95,7 @@ def py_cdiv(a: int, b: int) -> int:
 # Specs (one per plugin / dtype / tactic)
 # ----------------------------------------------------------------------------------------------
 def rope_spec(dtype: str = "bf16", head_dim: int = 128, fp8_out: bool = False, eps: float = 1e-6,
-              weight_dtype: str = "fp32", block_r: int | None = None, num_warps: int = 4) -> KernelSpec:
+              weight_dtype: str = "fp32", block_r: int | None = None, num_warps: int = 8) -> KernelSpec:
     """vidtrt::qk_norm_rope[_fp8]: q, k [B, S, H, D]; weight_q, weight_k [D]; cos, sin float32 [N, D]
     (N = image tokens); fp8: q_scale, k_scale float32 [H]. Outputs contiguous [B, S, H, D]."""
     if dtype not in ("bf16", "fp16", "fp32"):
@@ -178,8 +178,12 @@ def attention_spec(dtype: str = "bf16", head_dim: int = 128, tactic: int = 0, ar
 def attention_fp8_spec(head_dim: int = 128, out_dtype: str = "bf16", tactic: int = 0,
                        arch: int = DEFAULT_ARCH) -> KernelSpec:
     """vidtrt::attention_fp8: q8 [B, Sq, H, D], k8 [B, Sk, H, D] e4m3 with per-(batch, head) scales
-    q_scale, k_scale float32 [B, H]; v8 e4m3 stored transposed [B, H, D, Sk] with per-channel scales
-    v_scale float32 [B, H, D]; key_lengths int32 [B] -> out [B, Sq, H, D] in out_dtype."""
+    q_scale, k_scale float32 [B, H]; v8t e4m3 stored transposed [B, H, D, Sk16] (Sk16 = Sk rounded up
+    to a multiple of 16, entries past Sk unread) with per-channel scales v_scale float32 [B, H, D];
+    key_lengths int32 [B] -> out [B, Sq, H, D] in out_dtype.
+
+    The token stride of v8t is compiled in (1) and its row stride is a multiple of 16: without both,
+    ptxas can only load V byte by byte (LDG.U8 in the SASS) instead of 16-byte async copies."""
     cfg = attention_tactics(head_dim, True, arch)[tactic]
     bm = cfg["BLOCK_M"]
     args = [
@@ -189,7 +193,7 @@ def attention_fp8_spec(head_dim: int = 128, out_dtype: str = "bf16", tactic: int
         _i("seq_q"), _i("seq_k"), _i("num_heads"),
         _i("stride_qb", True), _i("stride_qs", True), _i("stride_qh", True),
         _i("stride_kb", True), _i("stride_ks", True), _i("stride_kh", True),
-        _i("stride_vb"), _i("stride_vs"), _i("stride_vh"), _i("stride_vd"),
+        _i("stride_vb", True), _i("stride_vh", True), _i("stride_vd", True),  # stride_vs: constexpr 1
         _i("stride_qsb"), _i("stride_qsh"), _i("stride_qsn"),
         _i("stride_ksb"), _i("stride_ksh"), _i("stride_ksn"),
         _i("stride_vsb", True), _i("stride_vsh", True),
@@ -197,21 +201,24 @@ def attention_fp8_spec(head_dim: int = 128, out_dtype: str = "bf16", tactic: int
         _p("out", "output", out_dtype),
     ]  # fmt: skip
     const = {"HEAD_DIM": head_dim, "BLOCK_M": bm, "BLOCK_N": cfg["BLOCK_N"], "Q_QBLOCK": 128, "K_QBLOCK": 128,
-             "QK_SCALE": LOG2E / math.sqrt(head_dim), "EXACT_FP8": False}  # fmt: skip
+             "QK_SCALE": LOG2E / math.sqrt(head_dim), "EXACT_FP8": False, "stride_vs": 1}  # fmt: skip
 
     def launch(dims: Dims, cdiv=py_cdiv):
         b, sq, h, d = dims["q8"]
         sk = dims["k8"][1]
+        sk16 = dims["v8t"][3]
+        if isinstance(sk16, int) and isinstance(sk, int) and (sk16 % 16 or sk16 < sk):
+            raise ValueError(f"v8t has {sk16} tokens per row: accepted k's {sk} rounded up to a multiple of 16")
         q_str = [sq * h * d, h * d, d]
         k_str = [sk * h * d, h * d, d]
-        v_str = [h * d * sk, 1, d * sk, sk]  # [B, H, D, Sk] seen as (b, s, h, d)
+        v_str = [h * d * sk16, d * sk16, sk16]  # [B, H, D, Sk16] seen as (b, s, h, d); s stride compiled in
         per_bh = [h, 1, 0]  # [B, H] scales: one per (batch, head), any token block
         return (cdiv(sq, bm), b * h, 1), [sq, sk, h, *q_str, *k_str, *v_str, *per_bh, *per_bh, h * d, d, *q_str]
 
     return KernelSpec(
         plugin="vidtrt::attention_fp8", kernel_ref="vidtrt.kernels.attention_fp8:_attn_fwd_fp8_kernel",
         args=args, constexprs=const, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], launch=launch,
-        io={"q8": "[B,Sq,H,D] e4m3", "k8": "[B,Sk,H,D] e4m3", "v8t": "[B,H,D,Sk] e4m3", "q_scale": "[B,H] fp32",
+        io={"q8": "[B,Sq,H,D] e4m3", "k8": "[B,Sk,H,D] e4m3", "v8t": "[B,H,D,Sk16] e4m3", "q_scale": "[B,H] fp32",
             "k_scale": "[B,H] fp32", "v_scale": "[B,H,D] fp32", "key_lengths": "[B] int32", "out": "[B,Sq,H,D]"},
         request={"kind": "attention_fp8", "head_dim": head_dim, "out_dtype": out_dtype, "tactic": tactic, "arch": arch},
     )  # fmt: skip
@@ -256,6 +263,8 @@ class AotPayload:
     triton_version: str
     request: dict[str, Any]
     divisibility_hints: bool = True  # 16-byte alignment hints reached the compiler
+    spill_bytes: int | None = None  # ptxas: spill stores + loads (local memory traffic per thread)
+    sass_opcodes: dict[str, int] = field(default_factory=dict)  # SASS mnemonic counts (cuobjdump)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -306,7 +315,21 @@ def ptx_type_matches(decl: str, arg_type: str) -> bool:
     return False
 
 
-def _ptxas_check(ptx: str, arch: str) -> tuple[bool, str, int | None]:
+@dataclass
+class PtxasReport:
+    """What ptxas and cuobjdump say of one PTX: assembled?, registers, local-memory spills, SASS mix."""
+
+    ok: bool
+    log: str
+    registers: int | None
+    spill_bytes: int | None  # spill stores + spill loads (0: everything lives in registers)
+    sass_opcodes: dict[str, int]  # full SASS mnemonic -> count (HGMMA.*, LDGSTS.E.BYPASS.128, LDG.E.U8, ...)
+
+
+_SASS_OP_RE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_.]*)")
+
+
+def _ptxas_check(ptx: str, arch: str) -> PtxasReport:
     try:
         from triton.backends.nvidia.compiler import get_ptxas
 
@@ -315,15 +338,30 @@ def _ptxas_check(ptx: str, arch: str) -> tuple[bool, str, int | None]:
         import triton
 
         ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    cuobjdump = os.path.join(os.path.dirname(ptxas), "cuobjdump")
+    sass = ""
     with tempfile.TemporaryDirectory() as d:
-        src = os.path.join(d, "k.ptx")
+        src, cubin = os.path.join(d, "k.ptx"), os.path.join(d, "k.cubin")
         with open(src, "w") as f:
             f.write(ptx)
-        proc = subprocess.run([ptxas, "-v", f"-arch={arch}", src, "-o", os.path.join(d, "k.cubin")],
-                              capture_output=True, text=True)  # fmt: skip
+        proc = subprocess.run([ptxas, "-v", f"-arch={arch}", src, "-o", cubin], capture_output=True, text=True)
+        if proc.returncode == 0 and os.path.exists(cuobjdump):
+            sass = subprocess.run([cuobjdump, "-sass", cubin], capture_output=True, text=True).stdout
     log = (proc.stdout + proc.stderr).strip()
     regs = re.search(r"Used (\d+) registers", log)
-    return proc.returncode == 0, log[-2000:], int(regs.group(1)) if regs else None
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    ops: dict[str, int] = {}
+    for m in _SASS_OP_RE.finditer(sass):
+        ops[m.group(1)] = ops.get(m.group(1), 0) + 1
+    return PtxasReport(
+        ok=proc.returncode == 0, log=log[-2000:], registers=int(regs.group(1)) if regs else None,
+        spill_bytes=int(spills.group(1)) + int(spills.group(2)) if spills else None, sass_opcodes=ops,
+    )  # fmt: skip
+
+
+def sass_count(opcodes: dict[str, int], prefix: str) -> int:
+    """Instructions whose mnemonic is ``prefix`` or starts with ``prefix.`` (e.g. "HGMMA", "LDG.E.U8")."""
+    return sum(n for op, n in opcodes.items() if op == prefix or op.startswith(prefix + "."))
 
 
 def _interpreter_on() -> bool:
@@ -384,7 +422,7 @@ def compile_spec(spec: KernelSpec, arch: int = DEFAULT_ARCH, ptx_version: int | 
         if not ptx_type_matches(decl, a.type):
             raise ValueError(f"PTX parameter {decl!r} does not match argument {a.name} ({a.type})")
     target_str = re.search(r"\.target\s+(\w+)", ptx_clean).group(1)
-    ok, log, regs = _ptxas_check(ptx_clean, target_str) if check_ptxas else (False, "not run", None)
+    rep = _ptxas_check(ptx_clean, target_str) if check_ptxas else PtxasReport(False, "not run", None, None, {})
     cubin = compiled.asm.get("cubin", b"") or b""
     return AotPayload(
         plugin=spec.plugin, kernel_name=name, ptx=ptx_clean, target=target_str,
@@ -393,7 +431,8 @@ def compile_spec(spec: KernelSpec, arch: int = DEFAULT_ARCH, ptx_version: int | 
         shared_mem=int(md.shared), args=[asdict(a) for a in spec.args],
         constexprs={k: v for k, v in spec.constexprs.items()}, ptx_params=params, stripped_params=stripped,
         global_scratch_size=gs, profile_scratch_size=ps, cubin_sha256=hashlib.sha256(cubin).hexdigest(),
-        cubin_size=len(cubin), ptxas_ok=ok, ptxas_log=log, registers=regs, triton_version=triton.__version__,
+        cubin_size=len(cubin), ptxas_ok=rep.ok, ptxas_log=rep.log, registers=rep.registers,
+        spill_bytes=rep.spill_bytes, sass_opcodes=rep.sass_opcodes, triton_version=triton.__version__,
         request=dict(spec.request), divisibility_hints=hints,
     )  # fmt: skip
 

@@ -6,8 +6,9 @@ Plugins (namespace ``vidtrt``; ONNX nodes: op_type = name, ``plugin_namespace="v
                     -> q_out, k_out like q                                         attr: eps
   qk_norm_rope_fp8  the same + q_scale, k_scale [H] fp32 -> q_out, k_out fp8 e4m3   attr: eps
   attention         q, k, v [B,S,H,D] bf16|fp16; key_lengths [B] int32 -> out like q
-  attention_fp8     q8, k8 [B,S,H,D] fp8; v8t [B,H,D,S] fp8; q_scale, k_scale [B,H] fp32;
-                    v_scale [B,H,D] fp32; key_lengths [B] int32 -> out [B,S,H,D] bf16
+  attention_fp8     q8, k8 [B,S,H,D] fp8; v8t [B,H,D,S16] fp8 (S16: S rounded up to a multiple
+                    of 16, 16-byte rows); q_scale, k_scale [B,H] fp32; v_scale [B,H,D] fp32;
+                    key_lengths [B] int32 -> out [B,S,H,D] bf16
 
 Each plugin has an ``aot_impl`` returning the Triton kernel compiled to PTX (``kernels/aot.py``):
 the engine embeds the PTX and launches it with the symbolic grid and int32 scalars given here, so

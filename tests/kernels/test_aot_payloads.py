@@ -52,8 +52,9 @@ KERNELS = {
 def test_payload_set(payloads):
     plugins = [p.plugin for p in payloads]
     assert set(plugins) == set(KERNELS)
-    assert plugins.count("vidtrt::attention") == 3 and plugins.count("vidtrt::attention_fp8") == 2
-    assert len(aot.attention_tactics(128, False)) >= 2 and len(aot.attention_tactics(128, True)) >= 2
+    n_bf16, n_fp8 = len(aot.attention_tactics(128, False)), len(aot.attention_tactics(128, True))
+    assert n_bf16 >= 2 and n_fp8 >= 2
+    assert plugins.count("vidtrt::attention") == n_bf16 + 1 and plugins.count("vidtrt::attention_fp8") == n_fp8
 
 
 def test_payload_structure(payloads):
@@ -85,13 +86,39 @@ def test_payload_structure(payloads):
 
 
 def test_tensor_cores_used(payloads):
+    """PTX asks for wgmma, and ptxas really emitted Hopper's warpgroup MMA (HGMMA / QGMMA in SASS,
+    not the slower HMMA path)."""
     for p in payloads:
+        ops = p.sass_opcodes
+        assert ops, f"{p.plugin}: no SASS (cuobjdump missing next to ptxas?)"
         if p.plugin == "vidtrt::attention" and p.request["dtype"] == "bf16":
             assert "wgmma.mma_async" in p.ptx and ".bf16.bf16" in p.ptx
+            assert aot.sass_count(ops, "HGMMA") > 0 and aot.sass_count(ops, "HMMA") == 0
         if p.plugin == "vidtrt::attention_fp8":
             assert "wgmma.mma_async" in p.ptx and ".e4m3.e4m3" in p.ptx
+            assert aot.sass_count(ops, "QGMMA") > 0 and aot.sass_count(ops, "HMMA") == 0
         if p.plugin == "vidtrt::qk_norm_rope_fp8":
             assert "cvt.rn.satfinite.e4m3x2.f32" in p.ptx
+
+
+def test_registers_and_memory_access(payloads):
+    """Every Hopper tactic keeps its tiles in registers, and tiles move by 16-byte async copies.
+
+    Spills: tactic 0 none; any tactic at most 128 bytes (a 128-row tile on 4 warps spills 300-3000).
+    Byte loads: FP8 V rows are 16-byte aligned by contract (v8t [B, H, D, S16], token stride compiled
+    in), so only the one masked tail block of keys per program may load V byte by byte
+    (BLOCK_N * D / threads of them); a V layout the compiler cannot vectorize doubles that count.
+    """
+    for p in payloads:
+        where = (p.plugin, p.request.get("tactic"), p.request.get("dtype"))
+        ops = p.sass_opcodes
+        assert p.spill_bytes is not None, where
+        assert p.spill_bytes <= (0 if not p.request.get("tactic") else 128), (where, p.spill_bytes)
+        if p.plugin.startswith("vidtrt::attention"):
+            assert aot.sass_count(ops, "LDGSTS.E.BYPASS.128") > 0, where
+            byte_loads = aot.sass_count(ops, "LDG.E.U8")
+            tail = p.constexprs["BLOCK_N"] * p.constexprs["HEAD_DIM"] // (32 * p.num_warps)
+            assert byte_loads <= (tail if p.plugin == "vidtrt::attention_fp8" else 0), (where, byte_loads)
 
 
 @pytest.mark.parametrize("seq", [16 * 1024, 67_576, 119_056])
@@ -106,7 +133,7 @@ def test_launch_values_at_hunyuan_shapes(payloads, seq):
         elif p.plugin == "vidtrt::attention":
             dims = {"q": (b, seq, h, d), "k": (b, seq, h, d)}
         else:
-            dims = {"q8": (b, seq, h, d), "k8": (b, seq, h, d)}
+            dims = {"q8": (b, seq, h, d), "k8": (b, seq, h, d), "v8t": (b, h, d, -(-seq // 16) * 16)}
         grid, scalars = aot.launch_values(p, dims)
         assert all(0 < g < 2**31 for g in grid) and grid[1] <= 65535 and grid[2] <= 65535
         assert len(scalars) == sum(a["kind"] == "scalar" for a in p.args)
@@ -209,11 +236,13 @@ def test_attention_fp8_launch_math():
     q8 = (q / qs[:, None, :, None]).to(torch.float8_e4m3fn)
     k8 = (k / ks[:, None, :, None]).to(torch.float8_e4m3fn)
     v8, vs = quantize_v_per_channel(v)
-    v8t = v8.permute(0, 2, 3, 1).contiguous()  # [B, H, D, S], exactly the plugin input layout
+    # [B, H, D, S16], exactly the plugin input layout (tokens padded to 48 with NaN: never read)
+    v8t = torch.nn.functional.pad(v8.permute(0, 2, 3, 1).contiguous().view(torch.uint8), (0, 8), value=0x7F)
+    v8t = v8t.view(torch.float8_e4m3fn)
     spec = aot.attention_fp8_spec(d)
     out = torch.empty(b, s, h, d, dtype=torch.bfloat16)
     t = {"q8": q8, "k8": k8, "v8t": v8t, "q_scale": qs, "k_scale": ks, "v_scale": vs, "key_lengths": kl, "out": out}
-    _launch_like_trt(spec, t, {"q8": q8.shape, "k8": k8.shape}, {"EXACT_FP8": True})
+    _launch_like_trt(spec, t, {"q8": q8.shape, "k8": k8.shape, "v8t": v8t.shape}, {"EXACT_FP8": True})
     ref = attention_reference(q, k, v, kl)
     assert cosine_similarity(out, ref) >= 0.995
     emu = attention_fp8_emulation(q8, k8, v8, qs, ks, vs, kl, block_n=spec.constexprs["BLOCK_N"])
