@@ -63,13 +63,11 @@ def make_inputs(config, frames: int, height: int, width: int, text_len: int, tex
                 guidance=torch.tensor([6000.0], device=device))  # fmt: skip
 
 
-def _configure(backend: str) -> None:
-    from vidtrt.kernels.rope import install_fused_qk_norm_rope
+def _kernels(backend: str):
+    """The engine's kernel choice for one backend: the Triton backends also fuse norm + RoPE."""
+    from vidtrt.pipeline import KernelChoice
 
-    from vidtrt.models.attention import set_backend
-
-    set_backend(backend)
-    install_fused_qk_norm_rope(backend != "sdpa")
+    return KernelChoice(backend, fused_rope=backend != "sdpa")
 
 
 def _sync(device):
@@ -82,7 +80,6 @@ def run(height: int = 544, width: int = 960, frames: int = 129, text_len: int = 
         time_budget_s: float | None = None, log=print) -> list[dict]:
     bootstrap()
     from vidtrt.configs import TransformerConfig, tiny_config
-    from vidtrt.models.attention import get_backend
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     t_start = time.perf_counter()
@@ -97,45 +94,37 @@ def run(height: int = 544, width: int = 960, frames: int = 129, text_len: int = 
     n_img = lat[2] * (lat[3] // 2) * (lat[4] // 2)
     rows: list[dict] = []
     outputs: dict[str, torch.Tensor] = {}
-    before = get_backend()
-    try:
-        for backend in backends:
-            if time_budget_s is not None and rows:
-                spent = time.perf_counter() - t_start
-                per = max(r.get("first_step_s", 0) + r.get("s_per_step", 0) * steps for r in rows if "s_per_step" in r)
-                if spent + per * 1.2 > time_budget_s:
-                    log(f"  {backend}: skipped (time budget)")
-                    rows.append({"backend": backend, "skipped": "time budget"})
-                    continue
-            _configure(backend)
-            if device == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            with torch.inference_mode():
+    for backend in backends:
+        if time_budget_s is not None and rows:
+            spent = time.perf_counter() - t_start
+            per = max(r.get("first_step_s", 0) + r.get("s_per_step", 0) * steps for r in rows if "s_per_step" in r)
+            if spent + per * 1.2 > time_budget_s:
+                log(f"  {backend}: skipped (time budget)")
+                rows.append({"backend": backend, "skipped": "time budget"})
+                continue
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        with torch.inference_mode(), _kernels(backend).active():
+            t0 = time.perf_counter()
+            out = model(**inputs)  # warm-up: compiles / autotunes the kernels
+            _sync(device)
+            first = time.perf_counter() - t0
+            times = []
+            for _ in range(steps):
                 t0 = time.perf_counter()
-                out = model(**inputs)  # warm-up: compiles / autotunes the kernels
+                out = model(**inputs)
                 _sync(device)
-                first = time.perf_counter() - t0
-                times = []
-                for _ in range(steps):
-                    t0 = time.perf_counter()
-                    out = model(**inputs)
-                    _sync(device)
-                    times.append(time.perf_counter() - t0)
-            outputs[backend] = out.float().cpu()
-            row = {"backend": backend, "height": height, "width": width, "frames": frames, "image_tokens": n_img,
-                   "text_tokens": text_len, "text_valid": text_valid, "seq": n_img + text_len,
-                   "first_step_s": round(first, 3), "s_per_step": round(min(times), 4),
-                   "steps_timed": steps, "finite": bool(torch.isfinite(out).all())}  # fmt: skip
-            if device == "cuda":
-                row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-            rows.append(row)
-            log(f"  {backend:<11} {row['s_per_step']:8.3f} s/step (first {first:.1f} s)"
-                + (f"  peak {row.get('peak_mem_gib')} GiB" if device == "cuda" else ""))  # fmt: skip
-    finally:
-        _configure(before if before in BACKENDS else "sdpa")
-        from vidtrt.kernels.rope import install_fused_qk_norm_rope
-
-        install_fused_qk_norm_rope(False)
+                times.append(time.perf_counter() - t0)
+        outputs[backend] = out.float().cpu()
+        row = {"backend": backend, "height": height, "width": width, "frames": frames, "image_tokens": n_img,
+               "text_tokens": text_len, "text_valid": text_valid, "seq": n_img + text_len,
+               "first_step_s": round(first, 3), "s_per_step": round(min(times), 4),
+               "steps_timed": steps, "finite": bool(torch.isfinite(out).all())}  # fmt: skip
+        if device == "cuda":
+            row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        rows.append(row)
+        log(f"  {backend:<11} {row['s_per_step']:8.3f} s/step (first {first:.1f} s)"
+            + (f"  peak {row.get('peak_mem_gib')} GiB" if device == "cuda" else ""))  # fmt: skip
     base = outputs.get("sdpa")
     for r in rows:
         if base is not None and r.get("backend") in outputs and r["backend"] != "sdpa":

@@ -165,7 +165,7 @@ def _(q, k, v, key_lengths):
 def _dequant_attention(q8, k8, v8t, q_scale, k_scale, v_scale, key_lengths):
     q = q8.float() * q_scale[:, None, :, None]
     k = k8.float() * k_scale[:, None, :, None]
-    v = (v8t.float() * v_scale[..., None]).permute(0, 3, 1, 2)  # [B, H, D, S] -> [B, S, H, D]
+    v = (v8t[..., : k8.shape[1]].float() * v_scale[..., None]).permute(0, 3, 1, 2)  # [B,H,D,S16] -> [B,S,H,D]
     return attention_reference(q, k, v, key_lengths, compute_dtype=torch.float32).to(torch.bfloat16)
 
 
@@ -176,7 +176,8 @@ def attention_fp8_op(
     if q8.is_cuda:
         from .attention_fp8 import flash_attention_fp8
 
-        return flash_attention_fp8(q8, k8, v8t.permute(0, 3, 1, 2), key_lengths, q_scale=q_scale, k_scale=k_scale,
+        v8 = v8t[..., : k8.shape[1]].permute(0, 3, 1, 2)
+        return flash_attention_fp8(q8, k8, v8, key_lengths, q_scale=q_scale, k_scale=k_scale,
                                    v_scale=v_scale, out_dtype=torch.bfloat16)  # fmt: skip
     return _dequant_attention(q8, k8, v8t, q_scale, k_scale, v_scale, key_lengths)
 
@@ -234,7 +235,8 @@ def attention_plugin_backend(q, k, v, key_lengths):
 
 def quantize_for_fp8_plugin(q: Tensor, k: Tensor, v: Tensor):
     """In-graph FP8 quantization for ``vidtrt::attention_fp8``: (q8, k8, v8t, q_scale [B,H],
-    k_scale [B,H], v_scale [B,H,D]); k is smoothed (token mean removed) first."""
+    k_scale [B,H], v_scale [B,H,D]); k is smoothed (token mean removed) first. v8t is [B, H, D, S16]
+    (tokens zero-padded to a multiple of 16: the kernel's V rows are 16-byte aligned)."""
     qf, kf = q.float(), k.float()
     kf = kf - kf.mean(dim=1, keepdim=True)
     q_scale = (qf.abs().amax(dim=(1, 3)) / FP8_MAX).clamp_min(1e-12)
@@ -243,6 +245,7 @@ def quantize_for_fp8_plugin(q: Tensor, k: Tensor, v: Tensor):
     k8 = (kf / k_scale[:, None, :, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
     vt = v.float().permute(0, 2, 3, 1)  # [B, H, D, S]: transpose before the cast
     v_scale = (vt.abs().amax(dim=-1) / FP8_MAX).clamp_min(1e-12)
+    vt = torch.nn.functional.pad(vt, (0, (-v.shape[1]) % 16))
     v8t = (vt / v_scale[..., None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
     return q8, k8, v8t, q_scale, k_scale, v_scale
 
@@ -283,19 +286,13 @@ def plugin_flavour(flavour: str = "plugin") -> Iterator[None]:
 
     if flavour not in FLAVOURS:
         raise ValueError(f"flavour={flavour!r}: accepted {', '.join(FLAVOURS)}")
-    prev_backend = attn_api.get_backend()
-    prev_rope = rope_api._qk_norm_rope_impl
-    try:
-        if flavour == "decomposed":
-            attn_api.set_backend("sdpa")
-            rope_api.set_qk_norm_rope_impl(None)
-        else:
-            attn_api.set_backend("trt-plugin" if flavour == "plugin" else "trt-plugin-fp8")
-            rope_api.set_qk_norm_rope_impl(qk_norm_rope_plugin)
+    if flavour == "decomposed":
+        backend, rope_impl = "sdpa", None
+    else:
+        backend = "trt-plugin" if flavour == "plugin" else "trt-plugin-fp8"
+        rope_impl = qk_norm_rope_plugin
+    with attn_api.use_backend(backend), rope_api.use_qk_norm_rope_impl(rope_impl):
         yield
-    finally:
-        attn_api.set_backend(prev_backend)
-        rope_api.set_qk_norm_rope_impl(prev_rope)
 
 
 def export_onnx(module: torch.nn.Module, args: tuple, flavour: str = "plugin", path: str | None = None,
@@ -353,7 +350,8 @@ class _AttnRef(torch.nn.Module):
         if self.fp8:
             q = q.float() * q_scale_or_lengths[:, None, :, None]
             k = k.float() * k_scale[:, None, :, None]
-            v = (v.float() * v_scale[..., None]).permute(0, 3, 1, 2)
+            # [B,H,D,S16] -> [B,S,H,D]; cast first (ONNX Slice takes no float8 before opset 23)
+            v = (v.float()[..., : k.shape[1]] * v_scale[..., None]).permute(0, 3, 1, 2)
             out_dtype = torch.bfloat16
         else:
             key_lengths = q_scale_or_lengths
@@ -394,6 +392,7 @@ def _reference_function(name: str, eps: float, opset_version: int) -> onnx.Funct
     b, s, h, d, n = 2, 6, 2, 16, 4
     dyn_b, dyn_n = torch.export.Dim("B", min=1, max=4096), torch.export.Dim("n_img", min=1, max=100000)
     dyn_s = torch.export.Dim("S", min=2, max=100000)
+    dyn_s16 = torch.export.Dim("S16", min=2, max=100016)  # v8t's padded token count
     # distinct example tensors: the exporter merges inputs that are the same Python object
     t = lambda *shape: torch.randn(*shape)  # noqa: E731
     f8 = lambda *shape: torch.randn(*shape).to(FP8_DTYPE)  # noqa: E731
@@ -407,8 +406,8 @@ def _reference_function(name: str, eps: float, opset_version: int) -> onnx.Funct
                              (*rope_dyn, None, None)),
         "attention": (_AttnRef(False), (t(b, s, h, d), t(b, s, h, d), t(b, s, h, d), kl), (x4, x4, x4, {0: dyn_b})),
         "attention_fp8": (_AttnRef(True),
-                          (f8(b, s, h, d), f8(b, s, h, d), f8(b, h, d, s), t(b, h), t(b, h), t(b, h, d), kl),
-                          (x4, x4, {0: dyn_b, 3: dyn_s}, {0: dyn_b}, {0: dyn_b}, {0: dyn_b}, {0: dyn_b})),
+                          (f8(b, s, h, d), f8(b, s, h, d), f8(b, h, d, 16), t(b, h), t(b, h), t(b, h, d), kl),
+                          (x4, x4, {0: dyn_b, 3: dyn_s16}, {0: dyn_b}, {0: dyn_b}, {0: dyn_b}, {0: dyn_b})),
     }  # fmt: skip
     mod, args, dyn = specs[name]
     attrs = [*SCHEMAS[name]["attrs"], *PLUGIN_ATTRS]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,25 +16,71 @@ from vidtrt.orchestrator import ProgressCallback, run_generation
 from vidtrt.request import GenerationRequest
 
 
-class TorchDenoiser:
-    """The DiT module as a :class:`~vidtrt.components.Denoiser` (inputs cast to the module's dtype)."""
+@dataclass(frozen=True)
+class KernelChoice:
+    """The DiT kernels one torch engine runs with: an attention backend and whether the fused
+    Triton norm+RoPE replaces the PyTorch one. Applied per call (thread-local), so pipelines on
+    different devices in one process do not overwrite each other's choice."""
 
-    def __init__(self, module: torch.nn.Module, device: str | torch.device = "cpu"):
+    attention: str = "sdpa"
+    fused_rope: bool = False
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        from vidtrt.models.attention import use_backend
+        from vidtrt.models.rope import use_qk_norm_rope_impl
+
+        rope_impl = None
+        if self.fused_rope:
+            from vidtrt.kernels.rope import qk_norm_rope_fused
+
+            rope_impl = qk_norm_rope_fused
+        with use_backend(self.attention), use_qk_norm_rope_impl(rope_impl):
+            yield
+
+
+def select_kernels(device: str | torch.device, attention: str | None = None) -> KernelChoice:
+    """The DiT's kernels for ``device`` (checked now: an unknown backend or a missing triton fails here).
+
+    CUDA: our Triton-language kernels (fused QK-norm + 3D RoPE, flash attention ``triton`` unless
+    ``attention`` names another backend). CPU: the torch path (``sdpa``) unless told otherwise.
+    """
+    from vidtrt.models.attention import check_backend
+
+    on_cuda = torch.device(device).type == "cuda"
+    choice = KernelChoice(check_backend(attention or ("triton" if on_cuda else "sdpa")), fused_rope=on_cuda)
+    if on_cuda:
+        import vidtrt.kernels.rope  # noqa: F401  (fails here, not at the first step, without triton)
+    return choice
+
+
+class TorchDenoiser:
+    """The DiT module as a :class:`~vidtrt.components.Denoiser` (inputs cast to the module's dtype).
+
+    ``kernels``: the attention backend / norm+RoPE this engine runs with (None: the process-wide
+    defaults of ``vidtrt.models.attention`` and ``vidtrt.models.rope``).
+    """
+
+    def __init__(
+        self, module: torch.nn.Module, device: str | torch.device = "cpu", kernels: KernelChoice | None = None
+    ):
         self.module = module
         self.device = torch.device(device)
         self.dtype = next(module.parameters()).dtype
+        self.kernels = kernels
 
     @torch.inference_mode()
     def __call__(self, latents, timestep, text: TextEmbeddings, guidance) -> torch.Tensor:
         d, dt = self.device, self.dtype
-        out = self.module(
-            latents.to(d, dt),
-            timestep.to(d, torch.float32),  # as diffusers: the sinusoid sees the exact 1000 * sigma, not bf16
-            text.prompt_embeds.to(d, dt),
-            text.attention_mask.to(d),
-            text.pooled.to(d, dt),
-            guidance.to(d, dt),
-        )
+        with self.kernels.active() if self.kernels is not None else contextlib.nullcontext():
+            out = self.module(
+                latents.to(d, dt),
+                timestep.to(d, torch.float32),  # as diffusers: the sinusoid sees the exact 1000 * sigma, not bf16
+                text.prompt_embeds.to(d, dt),
+                text.attention_mask.to(d),
+                text.pooled.to(d, dt),
+                guidance.to(d, dt),
+            )
         return out.to("cpu", torch.float32)
 
 
@@ -49,34 +97,12 @@ class TorchTileDecoder:
         return self.module(latents.to(self.device, self.dtype)).to("cpu", torch.float32)
 
 
-def configure_kernels(device: str | torch.device, attention: str | None = None) -> str:
-    """Choose the DiT's kernels for ``device``; returns the attention backend in use.
-
-    CUDA: our Triton-language kernels (fused QK-norm + 3D RoPE, flash attention ``triton`` unless
-    ``attention`` names another backend). CPU: the torch path (``sdpa``) unless told otherwise.
-    """
-    from vidtrt.models.attention import set_backend
-
-    on_cuda = torch.device(device).type == "cuda"
-    backend = attention or ("triton" if on_cuda else "sdpa")
-    if on_cuda:
-        from vidtrt.kernels.rope import install_fused_qk_norm_rope
-
-        install_fused_qk_norm_rope(True)
-    else:
-        from vidtrt.models.rope import set_qk_norm_rope_impl
-
-        set_qk_norm_rope_impl(None)  # the torch path (a CUDA pipeline loaded earlier may have set the kernel)
-    set_backend(backend)
-    return backend
-
-
 def load_dit(model: str | Path, config: ModelConfig | None = None, device="cpu", dtype=torch.float32,
              attention: str | None = None):
     from vidtrt.checkpoints import load_transformer
 
-    configure_kernels(device, attention)
-    return TorchDenoiser(load_transformer(model, config, dtype=dtype).to(device), device)
+    kernels = select_kernels(device, attention)
+    return TorchDenoiser(load_transformer(model, config, dtype=dtype).to(device), device, kernels)
 
 
 def load_vae_decoder(model: str | Path, config: ModelConfig | None = None, device="cpu", dtype=torch.float32):

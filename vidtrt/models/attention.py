@@ -7,7 +7,9 @@ as a dense S x S mask.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +20,10 @@ from vidtrt.errors import ConfigError
 AttentionBackend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 _BACKENDS: dict[str, AttentionBackend] = {}
-_current = "sdpa"
+_current = "sdpa"  # the process-wide default (set_backend)
+# A per-thread / per-task choice (use_backend) that wins over the default: two pipelines in one
+# process (e.g. one on CUDA with the Triton kernels, one on CPU) each run with their own backend.
+_scoped: ContextVar[str | None] = ContextVar("vidtrt_attention_backend", default=None)
 
 
 def register_backend(name: str, fn: AttentionBackend) -> None:
@@ -33,9 +38,8 @@ def available_backends() -> list[str]:
     return sorted(set(_BACKENDS) | set(KERNEL_BACKENDS))
 
 
-def set_backend(name: str) -> None:
-    """Select the attention backend for every model in this process."""
-    global _current
+def check_backend(name: str) -> str:
+    """``name`` if it is a usable backend (importing the kernels it needs), else a ConfigError."""
     if name in KERNEL_BACKENDS and name not in _BACKENDS:
         try:
             import vidtrt.kernels.attention  # noqa: F401  (registers the kernel backends)
@@ -43,11 +47,28 @@ def set_backend(name: str) -> None:
             raise ConfigError(f"attention backend {name!r} needs the triton package ({e})") from None
     if name not in _BACKENDS:
         raise ConfigError(f"unknown attention backend {name!r}; accepted: {available_backends()}")
-    _current = name
+    return name
+
+
+def set_backend(name: str) -> None:
+    """Select the process-wide default attention backend (a :func:`use_backend` block overrides it)."""
+    global _current
+    _current = check_backend(name)
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Within the block, this thread / task uses backend ``name`` (other threads are unaffected)."""
+    token = _scoped.set(check_backend(name))
+    try:
+        yield
+    finally:
+        _scoped.reset(token)
 
 
 def get_backend() -> str:
-    return _current
+    """The backend :func:`attention` uses here and now."""
+    return _scoped.get() or _current
 
 
 def _tracing() -> bool:
@@ -98,4 +119,4 @@ def attention(
     Returns:
         [B, S, H, D] in q's dtype.
     """
-    return _BACKENDS[_current](q, k, v, key_lengths)
+    return _BACKENDS[get_backend()](q, k, v, key_lengths)

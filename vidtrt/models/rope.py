@@ -11,7 +11,9 @@ the head channels are split ``[t | h | w]`` by ``config.rope_axes_dim``. Within 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 
 import torch
 import torch.nn as nn
@@ -20,15 +22,33 @@ from vidtrt.configs import TransformerConfig
 
 # A replacement for qk_norm_rope (same signature), e.g. a fused CUDA kernel; None = the PyTorch code.
 QKNormRope = Callable[..., "tuple[torch.Tensor, torch.Tensor]"]
-_qk_norm_rope_impl: QKNormRope | None = None
+_qk_norm_rope_impl: QKNormRope | None = None  # the process-wide default
+_UNSET = object()
+_scoped_impl: ContextVar = ContextVar("vidtrt_qk_norm_rope_impl", default=_UNSET)  # per thread / task
 
 
 def set_qk_norm_rope_impl(fn: QKNormRope | None) -> None:
     """Route every :func:`qk_norm_rope` call through ``fn`` (same signature and result); None restores
     the PyTorch implementation. ``fn`` may fall back to :func:`qk_norm_rope_torch` for inputs it does
-    not handle (e.g. CPU tensors)."""
+    not handle (e.g. CPU tensors). A :func:`use_qk_norm_rope_impl` block overrides this default."""
     global _qk_norm_rope_impl
     _qk_norm_rope_impl = fn
+
+
+@contextlib.contextmanager
+def use_qk_norm_rope_impl(fn: QKNormRope | None) -> Iterator[None]:
+    """Within the block, this thread / task routes :func:`qk_norm_rope` through ``fn`` (None: PyTorch)."""
+    token = _scoped_impl.set(fn)
+    try:
+        yield
+    finally:
+        _scoped_impl.reset(token)
+
+
+def get_qk_norm_rope_impl() -> QKNormRope | None:
+    """The implementation :func:`qk_norm_rope` uses here and now (None: the PyTorch code)."""
+    fn = _scoped_impl.get()
+    return _qk_norm_rope_impl if fn is _UNSET else fn
 
 
 def _axis_angles(dim: int, length: int | torch.SymInt, theta: float, device: torch.device) -> torch.Tensor:
@@ -106,8 +126,9 @@ def qk_norm_rope(
     Returns:
         (q, k), [B, S, H, D] each, in the dtype the norms produce.
     """
-    if _qk_norm_rope_impl is not None:
-        return _qk_norm_rope_impl(q, k, norm_q, norm_k, cos, sin, num_image_tokens)
+    impl = get_qk_norm_rope_impl()
+    if impl is not None:
+        return impl(q, k, norm_q, norm_k, cos, sin, num_image_tokens)
     return qk_norm_rope_torch(q, k, norm_q, norm_k, cos, sin, num_image_tokens)
 
 
