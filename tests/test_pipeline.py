@@ -172,6 +172,89 @@ def test_bf16_denoiser_keeps_the_timestep_exact(pipe):
     assert seen[0].dtype == torch.float32 and seen[0].item() == torch.tensor(997.0912).item()
 
 
+def test_embedded_cache_key_follows_the_weight_code(tmp_path, monkeypatch):
+    """Editing the code that generates the embedded weights gives a new cache folder."""
+    import sys
+
+    from vidtrt import embedded
+
+    mod = tmp_path / "vidtrt_fake_weights.py"
+    mod.write_text("SCALE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("vidtrt_fake_weights", None)
+    monkeypatch.setattr(embedded, "WEIGHT_CODE_MODULES", (*embedded.WEIGHT_CODE_MODULES, "vidtrt_fake_weights"))
+    key = lambda: embedded._fingerprint(embedded.preset("tiny"))  # noqa: E731
+    before = (embedded.weight_code_digest(), key())
+    assert before == (embedded.weight_code_digest(), key())  # stable
+    mod.write_text("SCALE = 2\n")
+    assert embedded.weight_code_digest() != before[0] and key() != before[1]
+    with pytest.raises(ValueError, match="module 'vidtrt_no_such_module' not found"):
+        embedded.weight_code_digest(("vidtrt_no_such_module",))
+
+
+def test_overlong_negative_prompt_is_named(pipe):
+    from vidtrt.errors import InvalidRequestError
+
+    r = GenerationRequest("a cat", negative_prompt="word " * 200, true_cfg_scale=2.0, prompt_policy="error",
+                          num_inference_steps=1)  # fmt: skip
+    with pytest.raises(InvalidRequestError, match=r"^invalid negative_prompt='word word .*: accepted at most") as e:
+        pipe.run(r)
+    assert e.value.param == "negative_prompt"
+
+
+def test_kernel_choice_is_per_engine_and_thread(pipe):
+    """Two torch engines in one process keep their own attention backend / norm+RoPE, also while
+    running at the same time in two threads; the process-wide defaults are left alone."""
+    import threading
+
+    from vidtrt.errors import ConfigError
+    from vidtrt.models import attention as attn_api
+    from vidtrt.models import rope as rope_api
+    from vidtrt.pipeline import KernelChoice, TorchDenoiser, select_kernels
+
+    attn_api.register_backend("sdpa-copy", attn_api._BACKENDS["sdpa"])
+    both_inside = threading.Barrier(2, timeout=30)
+    seen: dict[str, tuple] = {}
+
+    def fused(*args):  # stands in for the Triton kernel (CPU here)
+        return rope_api.qk_norm_rope_torch(*args)
+
+    class Spy(torch.nn.Module):
+        def __init__(self, name):
+            super().__init__()
+            self.name, self.w = name, torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, hidden_states, *rest):
+            both_inside.wait()  # both engines are inside their step now
+            seen[self.name] = (attn_api.get_backend(), rope_api.get_qk_norm_rope_impl())
+            both_inside.wait()
+            return hidden_states
+
+    text = pipe.components.encode_text(["a cat"])
+    a = TorchDenoiser(Spy("a"), kernels=KernelChoice("sdpa-copy"))
+    b = TorchDenoiser(Spy("b"), kernels=KernelChoice("sdpa"))
+    b.kernels = KernelChoice("sdpa")
+    call = lambda d: d(torch.zeros(1, 16, 1, 2, 2), torch.tensor([997.0]), text, torch.tensor([6000.0]))  # noqa: E731
+    rope_api.set_qk_norm_rope_impl(fused)  # a process-wide default: engine b's choice (None) must win over it
+    try:
+        threads = [threading.Thread(target=call, args=(d,)) for d in (a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        rope_api.set_qk_norm_rope_impl(None)
+    assert seen == {"a": ("sdpa-copy", None), "b": ("sdpa", None)}
+    assert attn_api.get_backend() == "sdpa" and rope_api.get_qk_norm_rope_impl() is None
+    assert select_kernels("cpu") == KernelChoice("sdpa", False)
+    assert select_kernels("cpu", "triton") == KernelChoice("triton", False)
+    assert select_kernels("cuda") == KernelChoice("triton", True)  # checked without a GPU: triton imports
+    with pytest.raises(ConfigError, match="unknown attention backend 'flash'; accepted: .*sdpa"):
+        select_kernels("cpu", "flash")
+    # the real engine of the tiny pipeline carries its own choice
+    assert pipe.components.dit.kernels == KernelChoice("sdpa", False)
+
+
 def test_tiny_writer_is_deterministic_and_leaves_the_rng(tmp_path):
     from safetensors.torch import load_file
 

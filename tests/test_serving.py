@@ -95,6 +95,7 @@ def test_progress_once_per_step_in_order_before_the_video(client):
     (dict(prompt="   "), "prompt"),
     (dict(negative_prompt="bad\x00", true_cfg_scale=2.0), "negative_prompt"),
     (dict(prompt="word " * 200, prompt_policy="error"), "prompt"),  # rejected by the text encoder model
+    (dict(negative_prompt="word " * 200, true_cfg_scale=2.0, prompt_policy="error"), "negative_prompt"),
 ])
 def test_invalid_parameter_is_named_and_the_next_request_works(client, kwargs, param):
     kwargs = {"prompt": PROMPT, **kwargs}

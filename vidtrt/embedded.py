@@ -35,8 +35,27 @@ def _config_dict(obj) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
+# The modules whose code decides the generated weights (parameter creation order, initialisation,
+# tokenizer files): editing any of them must not reuse a cache folder written by the old code.
+WEIGHT_CODE_MODULES = ("vidtrt.models.transformer", "vidtrt.models.vae", "vidtrt.tiny", "vidtrt.embedded")
+
+
+def weight_code_digest(modules: tuple[str, ...] | None = None) -> str:
+    """sha1 over the source files of ``modules`` (default WEIGHT_CODE_MODULES; found, not imported)."""
+    import importlib.util
+
+    h = hashlib.sha1()
+    for name in WEIGHT_CODE_MODULES if modules is None else modules:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            raise ValueError(f"module {name!r} not found")
+        h.update(name.encode() + b"\0" + Path(spec.origin).read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def _fingerprint(config: ModelConfig) -> str:
-    blob = json.dumps([__version__, TINY_SEED, _config_dict(config)], sort_keys=True, default=str)
+    blob = json.dumps([__version__, TINY_SEED, _config_dict(config), weight_code_digest()], sort_keys=True,
+                      default=str)  # fmt: skip
     return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
 

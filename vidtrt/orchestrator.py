@@ -18,7 +18,7 @@ import torch
 
 from vidtrt.components import Components, TextEmbeddings
 from vidtrt.configs import ModelConfig
-from vidtrt.errors import CancelledError
+from vidtrt.errors import CancelledError, InvalidRequestError, VidtrtError
 from vidtrt.request import GenerationRequest
 from vidtrt.scheduler import euler_step, flow_match_sigmas, initial_noise, timesteps_from_sigmas
 from vidtrt.video_io import to_uint8_frames
@@ -34,6 +34,22 @@ class ProgressEvent:
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
+
+
+def _encode_negative(components: Components, r: GenerationRequest) -> TextEmbeddings:
+    """The negative prompt's embeddings; a rejection of it (too long with prompt_policy 'error')
+    names ``negative_prompt``, not ``prompt``, whether the text encoder runs here or remotely."""
+    try:
+        return components.encode_text([r.negative_prompt], r.prompt_policy)
+    except InvalidRequestError as e:
+        if e.param != "prompt":
+            raise
+        raise InvalidRequestError("negative_prompt", e.value, e.accepted) from None
+    except VidtrtError as e:  # a remote text encoder's rejection: its message names the parameter
+        head = "invalid prompt="
+        if not str(e).startswith(head):
+            raise
+        raise type(e)("invalid negative_prompt=" + str(e)[len(head) :]) from None
 
 
 def denoise(
@@ -52,7 +68,7 @@ def denoise(
     text = components.encode_text([r.prompt], r.prompt_policy)
     negative: TextEmbeddings | None = None
     if r.do_true_cfg:
-        negative = components.encode_text([r.negative_prompt], r.prompt_policy)
+        negative = _encode_negative(components, r)
 
     latents = initial_noise(config.latent_shape(1, r.num_frames, r.height, r.width), r.seed)
     sigmas = flow_match_sigmas(r.num_inference_steps, r.flow_shift)
