@@ -339,7 +339,7 @@ def _launch_one(drv: CudaDriver, req: dict, arch: int, device: str) -> dict:
         row["ok"] = row["cos_vs_reference"] >= 0.999 and row["max_diff_vs_jit"] <= 1e-2
         row["ms_ptx"] = _time_cuda(lambda: launch(t, dims))
         row["ms_jit"] = _time_cuda(lambda: flash_attention(q, k, v, kl, **cfg))
-    else:  # attention_fp8: per-(batch, head) q/k scales, v8 transposed [B, H, D, S]
+    else:  # attention_fp8: per-(batch, head) q/k scales, v8 transposed [B, H, D, S16]
         g = torch.Generator(device="cpu").manual_seed(4)
         q, k, v = (torch.randn(b, s, h, d, generator=g).to(device) for _ in range(3))
         qs = (q.abs().amax(dim=(1, 3)) / 448).float()

@@ -6,7 +6,8 @@ loop stops at the sample's length, and only the last partial key block is masked
 costs neither a mask tensor nor FLOPs. A sample with key length 0 gets zeros.
 
 Importing this module registers the attention backends "triton" and "triton-fp8"
-(``vidtrt.models.attention.set_backend``). Argument order of the kernel is the TensorRT AOT
+(``vidtrt.models.attention.use_backend`` / ``set_backend``; torch engines carry a
+``vidtrt.pipeline.KernelChoice``). Argument order of the kernel is the TensorRT AOT
 plugin order: input pointers, int32 scalars, output pointers, then constexprs.
 """
 

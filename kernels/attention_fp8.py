@@ -5,8 +5,9 @@ Quantization (``quantize_qkv_fp8``):
     (subtract the per-channel mean of k over tokens first: softmax is invariant to adding the same
     vector to every key, and the mean is what makes k's channels hard to quantize);
   * v: per (batch, head, channel) absmax over tokens (the scale factors out of the PV sum), stored
-    transposed ([B, H, D, S], tokens contiguous) because Hopper's FP8 wgmma wants the reduction
-    dimension contiguous for both operands;
+    transposed ([B, H, D, S16], tokens contiguous, rows padded to 16 tokens) because Hopper's FP8
+    wgmma wants the reduction dimension contiguous for both operands, and 16-byte aligned rows let
+    the key-block loop copy V with 16-byte async copies (checked in the sm_90a SASS);
   * P = exp2(...) in [0, 1] is quantized as fp8(P * 448) for the PV product (static scale).
 Kernel: S = (q8 k8^T) * q_scale[row] * k_scale[block] * sm_scale (fp32 accumulation), online
 softmax in fp32, acc += (P8 V8) per key block (two-level accumulation: each block's product is
@@ -258,7 +259,7 @@ def _attn_fwd_fp8_kernel(
 # ----------------------------------------------------------------------------------------------
 class Fp8QKV(NamedTuple):
     """FP8 attention operands: q8/k8/v8 [B, S, H, D] float8_e4m3fn views (v8 is a transposed
-    [B, H, D, S] buffer seen as [B, S, H, D]); q_scale/k_scale float32 [B, H, ceil(S / quant_block)];
+    [B, H, D, S16] buffer seen as [B, S, H, D]); q_scale/k_scale float32 [B, H, ceil(S / quant_block)];
     v_scale float32 [B, H, D]; x ~= x8 * scale."""
 
     q8: torch.Tensor

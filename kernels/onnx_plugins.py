@@ -14,7 +14,8 @@ Pieces:
     plugin nodes' wiring on CPU; never attach them to a graph meant for TensorRT.
 
 The FP8 flavour quantizes in the graph (per-(batch, head) absmax scales of q and smoothed k,
-per-channel absmax of v, v transposed to [B, H, D, S] before the cast) and calls the
+per-channel absmax of v, v transposed to [B, H, D, S16] before the cast, tokens zero-padded to a
+multiple of 16 so that the kernel's V rows are 16-byte aligned) and calls the
 ``attention_fp8`` plugin; the norm + RoPE stays the bf16 plugin there, because the DiT joins text
 and image q/k before attention. ``qk_norm_rope_fp8`` is for graphs that feed the rotated q/k to
 attention directly (static scale: ``safe_fp8_scale``).

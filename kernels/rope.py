@@ -77,11 +77,12 @@ def _qk_norm_rope_kernel(
     h64 = h.to(tl.int64)
     s64 = s.to(tl.int64)
 
-    # cos / sin of the row's token; text tokens (s >= num_image_tokens) get cos 1, sin 0.
+    # cos / sin of the row's token; text tokens (s >= num_image_tokens) get cos 1, sin 0. Every head
+    # of a token reads the same cos / sin row: keep those in L2 (q / k are streamed once: evict first).
     is_img = row_ok & (s < num_image_tokens)
     cs_off = s64[:, None] * HEAD_DIM + cols[None, :]
-    cs = tl.load(COS + cs_off, mask=is_img[:, None], other=1.0).to(tl.float32)
-    sn = tl.load(SIN + cs_off, mask=is_img[:, None], other=0.0).to(tl.float32)
+    cs = tl.load(COS + cs_off, mask=is_img[:, None], other=1.0, eviction_policy="evict_last").to(tl.float32)
+    sn = tl.load(SIN + cs_off, mask=is_img[:, None], other=0.0, eviction_policy="evict_last").to(tl.float32)
     wq = tl.load(WQ + cols).to(tl.float32)
     wk = tl.load(WK + cols).to(tl.float32)
     out_off = rows.to(tl.int64)[:, None] * HEAD_DIM + cols[None, :]
@@ -89,11 +90,13 @@ def _qk_norm_rope_kernel(
     for which in tl.static_range(2):
         if which == 0:
             in_off = b * stride_qb + s64 * stride_qs + h64 * stride_qh
-            x = tl.load(Q + in_off[:, None] + cols[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
+            x = tl.load(Q + in_off[:, None] + cols[None, :], mask=row_ok[:, None], other=0.0,
+                        eviction_policy="evict_first").to(tl.float32)
             w = wq
         else:
             in_off = b * stride_kb + s64 * stride_ks + h64 * stride_kh
-            x = tl.load(K + in_off[:, None] + cols[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
+            x = tl.load(K + in_off[:, None] + cols[None, :], mask=row_ok[:, None], other=0.0,
+                        eviction_policy="evict_first").to(tl.float32)
             w = wk
         rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=1) / HEAD_DIM + EPS)
         y = x * rstd[:, None] * w[None, :]

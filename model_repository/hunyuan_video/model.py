@@ -195,8 +195,8 @@ class TritonPythonModel:
         start = time.perf_counter()
         try:
             self._track(+1)
-            frames = run_generation(gen, self.config, self.components,
-                                    progress=self._progress(sender), should_cancel=request.is_cancelled)
+            frames = run_generation(gen, self.config, self.components, progress=self._progress(sender),
+                                    should_cancel=lambda: self._ipc(request.is_cancelled))
             mp4 = None
             if gen.output_format == "mp4":
                 from vidtrt.video_io import encode_mp4
@@ -204,8 +204,8 @@ class TritonPythonModel:
                 mp4 = encode_mp4(frames, fps=self.fps)
             outputs = request_io.final_outputs(frames, mp4)
             response = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in outputs.items()])
-            self.metrics.outcome["success"].increment(1)
-            self.metrics.latency.observe(time.perf_counter() - start)
+            self._ipc(self.metrics.outcome["success"].increment, 1)
+            self._ipc(self.metrics.latency.observe, time.perf_counter() - start)
             return response
         except CancelledError as e:
             return self._error(str(e), pb_utils.TritonError.CANCELLED, "cancelled")
@@ -226,14 +226,14 @@ class TritonPythonModel:
 
     def _progress(self, sender):
         if sender is None:
-            return lambda event: self.metrics.steps.increment(1)
+            return lambda event: self._ipc(self.metrics.steps.increment, 1)
         from vidtrt import request_io
 
         def send(event) -> None:
-            self.metrics.steps.increment(1)
             outputs = request_io.progress_outputs(event.step, event.total, event.elapsed_s)
             response = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in outputs.items()])
             with self._ipc_lock:
+                self.metrics.steps.increment(1)
                 sender.send(response)
 
         return send
@@ -241,7 +241,7 @@ class TritonPythonModel:
     def _error(self, message: str, code, outcome: str):
         """An error response for one request (counted under ``outcome``)."""
         try:
-            self.metrics.outcome[outcome].increment(1)
+            self._ipc(self.metrics.outcome[outcome].increment, 1)
         except Exception:
             pb_utils.Logger.log_error(f"{self.model_name}: {traceback.format_exc()}")
         return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
@@ -261,7 +261,13 @@ class TritonPythonModel:
     def _track(self, delta: int) -> None:
         with self._lock:
             self._in_flight += delta
-            self.metrics.in_flight.set(self._in_flight)
+            self._ipc(self.metrics.in_flight.set, self._in_flight)
+
+    def _ipc(self, fn, *args):
+        """Call a stub -> server IPC function (cancel check, metric update) under the IPC lock that
+        response sends take: with serialize_bls no two worker threads talk to the server at once."""
+        with self._ipc_lock:
+            return fn(*args)
 
     def finalize(self) -> None:
         self.pool.shutdown(wait=True)

@@ -1,0 +1,73 @@
+"""What ptxas makes of every AOT payload and autotuning tactic on Hopper, without a GPU.
+
+Each kernel is compiled by Triton for sm_90a, assembled by ptxas, disassembled by cuobjdump; the table
+lists registers, spill bytes, shared memory and the instruction mix that decides speed on Hopper:
+warpgroup MMAs (HGMMA bf16 / QGMMA fp8; HMMA would be the older, slower path), 16-byte async copies
+(LDGSTS.E.BYPASS.128), byte-wide global loads (LDG.E.U8: unaligned or strided data), and local-memory
+traffic (LDL / STL: spills). Static facts, not timings: a GPU run of ``gpu_kernels_check.py`` measures.
+
+    python benchmarks/sass_report.py [--head-dims 128 64] [--out results/<date>-sm90a-sass.md]
+
+Run under another Triton (e.g. the GPU machines' 3.6) with ``PYTHONPATH=<dir with that triton>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from _bootstrap import bootstrap
+
+COLUMNS = ("HGMMA", "QGMMA", "HMMA", "LDGSTS.E.BYPASS.128", "LDG.E.U8", "LDL", "STL")
+
+
+def run(head_dims=(128,), log=print) -> list[dict]:
+    bootstrap()
+    from vidtrt.kernels import aot
+
+    reqs = aot.default_requests(head_dims=tuple(head_dims), all_tactics=True)
+    payloads = aot.build_payloads_subprocess(reqs, jobs=2)
+    rows = []
+    for p in payloads:
+        c = p.constexprs
+        row = {"plugin": p.plugin, "dtype": p.request.get("dtype", "fp8"), "head_dim": c.get("HEAD_DIM"),
+               "tactic": p.request.get("tactic", 0), "block_m": c.get("BLOCK_M", c.get("BLOCK_R")),
+               "block_n": c.get("BLOCK_N", "-"), "warps": p.num_warps, "stages": p.num_stages,
+               "registers": p.registers, "spill_bytes": p.spill_bytes, "shared_mem": p.shared_mem,
+               "triton": p.triton_version, **{k: aot.sass_count(p.sass_opcodes, k) for k in COLUMNS}}  # fmt: skip
+        rows.append(row)
+        log(" ".join(f"{k}={v}" for k, v in row.items()))
+    return rows
+
+
+def to_markdown(rows: list[dict], command: str) -> str:
+    head = ["plugin", "dtype", "D", "tactic", "BM / rows", "BN", "warps", "stages", "regs", "spill B", "smem B",
+            *COLUMNS]  # fmt: skip
+    keys = ["plugin", "dtype", "head_dim", "tactic", "block_m", "block_n", "warps", "stages", "registers",
+            "spill_bytes", "shared_mem", *COLUMNS]  # fmt: skip
+    lines = [f"# sm_90a SASS of the AOT payloads (Triton {rows[0]['triton'] if rows else '?'}, no GPU)", "",
+             f"date: {time.strftime('%Y-%m-%d')}  ", f"command: `{command}`", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
+    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--head-dims", type=int, nargs="+", default=[128])
+    ap.add_argument("--out", help="also write the table (markdown) here")
+    a = ap.parse_args(argv)
+    rows = run(a.head_dims)
+    md = to_markdown(rows, "python benchmarks/sass_report.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    print(md)
+    if a.out:
+        Path(a.out).write_text(md)
+    spilled = [f"{r['plugin']}#{r['tactic']}" for r in rows if r["spill_bytes"]]
+    print(f"payloads: {len(rows)}, with spills: {spilled or 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
