@@ -233,7 +233,6 @@ def test_kernel_choice_is_per_engine_and_thread(pipe):
     text = pipe.components.encode_text(["a cat"])
     a = TorchDenoiser(Spy("a"), kernels=KernelChoice("sdpa-copy"))
     b = TorchDenoiser(Spy("b"), kernels=KernelChoice("sdpa"))
-    b.kernels = KernelChoice("sdpa")
     call = lambda d: d(torch.zeros(1, 16, 1, 2, 2), torch.tensor([997.0]), text, torch.tensor([6000.0]))  # noqa: E731
     rope_api.set_qk_norm_rope_impl(fused)  # a process-wide default: engine b's choice (None) must win over it
     try:
