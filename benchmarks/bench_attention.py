@@ -116,6 +116,14 @@ def _bench_seq(s: int, batch: int, heads: int, head_dim: int, dtype, device: str
     out = flash_attention(q, k, v)
     ms = bench_ms(lambda: flash_attention(q, k, v), device, long)
     add("triton-bf16", ms, cos_vs_sdpa=round(_cos(out, ref), 6))
+    if not gpu or torch.cuda.get_device_capability() >= (9, 0):  # K / V by TMA bulk copies (Hopper)
+        try:
+            out_tma = flash_attention(q, k, v, tma=True)
+            ms = bench_ms(lambda: flash_attention(q, k, v, tma=True), device, long)
+            add("triton-bf16-tma", ms, cos_vs_sdpa=round(_cos(out_tma, ref), 6))
+        except Exception as e:  # noqa: BLE001 - recorded; the other rows still run
+            rows.append({"seq": s, "method": "triton-bf16-tma", "error": str(e).splitlines()[0][:200]})
+            log(f"  S={s:>7} {'triton-bf16-tma':<28} failed: {str(e).splitlines()[0][:100]}")
     # text padding: the last text_pad keys of every sample are padding (no mask tensor, no FLOPs)
     kl = torch.full((batch,), s - text_pad, dtype=torch.int32, device=device)
     flash_attention(q, k, v, kl)
@@ -147,7 +155,27 @@ def main(argv=None) -> int:
         rows = run(seqs=a.seqs or HUNYUAN_SEQS, batch=a.batch, heads=a.heads, head_dim=a.head_dim)
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
+    print(summary(rows))
     return 0
+
+
+def summary(rows: list[dict]) -> str:
+    """The last line: ours / PyTorch's best SDPA backend (TFLOP/s ratio) per sequence length."""
+    parts = []
+    for s in sorted({r["seq"] for r in rows}):
+        by = {r["method"]: r for r in rows if r["seq"] == s and "tflops" in r}
+        base = by.get("sdpa-best")
+        if base is None:
+            parts.append(f"S={s}: no SDPA reference on this device")
+            continue
+        ours = [m for m in ("triton-bf16", "triton-bf16-tma", "triton-fp8 (kernel)") if m in by]
+        parts.append(f"S={s}: " + ", ".join(f"{m} {by[m]['tflops'] / base['tflops']:.2f}x" for m in ours))
+    return "ratio vs best SDPA (" + base_name(rows) + "): " + "; ".join(parts)
+
+
+def base_name(rows: list[dict]) -> str:
+    names = sorted({r.get("of", "") for r in rows if r.get("method") == "sdpa-best"})
+    return "/".join(n for n in names if n) or "none"
 
 
 if __name__ == "__main__":

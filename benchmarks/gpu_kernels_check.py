@@ -196,6 +196,10 @@ def correctness(device: str, smoke: bool) -> list[dict]:
     out = flash_attention(qb, kb, vb, kl)  # autotuned configs on CUDA
     rel = ((out.double() - ref).abs().max() / ref.abs().max()).item()
     _check(res, "attention bf16 (autotuned) rel err vs float64", rel, 2e-2)
+    if device != "cuda" or torch.cuda.get_device_capability() >= (9, 0):
+        out = flash_attention(qb, kb, vb, kl, tma=True)  # K / V through TMA descriptors
+        rel = ((out.double() - ref).abs().max() / ref.abs().max()).item()
+        _check(res, "attention bf16 TMA (autotuned) rel err vs float64", rel, 2e-2)
     out8 = flash_attention_fp8(q, k, v, kl)
     _check(res, "attention fp8 cosine vs fp32 reference", cosine_similarity(out8, ref), 0.995, ">=")
     ops = quantize_qkv_fp8(q, k, v, 128)

@@ -3,8 +3,9 @@
 Each kernel is compiled by Triton for sm_90a, assembled by ptxas, disassembled by cuobjdump; the table
 lists registers, spill bytes, shared memory and the instruction mix that decides speed on Hopper:
 warpgroup MMAs (HGMMA bf16 / QGMMA fp8; HMMA would be the older, slower path), 16-byte async copies
-(LDGSTS.E.BYPASS.128), byte-wide global loads (LDG.E.U8: unaligned or strided data), and local-memory
-traffic (LDL / STL: spills). Static facts, not timings: a GPU run of ``gpu_kernels_check.py`` measures.
+(LDGSTS.E.BYPASS.128) or TMA bulk tensor copies (UTMALDG), byte-wide global loads (LDG.E.U8:
+unaligned or strided data), and local-memory traffic (LDL / STL: spills). Static facts, not
+timings: a GPU run of ``gpu_kernels_check.py`` measures.
 
     python benchmarks/sass_report.py [--head-dims 128 64] [--out results/<date>-sm90a-sass.md]
 
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from _bootstrap import bootstrap
 
-COLUMNS = ("HGMMA", "QGMMA", "HMMA", "LDGSTS.E.BYPASS.128", "LDG.E.U8", "LDL", "STL")
+COLUMNS = ("HGMMA", "QGMMA", "HMMA", "LDGSTS.E.BYPASS.128", "UTMALDG", "LDG.E.U8", "LDL", "STL")
 
 
 def run(head_dims=(128,), log=print) -> list[dict]:
@@ -39,6 +40,25 @@ def run(head_dims=(128,), log=print) -> list[dict]:
                "triton": p.triton_version, **{k: aot.sass_count(p.sass_opcodes, k) for k in COLUMNS}}  # fmt: skip
         rows.append(row)
         log(" ".join(f"{k}={v}" for k, v in row.items()))
+    rows += tma_rows(head_dims, log)
+    return rows
+
+
+def tma_rows(head_dims, log=print) -> list[dict]:
+    """The BF16 kernel's TMA flavour (``flash_attention(tma=True)``; no TensorRT payload), per tactic."""
+    from vidtrt.kernels import aot
+
+    rows = []
+    for d in head_dims:
+        for t, cfg in enumerate(aot.attention_tactics(d, False)):
+            rep = aot.attention_tma_sass(d, t)
+            row = {"plugin": "flash_attention(tma=True)", "dtype": "bf16", "head_dim": d, "tactic": t,
+                   "block_m": cfg["BLOCK_M"], "block_n": cfg["BLOCK_N"], "warps": cfg["num_warps"],
+                   "stages": cfg["num_stages"], "registers": rep.registers, "spill_bytes": rep.spill_bytes,
+                   "shared_mem": "-", "triton": ""}  # fmt: skip
+            row.update({k: aot.sass_count(rep.sass_opcodes, k) for k in COLUMNS})
+            rows.append(row)
+            log(" ".join(f"{k}={v}" for k, v in row.items()))
     return rows
 
 

@@ -5,11 +5,13 @@ Modules (import them explicitly; this package imports nothing, so CPU installs n
                  (bf16/fp16/fp32, optional FP8 e4m3 output); ``install_fused_qk_norm_rope`` hooks it
                  into the DiT's ``qk_norm_rope`` (CUDA; CPU keeps the torch path).
   attention      ``flash_attention``: non-causal flash attention for [B, S, H, D] with per-sample key
-                 lengths; registers the attention backends "triton" and "triton-fp8".
+                 lengths (``tma=True``: K / V by Hopper TMA descriptors); registers the attention
+                 backends "triton" and "triton-fp8".
   attention_fp8  ``flash_attention_fp8`` / ``quantize_qkv_fp8``: FP8 e4m3 attention (per-block q/k,
                  per-channel v, smooth K, P quantized for the PV product).
   reference      torch references (no triton): the definitions the kernels are tested against.
-  aot            ahead-of-time payloads (PTX for sm_90, launch grid / scalars) for TensorRT plugins.
+  aot            ahead-of-time payloads (PTX for sm_90, launch grid / scalars) for TensorRT plugins,
+                 with their ptxas / SASS facts (registers, spills, instruction mix).
   trt_plugins    TensorRT quickly deployable plugins (AOT) built on ``aot``.
   onnx_plugins   ONNX export flavour with plugin nodes; attention backends "trt-plugin(-fp8)".
 """

@@ -158,7 +158,7 @@ def attention_spec(dtype: str = "bf16", head_dim: int = 128, tactic: int = 0, ar
         args += [_i(f"stride_{t}b", True), _i(f"stride_{t}s", True), _i(f"stride_{t}h", True)]
     args += [_p("out", "output", dtype)]
     const = {"HEAD_DIM": head_dim, "BLOCK_M": bm, "BLOCK_N": cfg["BLOCK_N"],
-             "QK_SCALE": LOG2E / math.sqrt(head_dim), "DOT_F32": False}  # fmt: skip
+             "QK_SCALE": LOG2E / math.sqrt(head_dim), "DOT_F32": False, "KV_DESC": False}  # fmt: skip
 
     def launch(dims: Dims, cdiv=py_cdiv):
         b, sq, h, d = dims["q"]
@@ -435,6 +435,32 @@ def compile_spec(spec: KernelSpec, arch: int = DEFAULT_ARCH, ptx_version: int | 
         spill_bytes=rep.spill_bytes, sass_opcodes=rep.sass_opcodes, triton_version=triton.__version__,
         request=dict(spec.request), divisibility_hints=hints,
     )  # fmt: skip
+
+
+def attention_tma_sass(head_dim: int = 128, tactic: int = 0, arch: int = DEFAULT_ARCH) -> PtxasReport:
+    """ptxas / SASS facts of the BF16 attention kernel in its TMA flavour (``flash_attention(tma=True)``:
+    K / V as tensor descriptors). Not a TensorRT payload: a host TMA descriptor is a 128-byte kernel
+    parameter that the AOT plugin launch cannot pass, so this exists only to check the sm_90a code."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from .attention import _attn_fwd_kernel
+
+    if _interpreter_on():
+        raise RuntimeError("AOT compilation needs a process where TRITON_INTERPRET was off when triton was imported")
+    spec = attention_spec("bf16", head_dim, tactic, arch)
+    desc = f"tensordesc<bf16[1,{spec.constexprs['BLOCK_N']},1,{head_dim}]>"
+    signature = {a.name: (desc if a.name in ("k", "v") else a.type) for a in spec.args}
+    params = [n for n in _attn_fwd_kernel.arg_names if n not in spec.constexprs]
+    signature = {p: signature[a.name] for p, a in zip(params, spec.args, strict=True)}
+    const = {**spec.constexprs, "KV_DESC": True}
+    signature.update({k: "constexpr" for k in const})
+    options = {"num_warps": spec.num_warps, "num_stages": spec.num_stages}  # Triton's PTX ISA, as the JIT uses
+    compiled = triton.compile(ASTSource(_attn_fwd_kernel, signature, const), target=GPUTarget("cuda", arch, 32),
+                              options=options)  # fmt: skip
+    ptx = compiled.asm["ptx"]
+    return _ptxas_check(ptx, re.search(r"\.target\s+(\w+)", ptx).group(1))
 
 
 def default_requests(head_dims: Sequence[int] = (128,), all_tactics: bool = False) -> list[dict[str, Any]]:

@@ -70,6 +70,7 @@ def _attn_fwd_kernel(
     BLOCK_N: tl.constexpr,
     QK_SCALE: tl.constexpr,  # softmax scale * log2(e)
     DOT_F32: tl.constexpr,  # products in fp32 (fp32 inputs; bf16 in the interpreter, which lacks bf16 dots)
+    KV_DESC: tl.constexpr = False,  # K, V are TMA tensor descriptors [B, S, H, D] (block [1, BLOCK_N, 1, D])
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -87,8 +88,9 @@ def _attn_fwd_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     q_base = Q + b64 * stride_qb + h64 * stride_qh
-    k_base = K + b64 * stride_kb + h64 * stride_kh
-    v_base = V + b64 * stride_vb + h64 * stride_vh
+    if not KV_DESC:
+        k_base = K + b64 * stride_kb + h64 * stride_kh
+        v_base = V + b64 * stride_vb + h64 * stride_vh
     m_ok = offs_m < seq_q
     q = tl.load(q_base + offs_m.to(tl.int64)[:, None] * stride_qs + offs_d[None, :], mask=m_ok[:, None], other=0.0)
     if DOT_F32:
@@ -107,14 +109,18 @@ def _attn_fwd_kernel(
             lo = n_full
             hi = kl
         for start_n in range(lo, hi, BLOCK_N):
-            rows = (start_n + offs_n).to(tl.int64)
-            k_ptrs = k_base + rows[:, None] * stride_ks + offs_d[None, :]
-            v_ptrs = v_base + rows[:, None] * stride_vs + offs_d[None, :]
-            if stage == 0:
-                k = tl.load(k_ptrs)
-            else:
+            if stage == 1:
                 n_ok = (start_n + offs_n) < kl
-                k = tl.load(k_ptrs, mask=n_ok[:, None], other=0.0)
+            if KV_DESC:  # bulk tensor copies; rows past S_k arrive as zeros, rows past kl are masked below
+                k = K.load([b, start_n, h, 0]).reshape(BLOCK_N, HEAD_DIM)
+            else:
+                rows = (start_n + offs_n).to(tl.int64)
+                k_ptrs = k_base + rows[:, None] * stride_ks + offs_d[None, :]
+                v_ptrs = v_base + rows[:, None] * stride_vs + offs_d[None, :]
+                if stage == 0:
+                    k = tl.load(k_ptrs)
+                else:
+                    k = tl.load(k_ptrs, mask=n_ok[:, None], other=0.0)
             if DOT_F32:
                 s = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision="ieee")
             else:
@@ -126,11 +132,15 @@ def _attn_fwd_kernel(
             alpha = tl.math.exp2(m_i - m_new)
             l_i = l_i * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None]
-            if stage == 0:
+            if KV_DESC:
+                v = V.load([b, start_n, h, 0]).reshape(BLOCK_N, HEAD_DIM)
+                if stage == 1:  # keys in [kl, S_k) hold data: P is 0 there, but 0 * inf would be NaN
+                    v = tl.where(n_ok[:, None], v, 0.0)
+            elif stage == 0:
                 v = tl.load(v_ptrs)
             else:
                 v = tl.load(v_ptrs, mask=n_ok[:, None], other=0.0)
-            p_lp = p.to(V.dtype.element_ty)  # P rounded to the input precision for the PV product
+            p_lp = p.to(Q.dtype.element_ty)  # P rounded to the input precision for the PV product
             if DOT_F32:
                 acc = tl.dot(p_lp.to(tl.float32), v.to(tl.float32), acc, input_precision="ieee")
             else:
@@ -146,11 +156,20 @@ def _attn_fwd_kernel(
 # ----------------------------------------------------------------------------------------------
 # Block sizes
 # ----------------------------------------------------------------------------------------------
+def _descriptor_blocks(nargs: dict) -> None:
+    """Autotuner pre-hook: TMA descriptors of K / V get the block shape of the config being run."""
+    for name in ("K", "V"):
+        desc = nargs.get(name)
+        if hasattr(desc, "block_shape"):  # a TensorDescriptor (plain tensors have no block shape)
+            desc.block_shape = [1, nargs["BLOCK_N"], 1, nargs["HEAD_DIM"]]
+
+
 def attention_configs(capability: tuple[int, int], head_dim: int, fp8: bool = False) -> list[triton.Config]:
     """Autotuning candidates per GPU generation (see ``_configs.attention_config_dicts``)."""
     return [
         triton.Config(
-            {"BLOCK_M": c["BLOCK_M"], "BLOCK_N": c["BLOCK_N"]}, num_warps=c["num_warps"], num_stages=c["num_stages"]
+            {"BLOCK_M": c["BLOCK_M"], "BLOCK_N": c["BLOCK_N"]}, num_warps=c["num_warps"], num_stages=c["num_stages"],
+            pre_hook=None if fp8 else _descriptor_blocks,
         )
         for c in attention_config_dicts(capability, head_dim, fp8)
     ]
@@ -164,7 +183,7 @@ def _autotuned(kernel, capability: tuple[int, int], head_dim: int, fp8: bool):
     key = (kernel, capability, head_dim, fp8)
     if key not in _AUTOTUNED:
         _AUTOTUNED[key] = triton.autotune(
-            configs=attention_configs(capability, head_dim, fp8), key=["seq_q", "seq_k", "HEAD_DIM"]
+            configs=attention_configs(capability, head_dim, fp8), key=["seq_q", "seq_k", "HEAD_DIM", "KV_DESC"]
         )(kernel)
     return _AUTOTUNED[key]
 
@@ -212,6 +231,19 @@ def check_attention_inputs(q, k, v, dtypes=FLOAT_DTYPES, head_dims=SUPPORTED_HEA
     check_device("q", q)
 
 
+def _kv_descriptor(name: str, t: torch.Tensor, block_n: int):
+    """A TMA descriptor over [B, S, H, D] loading [1, block_n, 1, D] tiles (TMA: 16-byte base and strides)."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    esize = t.element_size()
+    if t.data_ptr() % 16 or any((st * esize) % 16 for st in t.stride()[:3]):
+        raise ValueError(
+            f"tma=True needs {name} 16-byte aligned with strides that are multiples of 16 bytes, got strides "
+            f"{t.stride()} ({t.dtype}); use tma=False"
+        )
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, block_n, 1, t.shape[3]])
+
+
 def flash_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -223,6 +255,7 @@ def flash_attention(
     block_n: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
+    tma: bool = False,
 ) -> torch.Tensor:
     """softmax(q k^T * sm_scale) v over each sample's first key_lengths[b] keys.
 
@@ -234,6 +267,9 @@ def flash_attention(
         sm_scale: default 1 / sqrt(D).
         block_m, block_n, num_warps, num_stages: force a config (default: autotuned on CUDA,
             large blocks in the interpreter).
+        tma: load K / V through TMA tensor descriptors (Hopper's bulk tensor copies, completing on
+            mbarriers) instead of per-thread async copies; needs 16-byte aligned k / v with strides
+            that are multiples of 16 bytes. Off by default until measured faster on a GPU.
     Returns:
         [B, S_q, H, D] in q's dtype, contiguous.
     """
@@ -263,11 +299,17 @@ def flash_attention(
         out,
     )  # fmt: skip
     dot_f32 = q.dtype == torch.float32 or (q.device.type == "cpu" and q.dtype == torch.bfloat16)
-    const = {"HEAD_DIM": dim, "QK_SCALE": scale * LOG2E, "DOT_F32": dot_f32}
+    const = {"HEAD_DIM": dim, "QK_SCALE": scale * LOG2E, "DOT_F32": dot_f32, "KV_DESC": tma}
     forced = block_m is not None or block_n is not None or q.device.type != "cuda"
+    dbm, dbn = default_blocks(seq_q, seq_k)
+    bm, bn = block_m or dbm, block_n or dbn
+    if not isinstance(tma, bool):
+        raise TypeError(f"tma must be a bool, got {type(tma).__name__}")
+    if tma and q.device.type == "cuda" and cuda_capability(q.device) < (9, 0):
+        raise ValueError("tma=True needs a Hopper-or-newer GPU (sm_90+, TMA); use tma=False")
+    if tma:  # block shape set here for a forced config, by the autotuner's pre-hook otherwise
+        args = (q, _kv_descriptor("k", k, bn), _kv_descriptor("v", v, bn), *args[3:])
     if forced:
-        dbm, dbn = default_blocks(seq_q, seq_k)
-        bm, bn = block_m or dbm, block_n or dbn
         grid = (triton.cdiv(seq_q, bm), bsz * heads)
         _attn_fwd_kernel[grid](
             *args, **const, BLOCK_M=bm, BLOCK_N=bn, num_warps=num_warps or 4, num_stages=num_stages or 2

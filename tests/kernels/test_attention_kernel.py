@@ -56,6 +56,24 @@ def test_fp32_vs_float64_reference(case, device):
         assert bool((out[kl.index(0)] == 0).all())  # key length 0 -> zeros
 
 
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"B{c[0]}-S{c[1]}x{c[2]}-D{c[4]}-kl{c[5]}-bm{c[6]}bn{c[7]}")
+def test_tma_descriptors(case, device):
+    """tma=True (K / V loaded as [1, BLOCK_N, 1, D] tiles of TMA descriptors) meets the same float64
+    tolerance, also when the keys past each sample's length hold inf (never read into the output)."""
+    if device == "cuda" and torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip(reason="TMA needs sm_90+")
+    b, s_q, s_k, h, d, kl, bm, bn = case
+    q, k, v = _qkv(b, s_q, s_k, h, d, torch.float32, device, seed=3)
+    key_lengths = None if kl is None else torch.tensor(kl, device=device)
+    ref = attention_reference(q, k, v, key_lengths)
+    if kl is not None:
+        for i, n in enumerate(kl):
+            k[i, n:], v[i, n:] = float("inf"), float("-inf")
+    out = flash_attention(q, k, v, key_lengths, block_m=bm, block_n=bn, tma=True)
+    assert _rel_err(out, ref) <= 1e-5
+    assert _rel_err(flash_attention(q, k, v, key_lengths, block_m=bm, block_n=bn), ref) <= 1e-5
+
+
 def test_key_lengths_equal_dropping_padding(device):
     """Sample b with length n == attention over the first n keys only (varlen semantics)."""
     q, k, v = _qkv(2, 24, 24, 2, 64, torch.float32, device)
@@ -132,7 +150,18 @@ ERROR_CASES = [
     ("block", lambda a: {**a, "block_m": 24}, ValueError, "block_m=24"),
     ("block small", lambda a: {**a, "block_n": 8}, ValueError, "block_n=8"),
     ("sm_scale", lambda a: {**a, "sm_scale": -1.0}, ValueError, "sm_scale=-1.0"),
+    ("tma type", lambda a: {**a, "tma": 1}, TypeError, "tma must be a bool"),
+    ("tma misaligned", lambda a: {**a, "k": _misaligned(a["k"]), "tma": True}, ValueError,
+     "tma=True needs k 16-byte aligned"),
 ]
+
+
+def _misaligned(t: torch.Tensor) -> torch.Tensor:
+    """The same values in a buffer starting 4 bytes past a 16-byte boundary (TMA refuses it)."""
+    flat = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+    view = flat[1:].view(t.shape)
+    view.copy_(t)
+    return view
 
 
 @pytest.mark.parametrize("case", ERROR_CASES, ids=lambda c: c[0])
