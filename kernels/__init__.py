@@ -6,7 +6,7 @@ Modules (import them explicitly; this package imports nothing, so CPU installs n
                  into the DiT's ``qk_norm_rope`` (CUDA; CPU keeps the torch path).
   attention      ``flash_attention``: non-causal flash attention for [B, S, H, D] with per-sample key
                  lengths (``tma=True``: K / V by Hopper TMA descriptors); registers the attention
-                 backends "triton" and "triton-fp8".
+                 backends "triton", "triton-tma" and "triton-fp8".
   attention_fp8  ``flash_attention_fp8`` / ``quantize_qkv_fp8``: FP8 e4m3 attention (per-block q/k,
                  per-channel v, smooth K, P quantized for the PV product).
   reference      torch references (no triton): the definitions the kernels are tested against.

@@ -5,7 +5,7 @@ Online softmax in fp32 (exp2 with log2(e) folded into the scale), BF16/FP16 tens
 loop stops at the sample's length, and only the last partial key block is masked, so text padding
 costs neither a mask tensor nor FLOPs. A sample with key length 0 gets zeros.
 
-Importing this module registers the attention backends "triton" and "triton-fp8"
+Importing this module registers the attention backends "triton", "triton-tma" and "triton-fp8"
 (``vidtrt.models.attention.use_backend`` / ``set_backend``; torch engines carry a
 ``vidtrt.pipeline.KernelChoice``). Argument order of the kernel is the TensorRT AOT
 plugin order: input pointers, int32 scalars, output pointers, then constexprs.
@@ -328,6 +328,10 @@ def _triton_backend(q, k, v, key_lengths):
     return flash_attention(q, k, v, key_lengths)
 
 
+def _triton_tma_backend(q, k, v, key_lengths):
+    return flash_attention(q, k, v, key_lengths, tma=True)
+
+
 def _triton_fp8_backend(q, k, v, key_lengths):
     from .attention_fp8 import flash_attention_fp8
 
@@ -338,6 +342,7 @@ def _register_backends() -> None:
     from vidtrt.models.attention import register_backend
 
     register_backend("triton", _triton_backend)
+    register_backend("triton-tma", _triton_tma_backend)
     register_backend("triton-fp8", _triton_fp8_backend)
 
 

@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=int, default=0,
                      help="onnxruntime intra-op threads (0 = onnxruntime's default)")
     run.add_argument("--attention", default=None,
-                     help="attention backend: sdpa, triton, triton-fp8 (default: triton on CUDA, sdpa on CPU)")
+                     help="attention backend: sdpa, triton, triton-tma (Hopper), triton-fp8 "
+                          "(default: triton on CUDA, sdpa on CPU)")
     run.add_argument("--device", default="cpu", help="torch device for --engine torch: cpu (default) or cuda")
     run.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                      help="weights/activations dtype for --engine torch (auto: bfloat16 on CUDA, float32 on CPU)")

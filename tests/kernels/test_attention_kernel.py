@@ -119,6 +119,10 @@ def test_backend_switch(device):
     finally:
         attn_api.set_backend(before)
     assert _rel_err(out, ref) <= 1e-5
+    if device == "cpu" or torch.cuda.get_device_capability() >= (9, 0):
+        assert "triton-tma" in attn_api.available_backends()
+        with attn_api.use_backend("triton-tma"):
+            assert _rel_err(attn_api.attention(q, k, v, kl), ref) <= 1e-5
 
 
 # ---------------------------------------------------------------------------------------------
