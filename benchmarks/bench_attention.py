@@ -135,6 +135,14 @@ def _bench_seq(s: int, batch: int, heads: int, head_dim: int, dtype, device: str
     out8 = flash_attention_fp8(ops.q8, ops.k8, ops.v8, **kw)
     ms = bench_ms(lambda: flash_attention_fp8(ops.q8, ops.k8, ops.v8, **kw), device, long)
     add("triton-fp8 (kernel)", ms, cos_vs_sdpa=round(_cos(out8, ref), 6))
+    if not gpu or torch.cuda.get_device_capability() >= (9, 0):
+        try:
+            out8t = flash_attention_fp8(ops.q8, ops.k8, ops.v8, **kw, tma=True)
+            ms = bench_ms(lambda: flash_attention_fp8(ops.q8, ops.k8, ops.v8, **kw, tma=True), device, long)
+            add("triton-fp8-tma (kernel)", ms, cos_vs_sdpa=round(_cos(out8t, ref), 6))
+        except Exception as e:  # noqa: BLE001 - recorded; the other rows still run
+            rows.append({"seq": s, "method": "triton-fp8-tma (kernel)", "error": str(e).splitlines()[0][:200]})
+            log(f"  S={s:>7} {'triton-fp8-tma (kernel)':<28} failed: {str(e).splitlines()[0][:100]}")
     add("triton-fp8 (+quantize)", bench_ms(lambda: flash_attention_fp8(q, k, v), device, long))
     add("quantize q/k/v only", bench_ms(lambda: quantize_qkv_fp8(q, k, v), device), fl=0.0)
     return rows
@@ -168,7 +176,8 @@ def summary(rows: list[dict]) -> str:
         if base is None:
             parts.append(f"S={s}: no SDPA reference on this device")
             continue
-        ours = [m for m in ("triton-bf16", "triton-bf16-tma", "triton-fp8 (kernel)") if m in by]
+        ours = [m for m in ("triton-bf16", "triton-bf16-tma", "triton-fp8 (kernel)", "triton-fp8-tma (kernel)")
+                if m in by]
         parts.append(f"S={s}: " + ", ".join(f"{m} {by[m]['tflops'] / base['tflops']:.2f}x" for m in ours))
     return "ratio vs best SDPA (" + base_name(rows) + "): " + "; ".join(parts)
 

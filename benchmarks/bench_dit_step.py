@@ -24,7 +24,7 @@ if "--smoke" in sys.argv:
 
 import torch  # noqa: E402
 
-BACKENDS = ("sdpa", "triton", "triton-fp8", "triton-tma")  # the last one first to go when time is short
+BACKENDS = ("sdpa", "triton", "triton-fp8", "triton-tma", "triton-fp8-tma")  # the last ones go first when time is short
 
 
 from _bootstrap import bootstrap  # noqa: E402  (benchmarks/ is on sys.path when run as a script)

@@ -207,6 +207,12 @@ def correctness(device: str, smoke: bool) -> list[dict]:
                                v_scale=ops.v_scale, out_dtype=torch.float32, block_m=64, block_n=64)  # fmt: skip
     emu = attention_fp8_emulation(ops.q8, ops.k8, ops.v8, ops.q_scale, ops.k_scale, ops.v_scale, kl, block_n=64)
     _check(res, "attention fp8 rel err vs block emulation", ((out8 - emu).abs().max() / emu.abs().max()).item(), 1e-3)
+    if device != "cuda" or torch.cuda.get_device_capability() >= (9, 0):
+        out8 = flash_attention_fp8(ops.q8, ops.k8, ops.v8, kl, q_scale=ops.q_scale, k_scale=ops.k_scale,
+                                   v_scale=ops.v_scale, out_dtype=torch.float32, block_m=64, block_n=64,
+                                   tma=True)  # fmt: skip
+        _check(res, "attention fp8 TMA rel err vs block emulation",
+               ((out8 - emu).abs().max() / emu.abs().max()).item(), 1e-3)  # fmt: skip
     for be in ("triton", "triton-fp8"):
         with attn_api.use_backend("sdpa"):
             want = attn_api.attention(qb, kb, vb, kl)

@@ -45,14 +45,15 @@ def run(head_dims=(128,), log=print) -> list[dict]:
 
 
 def tma_rows(head_dims, log=print) -> list[dict]:
-    """The BF16 kernel's TMA flavour (``flash_attention(tma=True)``; no TensorRT payload), per tactic."""
+    """The attention kernels' TMA flavour (``tma=True``; no TensorRT payload), per tactic."""
     from vidtrt.kernels import aot
 
     rows = []
-    for d in head_dims:
-        for t, cfg in enumerate(aot.attention_tactics(d, False)):
-            rep = aot.attention_tma_sass(d, t)
-            row = {"plugin": "flash_attention(tma=True)", "dtype": "bf16", "head_dim": d, "tactic": t,
+    for d, fp8 in ((d, fp8) for d in head_dims for fp8 in (False, True)):
+        for t, cfg in enumerate(aot.attention_tactics(d, fp8)):
+            rep = aot.attention_tma_sass(d, t, fp8=fp8)
+            row = {"plugin": f"flash_attention{'_fp8' if fp8 else ''}(tma=True)", "dtype": "fp8" if fp8 else "bf16",
+                   "head_dim": d, "tactic": t,
                    "block_m": cfg["BLOCK_M"], "block_n": cfg["BLOCK_N"], "warps": cfg["num_warps"],
                    "stages": cfg["num_stages"], "registers": rep.registers, "spill_bytes": rep.spill_bytes,
                    "shared_mem": "-", "triton": ""}  # fmt: skip

@@ -6,9 +6,9 @@ Modules (import them explicitly; this package imports nothing, so CPU installs n
                  into the DiT's ``qk_norm_rope`` (CUDA; CPU keeps the torch path).
   attention      ``flash_attention``: non-causal flash attention for [B, S, H, D] with per-sample key
                  lengths (``tma=True``: K / V by Hopper TMA descriptors); registers the attention
-                 backends "triton", "triton-tma" and "triton-fp8".
+                 backends "triton", "triton-fp8" and their TMA flavours "triton-tma", "triton-fp8-tma".
   attention_fp8  ``flash_attention_fp8`` / ``quantize_qkv_fp8``: FP8 e4m3 attention (per-block q/k,
-                 per-channel v, smooth K, P quantized for the PV product).
+                 per-channel v, smooth K, P quantized for the PV product; ``tma=True`` as above).
   reference      torch references (no triton): the definitions the kernels are tested against.
   aot            ahead-of-time payloads (PTX for sm_90, launch grid / scalars) for TensorRT plugins,
                  with their ptxas / SASS facts (registers, spills, instruction mix).

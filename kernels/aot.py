@@ -201,7 +201,8 @@ def attention_fp8_spec(head_dim: int = 128, out_dtype: str = "bf16", tactic: int
         _p("out", "output", out_dtype),
     ]  # fmt: skip
     const = {"HEAD_DIM": head_dim, "BLOCK_M": bm, "BLOCK_N": cfg["BLOCK_N"], "Q_QBLOCK": 128, "K_QBLOCK": 128,
-             "QK_SCALE": LOG2E / math.sqrt(head_dim), "EXACT_FP8": False, "stride_vs": 1}  # fmt: skip
+             "QK_SCALE": LOG2E / math.sqrt(head_dim), "EXACT_FP8": False, "stride_vs": 1,
+             "KV_DESC": False}  # fmt: skip
 
     def launch(dims: Dims, cdiv=py_cdiv):
         b, sq, h, d = dims["q8"]
@@ -371,9 +372,10 @@ def _interpreter_on() -> bool:
     return not isinstance(getattr(tl, "zeros", None), JITFunction)
 
 
-def compile_spec(spec: KernelSpec, arch: int = DEFAULT_ARCH, ptx_version: int | None = PTX_VERSION,
-                 check_ptxas: bool = True) -> AotPayload:
-    """Compile one spec for ``sm_<arch>`` on this machine (no GPU needed)."""
+def _triton_compile(spec: KernelSpec, arch: int, ptx_version: int | None, types: dict[str, str] | None = None,
+                    constexprs: dict[str, Any] | None = None):
+    """``triton.compile`` of a spec for ``sm_<arch>`` (no GPU needed), with its 16-byte divisibility hints;
+    ``types`` / ``constexprs`` override argument types / constants. Returns (compiled, hints used)."""
     import importlib
 
     import triton
@@ -387,29 +389,36 @@ def compile_spec(spec: KernelSpec, arch: int = DEFAULT_ARCH, ptx_version: int | 
         )
     mod_name, fn_name = spec.kernel_ref.split(":")
     fn = getattr(importlib.import_module(mod_name), fn_name)
+    const = {**spec.constexprs, **(constexprs or {})}
     arg_index = {n: i for i, n in enumerate(fn.arg_names)}
     order = [a.name for a in spec.args]
-    runtime_params = [n for n in fn.arg_names if n not in spec.constexprs]
+    runtime_params = [n for n in fn.arg_names if n not in const]
     if len(runtime_params) != len(order):
         raise ValueError(f"{spec.kernel_ref}: kernel has runtime params {runtime_params}, spec lists {order}")
     signature: dict[str, str] = {}
     attrs: dict[tuple[int], list] = {}
     for pname, a in zip(runtime_params, spec.args, strict=True):
-        signature[pname] = a.type
-        if a.divisible16:
+        signature[pname] = (types or {}).get(a.name, a.type)
+        if a.divisible16 and signature[pname] == a.type:
             attrs[(arg_index[pname],)] = [["tt.divisibility", 16]]
-    for k in spec.constexprs:
+    for k in const:
         signature[k] = "constexpr"
     options = {"num_warps": spec.num_warps, "num_stages": spec.num_stages}
     if ptx_version is not None:
         options["ptx_version"] = ptx_version
     target = GPUTarget("cuda", arch, 32)
-    hints = True
     try:
-        compiled = triton.compile(ASTSource(fn, signature, spec.constexprs, attrs), target=target, options=options)
+        return triton.compile(ASTSource(fn, signature, const, attrs), target=target, options=options), True
     except Exception:  # noqa: BLE001 - a Triton whose attrs format differs: compile without the hints
-        hints = False
-        compiled = triton.compile(ASTSource(fn, signature, spec.constexprs), target=target, options=options)
+        return triton.compile(ASTSource(fn, signature, const), target=target, options=options), False
+
+
+def compile_spec(spec: KernelSpec, arch: int = DEFAULT_ARCH, ptx_version: int | None = PTX_VERSION,
+                 check_ptxas: bool = True) -> AotPayload:
+    """Compile one spec for ``sm_<arch>`` on this machine (no GPU needed)."""
+    import triton
+
+    compiled, hints = _triton_compile(spec, arch, ptx_version)
     md = compiled.metadata
     ptx = compiled.asm["ptx"]
     gs = int(getattr(md, "global_scratch_size", 0) or 0)
@@ -437,28 +446,17 @@ def compile_spec(spec: KernelSpec, arch: int = DEFAULT_ARCH, ptx_version: int | 
     )  # fmt: skip
 
 
-def attention_tma_sass(head_dim: int = 128, tactic: int = 0, arch: int = DEFAULT_ARCH) -> PtxasReport:
-    """ptxas / SASS facts of the BF16 attention kernel in its TMA flavour (``flash_attention(tma=True)``:
-    K / V as tensor descriptors). Not a TensorRT payload: a host TMA descriptor is a 128-byte kernel
-    parameter that the AOT plugin launch cannot pass, so this exists only to check the sm_90a code."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    from .attention import _attn_fwd_kernel
-
-    if _interpreter_on():
-        raise RuntimeError("AOT compilation needs a process where TRITON_INTERPRET was off when triton was imported")
-    spec = attention_spec("bf16", head_dim, tactic, arch)
-    desc = f"tensordesc<bf16[1,{spec.constexprs['BLOCK_N']},1,{head_dim}]>"
-    signature = {a.name: (desc if a.name in ("k", "v") else a.type) for a in spec.args}
-    params = [n for n in _attn_fwd_kernel.arg_names if n not in spec.constexprs]
-    signature = {p: signature[a.name] for p, a in zip(params, spec.args, strict=True)}
-    const = {**spec.constexprs, "KV_DESC": True}
-    signature.update({k: "constexpr" for k in const})
-    options = {"num_warps": spec.num_warps, "num_stages": spec.num_stages}  # Triton's PTX ISA, as the JIT uses
-    compiled = triton.compile(ASTSource(_attn_fwd_kernel, signature, const), target=GPUTarget("cuda", arch, 32),
-                              options=options)  # fmt: skip
+def attention_tma_sass(head_dim: int = 128, tactic: int = 0, arch: int = DEFAULT_ARCH, fp8: bool = False
+                       ) -> PtxasReport:
+    """ptxas / SASS facts of the attention kernels in their TMA flavour (``tma=True``: K / V as tensor
+    descriptors). Not a TensorRT payload: a host TMA descriptor is a 128-byte kernel parameter that
+    the AOT plugin launch cannot pass, so this exists only to check the sm_90a code."""
+    spec = attention_fp8_spec(head_dim, "bf16", tactic, arch) if fp8 else attention_spec("bf16", head_dim, tactic, arch)
+    bn, el = spec.constexprs["BLOCK_N"], "fp8e4nv" if fp8 else "bf16"
+    k_tile = f"tensordesc<{el}[1,{bn},1,{head_dim}]>"
+    types = {"k8": k_tile, "v8t": f"tensordesc<{el}[1,1,{head_dim},{bn}]>"} if fp8 else {"k": k_tile, "v": k_tile}
+    # Triton's own PTX ISA version, as the JIT uses (the TMA copies it emits need PTX >= 8.6)
+    compiled, _ = _triton_compile(spec, arch, None, types, {"KV_DESC": True})
     ptx = compiled.asm["ptx"]
     return _ptxas_check(ptx, re.search(r"\.target\s+(\w+)", ptx).group(1))
 

@@ -5,10 +5,10 @@ Online softmax in fp32 (exp2 with log2(e) folded into the scale), BF16/FP16 tens
 loop stops at the sample's length, and only the last partial key block is masked, so text padding
 costs neither a mask tensor nor FLOPs. A sample with key length 0 gets zeros.
 
-Importing this module registers the attention backends "triton", "triton-tma" and "triton-fp8"
-(``vidtrt.models.attention.use_backend`` / ``set_backend``; torch engines carry a
-``vidtrt.pipeline.KernelChoice``). Argument order of the kernel is the TensorRT AOT
-plugin order: input pointers, int32 scalars, output pointers, then constexprs.
+Importing this module registers the attention backends "triton", "triton-fp8" and their TMA
+flavours "triton-tma", "triton-fp8-tma" (``vidtrt.models.attention.use_backend`` / ``set_backend``;
+torch engines carry a ``vidtrt.pipeline.KernelChoice``). Argument order of the kernel is the
+TensorRT AOT plugin order: input pointers, int32 scalars, output pointers, then constexprs.
 """
 
 from __future__ import annotations
@@ -164,12 +164,20 @@ def _descriptor_blocks(nargs: dict) -> None:
             desc.block_shape = [1, nargs["BLOCK_N"], 1, nargs["HEAD_DIM"]]
 
 
+def _descriptor_blocks_fp8(nargs: dict) -> None:
+    """The same for the FP8 kernel, whose V descriptor spans the transposed [B, H, D, S] buffer."""
+    if hasattr(nargs.get("K"), "block_shape"):
+        nargs["K"].block_shape = [1, nargs["BLOCK_N"], 1, nargs["HEAD_DIM"]]
+    if hasattr(nargs.get("V"), "block_shape"):
+        nargs["V"].block_shape = [1, 1, nargs["HEAD_DIM"], nargs["BLOCK_N"]]
+
+
 def attention_configs(capability: tuple[int, int], head_dim: int, fp8: bool = False) -> list[triton.Config]:
     """Autotuning candidates per GPU generation (see ``_configs.attention_config_dicts``)."""
     return [
         triton.Config(
             {"BLOCK_M": c["BLOCK_M"], "BLOCK_N": c["BLOCK_N"]}, num_warps=c["num_warps"], num_stages=c["num_stages"],
-            pre_hook=None if fp8 else _descriptor_blocks,
+            pre_hook=_descriptor_blocks_fp8 if fp8 else _descriptor_blocks,
         )
         for c in attention_config_dicts(capability, head_dim, fp8)
     ]
@@ -231,17 +239,24 @@ def check_attention_inputs(q, k, v, dtypes=FLOAT_DTYPES, head_dims=SUPPORTED_HEA
     check_device("q", q)
 
 
-def _kv_descriptor(name: str, t: torch.Tensor, block_n: int):
-    """A TMA descriptor over [B, S, H, D] loading [1, block_n, 1, D] tiles (TMA: 16-byte base and strides)."""
+def tma_descriptor(name: str, t: torch.Tensor, block_shape: list[int]):
+    """A TMA descriptor over ``t`` (last dim contiguous, 16-byte aligned base and strides)."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     esize = t.element_size()
-    if t.data_ptr() % 16 or any((st * esize) % 16 for st in t.stride()[:3]):
+    if t.stride(-1) != 1 or t.data_ptr() % 16 or any((st * esize) % 16 for st in t.stride()[:-1]):
         raise ValueError(
             f"tma=True needs {name} 16-byte aligned with strides that are multiples of 16 bytes, got strides "
             f"{t.stride()} ({t.dtype}); use tma=False"
         )
-    return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, block_n, 1, t.shape[3]])
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), list(block_shape))
+
+
+def check_tma(tma, device: torch.device) -> None:
+    if not isinstance(tma, bool):
+        raise TypeError(f"tma must be a bool, got {type(tma).__name__}")
+    if tma and device.type == "cuda" and cuda_capability(device) < (9, 0):
+        raise ValueError("tma=True needs a Hopper-or-newer GPU (sm_90+, TMA); use tma=False")
 
 
 def flash_attention(
@@ -303,12 +318,9 @@ def flash_attention(
     forced = block_m is not None or block_n is not None or q.device.type != "cuda"
     dbm, dbn = default_blocks(seq_q, seq_k)
     bm, bn = block_m or dbm, block_n or dbn
-    if not isinstance(tma, bool):
-        raise TypeError(f"tma must be a bool, got {type(tma).__name__}")
-    if tma and q.device.type == "cuda" and cuda_capability(q.device) < (9, 0):
-        raise ValueError("tma=True needs a Hopper-or-newer GPU (sm_90+, TMA); use tma=False")
+    check_tma(tma, q.device)
     if tma:  # block shape set here for a forced config, by the autotuner's pre-hook otherwise
-        args = (q, _kv_descriptor("k", k, bn), _kv_descriptor("v", v, bn), *args[3:])
+        args = (q, tma_descriptor("k", k, [1, bn, 1, dim]), tma_descriptor("v", v, [1, bn, 1, dim]), *args[3:])
     if forced:
         grid = (triton.cdiv(seq_q, bm), bsz * heads)
         _attn_fwd_kernel[grid](
@@ -338,12 +350,19 @@ def _triton_fp8_backend(q, k, v, key_lengths):
     return flash_attention_fp8(q, k, v, key_lengths)
 
 
+def _triton_fp8_tma_backend(q, k, v, key_lengths):
+    from .attention_fp8 import flash_attention_fp8
+
+    return flash_attention_fp8(q, k, v, key_lengths, tma=True)
+
+
 def _register_backends() -> None:
     from vidtrt.models.attention import register_backend
 
     register_backend("triton", _triton_backend)
     register_backend("triton-tma", _triton_tma_backend)
     register_backend("triton-fp8", _triton_fp8_backend)
+    register_backend("triton-fp8-tma", _triton_fp8_tma_backend)
 
 
 _register_backends()

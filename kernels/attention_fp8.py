@@ -37,7 +37,7 @@ from ._common import (
     tl,
     triton,
 )
-from .attention import _autotuned, check_attention_inputs, check_key_lengths
+from .attention import _autotuned, check_attention_inputs, check_key_lengths, check_tma, tma_descriptor
 from .reference import attention_fp8_emulation, quantize_per_block_reference, quantize_per_channel_reference
 
 FP8_HEAD_DIMS = (64, 128)  # the QK^T product has K = D: FP8 tensor cores need K >= 32
@@ -178,6 +178,7 @@ def _attn_fwd_fp8_kernel(
     K_QBLOCK: tl.constexpr,  # tokens per k scale (a multiple of BLOCK_N)
     QK_SCALE: tl.constexpr,  # softmax scale * log2(e)
     EXACT_FP8: tl.constexpr = False,  # interpreter: round P in fp32 first (see round_to_e4m3)
+    KV_DESC: tl.constexpr = False,  # K: TMA descriptor [B, S, H, D]; V: over the transposed [B, H, D, S] buffer
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -204,8 +205,9 @@ def _attn_fwd_fp8_kernel(
         Q_SCALE + b64 * stride_qsb + h64 * stride_qsh + (offs_m // Q_QBLOCK) * stride_qsn, mask=m_ok, other=1.0
     )
     q_sc = q_sc * QK_SCALE
-    k_base = K + b64 * stride_kb + h64 * stride_kh
-    v_base = V + b64 * stride_vb + h64 * stride_vh
+    if not KV_DESC:
+        k_base = K + b64 * stride_kb + h64 * stride_kh
+        v_base = V + b64 * stride_vb + h64 * stride_vh
     ks_base = K_SCALE + b64 * stride_ksb + h64 * stride_ksh
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -220,14 +222,18 @@ def _attn_fwd_fp8_kernel(
             lo = n_full
             hi = kl
         for start_n in range(lo, hi, BLOCK_N):
-            rows = (start_n + offs_n).to(tl.int64)
-            k_ptrs = k_base + rows[:, None] * stride_ks + offs_d[None, :]
-            v_ptrs = v_base + rows[:, None] * stride_vs + offs_d[None, :].to(tl.int64) * stride_vd
-            if stage == 0:
-                k = tl.load(k_ptrs)
-            else:
+            if stage == 1:
                 n_ok = (start_n + offs_n) < kl
-                k = tl.load(k_ptrs, mask=n_ok[:, None], other=0.0)
+            if KV_DESC:  # bulk tensor copies; rows past S_k arrive as zeros, rows past kl are masked below
+                k = K.load([b, start_n, h, 0]).reshape(BLOCK_N, HEAD_DIM)
+            else:
+                rows = (start_n + offs_n).to(tl.int64)
+                k_ptrs = k_base + rows[:, None] * stride_ks + offs_d[None, :]
+                v_ptrs = v_base + rows[:, None] * stride_vs + offs_d[None, :].to(tl.int64) * stride_vd
+                if stage == 0:
+                    k = tl.load(k_ptrs)
+                else:
+                    k = tl.load(k_ptrs, mask=n_ok[:, None], other=0.0)
             s = tl.dot(q, tl.trans(k))  # fp8 x fp8 -> fp32
             if stage == 1:
                 s = tl.where(n_ok[None, :], s, float("-inf"))
@@ -236,14 +242,18 @@ def _attn_fwd_fp8_kernel(
             p = tl.math.exp2(s * row_scale[:, None] - m_new[:, None])
             alpha = tl.math.exp2(m_i - m_new)
             l_i = l_i * alpha + tl.sum(p, 1)
-            if stage == 0:
+            if KV_DESC:
+                v = tl.trans(V.load([b, h, 0, start_n]).reshape(HEAD_DIM, BLOCK_N))
+                if stage == 1:  # keys in [kl, S_k) hold data: P is 0 there, but 0 * NaN would be NaN
+                    v = tl.where(n_ok[:, None], v, 0.0)
+            elif stage == 0:
                 v = tl.load(v_ptrs)
             else:
                 v = tl.load(v_ptrs, mask=n_ok[:, None], other=0.0)
             p_q = p * 448.0
             if EXACT_FP8:
                 p_q = round_to_e4m3(p_q)
-            p8 = p_q.to(V.dtype.element_ty)
+            p8 = p_q.to(Q.dtype.element_ty)
             acc = acc * alpha[:, None] + tl.dot(p8, v)
             m_i = m_new
 
@@ -408,6 +418,7 @@ def flash_attention_fp8(
     block_n: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
+    tma: bool = False,
 ) -> torch.Tensor:
     """Attention with FP8 e4m3 QK^T and PV products (fp32 softmax and accumulation).
 
@@ -419,7 +430,8 @@ def flash_attention_fp8(
         x ~= x8 * scale; output in out_dtype (default bf16). v8 may be any strided [B, S, H, D] view
         (fastest: tokens contiguous, as ``quantize_v_per_channel`` makes it).
     key_lengths, sm_scale and the block arguments as in ``flash_attention``; block_n must divide
-    quant_block when k has per-block scales.
+    quant_block when k has per-block scales. ``tma=True``: K and V through TMA descriptors (Hopper);
+    v8 must then have tokens contiguous with 16-byte aligned rows (``quantize_v_per_channel``'s layout).
     """
     if not isinstance(q, torch.Tensor):
         raise TypeError(f"q must be a torch.Tensor, got {type(q).__name__}")
@@ -481,19 +493,23 @@ def flash_attention_fp8(
         "QK_SCALE": scale * LOG2E,
         "EXACT_FP8": q.device.type != "cuda",
     }
-    if block_m is not None or block_n is not None or q.device.type != "cuda":
+    check_tma(tma, q.device)
+    const["KV_DESC"] = tma
+    forced = block_m is not None or block_n is not None or q.device.type != "cuda"
+    small_qblock = quant_block < 128 and ksn != 0  # key blocks must not straddle k-scale blocks
+    if forced:
         bm = block_m or (64 if seq_q > 32 else 32 if seq_q > 16 else 16)
         bn = block_n or min(quant_block, 64 if seq_k > 32 else 32 if seq_k > 16 else 16)
+        warps, stages = num_warps or 4, num_stages or 2
+    else:  # the small-quant-block config, or the descriptors' initial block (the autotuner resets it)
+        bm, bn, warps, stages = 128, quant_block if small_qblock else 64, 8, 3
+    if tma:  # block shapes set here for a fixed config, by the autotuner's pre-hook otherwise
+        args = (q8, tma_descriptor("k", k8, [1, bn, 1, dim]),
+                tma_descriptor("v (as its [B, H, D, S] buffer)", v8.permute(0, 2, 3, 1), [1, 1, dim, bn]),
+                *args[3:])  # fmt: skip
+    if forced or small_qblock:
         grid = (triton.cdiv(seq_q, bm), bsz * heads)
-        _attn_fwd_fp8_kernel[grid](
-            *args, **const, BLOCK_M=bm, BLOCK_N=bn, num_warps=num_warps or 4, num_stages=num_stages or 2
-        )
-        return out
-    if quant_block < 128 and ksn != 0:  # autotune candidates use key blocks up to 128
-        const["K_QBLOCK"] = quant_block
-        bn = quant_block
-        grid = (triton.cdiv(seq_q, 128), bsz * heads)
-        _attn_fwd_fp8_kernel[grid](*args, **const, BLOCK_M=128, BLOCK_N=bn, num_warps=8, num_stages=3)
+        _attn_fwd_fp8_kernel[grid](*args, **const, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
         return out
     tuned = _autotuned(_attn_fwd_fp8_kernel, cuda_capability(q.device), dim, True)
     grid = lambda meta: (triton.cdiv(seq_q, meta["BLOCK_M"]), bsz * heads)

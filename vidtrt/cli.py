@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=int, default=0,
                      help="onnxruntime intra-op threads (0 = onnxruntime's default)")
     run.add_argument("--attention", default=None,
-                     help="attention backend: sdpa, triton, triton-tma (Hopper), triton-fp8 "
+                     help="attention backend: sdpa, triton, triton-fp8, triton-tma / triton-fp8-tma (Hopper) "
                           "(default: triton on CUDA, sdpa on CPU)")
     run.add_argument("--device", default="cpu", help="torch device for --engine torch: cpu (default) or cuda")
     run.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],

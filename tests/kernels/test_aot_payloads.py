@@ -143,23 +143,26 @@ def test_launch_values_at_hunyuan_shapes(payloads, seq):
 
 
 def test_tma_flavour_uses_bulk_tensor_copies():
-    """flash_attention(tma=True) on sm_90a: K / V arrive by TMA (UTMALDG), products on HGMMA, no
-    per-thread copies or byte loads, no spills (compiled in a child process: this one interprets)."""
+    """tma=True on sm_90a: K / V arrive by TMA (UTMALDG), products on HGMMA (bf16) / QGMMA (fp8), no
+    byte loads, no spills; bf16 has no per-thread async copies left (fp8 keeps a few for its k scales).
+    Compiled in a child process: this one interprets."""
     import json
     import os
     import subprocess
     import sys
 
     code = ("import json; from dataclasses import asdict; from vidtrt.kernels import aot; "
-            "print(json.dumps(asdict(aot.attention_tma_sass(128, 0))))")  # fmt: skip
+            "print(json.dumps([asdict(aot.attention_tma_sass(128, 0, fp8=f)) for f in (False, True)]))")  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    rep = json.loads(proc.stdout.strip().splitlines()[-1])
-    ops = rep["sass_opcodes"]
-    assert rep["ok"] and rep["spill_bytes"] == 0, rep["log"]
-    assert aot.sass_count(ops, "UTMALDG") > 0 and aot.sass_count(ops, "HGMMA") > 0
-    assert aot.sass_count(ops, "LDGSTS") == 0 and aot.sass_count(ops, "LDG.E.U8") == 0
+    bf16, fp8 = json.loads(proc.stdout.strip().splitlines()[-1])
+    for rep, mma in ((bf16, "HGMMA"), (fp8, "QGMMA")):
+        ops = rep["sass_opcodes"]
+        assert rep["ok"] and rep["spill_bytes"] == 0, rep["log"]
+        assert aot.sass_count(ops, "UTMALDG") > 0 and aot.sass_count(ops, mma) > 0
+        assert aot.sass_count(ops, "LDG.E.U8") == 0 and aot.sass_count(ops, "HMMA") == 0
+    assert aot.sass_count(bf16["sass_opcodes"], "LDGSTS") == 0
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET was off"):
         aot.attention_tma_sass(128, 0)
 

@@ -31,7 +31,7 @@ def register_backend(name: str, fn: AttentionBackend) -> None:
 
 
 # Backends that register themselves when vidtrt.kernels.attention is imported (needs triton).
-KERNEL_BACKENDS = ("triton", "triton-tma", "triton-fp8")
+KERNEL_BACKENDS = ("triton", "triton-tma", "triton-fp8", "triton-fp8-tma")
 
 
 def available_backends() -> list[str]:
