@@ -113,17 +113,22 @@ def _bench_seq(s: int, batch: int, heads: int, head_dim: int, dtype, device: str
     if ref is None:
         ref = F.scaled_dot_product_attention(qt.float(), kt.float(), vt.float()).transpose(1, 2)
 
-    out = flash_attention(q, k, v)
-    ms = bench_ms(lambda: flash_attention(q, k, v), device, long)
-    add("triton-bf16", ms, cos_vs_sdpa=round(_cos(out, ref), 6))
-    if not gpu or torch.cuda.get_device_capability() >= (9, 0):  # K / V by TMA bulk copies (Hopper)
+    def add_checked(method, fn, optional=False):
+        """Run (the first call compiles / autotunes), time, and compare with the reference; an
+        optional row that fails is recorded as an error and the other rows still run."""
         try:
-            out_tma = flash_attention(q, k, v, tma=True)
-            ms = bench_ms(lambda: flash_attention(q, k, v, tma=True), device, long)
-            add("triton-bf16-tma", ms, cos_vs_sdpa=round(_cos(out_tma, ref), 6))
-        except Exception as e:  # noqa: BLE001 - recorded; the other rows still run
-            rows.append({"seq": s, "method": "triton-bf16-tma", "error": str(e).splitlines()[0][:200]})
-            log(f"  S={s:>7} {'triton-bf16-tma':<28} failed: {str(e).splitlines()[0][:100]}")
+            out = fn()
+            add(method, bench_ms(fn, device, long), cos_vs_sdpa=round(_cos(out, ref), 6))
+        except Exception as e:  # noqa: BLE001
+            if not optional:
+                raise
+            rows.append({"seq": s, "method": method, "error": str(e).splitlines()[0][:200]})
+            log(f"  S={s:>7} {method:<28} failed: {str(e).splitlines()[0][:100]}")
+
+    tma = not gpu or torch.cuda.get_device_capability() >= (9, 0)  # K / V by TMA bulk copies (Hopper)
+    add_checked("triton-bf16", lambda: flash_attention(q, k, v))
+    if tma:
+        add_checked("triton-bf16-tma", lambda: flash_attention(q, k, v, tma=True), optional=True)
     # text padding: the last text_pad keys of every sample are padding (no mask tensor, no FLOPs)
     kl = torch.full((batch,), s - text_pad, dtype=torch.int32, device=device)
     flash_attention(q, k, v, kl)
@@ -132,17 +137,10 @@ def _bench_seq(s: int, batch: int, heads: int, head_dim: int, dtype, device: str
     ops = quantize_qkv_fp8(q, k, v)
     kw = dict(q_scale=ops.q_scale, k_scale=ops.k_scale, v_scale=ops.v_scale, quant_block=ops.quant_block,
               out_dtype=dtype)  # fmt: skip
-    out8 = flash_attention_fp8(ops.q8, ops.k8, ops.v8, **kw)
-    ms = bench_ms(lambda: flash_attention_fp8(ops.q8, ops.k8, ops.v8, **kw), device, long)
-    add("triton-fp8 (kernel)", ms, cos_vs_sdpa=round(_cos(out8, ref), 6))
-    if not gpu or torch.cuda.get_device_capability() >= (9, 0):
-        try:
-            out8t = flash_attention_fp8(ops.q8, ops.k8, ops.v8, **kw, tma=True)
-            ms = bench_ms(lambda: flash_attention_fp8(ops.q8, ops.k8, ops.v8, **kw, tma=True), device, long)
-            add("triton-fp8-tma (kernel)", ms, cos_vs_sdpa=round(_cos(out8t, ref), 6))
-        except Exception as e:  # noqa: BLE001 - recorded; the other rows still run
-            rows.append({"seq": s, "method": "triton-fp8-tma (kernel)", "error": str(e).splitlines()[0][:200]})
-            log(f"  S={s:>7} {'triton-fp8-tma (kernel)':<28} failed: {str(e).splitlines()[0][:100]}")
+    add_checked("triton-fp8 (kernel)", lambda: flash_attention_fp8(ops.q8, ops.k8, ops.v8, **kw))
+    if tma:
+        add_checked("triton-fp8-tma (kernel)", lambda: flash_attention_fp8(ops.q8, ops.k8, ops.v8, **kw, tma=True),
+                    optional=True)  # fmt: skip
     add("triton-fp8 (+quantize)", bench_ms(lambda: flash_attention_fp8(q, k, v), device, long))
     add("quantize q/k/v only", bench_ms(lambda: quantize_qkv_fp8(q, k, v), device), fl=0.0)
     return rows

@@ -13,6 +13,7 @@ TensorRT AOT plugin order: input pointers, int32 scalars, output pointers, then 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -156,20 +157,13 @@ def _attn_fwd_kernel(
 # ----------------------------------------------------------------------------------------------
 # Block sizes
 # ----------------------------------------------------------------------------------------------
-def _descriptor_blocks(nargs: dict) -> None:
-    """Autotuner pre-hook: TMA descriptors of K / V get the block shape of the config being run."""
-    for name in ("K", "V"):
-        desc = nargs.get(name)
-        if hasattr(desc, "block_shape"):  # a TensorDescriptor (plain tensors have no block shape)
-            desc.block_shape = [1, nargs["BLOCK_N"], 1, nargs["HEAD_DIM"]]
-
-
-def _descriptor_blocks_fp8(nargs: dict) -> None:
-    """The same for the FP8 kernel, whose V descriptor spans the transposed [B, H, D, S] buffer."""
-    if hasattr(nargs.get("K"), "block_shape"):
-        nargs["K"].block_shape = [1, nargs["BLOCK_N"], 1, nargs["HEAD_DIM"]]
-    if hasattr(nargs.get("V"), "block_shape"):
-        nargs["V"].block_shape = [1, 1, nargs["HEAD_DIM"], nargs["BLOCK_N"]]
+def _descriptor_blocks(nargs: dict, v_transposed: bool = False) -> None:
+    """Autotuner pre-hook: TMA descriptors of K / V get the block shape of the config being run
+    (``v_transposed``: the FP8 kernel's V descriptor spans the transposed [B, H, D, S] buffer)."""
+    bn, d = nargs["BLOCK_N"], nargs["HEAD_DIM"]
+    for name, block in (("K", [1, bn, 1, d]), ("V", [1, 1, d, bn] if v_transposed else [1, bn, 1, d])):
+        if hasattr(nargs.get(name), "block_shape"):  # a TensorDescriptor (plain tensors have no block shape)
+            nargs[name].block_shape = block
 
 
 def attention_configs(capability: tuple[int, int], head_dim: int, fp8: bool = False) -> list[triton.Config]:
@@ -177,7 +171,7 @@ def attention_configs(capability: tuple[int, int], head_dim: int, fp8: bool = Fa
     return [
         triton.Config(
             {"BLOCK_M": c["BLOCK_M"], "BLOCK_N": c["BLOCK_N"]}, num_warps=c["num_warps"], num_stages=c["num_stages"],
-            pre_hook=_descriptor_blocks_fp8 if fp8 else _descriptor_blocks,
+            pre_hook=functools.partial(_descriptor_blocks, v_transposed=fp8),
         )
         for c in attention_config_dicts(capability, head_dim, fp8)
     ]

@@ -74,6 +74,22 @@ def test_tma_descriptors(case, device):
     assert _rel_err(flash_attention(q, k, v, key_lengths, block_m=bm, block_n=bn), ref) <= 1e-5
 
 
+def test_autotune_pre_hook_sets_descriptor_blocks():
+    """On a GPU the autotuner gives each config's BLOCK_N to the TMA descriptors (FP8: V transposed);
+    plain tensors (the pointer flavour) are left alone."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+    from vidtrt.kernels.attention import attention_configs
+
+    t = torch.zeros(1, 64, 1, 64)
+    for fp8, v_block in ((False, [1, 32, 1, 64]), (True, [1, 1, 64, 32])):
+        cfg = attention_configs((9, 0), 64, fp8)[0]
+        k = TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 16, 1, 64])
+        v = TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 16, 1, 64])
+        cfg.pre_hook({"K": k, "V": v, "BLOCK_N": 32, "HEAD_DIM": 64})
+        assert k.block_shape == [1, 32, 1, 64] and v.block_shape == v_block
+        cfg.pre_hook({"K": t, "V": t, "BLOCK_N": 32, "HEAD_DIM": 64})  # pointers: nothing to set
+
+
 def test_key_lengths_equal_dropping_padding(device):
     """Sample b with length n == attention over the first n keys only (varlen semantics)."""
     q, k, v = _qkv(2, 24, 24, 2, 64, torch.float32, device)
