@@ -4,6 +4,13 @@ Weights are read zero-copy (safetensors through a private mmap, ``.pt`` through
 ``torch.load(mmap=True)``) into modules built on the meta device with ``assign=True``, so a model
 is never held twice: peak RAM is about the weights' size plus one tensor.
 
+Every parameter ends up 64-byte aligned (:data:`WEIGHT_ALIGNMENT`), whichever file it came from: a
+mapped tensor whose file offset is not aligned is copied once (its source pages dropped right after).
+BLAS libraries may round differently for the same values at another alignment (oneMKL documents
+this under "conditional numerical reproducibility"; its SSE4.2 sgemm path does it here), so without
+this the same weights in the official layout (torch's zip records: 64-byte aligned) and the
+diffusers layout (safetensors: 8-byte aligned data) gave videos one pixel level apart on some CPUs.
+
 A missing, unexpected or mis-shaped key is a :class:`~vidtrt.errors.CheckpointError` naming the key
 and the file it came from (or should have come from).
 """
@@ -44,6 +51,7 @@ OFFICIAL_DIT_FP8 = "transformers/mp_rank_00_model_states_fp8.pt"
 OFFICIAL_DIT_FP8_MAP = "transformers/mp_rank_00_model_states_fp8_map.pt"
 OFFICIAL_VAE = "vae/pytorch_model.pt"
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"
+WEIGHT_ALIGNMENT = 64  # bytes: torch's CPU allocator alignment, what oneMKL asks for reproducible results
 VIDTRT_JSON = "vidtrt.json"  # optional overrides written next to model_index.json (text, tiling, defaults)
 
 
@@ -128,7 +136,9 @@ def write_safetensors_streaming(
         header[name] = {"dtype": SAFETENSORS_NAMES[dtype], "shape": shape, "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)  # align the data section like safetensors does
+    # safetensors pads to 8; we pad to WEIGHT_ALIGNMENT so tensors whose sizes are multiples of it stay
+    # aligned (zero-copy) when read back
+    blob += b" " * (-(8 + len(blob)) % WEIGHT_ALIGNMENT)
     with open(path, "wb") as f:
         f.write(len(blob).to_bytes(8, "little"))
         f.write(blob)
@@ -256,9 +266,10 @@ def load_state_dict_into(
 ) -> nn.Module:
     """Strictly assign ``state_dict`` to a (meta-device) module; one-line errors name key and file.
 
-    Tensors already in ``dtype`` are assigned as they are (zero-copy: the parameters *are* the
-    mapped file). Others are converted one at a time, and ``releaser`` drops each source's pages
-    right after its conversion, so the peak is the converted model plus one tensor, not both copies.
+    Tensors already in ``dtype`` and aligned to :data:`WEIGHT_ALIGNMENT` bytes are assigned as they
+    are (zero-copy: the parameters *are* the mapped file). Others are converted or copied one at a
+    time into aligned memory, and ``releaser`` drops each source's pages right after, so the peak is
+    the loaded model plus one tensor, not both copies.
     ``describe(key)`` renders a key in messages (the official layout adds the official name).
     """
     ignored = tuple(ignored_prefixes)
@@ -280,8 +291,8 @@ def load_state_dict_into(
     converted = {}
     for key in expected:
         t = state_dict[key]
-        if t.dtype != target and t.is_floating_point():
-            src, t = t, t.to(target)
+        if t.is_floating_point() and (t.dtype != target or t.data_ptr() % WEIGHT_ALIGNMENT):
+            src, t = t, t.to(target, copy=True)
             if releaser is not None:
                 releaser.release(src)
         converted[key] = t
