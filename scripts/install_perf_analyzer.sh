@@ -72,7 +72,7 @@ cudart_lib=$(ls "$TOOLS"/cudart/nvidia/cuda_runtime/lib/libcudart.so.12 2>/dev/n
 if [ -z "$cudart_lib" ]; then
   echo "installing nvidia-cuda-runtime-cu12 into $TOOLS/cudart (libcudart.so.12)"
   "$PY" -m pip install --disable-pip-version-check -q --no-deps --target "$TOOLS/cudart" \
-    "nvidia-cuda-runtime-cu12>=12.0,<13" 2>&1 | grep -v "is ignored" || true
+    "nvidia-cuda-runtime-cu12==12.9.79" 2>&1 | grep -v "is ignored" || true
 fi
 
 # 4. The wrapper.

@@ -173,6 +173,10 @@ PROCESS_ENV_DEFAULTS = {
 }
 
 
+# The stub environment's NumPy: the last 1.x release, the one the bundled stub was verified with.
+STUB_NUMPY = "numpy==1.26.4"
+
+
 def _numpy_major() -> int | None:
     try:
         from importlib.metadata import version
@@ -186,7 +190,8 @@ def stub_python_env(auto_install: bool = True) -> Path | None:
     """The Python environment the bundled Python-backend stub must run in, or None for this one.
 
     Needed when this environment has NumPy >= 2 (see the module docstring). Made once under the cache
-    directory (``$VIDTRT_TRITON_STUB_ENV`` overrides the place) with ``pip install --no-deps numpy<2``;
+    directory (``$VIDTRT_TRITON_STUB_ENV`` overrides the place) with ``pip install --no-deps`` of
+    :data:`STUB_NUMPY`;
     raises :class:`ServerError` if it is missing and ``auto_install`` is False or the install fails.
     """
     major = _numpy_major()
@@ -194,7 +199,7 @@ def stub_python_env(auto_install: bool = True) -> Path | None:
         return None
     pyver = f"{sys.version_info.major}.{sys.version_info.minor}"
     site_dirs = [d for d in site.getsitepackages() if Path(d).is_dir()]
-    key = hashlib.sha1("|".join([sys.prefix, *site_dirs]).encode()).hexdigest()[:12]
+    key = hashlib.sha1("|".join([sys.prefix, *site_dirs, STUB_NUMPY]).encode()).hexdigest()[:12]
     root = Path(os.environ.get("VIDTRT_TRITON_STUB_ENV") or _cache_root() / f"triton_stub_env-py{pyver}-{key}")
     marker = root / ".vidtrt-complete"
     if marker.is_file():
@@ -214,7 +219,7 @@ def stub_python_env(auto_install: bool = True) -> Path | None:
         sp = tmp / "lib" / f"python{pyver}" / "site-packages"
         r = subprocess.run(
             [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "-q", "--no-deps",
-             "--target", str(sp), "numpy>=1.24,<2"],
+             "--target", str(sp), STUB_NUMPY],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         if r.returncode != 0:
