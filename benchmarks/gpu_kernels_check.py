@@ -1,6 +1,6 @@
 """Everything about the kernels that needs a GPU, in one call; results to benchmarks/results/.
 
-    python benchmarks/gpu_kernels_check.py             # H100 / H200: ~5-7 minutes (budget 510 s)
+    python benchmarks/gpu_kernels_check.py             # H100 / H200: under 8 minutes (budget 450 s)
     python benchmarks/gpu_kernels_check.py --quick     # no DiT step (~2 minutes)
     python benchmarks/gpu_kernels_check.py --smoke     # CPU: interpreter + tiny shapes (checks this script)
 
@@ -8,7 +8,7 @@ Phases (each recorded, a failing one does not stop the others):
  1. correctness on the GPU: fused norm+RoPE vs reference (fp32 / bf16 / fp8 out), attention fp32
     vs float64 (IEEE products) with unequal key lengths and S off the block grid, bf16 with the
     autotuned configs, FP8 cosine vs fp32 and exactness vs the block emulation, the attention
-    backends (and, last, with the time left: the kernel test files under pytest on CUDA);
+    backends; last, the kernel tests marked ``gpu`` under pytest on this device (90 s, failures named);
  2. the TensorRT AOT payloads compiled for this GPU (what the plugins embed), their PTX loaded and
     launched through the CUDA driver (ctypes on libcuda: cuModuleLoadDataEx / cuLaunchKernel, no
     extra package) with exactly the plugin's grid, block, shared memory and argument order
@@ -50,6 +50,9 @@ import bench_dit_step  # noqa: E402
 import bench_rope  # noqa: E402
 
 bench_attention.bootstrap()
+
+
+PYTEST_S = 90.0  # the kernel tests' share of the budget
 
 
 def log(msg: str) -> None:
@@ -140,6 +143,12 @@ def _check(results: list, name: str, value: float, limit: float, op: str = "<=",
     log(f"  [{'ok' if ok else 'FAIL'}] {name}: {value:.3g} ({op} {limit:g})")
 
 
+def _note(results: list, name: str, value: float) -> None:
+    """A measured value with no bound (recorded and printed; never a failure)."""
+    results.append({"check": name, "value": value, "limit": None, "op": "info", "ok": True})
+    log(f"  [info] {name}: {value:.4g}")
+
+
 def _rope_inputs(b, s, h, d, n, dtype, device, seed=0):
     g = torch.Generator(device="cpu").manual_seed(seed)
     qkv = torch.randn(b, s, 3, h, d, generator=g).to(dtype).to(device)
@@ -162,7 +171,6 @@ def correctness(device: str, smoke: bool) -> list[dict]:
         safe_fp8_scale,
     )
     from vidtrt.kernels.rope import fused_qk_norm_rope
-
     from vidtrt.models import attention as attn_api
 
     res: list[dict] = []
@@ -205,14 +213,28 @@ def correctness(device: str, smoke: bool) -> list[dict]:
     ops = quantize_qkv_fp8(q, k, v, 128)
     out8 = flash_attention_fp8(ops.q8, ops.k8, ops.v8, kl, q_scale=ops.q_scale, k_scale=ops.k_scale,
                                v_scale=ops.v_scale, out_dtype=torch.float32, block_m=64, block_n=64)  # fmt: skip
-    emu = attention_fp8_emulation(ops.q8, ops.k8, ops.v8, ops.q_scale, ops.k_scale, ops.v_scale, kl, block_n=64)
-    _check(res, "attention fp8 rel err vs block emulation", ((out8 - emu).abs().max() / emu.abs().max()).item(), 1e-3)
+    # On a GPU the emulation models the tensor cores' FP22 accumulation within each FP8 product ("sm90",
+    # see vidtrt.kernels.reference): against the fp32-accumulating emulation this very case differed by
+    # 0.0131 on an H200 (2026-11-30), and the model predicts 0.013125 for it. What the model leaves out is
+    # approximate exp2 / FMA moving a P value across an fp8 rounding boundary (~1e-4): bound 1e-3.
+    fp8_mma = "sm90" if device == "cuda" else "fp32"
+    emu_args = (ops.q8, ops.k8, ops.v8, ops.q_scale, ops.k_scale, ops.v_scale, kl)
+    emu = attention_fp8_emulation(*emu_args, block_n=64, fp8_mma=fp8_mma)
+    emu32 = emu if fp8_mma == "fp32" else attention_fp8_emulation(*emu_args, block_n=64)
+
+    def rel(a, b):
+        return ((a - b).abs().max() / b.abs().max()).item()
+
+    _check(res, f"attention fp8 rel err vs block emulation ({fp8_mma} accumulation)", rel(out8, emu), 1e-3)
+    if fp8_mma != "fp32":
+        _note(res, "attention fp8 rel err vs fp32-accumulation emulation", rel(out8, emu32))
+        _note(res, "sm90 model vs fp32-accumulation emulation (the model's prediction of the line above)",
+              rel(emu, emu32))  # fmt: skip
     if device != "cuda" or torch.cuda.get_device_capability() >= (9, 0):
         out8 = flash_attention_fp8(ops.q8, ops.k8, ops.v8, kl, q_scale=ops.q_scale, k_scale=ops.k_scale,
                                    v_scale=ops.v_scale, out_dtype=torch.float32, block_m=64, block_n=64,
                                    tma=True)  # fmt: skip
-        _check(res, "attention fp8 TMA rel err vs block emulation",
-               ((out8 - emu).abs().max() / emu.abs().max()).item(), 1e-3)  # fmt: skip
+        _check(res, f"attention fp8 TMA rel err vs block emulation ({fp8_mma} accumulation)", rel(out8, emu), 1e-3)
     for be in ("triton", "triton-fp8"):
         with attn_api.use_backend("sdpa"):
             want = attn_api.attention(qb, kb, vb, kl)
@@ -222,24 +244,63 @@ def correctness(device: str, smoke: bool) -> list[dict]:
     return res
 
 
-def run_pytest(device: str, timeout: float) -> dict:
+KERNEL_TEST_FILES = ("tests/kernels/test_rope_kernel.py", "tests/kernels/test_attention_kernel.py",
+                     "tests/kernels/test_attention_fp8_kernel.py")  # fmt: skip
+# -v progress lines ("tests/...::name[id with spaces] PASSED  [ 10%]": read on a timeout) and -rA summary
+# lines ("FAILED tests/...::name[...] - message", "ERROR tests/x.py" for a collection error)
+_PROGRESS = re.compile(r"^(tests/\S+::.+?) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\s+\[")
+_SUMMARY = re.compile(r"^(PASSED|FAILED|ERROR|XFAIL|XPASS) (tests/.+?)(?: - .*)?$")
+
+
+def run_pytest(timeout: float) -> dict:
+    """The kernel tests marked ``gpu`` (pytest -m gpu, ~50 tests) on this device, within ``timeout`` s.
+
+    Works on a checkout that was never installed (the root goes on PYTHONPATH). Returns counts, the ids
+    of failed / erroring tests (collection errors included), and on a timeout the test that was running.
+    """
     try:
         import pytest  # noqa: F401
     except ImportError:
         return {"skipped": "pytest is not installed"}
-    files = [f"tests/kernels/{f}" for f in ("test_rope_kernel.py", "test_attention_kernel.py",
-                                            "test_attention_fp8_kernel.py")]  # fmt: skip
+    cmd = [sys.executable, "-m", "pytest", "-v", "-m", "gpu", "-p", "no:cacheprovider", "-o", "addopts=-rA",
+           "--continue-on-collection-errors", "--durations=5", *KERNEL_TEST_FILES]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     t0 = time.perf_counter()
+    timed_out = False
     try:
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files], cwd=ROOT,
-                              capture_output=True, text=True, timeout=timeout)  # fmt: skip
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        out, rc = proc.stdout + proc.stderr, proc.returncode
     except subprocess.TimeoutExpired as e:
-        out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-        log(f"  pytest: stopped after {timeout:.0f} s (time budget)")
-        return {"timed_out_after_s": round(timeout), "tail": out.strip().splitlines()[-15:]}
-    tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
-    log("  pytest: " + (tail[-1] if tail else "no output"))
-    return {"returncode": proc.returncode, "seconds": round(time.perf_counter() - t0, 1), "tail": tail}
+        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        rc, timed_out = None, True
+    lines = out.splitlines()
+    results: dict[str, str] = {}
+    for line in lines:
+        m = _PROGRESS.match(line)
+        if m:
+            results[m.group(1)] = m.group(2)
+    for line in lines:  # the summary, where there is one, has the last word (setup/teardown errors too)
+        m = _SUMMARY.match(line)
+        if m:
+            results[m.group(2)] = m.group(1)
+    summary = {
+        "returncode": rc, "seconds": round(time.perf_counter() - t0, 1), "timed_out": timed_out,
+        "passed": sum(v == "PASSED" for v in results.values()),
+        "skipped": sum(v == "SKIPPED" for v in results.values()),
+        "failed": sorted(k for k, v in results.items() if v == "FAILED"),
+        "errors": sorted(k for k, v in results.items() if v == "ERROR"),
+        "tail": lines[-15:],
+    }  # fmt: skip
+    if timed_out:
+        running = [ln for ln in lines if ln.startswith("tests/") and "::" in ln and not _PROGRESS.match(ln)]
+        summary["running_at_timeout"] = running[-1] if running else None
+    ok = rc == 0 and not timed_out
+    log(f"  pytest -m gpu: {summary['passed']} passed, {len(summary['failed'])} failed, {len(summary['errors'])} "
+        f"errors in {summary['seconds']} s" + (" (stopped: time budget)" if timed_out else "")
+        + ("" if ok or summary["failed"] or summary["errors"] else f"; rc {rc}: {' | '.join(lines[-3:])}"))
+    for name in summary["failed"] + summary["errors"]:
+        log(f"    FAILED {name}")
+    return summary
 
 
 # ----------------------------------------------------------------------------------------------
@@ -389,8 +450,11 @@ def _slug(s: str) -> str:
 def environment(device: str) -> dict:
     import triton
 
+    import vidtrt
+
     env = {"python": platform.python_version(), "torch": torch.__version__, "triton": triton.__version__,
-           "device": device, "time": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+           "device": device, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+           "vidtrt_from": str(Path(vidtrt.__file__).resolve().parent)}  # fmt: skip
     if device == "cuda":
         env["gpu"] = torch.cuda.get_device_name()
         env["capability"] = ".".join(map(str, torch.cuda.get_device_capability()))
@@ -409,12 +473,19 @@ def to_markdown(report: dict) -> str:
              + (f", CUDA driver {env.get('driver')}" if "driver" in env else ""), ""]  # fmt: skip
     if report.get("correctness"):
         lines += ["## Correctness", "", "| check | value | limit | ok |", "|---|---|---|---|"]
-        lines += [f"| {c['check']} | {c['value']:.3g} | {c['op']} {c['limit']:g} | {'yes' if c['ok'] else 'NO'} |"
-                  for c in report["correctness"]]  # fmt: skip
+        lines += [f"| {c['check']} | {c['value']:.4g} | "
+                  + ("(info)" if c["limit"] is None else f"{c['op']} {c['limit']:g}")
+                  + f" | {'yes' if c['ok'] else 'NO'} |" for c in report["correctness"]]  # fmt: skip
         lines.append("")
     if report.get("pytest"):
-        tail = report["pytest"].get("tail", [""])[-1:] or report["pytest"]
-        lines += [f"pytest (kernel tests on this device): {tail}", ""]
+        p = report["pytest"]
+        if "skipped" in p and isinstance(p["skipped"], str):
+            lines += [f"pytest -m gpu: {p['skipped']}", ""]
+        else:
+            lines += [f"pytest -m gpu (kernel tests on this device): {p['passed']} passed, {p['skipped']} skipped, "
+                      f"failed {p['failed'] or 'none'}, errors {p['errors'] or 'none'}, {p['seconds']} s"
+                      + (f", stopped by the time budget while running {p.get('running_at_timeout')}"
+                         if p["timed_out"] else ""), ""]  # fmt: skip
     if report.get("ptx_launch"):
         lines += ["## AOT payloads launched through the CUDA driver", "",
                   "| plugin | kernel | grid | block | smem | regs | diff vs JIT | ptx ms | jit ms | ok |",
@@ -455,7 +526,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="CPU interpreter, tiny shapes: checks this script")
     ap.add_argument("--quick", action="store_true", help="skip the full-size DiT step")
-    ap.add_argument("--budget-s", type=float, default=510.0, help="stop starting phases after this many seconds")
+    ap.add_argument("--budget-s", type=float, default=450.0, help="stop starting phases after this many seconds")
     ap.add_argument("--out", help="results folder (default benchmarks/results; --smoke: a temp folder)")
     ap.add_argument("--no-pytest", action="store_true")
     a = ap.parse_args(argv)
@@ -511,13 +582,15 @@ def main(argv=None) -> int:
         phase("rope", lambda: bench_rope.run(log=log), need_s=60)
         phase("attention", lambda: bench_attention.run(log=log), need_s=150)
         if not a.quick:
-            # leave ~90 s for the kernel test files under pytest
-            phase("dit_step", lambda: bench_dit_step.run(time_budget_s=max(left() - 90, 0), log=log), need_s=150)
-        if not a.no_pytest:  # the kernel test files on this GPU, with whatever time is left
-            phase("pytest", lambda: run_pytest(device, timeout=max(left() - 15, 1.0)), need_s=45)
+            # leave PYTEST_S for the kernel tests under pytest
+            phase("dit_step", lambda: bench_dit_step.run(time_budget_s=max(left() - PYTEST_S - 10, 0), log=log),
+                  need_s=150)  # fmt: skip
+    if not a.no_pytest:  # the kernel tests marked gpu, on this device (the interpreter with --smoke)
+        phase("pytest", lambda: run_pytest(timeout=max(min(left() - 5, PYTEST_S), 1.0)), need_s=30)
     save()
     failed = [c["check"] for c in report.get("correctness", []) if not c["ok"]]
     failed += [r["plugin"] for r in report.get("ptx_launch", []) if r.get("launched", True) and not r.get("ok", True)]
+    failed += report.get("pytest", {}).get("failed", []) + report.get("pytest", {}).get("errors", [])
     log(f"== done in {time.perf_counter() - t_start:.0f} s: {json_path}")
     if failed or report["errors"]:
         log(f"   failures: {failed}  errors in: {list(report['errors'])}")

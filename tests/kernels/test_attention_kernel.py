@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from vidtrt.kernels import _common
 from vidtrt.kernels.attention import flash_attention
 from vidtrt.kernels.reference import attention_reference
-
 from vidtrt.models import attention as attn_api
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -43,6 +43,7 @@ CASES = [
 ]
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"B{c[0]}-S{c[1]}x{c[2]}-D{c[4]}-kl{c[5]}-bm{c[6]}bn{c[7]}")
 def test_fp32_vs_float64_reference(case, device):
     b, s_q, s_k, h, d, kl, bm, bn = case
@@ -56,6 +57,7 @@ def test_fp32_vs_float64_reference(case, device):
         assert bool((out[kl.index(0)] == 0).all())  # key length 0 -> zeros
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"B{c[0]}-S{c[1]}x{c[2]}-D{c[4]}-kl{c[5]}-bm{c[6]}bn{c[7]}")
 def test_tma_descriptors(case, device):
     """tma=True (K / V loaded as [1, BLOCK_N, 1, D] tiles of TMA descriptors) meets the same float64
@@ -78,6 +80,7 @@ def test_autotune_pre_hook_sets_descriptor_blocks():
     """On a GPU the autotuner gives each config's BLOCK_N to the TMA descriptors (FP8: V transposed);
     plain tensors (the pointer flavour) are left alone."""
     from triton.tools.tensor_descriptor import TensorDescriptor
+
     from vidtrt.kernels.attention import attention_configs
 
     t = torch.zeros(1, 64, 1, 64)
@@ -90,6 +93,7 @@ def test_autotune_pre_hook_sets_descriptor_blocks():
         cfg.pre_hook({"K": t, "V": t, "BLOCK_N": 32, "HEAD_DIM": 64})  # pointers: nothing to set
 
 
+@pytest.mark.gpu
 def test_key_lengths_equal_dropping_padding(device):
     """Sample b with length n == attention over the first n keys only (varlen semantics)."""
     q, k, v = _qkv(2, 24, 24, 2, 64, torch.float32, device)
@@ -98,6 +102,7 @@ def test_key_lengths_equal_dropping_padding(device):
     assert (out[1] - alone[0]).abs().max().item() <= 1e-6
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision(dtype, device):
     q, k, v = _qkv(2, 40, 40, 2, 64, dtype, device, packed=True)
@@ -108,6 +113,7 @@ def test_half_precision(dtype, device):
     assert _rel_err(out, ref) <= 1.5e-2
 
 
+@pytest.mark.gpu
 def test_packed_views_and_int32_lengths(device):
     q, k, v = _qkv(2, 40, 40, 2, 64, torch.float32, device, packed=True)
     assert not q.is_contiguous()
@@ -122,6 +128,7 @@ def test_sm_scale(device):
     assert _rel_err(out, attention_reference(q, k, v, sm_scale=0.3)) <= 1e-5
 
 
+@pytest.mark.gpu
 def test_backend_switch(device):
     q, k, v = _qkv(2, 24, 24, 2, 64, torch.float32, device)
     kl = torch.tensor([24, 11], device=device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from vidtrt.kernels import _common
 from vidtrt.kernels.reference import FP8_MAX, rotate_pairs
 from vidtrt.kernels.rope import fused_qk_norm_rope, qk_norm_rope_reference, safe_fp8_scale
@@ -38,6 +39,7 @@ def _inputs(b, s, h, d, n, dtype, device, seed=0, packed=True):
 SHAPES = [(2, 24, 4, 64, 17), (1, 9, 3, 128, 9), (2, 5, 2, 64, 0), (3, 7, 1, 32, 4)]
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("packed", [True, False])
 def test_fp32_matches_reference(shape, packed, device):
@@ -63,6 +65,7 @@ def test_reference_semantics():
     assert rotate_pairs(torch.tensor([1.0, 2.0, 3.0, 4.0])).tolist() == [-2.0, 1.0, -4.0, 3.0]
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype,ulp", [(torch.bfloat16, 2.0**-7), (torch.float16, 2.0**-10)])
 def test_half_precision_matches_reference(dtype, ulp, device):
     q, k, wq, wk, cos, sin = _inputs(2, 24, 4, 64, 17, dtype, device)
@@ -75,6 +78,7 @@ def test_half_precision_matches_reference(dtype, ulp, device):
         assert bool(((out.float() - ref.float()).abs() <= tol).all())
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("per_head", [False, True])
 def test_fp8_output(per_head, device):
     b, s, h, d, n = 2, 24, 4, 64, 17
@@ -112,6 +116,7 @@ def test_safe_fp8_scale_bound():
     assert y.abs().max().item() <= safe_fp8_scale(w) * FP8_MAX * (1 + 1e-6)
 
 
+@pytest.mark.gpu
 def test_empty_and_eps(device):
     q, k, wq, wk, cos, sin = _inputs(1, 4, 2, 32, 4, torch.float32, device)
     qo, ko = fused_qk_norm_rope(q[:0], k[:0], wq, wk, cos, sin, 4)
@@ -199,11 +204,11 @@ def test_error_meta_device():
 # ---------------------------------------------------------------------------------------------
 # DiT integration: drop-in for vidtrt.models.rope.qk_norm_rope
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("n", [24, 17])
 def test_dit_hook_matches_torch_path(dtype, n, device):
     from vidtrt.kernels.rope import install_fused_qk_norm_rope, qk_norm_rope_fused
-
     from vidtrt.models import rope as dit_rope
     from vidtrt.models.transformer import RMSNorm
 

@@ -34,9 +34,8 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
 def generate_main(args: argparse.Namespace) -> int:
     import time
 
-    from vidtrt.client.video_client import VideoClient
-
     from vidtrt.cli_args import default_output_name, request_from_args
+    from vidtrt.client.video_client import VideoClient
     from vidtrt.video_io import VIDEO_SUFFIXES, write_video
 
     output = args.output or default_output_name(args.prompt, args.seed)

@@ -52,7 +52,7 @@ def templates_dir() -> Path:
     env = os.environ.get("VIDTRT_TEMPLATES")
     candidates = [Path(env)] if env else []
     here = Path(__file__).resolve().parent
-    candidates += [here.parent / "model_repository", Path(__import__("vidtrt").__file__).parent / "templates" /
+    candidates += [here.parents[1] / "model_repository", Path(__import__("vidtrt").__file__).parent / "templates" /
                    "model_repository"]
     for c in candidates:
         if (c / FAMILY / "config.pbtxt.in").is_file():
