@@ -66,6 +66,7 @@ def run(seqs=HUNYUAN_SEQS, batch: int = 1, heads: int = 24, head_dim: int = 128,
 
 def _bench_seq(s: int, batch: int, heads: int, head_dim: int, dtype, device: str, text_pad: int, log) -> list[dict]:
     import torch.nn.functional as F
+
     from vidtrt.kernels.attention import flash_attention
     from vidtrt.kernels.attention_fp8 import flash_attention_fp8, quantize_qkv_fp8
 

@@ -135,8 +135,8 @@ def child(dual: int, single: int, out: Path, mode: str) -> dict:
     import onnxruntime  # noqa: F401
     import onnxscript  # noqa: F401
     import torch
-    from vidtrt.export.onnx_export import export_onnx, relative_error, streamed_dit
 
+    from vidtrt.export.onnx_export import export_onnx, relative_error, streamed_dit
     from vidtrt.models.transformer import HunyuanVideoTransformer3D
     from vidtrt.specs import dit_spec
 

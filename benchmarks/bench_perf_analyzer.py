@@ -76,7 +76,6 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     from vidtrt.export.repository import build_repository
-
     from vidtrt.server import TritonServer
 
     summary: list[str] = []

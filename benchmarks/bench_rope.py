@@ -59,7 +59,6 @@ def run(seqs=HUNYUAN_SEQS, batch: int = 1, heads: int = 24, head_dim: int = 128,
 def _bench_seq(s, batch, heads, head_dim, text, dtype, device, compiled, log) -> list[dict]:
     from vidtrt.kernels.reference import safe_fp8_scale
     from vidtrt.kernels.rope import fused_qk_norm_rope
-
     from vidtrt.models.rope import qk_norm_rope_torch
     from vidtrt.models.transformer import RMSNorm
 

@@ -58,7 +58,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from vidtrt.client import VideoClient
     from vidtrt.export.repository import build_repository
-
     from vidtrt.pipeline import HunyuanVideoPipeline
     from vidtrt.request import GenerationRequest
     from vidtrt.server import TritonServer

@@ -24,9 +24,9 @@ def main() -> int:
     args = parser.parse_args()
 
     from tqdm import tqdm
+
     from vidtrt.client import VideoClient
     from vidtrt.export.repository import build_repository
-
     from vidtrt.server import TritonServer
     from vidtrt.video_io import decode_mp4, write_video
 

@@ -14,7 +14,6 @@ import onnx
 import pytest
 import torch
 from onnx_artifacts import tiny_artifacts
-from vidtrt.export.onnx_export import relative_error
 
 from vidtrt.checkpoints import load_model_config
 from vidtrt.cli import main as cli_main
@@ -28,6 +27,7 @@ from vidtrt.engine_components import (
 )
 from vidtrt.engines import OnnxRuntimeEngine
 from vidtrt.errors import EngineError
+from vidtrt.export.onnx_export import relative_error
 from vidtrt.specs import COMPONENTS
 
 TOL = 1e-4

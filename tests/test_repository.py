@@ -8,10 +8,10 @@ import re
 
 import numpy as np
 import pytest
-from vidtrt.export.repository import MARKER, RepositoryError, build_repository, templates_dir
 
 from vidtrt.component_io import ComponentServer, load_component, remote_components, specs_for_triton
 from vidtrt.errors import EngineError
+from vidtrt.export.repository import MARKER, RepositoryError, build_repository, templates_dir
 from vidtrt.request import GenerationRequest
 
 MODELS = ["hunyuan_video", "hunyuan_video_sync", "hunyuan_video_text_encoder", "hunyuan_video_dit",
@@ -158,9 +158,8 @@ def test_component_server_fault_injection_and_hook():
 
 
 def test_bad_model_leaves_existing_repository(tmp_path):
-    from vidtrt.export.repository import build_repository
-
     from vidtrt.errors import CheckpointError
+    from vidtrt.export.repository import build_repository
 
     out = build_repository("tiny", tmp_path / "repo")
     before = sorted(p.name for p in out.iterdir())

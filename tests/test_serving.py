@@ -14,10 +14,10 @@ import urllib.request
 import numpy as np
 import psutil
 import pytest
-from vidtrt.client import ServerRequestError, VideoClient
-from vidtrt.export.repository import build_repository
 
+from vidtrt.client import ServerRequestError, VideoClient
 from vidtrt.errors import CancelledError
+from vidtrt.export.repository import build_repository
 from vidtrt.request import GenerationRequest
 from vidtrt.server import TritonServer
 

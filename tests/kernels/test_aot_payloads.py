@@ -15,6 +15,7 @@ import re
 
 import pytest
 import torch
+
 from vidtrt.kernels import aot
 from vidtrt.kernels.attention_fp8 import quantize_v_per_channel
 from vidtrt.kernels.reference import (

@@ -10,9 +10,9 @@ import onnxruntime as ort
 import pytest
 import torch
 from torch.export import Dim
+
 from vidtrt.kernels import onnx_plugins as op
 from vidtrt.kernels.reference import attention_reference, cosine_similarity, qk_norm_rope_reference
-
 from vidtrt.models import attention as attn_api
 from vidtrt.models import rope as rope_api
 from vidtrt.models.transformer import RMSNorm

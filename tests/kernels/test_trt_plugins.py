@@ -9,9 +9,9 @@ import sys
 import types
 
 import pytest
-from vidtrt.kernels import aot, onnx_plugins, trt_plugins
 
 from vidtrt.errors import EngineError
+from vidtrt.kernels import aot, onnx_plugins, trt_plugins
 
 
 def test_register_without_tensorrt_is_one_clear_error():
