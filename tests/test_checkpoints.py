@@ -497,6 +497,57 @@ def test_page_releaser_ignores_memory_it_does_not_own(tmp_path):
     assert torch.equal(mapped, torch.arange(4 * 4096, dtype=torch.float32))
 
 
+CONFIG_CHILD = r"""
+import json, sys
+from vidtrt.checkpoints import load_model_config
+
+def io(field):
+    return int(dict(line.split(": ") for line in open("/proc/self/io").read().splitlines())[field])
+
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+
+read0, rss0 = io("rchar"), status("VmRSS")
+config = load_model_config(sys.argv[1])
+print(json.dumps(dict(read=io("rchar") - read0, rss_before=rss0, peak=status("VmHWM"),
+                      heads=config.transformer.num_attention_heads, single=config.transformer.num_single_layers)))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/io and /proc/self/status")
+@pytest.mark.parametrize("fmt", ["zip", "legacy"])
+def test_official_config_does_not_load_the_weights(tmp_path, fmt):
+    """A 2 GiB official DiT file: inferring its architecture builds meta tensors only. From torch's zip
+    format it reads the archive's pickle (KiB); a legacy (pre-zip) file must be read through, but one
+    tensor at a time, never held: peak RSS under 300 MB either way, torch's import included (loading the
+    legacy file to infer the config, as before, peaked above 2 GB)."""
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in diffusers_to_official(
+            diffusers.HunyuanVideoTransformer3DModel(**DIT).state_dict()).items()}
+    sd = {k: torch.zeros(shape) for k, shape in shapes.items()}
+    for i in range(128):  # 2 GiB more in 16 MiB tensors (inference ignores keys it does not read)
+        sd[f"extra.{i}.weight"] = torch.zeros(2**22)
+    path = tmp_path / "hunyuan-video-t2v-720p" / "transformers" / "mp_rank_00_model_states.pt"
+    path.parent.mkdir(parents=True)
+    torch.save({"module": sd}, path, _use_new_zipfile_serialization=fmt == "zip")
+    del sd
+    size = path.stat().st_size
+    assert size >= 2 * 2**30
+    out = subprocess.run([sys.executable, "-c", CONFIG_CHILD, str(tmp_path)], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"official config from a {size / 2**30:.2f} GiB {fmt} file: read {got['read'] / 2**20:.1f} MiB, "
+          f"peak RSS {got['peak'] / 2**20:.0f} MiB (before loading {got['rss_before'] / 2**20:.0f} MiB)")
+    assert (got["heads"], got["single"]) == (DIT["num_attention_heads"], DIT["num_single_layers"])
+    assert got["peak"] < 300 * 10**6
+    if fmt == "zip":
+        assert got["read"] < 16 * 2**20
+
+
 # -------------------------------------------------------------------------------------------- memory
 # Peak RSS minus RSS after imports, in a fresh process. The peak is VmHWM from /proc/self/status, not
 # getrusage's ru_maxrss: Linux carries ru_maxrss across fork + exec (a child of a 1 GB pytest process

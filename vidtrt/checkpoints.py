@@ -176,13 +176,18 @@ def read_weights_dir(folder: Path, stem: str = DIFFUSERS_WEIGHTS) -> tuple[dict[
     raise CheckpointError(f"no weights in {folder}: expected {single.name} or {index.name}")
 
 
-def read_torch_file(path: Path) -> dict[str, torch.Tensor]:
-    """A ``.pt`` state dict, memory-mapped; the official DiT nests it under ``"module"``."""
+def read_torch_file(path: Path, shapes_only: bool = False) -> dict[str, torch.Tensor]:
+    """A ``.pt`` state dict, memory-mapped; the official DiT nests it under ``"module"``.
+
+    shapes_only: tensors on the meta device (names, shapes, dtypes), read from the zip archive's pickle
+    alone: no weight byte is read or mapped (what inferring the DiT's architecture needs).
+    """
     if not path.exists():
         raise CheckpointError(f"checkpoint file not found: {path}")
+    where = {"map_location": "meta"} if shapes_only else {"map_location": "cpu", "mmap": True}
     try:
         try:
-            obj = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            obj = torch.load(path, weights_only=True, **where)
         except RuntimeError as e:
             if "_use_new_zipfile_serialization" not in str(e):
                 raise
@@ -429,7 +434,7 @@ def _official_transformer_config(root: Path) -> TransformerConfig:
     source = _official_dit_file(root)
     cfg_json = root / "transformers" / "config.json"
     overrides = _read_json(cfg_json) if cfg_json.exists() else {}
-    return infer_transformer_config(read_torch_file(source), source, overrides, cfg_json)
+    return infer_transformer_config(read_torch_file(source, shapes_only=True), source, overrides, cfg_json)
 
 
 def infer_transformer_config(
