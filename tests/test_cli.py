@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -156,3 +157,31 @@ def test_console_script_first_run(tmp_path, expected):
                          env=env, timeout=600, cwd=tmp_path)
     assert bad.returncode == 2 and bad.stdout == ""
     assert len(bad.stderr.splitlines()) == 1 and bad.stderr.startswith("vidtrt: error:"), bad.stderr
+
+
+TORCH_FREE_CHILD = r"""
+import contextlib, io, json, sys, time
+t0 = time.perf_counter()
+from vidtrt.cli import build_parser, main
+parser = build_parser()
+for argv in (["--help"], ["generate", "--help"], ["run", "--help"], ["export", "--help"], ["build", "--help"],
+             ["serve", "--help"]):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        parser.parse_args(argv)
+help_s = time.perf_counter() - t0
+with contextlib.redirect_stderr(io.StringIO()) as err:  # the client, against a closed loopback port
+    rc = main(["generate", "a cat", "--url", "127.0.0.1:9", "-o", sys.argv[1], "--frames", "5"])
+print(json.dumps(dict(help_s=help_s, rc=rc, err=err.getvalue(), torch="torch" in sys.modules)))
+"""
+
+
+def test_help_and_client_need_no_torch(tmp_path):
+    """Every subcommand's --help, and `vidtrt generate` itself, run without importing torch (the client
+    machine needs none): the help pages in < 0.5 s after interpreter start (measured ~0.26 s here)."""
+    out = subprocess.run([sys.executable, "-c", TORCH_FREE_CHILD, str(tmp_path / "x.npy")], capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["torch"] is False
+    assert got["rc"] == 2 and got["err"].startswith("vidtrt: error:") and got["err"].count("\n") == 1, got
+    assert got["help_s"] < 0.5, got

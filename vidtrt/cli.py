@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="weights/activations dtype for --engine torch (auto: bfloat16 on CUDA, float32 on CPU)")
     run.set_defaults(func=cmd_run)
 
-    _add_optional(sub, "export", "vidtrt.export.onnx_export", "add_export_arguments", "export_main",
+    _add_optional(sub, "export", "vidtrt.export.options", "add_export_arguments", "export_main",
                   "export components to ONNX")
     _add_optional(sub, "build", "vidtrt.export.repository", "add_build_arguments", "build_main",
                   "build a Triton model repository")

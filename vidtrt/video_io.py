@@ -1,14 +1,21 @@
-"""Video files: mp4 through PyAV (H.264, yuv420p) and raw uint8 frames as .npy."""
+"""Video files: mp4 through PyAV (H.264, yuv420p) and raw uint8 frames as .npy.
+
+Torch-free at import (the client writes videos without torch); only :func:`to_uint8_frames` takes a
+tensor.
+"""
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from vidtrt.errors import VidtrtError
+
+if TYPE_CHECKING:
+    import torch
 
 VIDEO_SUFFIXES = (".mp4", ".npy")
 
@@ -20,7 +27,7 @@ def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
     """
     if video.ndim != 5 or video.shape[0] != 1 or video.shape[1] != 3:
         raise ValueError(f"expected video [1, 3, F, H, W], got {tuple(video.shape)}")
-    x = (video[0].to(torch.float32) / 2 + 0.5).clamp(0, 1)
+    x = (video[0].float() / 2 + 0.5).clamp(0, 1)
     x = x.permute(1, 2, 3, 0).numpy()
     return (x * 255).round().astype(np.uint8)
 

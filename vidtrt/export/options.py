@@ -1,0 +1,47 @@
+"""``vidtrt export`` options, torch-free (``vidtrt --help`` must not import torch): the opset range and
+external-data choices the exporter accepts, the subcommand's arguments, and its entry point, which
+imports the exporter only when it runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from vidtrt.specs import COMPONENTS
+
+DEFAULT_OPSET = 18
+MIN_OPSET = 18  # the dynamo exporter's floor
+MAX_OPSET = 22  # opset 23 turns attention into an Attention op, which onnxruntime CPU runs only with dense masks
+EXTERNAL_DATA_BYTES = 1 << 30  # "auto": weights above 1 GiB go to external data (protobuf's limit is 2 GiB)
+EXTERNAL_DATA_CHOICES = ("auto", "always", "never")
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="tiny",
+                        help="'tiny' (embedded default) or a checkpoint folder (diffusers or official layout)")
+    parser.add_argument("--out", required=True, help="output folder for <component>.onnx and manifest.json")
+    parser.add_argument("--components", nargs="+", choices=list(COMPONENTS), default=None, metavar="NAME",
+                        help=f"components to export (default: all of {', '.join(COMPONENTS)})")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                        help=f"ONNX opset (default {DEFAULT_OPSET}; {MIN_OPSET}..{MAX_OPSET})")
+    parser.add_argument("--external-data", choices=EXTERNAL_DATA_CHOICES, default="auto",
+                        help="weights in <file>.onnx.data: auto (when above 1 GiB), always, never")
+    parser.add_argument("--no-optimize", action="store_true", help="skip the exporter's graph optimisation")
+    parser.add_argument("--no-stream-weights", action="store_true",
+                        help="load the DiT in float32 before exporting (default: trace it on the meta device and "
+                             "stream its weights from the checkpoint, RAM ~ graph + one tensor)")
+    parser.add_argument("--verify", action="store_true",
+                        help="run each file in onnxruntime on two spec shapes and compare with torch")
+
+
+def export_main(args: argparse.Namespace) -> int:
+    from vidtrt.export.onnx_export import export_components
+
+    manifest = export_components(args.model, args.out, args.components, args.opset, args.external_data,
+                                 optimize=not args.no_optimize, verify=args.verify,
+                                 stream_weights=not args.no_stream_weights,
+                                 log=lambda line: print(line, file=sys.stdout, flush=True))
+    print(f"wrote {Path(args.out) / 'manifest.json'} ({len(manifest['components'])} components, "
+          f"model {manifest['model']['name']}, opset {manifest['opset']})")
+    return 0
