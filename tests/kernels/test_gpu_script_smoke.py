@@ -7,25 +7,20 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.checkout import copy_checkout
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
 def test_gpu_kernels_check_smoke(tmp_path):
-    copy, out = tmp_path / "checkout", tmp_path / "out"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True,
-                           check=True).stdout.split()  # fmt: skip
-    for f in files:
-        if (ROOT / f).is_file():
-            (copy / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, copy / f)
+    copy, out = copy_checkout(tmp_path / "checkout"), tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run(
         [sys.executable, str(copy / "benchmarks" / "gpu_kernels_check.py"), "--smoke", "--out", str(out)],

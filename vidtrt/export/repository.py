@@ -1,4 +1,4 @@
-"""Writing a Triton model repository from the templates in ``model_repository/`` and the tensor specs.
+"""Writing a Triton model repository from the templates in ``vidtrt/model_repository/`` and the tensor specs.
 
     vidtrt build --model tiny --engine torch --out build/model_repository
 
@@ -47,13 +47,10 @@ class RepositoryError(VidtrtError):
 
 
 def templates_dir() -> Path:
-    """The ``model_repository/`` templates: ``$VIDTRT_TEMPLATES``, the source checkout's folder, or the
-    copy packaged under ``vidtrt/templates/model_repository``."""
+    """The Triton model templates: ``$VIDTRT_TEMPLATES``, else ``vidtrt/model_repository`` (package data:
+    there in a checkout and in an installed wheel alike)."""
     env = os.environ.get("VIDTRT_TEMPLATES")
-    candidates = [Path(env)] if env else []
-    here = Path(__file__).resolve().parent
-    candidates += [here.parents[1] / "model_repository", Path(__import__("vidtrt").__file__).parent / "templates" /
-                   "model_repository"]
+    candidates = [Path(env)] if env else [Path(__file__).resolve().parents[1] / "model_repository"]
     for c in candidates:
         if (c / FAMILY / "config.pbtxt.in").is_file():
             return c
