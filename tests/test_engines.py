@@ -23,8 +23,9 @@ from vidtrt.engine_components import (
     engine_vae_decoder,
     load_component,
     load_engine_components,
+    load_pipeline_with_engine,
 )
-from vidtrt.engines import OnnxRuntimeEngine, TorchEngine, load_pipeline_with_engine, onnxruntime_providers
+from vidtrt.engines import OnnxRuntimeEngine, TorchEngine, onnxruntime_providers
 from vidtrt.errors import EngineError
 from vidtrt.specs import dit_spec
 

@@ -41,7 +41,9 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def enc() -> HunyuanTextEncoder:
-    return HunyuanTextEncoder.tiny()
+    from vidtrt.tiny import tiny_text_encoder
+
+    return tiny_text_encoder()
 
 
 @pytest.fixture(scope="module")

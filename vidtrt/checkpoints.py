@@ -28,7 +28,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vidtrt.configs import EMBEDDED_PRESETS, ModelConfig, TransformerConfig, VAEConfig, hunyuan_video_config
+from vidtrt.configs import (
+    EMBEDDED_PRESETS,
+    VIDTRT_JSON,
+    ModelConfig,
+    TransformerConfig,
+    VAEConfig,
+    hunyuan_video_config,
+)
 from vidtrt.errors import CheckpointError, ConfigError
 
 SAFETENSORS_DTYPES = {
@@ -52,7 +59,6 @@ OFFICIAL_DIT_FP8_MAP = "transformers/mp_rank_00_model_states_fp8_map.pt"
 OFFICIAL_VAE = "vae/pytorch_model.pt"
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"
 WEIGHT_ALIGNMENT = 64  # bytes: torch's CPU allocator alignment, what oneMKL asks for reproducible results
-VIDTRT_JSON = "vidtrt.json"  # optional overrides written next to model_index.json (text, tiling, defaults)
 
 
 # ----------------------------------------------------------------------------------------- file readers

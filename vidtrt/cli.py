@@ -70,7 +70,7 @@ def _load_pipeline(args):
         dtype = {"auto": torch.bfloat16 if args.device.startswith("cuda") else torch.float32,
                  "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
         return HunyuanVideoPipeline.from_model(args.model, device=args.device, dtype=dtype, attention=args.attention)
-    from vidtrt.engines import load_pipeline_with_engine
+    from vidtrt.engine_components import load_pipeline_with_engine
 
     return load_pipeline_with_engine(args.model, engine, args.artifacts, threads=args.threads)
 
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="weights/activations dtype for --engine torch (auto: bfloat16 on CUDA, float32 on CPU)")
     run.set_defaults(func=cmd_run)
 
-    _add_optional(sub, "export", "vidtrt.export.options", "add_export_arguments", "export_main",
+    _add_optional(sub, "export", "vidtrt.export.options", "add_export_arguments", _export_main,
                   "export components to ONNX")
     _add_optional(sub, "build", "vidtrt.export.repository", "add_build_arguments", "build_main",
                   "build a Triton model repository")
@@ -114,8 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_optional(sub, name: str, module: str, add_fn: str, main_fn: str, help_text: str) -> None:
-    """Register a subcommand whose implementation lives in an optional module."""
+def _export_main(args: argparse.Namespace) -> int:
+    from vidtrt.export.onnx_export import export_main  # torch and onnx: only when exporting
+
+    return export_main(args)
+
+
+def _add_optional(sub, name: str, module: str, add_fn: str, main_fn, help_text: str) -> None:
+    """Register a subcommand whose arguments live in an optional module (torch-free, so --help stays light);
+    ``main_fn``: that module's entry point by name, or a callable that imports its implementation lazily."""
     import importlib
 
     try:
@@ -124,7 +131,7 @@ def _add_optional(sub, name: str, module: str, add_fn: str, main_fn: str, help_t
         if e.name and module.startswith(e.name):  # an optional part that is not there: no subcommand
             return
         raise
-    add, main = getattr(mod, add_fn), getattr(mod, main_fn)
+    add, main = getattr(mod, add_fn), (getattr(mod, main_fn) if isinstance(main_fn, str) else main_fn)
     p = sub.add_parser(name, help=help_text, description=help_text)
     add(p)
     p.set_defaults(func=main)

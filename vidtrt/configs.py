@@ -13,6 +13,8 @@ from typing import Any
 
 from vidtrt.errors import ConfigError
 
+VIDTRT_JSON = "vidtrt.json"  # optional overrides written next to model_index.json (text, tiling, defaults)
+
 
 def _from_dict(cls, data: dict[str, Any]):
     names = {f.name for f in dataclasses.fields(cls)}

@@ -20,8 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 from vidtrt import __version__
-from vidtrt.checkpoints import VIDTRT_JSON
-from vidtrt.configs import EMBEDDED_PRESETS, ModelConfig, preset
+from vidtrt.configs import EMBEDDED_PRESETS, VIDTRT_JSON, ModelConfig, preset
 
 TINY_SEED = 0
 

@@ -10,8 +10,7 @@ Every engine checks its inputs against the component's :class:`~vidtrt.specs.Com
 answers with numpy arrays named by the spec. Errors (missing or corrupt file, input outside the spec)
 are one-line :class:`~vidtrt.errors.EngineError` naming the file or input and what is accepted.
 
-Components built from engines (the pipeline's callables) live in :mod:`vidtrt.engine_components`;
-:func:`load_pipeline_with_engine` is re-exported here for the CLI.
+Components built from engines (the pipeline's callables) live in :mod:`vidtrt.engine_components`.
 """
 
 from __future__ import annotations
@@ -254,12 +253,3 @@ def import_tensorrt():
             f"an NGC TensorRT/Triton container); use --engine onnxruntime or torch instead ({type(e).__name__})"
         ) from None
     return trt
-
-
-def load_pipeline_with_engine(model, engine: str = "onnxruntime", artifacts=None, threads: int = 0,
-                              providers: Sequence[str] | None = None, device: str | None = None):
-    """A :class:`~vidtrt.pipeline.HunyuanVideoPipeline` whose components run on ``engine``
-    (see :func:`vidtrt.engine_components.load_pipeline_with_engine`)."""
-    from vidtrt.engine_components import load_pipeline_with_engine as load
-
-    return load(model, engine, artifacts, threads=threads, providers=providers, device=device)

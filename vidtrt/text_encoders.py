@@ -150,16 +150,6 @@ class HunyuanTextEncoder:
         clip = _load_model(CLIPTextModel, clip_dir, "the CLIP text encoder", **{dtype_kw: clip_dtype or torch_dtype})
         return cls(llm.to(device), llm_tokenizer, clip.to(device), clip_tokenizer, config)
 
-    @classmethod
-    def tiny(cls, config: TextEncoderConfig | None = None, seed: int = 0) -> HunyuanTextEncoder:
-        """The embedded tiny text encoders (no files, no download)."""
-        from vidtrt.configs import tiny_config
-        from vidtrt.tiny import build_tiny_text_encoders, build_tiny_tokenizers
-
-        llm_tok, clip_tok = build_tiny_tokenizers()
-        llm, clip = build_tiny_text_encoders(seed, llm_tok, clip_tok)
-        return cls(llm, llm_tok, clip, clip_tok, config or tiny_config().text)
-
     # ------------------------------------------------------------------ encoding
 
     def token_counts(self, prompts: list[str]) -> list[tuple[int, int]]:

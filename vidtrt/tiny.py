@@ -362,3 +362,14 @@ MODEL_INDEX_ENTRIES = {
     "text_encoder_2": ["transformers", "CLIPTextModel"],
     "tokenizer_2": ["transformers", "CLIPTokenizer"],
 }
+
+
+def tiny_text_encoder(config=None, seed: int = 0):
+    """The embedded tiny text encoders as a :class:`~vidtrt.text_encoders.HunyuanTextEncoder` (no files, no
+    download); ``config``: a TextEncoderConfig (default: the tiny preset's)."""
+    from vidtrt.configs import tiny_config
+    from vidtrt.text_encoders import HunyuanTextEncoder
+
+    llm_tok, clip_tok = build_tiny_tokenizers()
+    llm, clip = build_tiny_text_encoders(seed, llm_tok, clip_tok)
+    return HunyuanTextEncoder(llm, llm_tok, clip, clip_tok, config or tiny_config().text)

@@ -23,6 +23,7 @@ How each file is made (:func:`export_onnx`):
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import gc
 import io
@@ -30,6 +31,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -573,3 +575,13 @@ def verify_onnx(module: torch.nn.Module, spec: ComponentSpec, path: Path, tol: f
 
 
 # ------------------------------------------------------------------------------------------------ CLI
+
+
+def export_main(args: argparse.Namespace) -> int:
+    manifest = export_components(args.model, args.out, args.components, args.opset, args.external_data,
+                                 optimize=not args.no_optimize, verify=args.verify,
+                                 stream_weights=not args.no_stream_weights,
+                                 log=lambda line: print(line, file=sys.stdout, flush=True))
+    print(f"wrote {Path(args.out) / 'manifest.json'} ({len(manifest['components'])} components, "
+          f"model {manifest['model']['name']}, opset {manifest['opset']})")
+    return 0

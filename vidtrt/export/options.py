@@ -1,12 +1,9 @@
 """``vidtrt export`` options, torch-free (``vidtrt --help`` must not import torch): the opset range and
-external-data choices the exporter accepts, the subcommand's arguments, and its entry point, which
-imports the exporter only when it runs."""
+external-data choices the exporter accepts, and the subcommand's arguments."""
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 from vidtrt.specs import COMPONENTS
 
@@ -33,15 +30,3 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                              "stream its weights from the checkpoint, RAM ~ graph + one tensor)")
     parser.add_argument("--verify", action="store_true",
                         help="run each file in onnxruntime on two spec shapes and compare with torch")
-
-
-def export_main(args: argparse.Namespace) -> int:
-    from vidtrt.export.onnx_export import export_components
-
-    manifest = export_components(args.model, args.out, args.components, args.opset, args.external_data,
-                                 optimize=not args.no_optimize, verify=args.verify,
-                                 stream_weights=not args.no_stream_weights,
-                                 log=lambda line: print(line, file=sys.stdout, flush=True))
-    print(f"wrote {Path(args.out) / 'manifest.json'} ({len(manifest['components'])} components, "
-          f"model {manifest['model']['name']}, opset {manifest['opset']})")
-    return 0

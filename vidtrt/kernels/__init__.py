@@ -5,10 +5,11 @@ Modules (import them explicitly; this package imports nothing, so CPU installs n
                  (bf16/fp16/fp32, optional FP8 e4m3 output); ``install_fused_qk_norm_rope`` hooks it
                  into the DiT's ``qk_norm_rope`` (CUDA; CPU keeps the torch path).
   attention      ``flash_attention``: non-causal flash attention for [B, S, H, D] with per-sample key
-                 lengths (``tma=True``: K / V by Hopper TMA descriptors); registers the attention
-                 backends "triton", "triton-fp8" and their TMA flavours "triton-tma", "triton-fp8-tma".
+                 lengths (``tma=True``: K / V by Hopper TMA descriptors).
   attention_fp8  ``flash_attention_fp8`` / ``quantize_qkv_fp8``: FP8 e4m3 attention (per-block q/k,
                  per-channel v, smooth K, P quantized for the PV product; ``tma=True`` as above).
+  backends       the DiT's attention backends "triton", "triton-fp8" and their TMA flavours
+                 "triton-tma", "triton-fp8-tma" (vidtrt.models.attention registers them on first use).
   reference      torch references (no triton): the definitions the kernels are tested against.
   aot            ahead-of-time payloads (PTX for sm_90, launch grid / scalars) for TensorRT plugins,
                  with their ptxas / SASS facts (registers, spills, instruction mix).

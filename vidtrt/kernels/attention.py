@@ -5,10 +5,9 @@ Online softmax in fp32 (exp2 with log2(e) folded into the scale), BF16/FP16 tens
 loop stops at the sample's length, and only the last partial key block is masked, so text padding
 costs neither a mask tensor nor FLOPs. A sample with key length 0 gets zeros.
 
-Importing this module registers the attention backends "triton", "triton-fp8" and their TMA
-flavours "triton-tma", "triton-fp8-tma" (``vidtrt.models.attention.use_backend`` / ``set_backend``;
-torch engines carry a ``vidtrt.pipeline.KernelChoice``). Argument order of the kernel is the
-TensorRT AOT plugin order: input pointers, int32 scalars, output pointers, then constexprs.
+The DiT reaches it through the attention backends of :mod:`vidtrt.kernels.backends`. Argument
+order of the kernel is the TensorRT AOT plugin order: input pointers, int32 scalars, output
+pointers, then constexprs.
 """
 
 from __future__ import annotations
@@ -325,38 +324,3 @@ def flash_attention(
     grid = lambda meta: (triton.cdiv(seq_q, meta["BLOCK_M"]), bsz * heads)
     tuned[grid](*args, **const)
     return out
-
-
-# ----------------------------------------------------------------------------------------------
-# Attention backends for vidtrt.models.attention
-# ----------------------------------------------------------------------------------------------
-def _triton_backend(q, k, v, key_lengths):
-    return flash_attention(q, k, v, key_lengths)
-
-
-def _triton_tma_backend(q, k, v, key_lengths):
-    return flash_attention(q, k, v, key_lengths, tma=True)
-
-
-def _triton_fp8_backend(q, k, v, key_lengths):
-    from .attention_fp8 import flash_attention_fp8
-
-    return flash_attention_fp8(q, k, v, key_lengths)
-
-
-def _triton_fp8_tma_backend(q, k, v, key_lengths):
-    from .attention_fp8 import flash_attention_fp8
-
-    return flash_attention_fp8(q, k, v, key_lengths, tma=True)
-
-
-def _register_backends() -> None:
-    from vidtrt.models.attention import register_backend
-
-    register_backend("triton", _triton_backend)
-    register_backend("triton-tma", _triton_tma_backend)
-    register_backend("triton-fp8", _triton_fp8_backend)
-    register_backend("triton-fp8-tma", _triton_fp8_tma_backend)
-
-
-_register_backends()

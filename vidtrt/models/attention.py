@@ -1,4 +1,4 @@
-"""The one attention entry point of the models; kernels register faster backends here.
+"""The one attention entry point of the models; faster backends (our kernels) are registered here.
 
 Layout everywhere: q, k, v are [B, S, H, D] (sequence-major, as the projections produce them).
 Text padding is expressed as per-sample key lengths (keys at index >= length are ignored), never
@@ -30,7 +30,7 @@ def register_backend(name: str, fn: AttentionBackend) -> None:
     _BACKENDS[name] = fn
 
 
-# Backends that register themselves when vidtrt.kernels.attention is imported (needs triton).
+# Backends of vidtrt.kernels.backends, registered here when one is first asked for (needs triton).
 KERNEL_BACKENDS = ("triton", "triton-tma", "triton-fp8", "triton-fp8-tma")
 
 
@@ -42,9 +42,11 @@ def check_backend(name: str) -> str:
     """``name`` if it is a usable backend (importing the kernels it needs), else a ConfigError."""
     if name in KERNEL_BACKENDS and name not in _BACKENDS:
         try:
-            import vidtrt.kernels.attention  # noqa: F401  (registers the kernel backends)
+            from vidtrt.kernels.backends import ATTENTION_BACKENDS
         except ImportError as e:
             raise ConfigError(f"attention backend {name!r} needs the triton package ({e})") from None
+        for kernel_name, fn in ATTENTION_BACKENDS.items():
+            register_backend(kernel_name, fn)
     if name not in _BACKENDS:
         raise ConfigError(f"unknown attention backend {name!r}; accepted: {available_backends()}")
     return name
