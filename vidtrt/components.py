@@ -7,9 +7,10 @@ requests to the component models. Tensors are torch tensors on the CPU side of t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
