@@ -185,8 +185,9 @@ def read_weights_dir(folder: Path, stem: str = DIFFUSERS_WEIGHTS) -> tuple[dict[
 def read_torch_file(path: Path, shapes_only: bool = False) -> dict[str, torch.Tensor]:
     """A ``.pt`` state dict, memory-mapped; the official DiT nests it under ``"module"``.
 
-    shapes_only: tensors on the meta device (names, shapes, dtypes), read from the zip archive's pickle
-    alone: no weight byte is read or mapped (what inferring the DiT's architecture needs).
+    shapes_only: tensors on the meta device (names, shapes, dtypes), what inferring the DiT's architecture
+    needs. From torch's zip format only the archive's pickle is read (no weight byte is read or mapped);
+    a legacy (pre-zip) file is read through, one tensor at a time, none of it kept.
     """
     if not path.exists():
         raise CheckpointError(f"checkpoint file not found: {path}")
