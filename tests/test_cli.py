@@ -126,6 +126,26 @@ def test_help_lists_every_flag(capsys):
     assert "run" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("value,want", [("bf16", "bf16"), ("bfloat16", "bf16"), ("float32", "fp32"),
+                                        ("auto", "auto"), ("fp16", "fp16")])
+def test_precision_is_one_vocabulary(value, want):
+    """`vidtrt run --precision` takes `vidtrt build`'s names; --dtype and torch's names stay as aliases."""
+    from vidtrt.configs import resolve_precision
+
+    for flag in ("--precision", "--dtype"):
+        assert build_parser().parse_args(["run", "a cat", flag, value]).precision == want
+    assert resolve_precision(value, "cpu") == ("fp32" if want == "auto" else want)
+    assert resolve_precision(value, "cuda:0") == ("bf16" if want == "auto" else want)
+
+
+def test_bad_precision_is_one_line_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["run", "a cat", "--precision", "fp8"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "invalid precision 'fp8'" in err and "['auto', 'fp32', 'bf16', 'fp16']" in err, err
+
+
 def _console_script() -> str:
     script = Path(sys.executable).with_name("vidtrt")
     if script.exists():

@@ -67,8 +67,9 @@ def _load_pipeline(args):
     if engine == "torch":
         import torch
 
-        dtype = {"auto": torch.bfloat16 if args.device.startswith("cuda") else torch.float32,
-                 "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+        from vidtrt.configs import PRECISION_DTYPES, resolve_precision
+
+        dtype = getattr(torch, PRECISION_DTYPES[resolve_precision(args.precision, args.device)])
         return HunyuanVideoPipeline.from_model(args.model, device=args.device, dtype=dtype, attention=args.attention)
     from vidtrt.engine_components import load_pipeline_with_engine
 
@@ -99,8 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="attention backend: sdpa, triton, triton-fp8, triton-tma / triton-fp8-tma (Hopper) "
                           "(default: triton on CUDA, sdpa on CPU)")
     run.add_argument("--device", default="cpu", help="torch device for --engine torch: cpu (default) or cuda")
-    run.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                     help="weights/activations dtype for --engine torch (auto: bfloat16 on CUDA, float32 on CPU)")
+    run.add_argument("--precision", "--dtype", dest="precision", default="auto", type=_precision,
+                     metavar="{auto,fp32,bf16,fp16}",
+                     help="weights/activations precision for --engine torch, as `vidtrt build --precision` "
+                          "(auto: bf16 on CUDA, fp32 on CPU); --dtype and the torch names (bfloat16) still work")
     run.set_defaults(func=cmd_run)
 
     _add_optional(sub, "export", "vidtrt.export.options", "add_export_arguments", _export_main,
@@ -112,6 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_optional(sub, "generate", "vidtrt.client.cli", "add_generate_arguments", "generate_main",
                   "generate a video through a running server")
     return parser
+
+
+def _precision(value: str) -> str:
+    from vidtrt.configs import precision_name
+    from vidtrt.errors import ConfigError
+
+    try:
+        return precision_name(value)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _export_main(args: argparse.Namespace) -> int:

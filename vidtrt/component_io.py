@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from vidtrt.components import Components, TextEmbeddings
-from vidtrt.configs import ModelConfig
+from vidtrt.configs import PRECISION_DTYPES, ModelConfig
 from vidtrt.errors import EngineError, VidtrtError
 from vidtrt.specs import TRITON_DTYPES, AxisRange, ComponentSpec, TensorSpec, dit_spec, vae_decoder_spec
 
@@ -226,10 +226,9 @@ def load_component(key: str, model: str | Path, engine: str = "torch", device: s
         config = load_model_config(model)
         loader = {"text_encoder": pipeline.load_text_encoder, "dit": pipeline.load_dit,
                   "vae_decoder": pipeline.load_vae_decoder}[key]
-        dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-        if precision not in dtypes:
-            raise EngineError(f"invalid precision {precision!r}: accepted {list(dtypes)}")
-        return loader(folder, config, device, dtypes[precision])
+        if precision not in PRECISION_DTYPES:
+            raise EngineError(f"invalid precision {precision!r}: accepted {list(PRECISION_DTYPES)}")
+        return loader(folder, config, device, getattr(torch, PRECISION_DTYPES[precision]))
     try:
         from vidtrt.engine_components import load_component as load_engine_component
     except ImportError:

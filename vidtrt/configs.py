@@ -15,6 +15,28 @@ from vidtrt.errors import ConfigError
 
 VIDTRT_JSON = "vidtrt.json"  # optional overrides written next to model_index.json (text, tiling, defaults)
 
+# The one precision vocabulary (CLI flags, repositories, component models): name -> torch dtype name.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISION_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+_PRECISION_ALIASES = {v: k for k, v in PRECISION_DTYPES.items()}  # torch spellings, as `--dtype` took them
+
+
+def precision_name(value: str) -> str:
+    """``value`` in the one vocabulary ("bfloat16" -> "bf16"); ConfigError naming the accepted values."""
+    name = _PRECISION_ALIASES.get(value, value)
+    if name not in PRECISIONS:
+        raise ConfigError(f"invalid precision {value!r}: accepted {list(PRECISIONS)} "
+                          f"(or the torch names {list(_PRECISION_ALIASES)})")
+    return name
+
+
+def resolve_precision(value: str, device: str) -> str:
+    """A concrete precision ("fp32" / "bf16" / "fp16"): "auto" is bf16 on CUDA, fp32 elsewhere."""
+    name = precision_name(value)
+    if name != "auto":
+        return name
+    return "bf16" if str(device).startswith("cuda") else "fp32"
+
 
 def _from_dict(cls, data: dict[str, Any]):
     names = {f.name for f in dataclasses.fields(cls)}

@@ -27,6 +27,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from vidtrt.configs import PRECISIONS, resolve_precision
 from vidtrt.errors import VidtrtError
 
 FAMILY = "hunyuan_video"
@@ -87,7 +88,6 @@ def _render(template_path: Path, **values: object) -> str:
             f"template {template_path} uses ${{{e.args[0]}}}, which the builder does not fill") from None
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def build_repository(
@@ -137,8 +137,7 @@ def build_repository(
     if engine != "torch" and precision not in ("auto", "fp32"):
         raise RepositoryError(f"precision {precision!r} needs --engine torch; the {engine} engine runs the "
                               "exported fp32 ONNX (accepted with it: 'auto', 'fp32')")
-    if precision == "auto":
-        precision = "bf16" if device == "cuda" else "fp32"
+    precision = resolve_precision(precision, device)
     for name, n in (("dit_instances", dit_instances), ("text_encoder_instances", text_encoder_instances),
                     ("vae_decoder_instances", vae_decoder_instances),
                     ("max_concurrent_generations", max_concurrent_generations), ("sync_instances", sync_instances)):
