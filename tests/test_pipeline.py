@@ -109,6 +109,17 @@ def test_seed_reproduces_and_differs(pipe):
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
+def test_diffusers_guidance_name_is_accepted(pipe):
+    from vidtrt.errors import InvalidRequestError
+
+    kw = dict(seed=5, num_inference_steps=2)
+    a = pipe.generate("a cat", embedded_guidance_scale=3.0, **kw)
+    assert np.array_equal(pipe.generate("a cat", guidance_scale=3.0, **kw), a)
+    assert not np.array_equal(pipe.generate("a cat", **kw), a)  # the default (6.0) differs
+    with pytest.raises(InvalidRequestError, match="give one of them"):
+        pipe.generate("a cat", embedded_guidance_scale=3.0, guidance_scale=4.0, **kw)
+
+
 def test_progress_once_per_step_and_mp4(pipe, tmp_path):
     events: list[ProgressEvent] = []
     frames = pipe.generate("a cat", seed=1, num_inference_steps=3, progress=events.append)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from vidtrt import request_io
 from vidtrt.configs import tiny_config
 from vidtrt.errors import InvalidRequestError
-from vidtrt.request import GenerationRequest
+from vidtrt.request import GenerationRequest, embedded_guidance
 
 FULL = GenerationRequest(
     prompt="a cat walks on the grass", negative_prompt="blurry", height=64, width=96, num_frames=9,
@@ -27,7 +28,7 @@ def test_round_trip_every_field():
     for t in request_io.REQUEST_INPUTS:
         assert arrays[t.name].shape == (1,)
         assert arrays[t.name].dtype == t.numpy_dtype
-    assert arrays["guidance_scale"].dtype == np.float32 and arrays["seed"].dtype == np.int64
+    assert arrays["embedded_guidance_scale"].dtype == np.float32 and arrays["seed"].dtype == np.int64
     assert request_io.inputs_to_request(arrays) == FULL
 
 
@@ -39,13 +40,18 @@ def test_unset_fields_are_not_sent_and_parse_back_as_none():
     assert parsed.validate(tiny_config()).height == tiny_config().defaults.height
 
 
-def test_guidance_input_name_maps_to_the_request_field():
-    assert request_io.input_name("embedded_guidance_scale") == "guidance_scale"
-    assert request_io.input_name("height") == "height"
+def test_every_input_is_named_as_its_request_field():
+    """One name per thing: the wire input, the request field, the Python keyword are the same word."""
+    assert all(t.name == t.field for t in request_io.REQUEST_INPUTS)
+    assert {t.field for t in request_io.REQUEST_INPUTS} <= {f.name for f in dataclasses.fields(GenerationRequest)}
+
+
+def test_diffusers_guidance_name_is_an_alias():
+    assert embedded_guidance(None, 4.0) == embedded_guidance(4.0, None) == embedded_guidance(4.0, 4.0) == 4.0
+    assert embedded_guidance(None, None) is None
     with pytest.raises(InvalidRequestError) as e:
-        GenerationRequest("x", embedded_guidance_scale=-1.0).validate(tiny_config())
-    renamed = request_io.renamed_error(e.value)
-    assert renamed.param == "guidance_scale" and str(renamed).startswith("invalid guidance_scale=-1.0")
+        embedded_guidance(5.0, 4.0)
+    assert e.value.param == "guidance_scale" and "embedded_guidance_scale" in str(e.value)
 
 
 @pytest.mark.parametrize("name, array, fragment", [
@@ -53,7 +59,7 @@ def test_guidance_input_name_maps_to_the_request_field():
     ("height", np.array([64, 64], np.int32), "[1] INT32"),
     ("seed", np.array([[1]], np.int64), "[1] INT64"),
     ("prompt", np.array([b"\xff\xfe"], np.object_), "UTF-8"),
-    ("guidance_scale", np.array([b"6"], np.object_), "FP32"),
+    ("embedded_guidance_scale", np.array([b"6"], np.object_), "FP32"),
     ("prompt", np.array([], np.object_), "[1] BYTES"),
 ])
 def test_wire_errors_name_the_input(name, array, fragment):
@@ -72,7 +78,7 @@ def test_missing_prompt_is_named():
 
 @pytest.mark.parametrize("field, value, name", [
     ("height", 2**40, "height"), ("height", 64.5, "height"), ("num_frames", True, "num_frames"),
-    ("seed", 2**64, "seed"), ("embedded_guidance_scale", "6", "guidance_scale"), ("prompt", 5, "prompt"),
+    ("seed", 2**64, "seed"), ("embedded_guidance_scale", "6", "embedded_guidance_scale"), ("prompt", 5, "prompt"),
 ])
 def test_client_side_encoding_errors(field, value, name):
     kwargs = {"prompt": "ok", field: value}
@@ -105,7 +111,7 @@ def test_config_stanzas_declare_every_tensor_once():
     outputs = {n: (t, d) for n, t, d, _ in entries[len(request_io.REQUEST_INPUTS):]}
     assert inputs["prompt"] == ("TYPE_STRING", "1", False)
     assert all(opt for n, (_, _, opt) in inputs.items() if n != "prompt")
-    assert inputs["seed"][0] == "TYPE_INT64" and inputs["guidance_scale"][0] == "TYPE_FP32"
+    assert inputs["seed"][0] == "TYPE_INT64" and inputs["embedded_guidance_scale"][0] == "TYPE_FP32"
     assert outputs["video"] == ("TYPE_UINT8", "-1, -1, -1, 3")
     assert outputs["mp4"] == ("TYPE_STRING", "1")
     assert set(outputs) == {"step", "total_steps", "elapsed", "video", "mp4"}

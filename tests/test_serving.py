@@ -23,7 +23,7 @@ from vidtrt.server import TritonServer
 
 pytestmark = pytest.mark.server
 
-FAIL_GUIDANCE = 77.0  # the test repository's DiT fails requests with this guidance_scale
+FAIL_GUIDANCE = 77.0  # the test repository's DiT fails requests with this embedded_guidance_scale
 PROMPT = "a cat walks on the grass"
 
 
@@ -85,8 +85,8 @@ def test_progress_once_per_step_in_order_before_the_video(client):
     (dict(width=2048), "width"),
     (dict(num_frames=8), "num_frames"),
     (dict(num_inference_steps=0), "num_inference_steps"),
-    (dict(embedded_guidance_scale=-1.0), "guidance_scale"),
-    (dict(embedded_guidance_scale=float("nan")), "guidance_scale"),
+    (dict(embedded_guidance_scale=-1.0), "embedded_guidance_scale"),
+    (dict(embedded_guidance_scale=float("nan")), "embedded_guidance_scale"),
     (dict(flow_shift=0.0), "flow_shift"),
     (dict(seed=-1), "seed"),
     (dict(true_cfg_scale=0.5), "true_cfg_scale"),

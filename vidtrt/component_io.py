@@ -195,7 +195,7 @@ class ComponentServer:
             if self.fail_on_guidance is not None and bool(
                 torch.any(guidance == torch.tensor(self.fail_on_guidance * 1000.0, dtype=guidance.dtype))
             ):
-                raise RuntimeError(f"injected DiT failure (guidance_scale == {self.fail_on_guidance:g})")
+                raise RuntimeError(f"injected DiT failure (embedded_guidance_scale == {self.fail_on_guidance:g})")
             text = TextEmbeddings(prompt_embeds=t("encoder_hidden_states"), attention_mask=t("encoder_attention_mask"),
                                   pooled=t("pooled_projections"))
             velocity = self.fn(latents, t("timestep"), text, guidance)

@@ -13,7 +13,7 @@ import torch
 from vidtrt.components import Components, TextEmbeddings
 from vidtrt.configs import ModelConfig
 from vidtrt.orchestrator import ProgressCallback, run_generation
-from vidtrt.request import GenerationRequest
+from vidtrt.request import GenerationRequest, embedded_guidance
 
 
 @dataclass(frozen=True)
@@ -164,8 +164,12 @@ class HunyuanVideoPipeline:
         progress: ProgressCallback | None = None,
         should_cancel: Callable[[], bool] | None = None,
         prompt_policy: str = "truncate",
+        guidance_scale: float | None = None,
     ) -> np.ndarray:
-        """uint8 frames [num_frames, height, width, 3]; ``None`` arguments take the model's defaults."""
+        """uint8 frames [num_frames, height, width, 3]; ``None`` arguments take the model's defaults.
+
+        ``guidance_scale``: diffusers' name for ``embedded_guidance_scale`` (give either)."""
+        embedded_guidance_scale = embedded_guidance(embedded_guidance_scale, guidance_scale)
         request = GenerationRequest(
             prompt=prompt,
             negative_prompt=negative_prompt,

@@ -127,3 +127,17 @@ def _check_text(name: str, value: object, required: bool) -> None:
         raise InvalidRequestError(name, f"<{len(value)} characters>", f"at most {MAX_PROMPT_CHARS} characters")
     if "\x00" in value:
         raise InvalidRequestError(name, value, "text without NUL characters")
+
+
+def embedded_guidance(embedded_guidance_scale: float | None, guidance_scale: float | None) -> float | None:
+    """The one guidance name is ``embedded_guidance_scale`` (HunyuanVideo's: the DiT embeds it); callers
+    that take keyword arguments also accept diffusers' spelling ``guidance_scale`` for it. Both given and
+    different: InvalidRequestError."""
+    if guidance_scale is None:
+        return embedded_guidance_scale
+    if embedded_guidance_scale is not None and embedded_guidance_scale != guidance_scale:
+        raise InvalidRequestError(
+            "guidance_scale", guidance_scale,
+            f"diffusers' name for embedded_guidance_scale, which is {embedded_guidance_scale!r}: give one of them",
+        )
+    return guidance_scale

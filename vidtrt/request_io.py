@@ -74,7 +74,7 @@ REQUEST_INPUTS: tuple[IOTensor, ...] = (
     IOTensor("width", "TYPE_INT32", (1,), "width", doc="pixels, multiple of 16"),
     IOTensor("num_frames", "TYPE_INT32", (1,), "num_frames", doc="video frames, 4k + 1"),
     IOTensor("num_inference_steps", "TYPE_INT32", (1,), "num_inference_steps", doc="denoising steps"),
-    IOTensor("guidance_scale", "TYPE_FP32", (1,), "embedded_guidance_scale",
+    IOTensor("embedded_guidance_scale", "TYPE_FP32", (1,), "embedded_guidance_scale",
              doc="embedded guidance scale (diffusers' guidance_scale)"),
     IOTensor("flow_shift", "TYPE_FP32", (1,), "flow_shift", doc="flow-matching shift"),
     IOTensor("seed", "TYPE_INT64", (1,), "seed", doc="noise seed, 0 .. 2**63-1"),
@@ -96,23 +96,8 @@ PROGRESS_OUTPUTS = ("step", "total_steps", "elapsed")
 FINAL_OUTPUTS = ("video", "mp4")
 
 _BY_NAME = {t.name: t for t in REQUEST_INPUTS}
-_FIELD_TO_INPUT = {t.field: t.name for t in REQUEST_INPUTS}
 _INT32 = (-(2**31), 2**31 - 1)
 _INT64 = (-(2**63), 2**63 - 1)
-
-
-def input_name(field: str) -> str:
-    """The Triton input that carries a GenerationRequest field (``embedded_guidance_scale`` ->
-    ``guidance_scale``); other names pass through."""
-    return _FIELD_TO_INPUT.get(field, field)
-
-
-def renamed_error(e: InvalidRequestError) -> InvalidRequestError:
-    """The same error, naming the Triton input instead of the request field."""
-    name = input_name(e.param)
-    if name == e.param:
-        return e
-    return InvalidRequestError(name, e.value, e.accepted)
 
 
 # ------------------------------------------------------------------------------------------ client side

@@ -27,7 +27,7 @@ import numpy as np
 
 from vidtrt import request_io
 from vidtrt.errors import CancelledError, VidtrtError
-from vidtrt.request import GenerationRequest
+from vidtrt.request import GenerationRequest, embedded_guidance
 
 DEFAULT_MODEL = "hunyuan_video"
 PROTOCOLS = ("grpc", "http")
@@ -184,22 +184,25 @@ class VideoClient:
         width: int | None = None,
         num_frames: int | None = None,
         num_inference_steps: int | None = None,
-        guidance_scale: float | None = None,
+        embedded_guidance_scale: float | None = None,
         flow_shift: float | None = None,
         seed: int | None = None,
         true_cfg_scale: float | None = None,
         prompt_policy: str = "truncate",
         progress: Callable[[Progress], None] | None = None,
         cancel: threading.Event | Callable[[], bool] | None = None,
+        guidance_scale: float | None = None,
     ) -> np.ndarray:
         """uint8 frames [num_frames, height, width, 3]; ``None`` arguments take the served model's defaults.
 
-        ``guidance_scale`` is the embedded guidance scale (diffusers' name). Raises
-        :class:`ServerRequestError` (``.param`` names a bad input), :class:`~vidtrt.errors.CancelledError`.
+        The arguments are :meth:`vidtrt.pipeline.HunyuanVideoPipeline.generate`'s (``guidance_scale``:
+        diffusers' name for ``embedded_guidance_scale``). Raises :class:`ServerRequestError` (``.param``
+        names a bad input), :class:`~vidtrt.errors.CancelledError`.
         """
         request = GenerationRequest(
             prompt=prompt, negative_prompt=negative_prompt, height=height, width=width, num_frames=num_frames,
-            num_inference_steps=num_inference_steps, embedded_guidance_scale=guidance_scale, flow_shift=flow_shift,
+            num_inference_steps=num_inference_steps,
+            embedded_guidance_scale=embedded_guidance(embedded_guidance_scale, guidance_scale), flow_shift=flow_shift,
             seed=seed, true_cfg_scale=true_cfg_scale, prompt_policy=prompt_policy,
         )
         return self.run(request, progress=progress, cancel=cancel).frames

@@ -119,7 +119,7 @@ def build_repository(
     waits on the component models). ``sync_instances``: instances of the non-streaming model (it runs a
     request inside ``execute``, so this is its concurrency; each is a process without weights).
     ``fail_on_guidance``: test-only; the DiT model fails requests whose
-    guidance_scale equals it. ``overwrite``: replace a repository this function wrote before (never
+    embedded_guidance_scale equals it. ``overwrite``: replace a repository this function wrote before (never
     a folder it did not write).
     """
     from vidtrt import __version__, request_io
@@ -197,7 +197,7 @@ def build_repository(
         n = instances[key]
         extra = f'parameters {{ key: "precision" value {{ string_value: "{precision}" }} }}\n'
         if key == "dit" and fail_on_guidance is not None:
-            extra += ('# TEST ONLY: fail requests whose guidance_scale equals this value.\n'
+            extra += ('# TEST ONLY: fail requests whose embedded_guidance_scale equals this value.\n'
                      f'parameters {{ key: "fail_on_guidance" value {{ string_value: "{fail_on_guidance:g}" }} }}\n')
         instances_doc = (f"{n} instance(s) per {'GPU' if device == 'cuda' else 'server'}; calls from concurrent "
                          "generations queue here and run one at a time per instance.")

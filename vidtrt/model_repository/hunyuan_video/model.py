@@ -170,7 +170,7 @@ class TritonPythonModel:
             gen = request_io.inputs_to_request(lambda name: _input(request, name))
             return gen.validate(self.config)
         except InvalidRequestError as e:
-            fail(self._error(str(request_io.renamed_error(e)), pb_utils.TritonError.INVALID_ARG, "invalid"))
+            fail(self._error(str(e), pb_utils.TritonError.INVALID_ARG, "invalid"))
         except Exception as e:
             fail(self._error(f"{type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL, "error"))
         return None
@@ -210,7 +210,7 @@ class TritonPythonModel:
         except CancelledError as e:
             return self._error(str(e), pb_utils.TritonError.CANCELLED, "cancelled")
         except InvalidRequestError as e:
-            return self._error(str(request_io.renamed_error(e)), pb_utils.TritonError.INVALID_ARG, "invalid")
+            return self._error(str(e), pb_utils.TritonError.INVALID_ARG, "invalid")
         except RemoteInvalidRequest as e:
             return self._error(str(e), pb_utils.TritonError.INVALID_ARG, "invalid")
         except ComponentFailure as e:
