@@ -42,7 +42,7 @@ def test_wheel_builds_serves_and_generates(tmp_path):
     )
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
-    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")  # this venv's Triton stub env / backend dir go with tmp_path
+    env["VIDTRT_CACHE"] = str(tmp_path / "cache")  # this venv's Triton stub env / backend dir go with tmp_path
     where = _run([str(py), "-c", "import vidtrt.export.repository as r; print(r.__file__, r.templates_dir())"],
                  cwd=tmp_path, env=env).split()  # fmt: skip
     assert all(p.startswith(str(venv)) for p in where), where  # code and templates from the wheel

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,12 +20,9 @@ from safetensors.torch import save_file
 
 from vidtrt import __version__
 from vidtrt.configs import EMBEDDED_PRESETS, VIDTRT_JSON, ModelConfig, preset
+from vidtrt.paths import cache_dir
 
 TINY_SEED = 0
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("VIDTRT_CACHE", Path.home() / ".cache" / "vidtrt"))
 
 
 def _config_dict(obj) -> dict:
@@ -116,7 +112,7 @@ def tiny_checkpoint(name: str = "tiny") -> Path:
     """An embedded model's folder, generated on first use (atomically, safe for concurrent callers)."""
     if name not in EMBEDDED_PRESETS:
         raise ValueError(f"unknown embedded model {name!r}; accepted: {list(EMBEDDED_PRESETS)}")
-    target = cache_root() / f"{name}-{_fingerprint(preset(name))}"
+    target = cache_dir() / f"{name}-{_fingerprint(preset(name))}"
     if (target / "model_index.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

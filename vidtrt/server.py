@@ -33,6 +33,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from vidtrt import paths
 from vidtrt.errors import VidtrtError
 
 INSTALL_HINT = (
@@ -100,11 +101,6 @@ def _bundled_libs_dir() -> Path | None:
     return libs if libs.is_dir() else None
 
 
-def _cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "vidtrt"
-
-
 def python_backend_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """Assemble (once, cached) a Triton backend directory holding ``python/`` for the running Python.
 
@@ -128,7 +124,7 @@ def python_backend_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     key = hashlib.sha1(
         "|".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in src.values()).encode()
     ).hexdigest()[:12]
-    out = Path(cache_dir) if cache_dir else _cache_root() / f"triton_backends-py{pyver}-{key}"
+    out = Path(cache_dir) if cache_dir else paths.cache_dir() / f"triton_backends-py{pyver}-{key}"
     py = out / "python"
     if all((py / name).is_file() for name in src):
         return out
@@ -200,7 +196,7 @@ def stub_python_env(auto_install: bool = True) -> Path | None:
     pyver = f"{sys.version_info.major}.{sys.version_info.minor}"
     site_dirs = [d for d in site.getsitepackages() if Path(d).is_dir()]
     key = hashlib.sha1("|".join([sys.prefix, *site_dirs, STUB_NUMPY]).encode()).hexdigest()[:12]
-    root = Path(os.environ.get("VIDTRT_TRITON_STUB_ENV") or _cache_root() / f"triton_stub_env-py{pyver}-{key}")
+    root = Path(os.environ.get("VIDTRT_TRITON_STUB_ENV") or paths.cache_dir() / f"triton_stub_env-py{pyver}-{key}")
     marker = root / ".vidtrt-complete"
     if marker.is_file():
         return root
