@@ -9,7 +9,8 @@ import re
 import numpy as np
 import pytest
 
-from vidtrt.component_io import ComponentServer, load_component, remote_components, specs_for_triton
+from vidtrt.component_io import ComponentServer, remote_components, specs_for_triton
+from vidtrt.engine_components import load_component
 from vidtrt.errors import EngineError
 from vidtrt.export.repository import MARKER, RepositoryError, build_repository, templates_dir
 from vidtrt.request import GenerationRequest

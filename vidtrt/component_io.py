@@ -25,13 +25,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from vidtrt.components import Components, TextEmbeddings
-from vidtrt.configs import PRECISION_DTYPES, ModelConfig
+from vidtrt.configs import ModelConfig
 from vidtrt.errors import EngineError, VidtrtError
 from vidtrt.specs import TRITON_DTYPES, AxisRange, ComponentSpec, TensorSpec, dit_spec, vae_decoder_spec
 
@@ -205,35 +204,3 @@ class ComponentServer:
             return {"video": _np(video, np.float32)}
         raise EngineError(f"unknown component {self.key!r}; accepted {list(KEYS)}")
 
-
-def load_component(key: str, model: str | Path, engine: str = "torch", device: str = "cpu",
-                   artifacts: str | Path | None = None, precision: str = "fp32") -> Callable:
-    """The callable a component model serves.
-
-    ``engine="torch"``: the project's PyTorch modules (:mod:`vidtrt.pipeline` loaders), exactly what
-    ``vidtrt run`` uses, in ``precision`` (fp32, bf16, fp16). Other engines (``onnxruntime``,
-    ``tensorrt``) are delegated to
-    ``vidtrt.engine_components.load_component(key, model, engine=..., artifacts=..., device=...)``, the hook
-    the engines issue provides; without it this raises a one-line EngineError.
-    """
-    if key not in KEYS:
-        raise EngineError(f"unknown component {key!r}; accepted {list(KEYS)}")
-    if engine == "torch":
-        from vidtrt import pipeline
-        from vidtrt.checkpoints import load_model_config, resolve_model
-
-        folder = resolve_model(model)
-        config = load_model_config(model)
-        loader = {"text_encoder": pipeline.load_text_encoder, "dit": pipeline.load_dit,
-                  "vae_decoder": pipeline.load_vae_decoder}[key]
-        if precision not in PRECISION_DTYPES:
-            raise EngineError(f"invalid precision {precision!r}: accepted {list(PRECISION_DTYPES)}")
-        return loader(folder, config, device, getattr(torch, PRECISION_DTYPES[precision]))
-    try:
-        from vidtrt.engine_components import load_component as load_engine_component
-    except ImportError:
-        raise EngineError(
-            f"engine {engine!r} for Triton component models needs vidtrt.engine_components.load_component "
-            f"(not in this build); accepted here: 'torch'"
-        ) from None
-    return load_engine_component(key, model, engine=engine, artifacts=artifacts, device=device)

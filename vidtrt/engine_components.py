@@ -436,11 +436,30 @@ def load_pipeline_with_engine(model: str | Path = "tiny", engine: str = "onnxrun
 COMPONENT_LOADERS = {"text_encoder": engine_text_encoder, "dit": engine_dit, "vae_decoder": engine_vae_decoder}
 
 
-def load_component(key: str, model: str | Path, engine: str = "onnxruntime", artifacts: str | Path | None = None,
-                   device: str = "cpu", threads: int = 0, providers: Sequence[str] | None = None):
+def load_component(key: str, model: str | Path, engine: str = "torch", *, artifacts: str | Path | None = None,
+                   device: str = "cpu", precision: str = "fp32", threads: int = 0,
+                   providers: Sequence[str] | None = None):
     """The callable a Triton component model serves (``key``: text_encoder, dit or vae_decoder -- the
-    decoder as the tile engine), on ``engine``. The hook :func:`vidtrt.component_io.load_component`
-    delegates non-torch engines to."""
+    decoder as the tile engine), on ``engine``.
+
+    ``engine="torch"``: the project's PyTorch modules (:mod:`vidtrt.pipeline` loaders), exactly what
+    ``vidtrt run`` uses, in ``precision`` (fp32, bf16, fp16). ``onnxruntime`` / ``tensorrt``: the exported
+    artifacts in ``artifacts`` (fp32 only; ``threads`` / ``providers`` for onnxruntime). Raises EngineError.
+    """
     if key not in COMPONENT_LOADERS:
         raise EngineError(f"unknown component {key!r}; accepted {list(COMPONENT_LOADERS)}")
+    if engine == "torch":
+        from vidtrt import pipeline
+        from vidtrt.checkpoints import load_model_config, resolve_model
+        from vidtrt.configs import PRECISION_DTYPES
+
+        if precision not in PRECISION_DTYPES:
+            raise EngineError(f"invalid precision {precision!r}: accepted {list(PRECISION_DTYPES)}")
+        loader = {"text_encoder": pipeline.load_text_encoder, "dit": pipeline.load_dit,
+                  "vae_decoder": pipeline.load_vae_decoder}[key]
+        dtype = getattr(torch, PRECISION_DTYPES[precision])
+        return loader(resolve_model(model), load_model_config(model), device, dtype)
+    if precision != "fp32":
+        raise EngineError(f"precision {precision!r} needs engine 'torch'; the {engine} engine runs the exported "
+                          "fp32 ONNX (accepted with it: 'fp32')")
     return COMPONENT_LOADERS[key](model, engine, artifacts, threads, providers, device=device)

@@ -8,8 +8,8 @@ writes one folder per Triton model (``config.pbtxt`` + ``1/model.py``), named wi
 - ``hunyuan_video_sync``: the same model.py, not decoupled (HTTP ``/infer``, perf_analyzer without
   streaming);
 - ``hunyuan_video_text_encoder``, ``hunyuan_video_dit``, ``hunyuan_video_vae_decoder``: Python-backend
-  models serving the components on an engine (``torch`` here; ``onnxruntime`` once
-  ``vidtrt.engine_components`` provides it, see :func:`vidtrt.component_io.load_component`).
+  models serving the components on an engine (``torch`` or ``onnxruntime``, see
+  :func:`vidtrt.engine_components.load_component`).
 
 Tensor stanzas come from :mod:`vidtrt.request_io` (generation model) and
 :mod:`vidtrt.component_io` / :mod:`vidtrt.specs` (components); nothing is written by hand. Repositories

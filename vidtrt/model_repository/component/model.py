@@ -24,7 +24,8 @@ import triton_python_backend_utils as pb_utils
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
-        from vidtrt.component_io import KEYS, ComponentServer, load_component, specs_for_triton
+        from vidtrt.component_io import KEYS, ComponentServer, specs_for_triton
+        from vidtrt.engine_components import load_component
         from vidtrt.errors import VidtrtError
 
         self.model_name = args["model_name"]
