@@ -8,7 +8,7 @@ Phases (each recorded, a failing one does not stop the others):
  1. correctness on the GPU: fused norm+RoPE vs reference (fp32 / bf16 / fp8 out), attention fp32
     vs float64 (IEEE products) with unequal key lengths and S off the block grid, bf16 with the
     autotuned configs, FP8 cosine vs fp32 and exactness vs the block emulation, the attention
-    backends; last, the kernel tests marked ``gpu`` under pytest on this device (90 s, failures named);
+    backends; then the kernel tests marked ``gpu`` under pytest on this device (90 s, failures named);
  2. the TensorRT AOT payloads compiled for this GPU (what the plugins embed), their PTX loaded and
     launched through the CUDA driver (ctypes on libcuda: cuModuleLoadDataEx / cuLaunchKernel, no
     extra package) with exactly the plugin's grid, block, shared memory and argument order
@@ -52,7 +52,7 @@ import bench_rope  # noqa: E402
 bench_attention.bootstrap()
 
 
-PYTEST_S = 90.0  # the kernel tests' share of the budget
+PYTEST_S = 90.0  # the kernel tests' share of the budget (they run before the benchmarks)
 
 
 def log(msg: str) -> None:
@@ -261,7 +261,7 @@ def run_pytest(timeout: float) -> dict:
     try:
         import pytest  # noqa: F401
     except ImportError:
-        return {"skipped": "pytest is not installed"}
+        return {"unavailable": "pytest is not installed"}
     cmd = [sys.executable, "-m", "pytest", "-v", "-m", "gpu", "-p", "no:cacheprovider", "-o", "addopts=-rA",
            "--continue-on-collection-errors", "--durations=5", *KERNEL_TEST_FILES]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
@@ -479,8 +479,8 @@ def to_markdown(report: dict) -> str:
         lines.append("")
     if report.get("pytest"):
         p = report["pytest"]
-        if "skipped" in p and isinstance(p["skipped"], str):
-            lines += [f"pytest -m gpu: {p['skipped']}", ""]
+        if "unavailable" in p:
+            lines += [f"pytest -m gpu: {p['unavailable']}", ""]
         else:
             lines += [f"pytest -m gpu (kernel tests on this device): {p['passed']} passed, {p['skipped']} skipped, "
                       f"failed {p['failed'] or 'none'}, errors {p['errors'] or 'none'}, {p['seconds']} s"
@@ -571,6 +571,8 @@ def main(argv=None) -> int:
     smoke = a.smoke
     phase("correctness", lambda: correctness(device, smoke))
     phase("ptx_launch", lambda: ptx_launch(device, smoke))
+    if not a.no_pytest:  # the kernel tests marked gpu, on this device (the interpreter with --smoke)
+        phase("pytest", lambda: run_pytest(timeout=PYTEST_S))
     if smoke:
         phase("rope", lambda: bench_rope.run(seqs=(40,), heads=2, head_dim=64, text=8, device="cpu", log=log))
         phase("attention", lambda: bench_attention.run(seqs=(80,), heads=2, head_dim=64, device="cpu", text_pad=8,
@@ -582,11 +584,7 @@ def main(argv=None) -> int:
         phase("rope", lambda: bench_rope.run(log=log), need_s=60)
         phase("attention", lambda: bench_attention.run(log=log), need_s=150)
         if not a.quick:
-            # leave PYTEST_S for the kernel tests under pytest
-            phase("dit_step", lambda: bench_dit_step.run(time_budget_s=max(left() - PYTEST_S - 10, 0), log=log),
-                  need_s=150)  # fmt: skip
-    if not a.no_pytest:  # the kernel tests marked gpu, on this device (the interpreter with --smoke)
-        phase("pytest", lambda: run_pytest(timeout=max(min(left() - 5, PYTEST_S), 1.0)), need_s=30)
+            phase("dit_step", lambda: bench_dit_step.run(time_budget_s=max(left() - 10, 0), log=log), need_s=150)
     save()
     failed = [c["check"] for c in report.get("correctness", []) if not c["ok"]]
     failed += [r["plugin"] for r in report.get("ptx_launch", []) if r.get("launched", True) and not r.get("ok", True)]
