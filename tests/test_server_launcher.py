@@ -207,3 +207,16 @@ def test_ports_taken_by_another_server_are_an_error_not_ready(tmp_path):
             second.start()
         assert "already in use" in str(e.value) and "\n" not in str(e.value)
         assert first.is_ready()
+
+
+def test_serve_binds_loopback_unless_asked():
+    """`vidtrt serve` answers this machine only by default; every interface only with --address 0.0.0.0."""
+    import argparse
+
+    from vidtrt.server import TritonServer, add_serve_arguments
+
+    parse = add_serve_arguments(argparse.ArgumentParser()).parse_args
+    assert parse(["--repository", "r"]).address == "127.0.0.1"
+    assert parse(["--repository", "r", "--address", "0.0.0.0"]).address == "0.0.0.0"
+    cmd = TritonServer("r", http_port=1, grpc_port=2, metrics_port=3).command()
+    assert {f"--{k}-address=127.0.0.1" for k in ("http", "grpc", "metrics")} <= set(cmd)

@@ -553,8 +553,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (0 = pick a free one; default 8001)")
     parser.add_argument("--metrics-port", type=int, default=8002,
                         help="Prometheus metrics port (0 = pick a free one; default 8002)")
-    parser.add_argument("--address", default="0.0.0.0",
-                        help="address the three endpoints bind to (default 0.0.0.0; 127.0.0.1 = this machine only)")
+    parser.add_argument("--address", default="127.0.0.1",
+                        help="address the three endpoints bind to (default 127.0.0.1: this machine only; "
+                             "0.0.0.0 = every interface, for other machines to reach it)")
     parser.add_argument("--tritonserver", metavar="PATH", default=None,
                         help="tritonserver binary (default: $VIDTRT_TRITONSERVER, PATH, "
                              "then the nvidia-pytriton wheel's)")
