@@ -205,3 +205,20 @@ def test_help_and_client_need_no_torch(tmp_path):
     assert got["torch"] is False
     assert got["rc"] == 2 and got["err"].startswith("vidtrt: error:") and got["err"].count("\n") == 1, got
     assert got["help_s"] < 0.5, got
+
+
+def test_non_finite_generation_is_exit_1_one_line_nothing_written(tmp_path, capsys, monkeypatch):
+    """The request was fine, the generation overflowed: exit 1 (not 2, a bad request), one line, no file."""
+    import dataclasses
+
+    import vidtrt.cli as cli
+
+    pipe = HunyuanVideoPipeline.from_model("tiny")
+    dit = pipe.components.dit
+    pipe.components = dataclasses.replace(pipe.components, dit=lambda *args: dit(*args) * float("nan"))
+    monkeypatch.setattr(cli, "_load_pipeline", lambda args: pipe)
+    out_path = tmp_path / "out.mp4"
+    code, out, err = _run(capsys, ["run", PROMPT, "-o", str(out_path), *ARGS, "--no-progress"])
+    assert code == 1 and out == "", (code, out, err)
+    assert err.count("\n") == 1 and err.startswith("vidtrt: error: the DiT produced NaN/inf at denoising step 1"), err
+    assert not out_path.exists()

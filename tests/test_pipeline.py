@@ -278,3 +278,32 @@ def test_tiny_writer_is_deterministic_and_leaves_the_rng(tmp_path):
     ours = load_file(tmp_path / "t" / "transformer" / "diffusion_pytorch_model.safetensors")
     cached = load_file(resolve_model("tiny") / "transformer" / "diffusion_pytorch_model.safetensors")
     assert ours.keys() == cached.keys() and all(torch.equal(ours[k], cached[k]) for k in ours)
+
+
+@pytest.mark.parametrize("where", ["dit", "decode_tile"])
+def test_non_finite_output_fails_the_generation_instead_of_a_black_video(pipe, where):
+    """NaN/inf from the DiT (at the step it appears) or from the VAE decoder is a NonFiniteError naming the
+    component and the likely cause, never uint8 frames; the next generation is unaffected."""
+    import dataclasses
+
+    from vidtrt.errors import NonFiniteError
+    from vidtrt.orchestrator import run_generation
+    from vidtrt.request import GenerationRequest
+
+    calls = []
+
+    def poisoned(*args):
+        out = getattr(pipe.components, where)(*args)
+        calls.append(1)
+        return out * float("inf") if len(calls) == 2 else out  # the second call overflows (decode: 2+ tiles)
+
+    comps = dataclasses.replace(pipe.components, **{where: poisoned})
+    request = GenerationRequest("a cat", seed=1, num_inference_steps=3, height=64, width=96, num_frames=5)
+    with pytest.raises(NonFiniteError) as e:
+        run_generation(request, pipe.config, comps)
+    msg = str(e.value)
+    assert "\n" not in msg and "fp16 overflow" in msg
+    assert ("NaN/inf at denoising step 2 of 3" in msg) if where == "dit" else ("VAE decoder" in msg), msg
+    if where == "dit":
+        assert len(calls) == 2  # stopped at the step that overflowed: no third DiT call, no decode
+    assert pipe.run(request).std() > 1

@@ -177,6 +177,19 @@ def test_component_failure_fails_that_request_only(srv, client, pipe):
     assert srv.is_ready()
 
 
+def test_nan_from_a_component_fails_that_request_and_counts_as_an_error(srv, client):
+    """A DiT answering NaN (what an fp16 overflow looks like) is a failed request with a one-line reason,
+    counted as an error, not an all-black video counted as a success; the next request works."""
+    before = metric(srv, "vidtrt_generation_requests_total", model="hunyuan_video", outcome="error")
+    with pytest.raises(ServerRequestError) as e:
+        client.run(GenerationRequest(PROMPT, seed=9, num_inference_steps=3, embedded_guidance_scale=FAIL_GUIDANCE + 1))
+    msg = str(e.value)
+    assert "NaN/inf at denoising step 1 of 3" in msg and "fp16 overflow" in msg and "\n" not in msg, msg
+    assert e.value.param is None
+    assert metric(srv, "vidtrt_generation_requests_total", model="hunyuan_video", outcome="error") == before + 1
+    assert client.run(GenerationRequest(PROMPT, seed=9, num_inference_steps=1)).frames.std() > 1
+
+
 def test_mp4_output(client):
     from vidtrt.video_io import decode_mp4
 

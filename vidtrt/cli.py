@@ -9,9 +9,10 @@ import argparse
 import sys
 import time
 
-from vidtrt.errors import InvalidRequestError, VidtrtError
+from vidtrt.errors import InvalidRequestError, NonFiniteError, VidtrtError
 
-EXIT_USAGE = 2
+EXIT_USAGE = 2  # a bad request or setting
+EXIT_FAILURE = 1  # the request was fine, the generation failed (e.g. NaN from an fp16 overflow)
 # Request fields -> the flags that set them (errors name what the user typed).
 REQUEST_FLAGS = {
     "height": "--height", "width": "--width", "num_frames": "--frames", "num_inference_steps": "--steps",
@@ -165,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         message = f"invalid {flag} {e.value!r} ({e.param}): accepted {e.accepted}" if flag else str(e)
         print(f"vidtrt: error: {message}", file=sys.stderr)
         return EXIT_USAGE
+    except NonFiniteError as e:
+        print(f"vidtrt: error: {e}", file=sys.stderr)
+        return EXIT_FAILURE
     except VidtrtError as e:
         print(f"vidtrt: error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -168,7 +168,8 @@ class ComponentServer:
     """One component callable behind ``run(feeds) -> outputs`` (numpy by tensor name), for a model.py.
 
     ``fail_on_guidance``: test-only fault injection for the DiT: raise when the request's embedded
-    guidance scale equals it (the guidance input is scale * 1000).
+    guidance scale equals it, answer NaN (an fp16 overflow's look) when it equals it + 1 (the guidance
+    input is scale * 1000).
     """
 
     key: str
@@ -198,6 +199,10 @@ class ComponentServer:
             text = TextEmbeddings(prompt_embeds=t("encoder_hidden_states"), attention_mask=t("encoder_attention_mask"),
                                   pooled=t("pooled_projections"))
             velocity = self.fn(latents, t("timestep"), text, guidance)
+            if self.fail_on_guidance is not None and bool(
+                torch.any(guidance == torch.tensor((self.fail_on_guidance + 1) * 1000.0, dtype=guidance.dtype))
+            ):
+                velocity = torch.full_like(velocity, float("nan"))
             return {"velocity": _np(velocity, np.float32)}
         if self.key == "vae_decoder":
             video = self.fn(torch.from_numpy(_writable(feeds["latents"])))

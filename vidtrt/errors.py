@@ -33,5 +33,10 @@ class EngineError(VidtrtError):
     """An engine cannot run: missing artifact, missing runtime, or inputs outside its spec."""
 
 
+class NonFiniteError(VidtrtError):
+    """A component produced NaN or inf (fp16 overflow is the usual cause): the generation failed, the
+    request was fine. Checked after every denoising step and on the decoded video, never written out."""
+
+
 class CancelledError(VidtrtError):
     """The caller cancelled the generation (raised between denoising steps)."""

@@ -18,7 +18,7 @@ import torch
 
 from vidtrt.components import Components, TextEmbeddings
 from vidtrt.configs import ModelConfig
-from vidtrt.errors import CancelledError, InvalidRequestError, VidtrtError
+from vidtrt.errors import CancelledError, InvalidRequestError, NonFiniteError, VidtrtError
 from vidtrt.request import GenerationRequest
 from vidtrt.scheduler import euler_step, flow_match_sigmas, initial_noise, timesteps_from_sigmas
 from vidtrt.video_io import to_uint8_frames
@@ -34,6 +34,9 @@ class ProgressEvent:
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
+
+
+_OVERFLOW_HINT = " (fp16 overflow is the usual cause: use precision bf16 or fp32); nothing was written"
 
 
 def _encode_negative(components: Components, r: GenerationRequest) -> TextEmbeddings:
@@ -85,6 +88,8 @@ def denoise(
             uncond = components.dit(latents, t, negative, guidance)
             velocity = uncond + r.true_cfg_scale * (velocity - uncond)
         latents = euler_step(latents, velocity, sigmas[i], sigmas[i + 1])
+        if not bool(torch.isfinite(latents).all()):
+            raise NonFiniteError(f"the DiT produced NaN/inf at denoising step {i + 1} of {total}{_OVERFLOW_HINT}")
         if progress is not None:
             progress(ProgressEvent(step=i + 1, total=total, elapsed_s=time.perf_counter() - start))
     return latents
@@ -95,6 +100,8 @@ def decode_latents(latents: torch.Tensor, config: ModelConfig, components: Compo
     from vidtrt.tiling import decode
 
     video = decode(latents / config.vae.scaling_factor, components.decode_tile, config.vae, config.tiling)
+    if not bool(torch.isfinite(video).all()):
+        raise NonFiniteError(f"the VAE decoder produced NaN/inf pixels{_OVERFLOW_HINT}")
     return to_uint8_frames(video)
 
 
@@ -110,7 +117,8 @@ def run_generation(
     Returns uint8 frames [num_frames, height, width, 3]. Raises
     :class:`~vidtrt.errors.InvalidRequestError` before any work for a bad request, and
     :class:`~vidtrt.errors.CancelledError` when ``should_cancel()`` turns true (checked before every
-    step and before the decode).
+    step and before the decode), :class:`~vidtrt.errors.NonFiniteError` as soon as the latents (after
+    any step) or the decoded video hold NaN/inf, instead of an all-black video.
     """
     start = time.perf_counter()
     r = request.validate(config)

@@ -189,7 +189,7 @@ class TritonPythonModel:
         """Run one generation; returns the final InferenceResponse (video, or an error for this request)."""
         from vidtrt import request_io
         from vidtrt.component_io import ComponentFailure, RemoteInvalidRequest
-        from vidtrt.errors import CancelledError, InvalidRequestError
+        from vidtrt.errors import CancelledError, InvalidRequestError, NonFiniteError
         from vidtrt.orchestrator import run_generation
 
         start = time.perf_counter()
@@ -213,7 +213,7 @@ class TritonPythonModel:
             return self._error(str(e), pb_utils.TritonError.INVALID_ARG, "invalid")
         except RemoteInvalidRequest as e:
             return self._error(str(e), pb_utils.TritonError.INVALID_ARG, "invalid")
-        except ComponentFailure as e:
+        except (ComponentFailure, NonFiniteError) as e:
             return self._error(str(e), pb_utils.TritonError.INTERNAL, "error")
         except Exception as e:
             pb_utils.Logger.log_error(f"{self.model_name}: {traceback.format_exc()}")
