@@ -222,3 +222,48 @@ def test_non_finite_generation_is_exit_1_one_line_nothing_written(tmp_path, caps
     assert code == 1 and out == "", (code, out, err)
     assert err.count("\n") == 1 and err.startswith("vidtrt: error: the DiT produced NaN/inf at denoising step 1"), err
     assert not out_path.exists()
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--attention", "triton"], "runs on CUDA only"),  # without the Triton interpreter
+        (["--device", "cuda"], "has no CUDA"),
+        (["--device", "tpu"], "invalid device 'tpu'"),
+        (["--attention", "triton-fp8", "interpreter"], "head dim 16"),  # tiny's heads are 16 wide; FP8 takes 64/128
+        (["--attention", "flash"], "unknown attention backend 'flash'"),
+        (["--fps", "0"], "invalid --fps 0: accepted 1..240"),
+        (["-o", "missing/out.mp4"], "does not exist"),
+        (["-o", "folder.mp4"], "a folder"),
+    ],
+    ids=["triton-on-cpu", "cuda-here", "unknown-device", "fp8-head-dim", "unknown-backend", "fps", "no-folder",
+         "output-is-folder"],
+)
+def test_choices_are_checked_before_any_weights_load(tmp_path, capsys, monkeypatch, argv, fragment):
+    """Kernel, device, output and fps choices: one line, exit 2, before the model loads (loading would fail
+    the test) and with nothing written."""
+    import vidtrt.cli as cli
+
+    monkeypatch.setattr(cli, "_load_pipeline", lambda args: pytest.fail("weights loaded before the check"))
+    if "interpreter" in argv:
+        argv = argv[:-1]
+    else:
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    (tmp_path / "folder.mp4").mkdir()
+    if argv[0] == "-o":
+        argv = ["-o", str(tmp_path / argv[1])]
+    else:
+        argv = ["-o", str(tmp_path / "out.npy"), *argv]
+    code, out, err = _run(capsys, ["run", PROMPT, *argv, *ARGS, "--no-progress"])
+    assert code == 2 and out == "", (code, out, err)
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vidtrt: error:") and fragment in lines[0], err
+    assert [p.name for p in tmp_path.iterdir()] == ["folder.mp4"]  # nothing written
+
+
+def test_generate_checks_the_output_before_contacting_the_server(tmp_path, capsys):
+    """A bad output or fps fails before any request is sent (the closed port would say otherwise)."""
+    for argv, fragment in ((["-o", str(tmp_path / "missing" / "x.mp4")], "does not exist"),
+                           (["-o", str(tmp_path / "x.mp4"), "--fps", "1000"], "invalid --fps 1000")):
+        code, out, err = _run(capsys, ["generate", PROMPT, "--url", "127.0.0.1:9", *argv])
+        assert code == 2 and err.count("\n") == 1 and fragment in err, err

@@ -40,16 +40,18 @@ def _progress_bar(disabled: bool):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from vidtrt.cli_args import default_output_name, request_from_args
-    from vidtrt.video_io import VIDEO_SUFFIXES, write_video
-
-    output = args.output or default_output_name(args.prompt, args.seed)
-    if not output.endswith(VIDEO_SUFFIXES):
-        raise VidtrtError(f"invalid --output {output!r}: accepted suffixes {list(VIDEO_SUFFIXES)}")
     from vidtrt.checkpoints import load_model_config
+    from vidtrt.cli_args import output_from_args, request_from_args
+    from vidtrt.video_io import write_video
 
+    output = output_from_args(args)
     request = request_from_args(args)
-    request.validate(load_model_config(args.model))  # fail fast, before loading any weights
+    config = load_model_config(args.model)
+    request.validate(config)  # fail fast, before loading any weights
+    if getattr(args, "engine", "torch") == "torch":
+        from vidtrt.pipeline import check_run_choices
+
+        check_run_choices(args.device, args.attention, config.transformer.attention_head_dim)
     t0 = time.perf_counter()
     pipe = _load_pipeline(args)
     t1 = time.perf_counter()

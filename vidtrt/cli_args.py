@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
+from pathlib import Path
 
+from vidtrt.errors import VidtrtError
 from vidtrt.request import GenerationRequest
+
+MAX_FPS = 240
 
 
 def add_request_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +34,7 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
                         help="true classifier-free guidance scale; 1.0 = off (default), > 1 runs two DiT passes")
     parser.add_argument("--prompt-policy", choices=["truncate", "error"], default="truncate",
                         help="what to do with a prompt longer than the text encoder's limit")
-    parser.add_argument("--fps", type=int, default=24, help="mp4 frame rate (default 24)")
+    parser.add_argument("--fps", type=int, default=24, help=f"mp4 frame rate, 1..{MAX_FPS} (default 24)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -52,3 +57,25 @@ def request_from_args(args: argparse.Namespace) -> GenerationRequest:
 def default_output_name(prompt: str, seed: int | None) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:48] or "video"
     return f"{slug}-seed{seed if seed is not None else 0}.mp4"
+
+
+def output_from_args(args: argparse.Namespace) -> str:
+    """The output path of ``vidtrt run`` / ``vidtrt generate``, checked before any work is done (suffix, an
+    existing folder to write in, ``--fps``): a VidtrtError (one line) otherwise."""
+    from vidtrt.video_io import VIDEO_SUFFIXES
+
+    output = args.output or default_output_name(args.prompt, args.seed)
+    if not output.endswith(VIDEO_SUFFIXES):
+        raise VidtrtError(f"invalid --output {output!r}: accepted suffixes {list(VIDEO_SUFFIXES)}")
+    path = Path(output)
+    folder = path.parent
+    if path.is_dir():
+        raise VidtrtError(f"invalid --output {output!r}: a folder; accepted a file name ending in "
+                          f"{list(VIDEO_SUFFIXES)}")
+    if not folder.is_dir():
+        raise VidtrtError(f"invalid --output {output!r}: folder {str(folder)!r} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise VidtrtError(f"invalid --output {output!r}: folder {str(folder)!r} is not writable")
+    if not 1 <= args.fps <= MAX_FPS:
+        raise VidtrtError(f"invalid --fps {args.fps}: accepted 1..{MAX_FPS}")
+    return output

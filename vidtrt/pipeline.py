@@ -12,6 +12,7 @@ import torch
 
 from vidtrt.components import Components, TextEmbeddings
 from vidtrt.configs import ModelConfig
+from vidtrt.errors import ConfigError
 from vidtrt.orchestrator import ProgressCallback, run_generation
 from vidtrt.request import GenerationRequest, embedded_guidance
 
@@ -39,6 +40,23 @@ class KernelChoice:
             yield
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device this process can use: ConfigError (one line) for an unknown name or a
+    CUDA device this build / machine does not have."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"invalid device {str(device)!r}: accepted 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"invalid device {str(device)!r}: accepted 'cpu', 'cuda' or 'cuda:N'")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {str(device)!r}: this torch build or machine has no CUDA; accepted here: 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return dev
+
+
 def select_kernels(device: str | torch.device, attention: str | None = None) -> KernelChoice:
     """The DiT's kernels for ``device`` (checked now: an unknown backend or a missing triton fails here).
 
@@ -51,6 +69,34 @@ def select_kernels(device: str | torch.device, attention: str | None = None) -> 
     choice = KernelChoice(check_backend(attention or ("triton" if on_cuda else "sdpa")), fused_rope=on_cuda)
     if on_cuda:
         import vidtrt.kernels.rope  # noqa: F401  (fails here, not at the first step, without triton)
+    return choice
+
+
+def check_run_choices(device: str | torch.device, attention: str | None, head_dim: int) -> KernelChoice:
+    """What ``vidtrt run`` checks before any weights load: the device exists here, the attention backend is
+    known, installed, runs on that device (our kernels: CUDA, or the Triton interpreter when
+    ``TRITON_INTERPRET=1``) and supports the model's ``head_dim``; TMA flavours need Hopper. ConfigError
+    (one line) otherwise; the kernel choice when all is well."""
+    import os
+
+    from vidtrt.models.attention import KERNEL_BACKENDS
+
+    dev = check_device(device)
+    name = attention or ("triton" if dev.type == "cuda" else "sdpa")
+    if name in KERNEL_BACKENDS and dev.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ConfigError(f"attention backend {name!r} runs on CUDA only (--device cuda); accepted on CPU: 'sdpa'")
+    choice = select_kernels(dev, name)
+    if name in KERNEL_BACKENDS:
+        from vidtrt.kernels.attention import SUPPORTED_HEAD_DIMS
+        from vidtrt.kernels.attention_fp8 import FP8_HEAD_DIMS
+
+        dims = FP8_HEAD_DIMS if "fp8" in name else SUPPORTED_HEAD_DIMS
+        if head_dim not in dims:
+            raise ConfigError(f"attention backend {name!r} does not support this model's head dim {head_dim}; "
+                              f"accepted head dims {list(dims)} (or --attention sdpa)")
+        if name.endswith("-tma") and dev.type == "cuda" and torch.cuda.get_device_capability(dev) < (9, 0):
+            raise ConfigError(f"attention backend {name!r} needs Hopper (sm_90+) TMA; accepted here: "
+                              f"{name.removesuffix('-tma')!r}")
     return choice
 
 

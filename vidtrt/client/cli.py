@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vidtrt.errors import VidtrtError
-
 
 def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Flags of ``vidtrt generate``: the request flags of ``vidtrt run`` plus the server's address."""
@@ -34,13 +32,11 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
 def generate_main(args: argparse.Namespace) -> int:
     import time
 
-    from vidtrt.cli_args import default_output_name, request_from_args
+    from vidtrt.cli_args import output_from_args, request_from_args
     from vidtrt.client.video_client import VideoClient
-    from vidtrt.video_io import VIDEO_SUFFIXES, write_video
+    from vidtrt.video_io import write_video
 
-    output = args.output or default_output_name(args.prompt, args.seed)
-    if not output.endswith(VIDEO_SUFFIXES):
-        raise VidtrtError(f"invalid --output {output!r}: accepted suffixes {list(VIDEO_SUFFIXES)}")
+    output = output_from_args(args)  # before the server does any work
     request = request_from_args(args)
     client = VideoClient(args.url, protocol=args.protocol, model_name=args.model_name, timeout_s=args.timeout)
     bar = _ProgressBar(disabled=args.no_progress or args.protocol == "http")
