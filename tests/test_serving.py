@@ -222,6 +222,12 @@ def test_generate_cli_against_the_server(srv, pipe, tmp_path, capsys):
     rc = main(["generate", PROMPT, "--url", srv.grpc_url, "-o", str(tmp_path / "x.npy"), "--frames", "8"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err[-1].startswith("vidtrt: error: invalid num_frames=8")
+    # exit codes tell a bad request (2) from a server-side failure (3): the DiT answering NaN here
+    rc = main(["generate", PROMPT, "--url", srv.grpc_url, "-o", str(tmp_path / "y.npy"), "--steps", "1",
+               "--guidance", str(FAIL_GUIDANCE + 1), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 3 and "NaN/inf" in err[-1] and len(err) == 1, err
+    assert not (tmp_path / "x.npy").exists() and not (tmp_path / "y.npy").exists()
 
 
 def test_metrics_endpoint_shows_the_custom_metrics(srv):

@@ -9,10 +9,9 @@ import argparse
 import sys
 import time
 
-from vidtrt.errors import InvalidRequestError, NonFiniteError, VidtrtError
+from vidtrt.errors import InvalidRequestError, VidtrtError
 
-EXIT_USAGE = 2  # a bad request or setting
-EXIT_FAILURE = 1  # the request was fine, the generation failed (e.g. NaN from an fp16 overflow)
+EXIT_USAGE = 2  # a bad request or setting (VidtrtError.exit_code; NonFiniteError 1, TransportError 3)
 # Request fields -> the flags that set them (errors name what the user typed).
 REQUEST_FLAGS = {
     "height": "--height", "width": "--width", "num_frames": "--frames", "num_inference_steps": "--steps",
@@ -168,12 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         message = f"invalid {flag} {e.value!r} ({e.param}): accepted {e.accepted}" if flag else str(e)
         print(f"vidtrt: error: {message}", file=sys.stderr)
         return EXIT_USAGE
-    except NonFiniteError as e:
+    except VidtrtError as e:  # exit 2: bad request/setting; 1: the generation failed; 3: server/transport
         print(f"vidtrt: error: {e}", file=sys.stderr)
-        return EXIT_FAILURE
-    except VidtrtError as e:
-        print(f"vidtrt: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return e.exit_code
     except KeyboardInterrupt:
         print("vidtrt: interrupted", file=sys.stderr)
         return 130

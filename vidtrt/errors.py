@@ -4,7 +4,10 @@ from __future__ import annotations
 
 
 class VidtrtError(Exception):
-    """Base class for errors vidtrt reports to users (CLI exit code 2, error responses in Triton)."""
+    """Base class for errors vidtrt reports to users (error responses in Triton; in the CLI one line and
+    ``exit_code``: 2, a bad request or setting, unless a subclass says otherwise)."""
+
+    exit_code = 2
 
 
 class ConfigError(VidtrtError, ValueError):
@@ -36,6 +39,15 @@ class EngineError(VidtrtError):
 class NonFiniteError(VidtrtError):
     """A component produced NaN or inf (fp16 overflow is the usual cause): the generation failed, the
     request was fine. Checked after every denoising step and on the decoded video, never written out."""
+
+    exit_code = 1
+
+
+class TransportError(VidtrtError):
+    """The server or the way to it failed, not the request (unreachable, timed out, an internal error,
+    a response without a video): ``vidtrt generate`` exits 3, so scripts can tell it from a bad request."""
+
+    exit_code = 3
 
 
 class CancelledError(VidtrtError):

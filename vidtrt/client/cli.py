@@ -2,7 +2,8 @@
 
     vidtrt generate "a cat walks on the grass" --url localhost:8001 -o cat.mp4 --seed 42
 
-Errors are one line with exit code 2 (raised as VidtrtError for ``vidtrt.cli.main`` to print).
+Errors are one line (raised as VidtrtError for ``vidtrt.cli.main`` to print) with exit code 2 for a bad
+request or setting, 3 when the server or the connection failed (TransportError; a server's own error).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vidtrt import request_io
-from vidtrt.errors import CancelledError, VidtrtError
+from vidtrt.errors import CancelledError, TransportError, VidtrtError
 from vidtrt.request import GenerationRequest, embedded_guidance
 
 DEFAULT_MODEL = "hunyuan_video"
@@ -63,6 +63,11 @@ class ServerRequestError(VidtrtError):
         m = re.match(r"invalid ([A-Za-z_]+)=", message)
         self.param = m.group(1) if m else None
         super().__init__(message)
+
+    @property
+    def exit_code(self) -> int:
+        """2 for a rejected request parameter, else 3 (the server failed): see TransportError."""
+        return VidtrtError.exit_code if self.param else TransportError.exit_code
 
 
 def _split_url(url: str, protocol: str) -> str:
@@ -172,7 +177,7 @@ class VideoClient:
             raise VidtrtError("tritonclient is not installed: pip install 'tritonclient[grpc,http]'") from None
         except Exception as e:
             msg = _server_message(e)[0]
-            raise VidtrtError(f"cannot connect to {self.protocol} server at {self.url}: {msg}") from None
+            raise TransportError(f"cannot connect to {self.protocol} server at {self.url}: {msg}") from None
 
     # -- generation --------------------------------------------------------------------------------
     def generate(
@@ -246,7 +251,7 @@ class VideoClient:
                 if self.timeout_s is not None and time.perf_counter() - start > self.timeout_s:
                     cancelled = True
                     client.stop_stream(cancel_requests=True)
-                    raise VidtrtError(f"no final response from {self.url} within {self.timeout_s:g} s (cancelled)")
+                    raise TransportError(f"no final response from {self.url} within {self.timeout_s:g} s (cancelled)")
                 try:
                     res, err = responses.get(timeout=0.05)
                 except queue.Empty:
@@ -285,7 +290,7 @@ class VideoClient:
                     msg = _server_message(err)[0]
             except queue.Empty:
                 pass
-            raise VidtrtError(f"gRPC request to {self.url} failed: {msg}") from None
+            raise TransportError(f"gRPC request to {self.url} failed: {msg}") from None
         finally:
             if not cancelled:
                 try:
@@ -312,7 +317,7 @@ class VideoClient:
         except Exception as e:
             msg, status = _server_message(e)
             if "connect" in msg.lower() or "refused" in msg.lower():
-                raise VidtrtError(f"cannot reach HTTP server at {self.url}: {msg}") from None
+                raise TransportError(f"cannot reach HTTP server at {self.url}: {msg}") from None
             raise ServerRequestError(msg, status) from None
         finally:
             client.close()
