@@ -42,8 +42,8 @@ def test_unset_fields_are_not_sent_and_parse_back_as_none():
 
 def test_every_input_is_named_as_its_request_field():
     """One name per thing: the wire input, the request field, the Python keyword are the same word."""
-    assert all(t.name == t.field for t in request_io.REQUEST_INPUTS)
-    assert {t.field for t in request_io.REQUEST_INPUTS} <= {f.name for f in dataclasses.fields(GenerationRequest)}
+    assert [t.name for t in request_io.REQUEST_INPUTS if t.name not in
+            {f.name for f in dataclasses.fields(GenerationRequest)}] == []
 
 
 def test_diffusers_guidance_name_is_an_alias():

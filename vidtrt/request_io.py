@@ -36,14 +36,14 @@ _TYPES: dict[str, tuple[type, str]] = {
 class IOTensor:
     """One tensor of the generation model.
 
-    ``field``: the :class:`~vidtrt.request.GenerationRequest` field an input fills (None for outputs).
-    ``dims``: Triton dims (-1 = dynamic); with ``max_batch_size: 0`` they are the full shape.
+    An input's ``name`` is the :class:`~vidtrt.request.GenerationRequest` field it fills (one name on
+    the wire, in the request and in the Python keywords). ``dims``: Triton dims (-1 = dynamic); with
+    ``max_batch_size: 0`` they are the full shape.
     """
 
     name: str
     triton_type: str
     dims: tuple[int, ...]
-    field: str | None = None
     optional: bool = True
     doc: str = ""
 
@@ -67,20 +67,20 @@ class IOTensor:
 
 
 REQUEST_INPUTS: tuple[IOTensor, ...] = (
-    IOTensor("prompt", "TYPE_STRING", (1,), "prompt", optional=False, doc="text prompt (UTF-8)"),
-    IOTensor("negative_prompt", "TYPE_STRING", (1,), "negative_prompt",
+    IOTensor("prompt", "TYPE_STRING", (1,), optional=False, doc="text prompt (UTF-8)"),
+    IOTensor("negative_prompt", "TYPE_STRING", (1,),
              doc="negative prompt for true CFG (default: the model's)"),
-    IOTensor("height", "TYPE_INT32", (1,), "height", doc="pixels, multiple of 16"),
-    IOTensor("width", "TYPE_INT32", (1,), "width", doc="pixels, multiple of 16"),
-    IOTensor("num_frames", "TYPE_INT32", (1,), "num_frames", doc="video frames, 4k + 1"),
-    IOTensor("num_inference_steps", "TYPE_INT32", (1,), "num_inference_steps", doc="denoising steps"),
-    IOTensor("embedded_guidance_scale", "TYPE_FP32", (1,), "embedded_guidance_scale",
+    IOTensor("height", "TYPE_INT32", (1,), doc="pixels, multiple of 16"),
+    IOTensor("width", "TYPE_INT32", (1,), doc="pixels, multiple of 16"),
+    IOTensor("num_frames", "TYPE_INT32", (1,), doc="video frames, 4k + 1"),
+    IOTensor("num_inference_steps", "TYPE_INT32", (1,), doc="denoising steps"),
+    IOTensor("embedded_guidance_scale", "TYPE_FP32", (1,),
              doc="embedded guidance scale (diffusers' guidance_scale)"),
-    IOTensor("flow_shift", "TYPE_FP32", (1,), "flow_shift", doc="flow-matching shift"),
-    IOTensor("seed", "TYPE_INT64", (1,), "seed", doc="noise seed, 0 .. 2**63-1"),
-    IOTensor("true_cfg_scale", "TYPE_FP32", (1,), "true_cfg_scale", doc="1.0 = off; > 1 = two DiT passes per step"),
-    IOTensor("prompt_policy", "TYPE_STRING", (1,), "prompt_policy", doc="'truncate' or 'error'"),
-    IOTensor("output_format", "TYPE_STRING", (1,), "output_format",
+    IOTensor("flow_shift", "TYPE_FP32", (1,), doc="flow-matching shift"),
+    IOTensor("seed", "TYPE_INT64", (1,), doc="noise seed, 0 .. 2**63-1"),
+    IOTensor("true_cfg_scale", "TYPE_FP32", (1,), doc="1.0 = off; > 1 = two DiT passes per step"),
+    IOTensor("prompt_policy", "TYPE_STRING", (1,), doc="'truncate' or 'error'"),
+    IOTensor("output_format", "TYPE_STRING", (1,),
              doc="'frames' (video only) or 'mp4' (video + mp4 bytes)"),
 )
 
@@ -107,7 +107,7 @@ def request_to_inputs(request: GenerationRequest) -> dict[str, np.ndarray]:
     be sent (wrong type, outside the tensor type's range); ranges are the server's to check."""
     out: dict[str, np.ndarray] = {}
     for t in REQUEST_INPUTS:
-        value = getattr(request, t.field)
+        value = getattr(request, t.name)
         if value is None:
             continue
         out[t.name] = encode_value(t, value)
@@ -152,7 +152,7 @@ def inputs_to_request(get: Callable[[str], np.ndarray | None] | Mapping[str, np.
 
     Checks what the wire can get wrong (missing prompt, dtype, a shape other than one element, bytes that
     are not UTF-8), raising InvalidRequestError naming the input. Values are not range-checked here
-    (:meth:`GenerationRequest.validate` does that; :func:`renamed_error` maps its field names to inputs).
+    (:meth:`GenerationRequest.validate` does that, naming the same inputs).
     """
     lookup = get.get if isinstance(get, Mapping) else get
     kwargs: dict[str, object] = {}
@@ -162,7 +162,7 @@ def inputs_to_request(get: Callable[[str], np.ndarray | None] | Mapping[str, np.
             if not t.optional:
                 raise InvalidRequestError(t.name, None, "a [1] string tensor (required input)")
             continue
-        kwargs[t.field] = decode_value(t, np.asarray(arr))
+        kwargs[t.name] = decode_value(t, np.asarray(arr))
     return GenerationRequest(**kwargs)
 
 

@@ -51,11 +51,10 @@ def templates_dir() -> Path:
     """The Triton model templates: ``$VIDTRT_TEMPLATES``, else ``vidtrt/model_repository`` (package data:
     there in a checkout and in an installed wheel alike)."""
     env = os.environ.get("VIDTRT_TEMPLATES")
-    candidates = [Path(env)] if env else [Path(__file__).resolve().parents[1] / "model_repository"]
-    for c in candidates:
-        if (c / FAMILY / "config.pbtxt.in").is_file():
-            return c
-    raise RepositoryError(f"model repository templates not found (looked in {[str(c) for c in candidates]})")
+    folder = Path(env) if env else Path(__file__).resolve().parents[1] / "model_repository"
+    if (folder / FAMILY / "config.pbtxt.in").is_file():
+        return folder
+    raise RepositoryError(f"model repository templates not found in {str(folder)!r}")
 
 
 @dataclass(frozen=True)
