@@ -176,6 +176,13 @@ class ComponentServer:
     fn: Callable
     fail_on_guidance: float | None = None
 
+    def _injected(self, guidance: torch.Tensor, offset: int) -> bool:
+        """Test-only: does the DiT input carry guidance scale ``fail_on_guidance + offset`` (input = scale * 1000)?"""
+        if self.fail_on_guidance is None:
+            return False
+        target = torch.tensor((self.fail_on_guidance + offset) * 1000.0, dtype=guidance.dtype)
+        return bool(torch.any(guidance == target))
+
     @torch.inference_mode()
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.key == "text_encoder":
@@ -192,16 +199,12 @@ class ComponentServer:
             t = lambda name: torch.from_numpy(_writable(feeds[name]))  # noqa: E731
             latents = t("hidden_states")
             guidance = t("guidance") if feeds.get("guidance") is not None else torch.zeros(latents.shape[0])
-            if self.fail_on_guidance is not None and bool(
-                torch.any(guidance == torch.tensor(self.fail_on_guidance * 1000.0, dtype=guidance.dtype))
-            ):
+            if self._injected(guidance, 0):
                 raise RuntimeError(f"injected DiT failure (embedded_guidance_scale == {self.fail_on_guidance:g})")
             text = TextEmbeddings(prompt_embeds=t("encoder_hidden_states"), attention_mask=t("encoder_attention_mask"),
                                   pooled=t("pooled_projections"))
             velocity = self.fn(latents, t("timestep"), text, guidance)
-            if self.fail_on_guidance is not None and bool(
-                torch.any(guidance == torch.tensor((self.fail_on_guidance + 1) * 1000.0, dtype=guidance.dtype))
-            ):
+            if self._injected(guidance, 1):
                 velocity = torch.full_like(velocity, float("nan"))
             return {"velocity": _np(velocity, np.float32)}
         if self.key == "vae_decoder":
