@@ -42,7 +42,7 @@ CHILD = r"""
 import json, sys, time, torch
 mode, folder, dtype = sys.argv[1], sys.argv[2], getattr(torch, sys.argv[3])
 torch.set_num_threads(2)
-from vidtrt.checkpoints import load_model_config, load_transformer
+from vidtrt.source import ModelSource
 from vidtrt.models.transformer import HunyuanVideoTransformer3D
 
 def status(field):
@@ -50,11 +50,12 @@ def status(field):
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
 
-config = load_model_config(folder)
+source = ModelSource.open(folder)
+config = source.config
 base = status("VmRSS")
 t0 = time.perf_counter()
 if mode == "ours":
-    model = load_transformer(folder, config, dtype=dtype)
+    model = source.load_transformer(dtype)
 else:  # naive: random init, the whole file read into RAM, then copied into the module
     from safetensors.torch import load_file
     torch.set_default_dtype(dtype)  # built directly in the load dtype

@@ -34,13 +34,14 @@ def main(argv=None) -> int:
 
     import torch
 
-    from vidtrt.checkpoints import load_model_config
     from vidtrt.engine_components import load_engine_components
     from vidtrt.scheduler import euler_step, flow_match_sigmas, initial_noise, timesteps_from_sigmas
+    from vidtrt.source import ModelSource
 
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    config = load_model_config(args.model)
+    source = ModelSource.open(args.model)
+    config = source.config
     d = config.defaults
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes] if args.sizes else [
         (d.height, d.width, d.num_frames),
@@ -52,11 +53,11 @@ def main(argv=None) -> int:
 
         artifacts = tempfile.mkdtemp(prefix="vidtrt-bench-onnx-")
         t0 = time.perf_counter()
-        export_components(args.model, artifacts, log=None)
+        export_components(source, artifacts, log=None)
         print(f"exported {args.model} to {artifacts} in {time.perf_counter() - t0:.0f}s", flush=True)
 
-    _, on_torch = load_engine_components(args.model, "torch")
-    _, on_ort = load_engine_components(args.model, "onnxruntime", artifacts, threads=threads)
+    _, on_torch = load_engine_components(source, "torch")
+    _, on_ort = load_engine_components(source, "onnxruntime", artifacts, threads=threads)
     prompt = "a cat walks on the grass, realistic style"
     with torch.inference_mode():
         text = on_torch.encode_text([prompt])

@@ -29,6 +29,7 @@ and the in-ram mode), plus ~2x that of disk.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -87,10 +88,9 @@ def full_width_config(dual: int, single: int):
     from vidtrt.configs import hunyuan_video_config
 
     config = hunyuan_video_config()
-    config.transformer.num_layers = dual
-    config.transformer.num_single_layers = single
-    config.name = f"hunyuan-video-full-width-{dual}x{single}"
-    return config.validate()
+    transformer = dataclasses.replace(config.transformer, num_layers=dual, num_single_layers=single)
+    return dataclasses.replace(config, name=f"hunyuan-video-full-width-{dual}x{single}",
+                               transformer=transformer).validate()
 
 
 def param_bytes(dual: int, single: int) -> int:
@@ -138,6 +138,7 @@ def child(dual: int, single: int, out: Path, mode: str) -> dict:
 
     from vidtrt.export.onnx_export import export_onnx, relative_error, streamed_dit
     from vidtrt.models.transformer import HunyuanVideoTransformer3D
+    from vidtrt.source import ModelSource
     from vidtrt.specs import dit_spec
 
     torch.manual_seed(0)
@@ -155,13 +156,12 @@ def child(dual: int, single: int, out: Path, mode: str) -> dict:
         gc.collect()
         before_export = _status()
         with RssSampler() as export_rss:
-            meta, mapped = streamed_dit(ckpt, config)
+            source = ModelSource.open(ckpt)
+            meta, mapped = streamed_dit(source)
             result = export_onnx(meta, spec, path, external_data="auto", weights=mapped)
             del meta, mapped
         gc.collect()
-        from vidtrt.checkpoints import load_transformer
-
-        module = load_transformer(ckpt, config, dtype=torch.float32)  # the reference, after the export
+        module = source.load_transformer(torch.float32)  # the reference, after the export
     else:
         with torch.device("meta"):
             module = HunyuanVideoTransformer3D(config.transformer)

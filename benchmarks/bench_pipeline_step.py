@@ -76,11 +76,11 @@ def main() -> int:
 
     import diffusers
 
-    from vidtrt.checkpoints import load_model_config, load_transformer
     from vidtrt.components import Components, TextEmbeddings
     from vidtrt.orchestrator import denoise
     from vidtrt.pipeline import TorchDenoiser
     from vidtrt.request import GenerationRequest
+    from vidtrt.source import ModelSource
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -93,8 +93,9 @@ def main() -> int:
     folder = Path(tmp.name)
     write_folder(folder, dit_kwargs)
 
-    config = load_model_config(folder)
-    ours = load_transformer(folder)
+    source = ModelSource.open(folder)
+    config = source.config
+    ours = source.load_transformer()
     ref = diffusers.HunyuanVideoTransformer3DModel.from_pretrained(folder / "transformer").eval()
     vae = diffusers.AutoencoderKLHunyuanVideo.from_pretrained(folder / "vae")
     scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler")

@@ -21,22 +21,34 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
+from vidtrt import checkpoints  # noqa: E402
 from vidtrt.checkpoints import (  # noqa: E402
     WEIGHT_ALIGNMENT,
     PageReleaser,
     infer_transformer_config,
-    load_model_config,
-    load_transformer,
-    load_vae_decoder,
     read_safetensors,
-    resolve_model,
     write_safetensors_streaming,
 )
 from vidtrt.configs import TINY_CLIP_HIDDEN, TINY_LLM_HIDDEN, TransformerConfig  # noqa: E402
 from vidtrt.errors import CheckpointError  # noqa: E402
 from vidtrt.models.official_layout import dequantize_fp8, diffusers_to_official, official_to_diffusers  # noqa: E402
+from vidtrt.source import ModelSource, load_model_config  # noqa: E402
 from vidtrt.testing import randomize_parameters as randomize_  # noqa: E402
 from vidtrt.testing import rel_err  # noqa: E402
+
+
+def load_transformer(model, config=None, dtype=torch.float32):
+    """The DiT of ``model``, built from ``config`` when given (a mismatch test) instead of the folder's."""
+    source = ModelSource.open(model)
+    return checkpoints.load_transformer(source.folder, config or source.config, dtype)
+
+
+def load_vae_decoder(model):
+    return ModelSource.open(model).load_vae_decoder()
+
+
+def resolve_model(model):
+    return ModelSource.open(model).folder
 
 TOL = 1e-5
 # head_dim 128, so the official layout needs no config.json (rope (16, 56, 56) is implied); mlp_ratio 2 and
@@ -499,7 +511,7 @@ def test_page_releaser_ignores_memory_it_does_not_own(tmp_path):
 
 CONFIG_CHILD = r"""
 import json, sys
-from vidtrt.checkpoints import load_model_config
+from vidtrt.source import load_model_config
 
 def io(field):
     return int(dict(line.split(": ") for line in open("/proc/self/io").read().splitlines())[field])
@@ -561,7 +573,7 @@ def test_official_config_does_not_load_the_weights(tmp_path, fmt):
 CHILD = r"""
 import json, sys, torch
 mode, folder, dtype = sys.argv[1], sys.argv[2], getattr(torch, sys.argv[3])
-from vidtrt.checkpoints import load_model_config, load_transformer
+from vidtrt.source import ModelSource
 from vidtrt.models.transformer import HunyuanVideoTransformer3D
 from safetensors.torch import load_file
 
@@ -570,11 +582,12 @@ def status(field):
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
 
-config = load_model_config(folder)
+source = ModelSource.open(folder)
+config = source.config
 torch.manual_seed(0)
 base = status("VmRSS")
 if mode == "ours":
-    model = load_transformer(folder, config, dtype=dtype)
+    model = source.load_transformer(dtype)
 else:  # the naive way: a randomly initialised module, the file read into RAM, then copied in
     model = HunyuanVideoTransformer3D(config.transformer).to(dtype)
     model.load_state_dict(load_file(folder + "/transformer/diffusion_pytorch_model.safetensors"))

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from vidtrt.checkpoints import resolve_model
 from vidtrt.cli import build_parser, main
 from vidtrt.pipeline import HunyuanVideoPipeline
+from vidtrt.source import ModelSource
 from vidtrt.video_io import decode_mp4
 
 PROMPT = "a cat walks on the grass"
@@ -69,7 +69,7 @@ def test_run_mp4_decodes_back(tmp_path, capsys, expected):
 
 def test_model_path_accepts_a_diffusers_folder(tmp_path, capsys, expected):
     folder = tmp_path / "my-checkpoint"
-    shutil.copytree(resolve_model("tiny"), folder)  # a diffusers-layout folder, used as it is
+    shutil.copytree(ModelSource.open("tiny").folder, folder)  # a diffusers-layout folder, used as it is
     out_path = tmp_path / "out.npy"
     code, _, err = _run(capsys, ["run", PROMPT, "-o", str(out_path), *ARGS, "--model", str(folder), "--no-progress"])
     assert code == 0, err
@@ -216,7 +216,7 @@ def test_non_finite_generation_is_exit_1_one_line_nothing_written(tmp_path, caps
     pipe = HunyuanVideoPipeline.from_model("tiny")
     dit = pipe.components.dit
     pipe.components = dataclasses.replace(pipe.components, dit=lambda *args: dit(*args) * float("nan"))
-    monkeypatch.setattr(cli, "_load_pipeline", lambda args: pipe)
+    monkeypatch.setattr(cli, "_load_pipeline", lambda args, source: pipe)
     out_path = tmp_path / "out.mp4"
     code, out, err = _run(capsys, ["run", PROMPT, "-o", str(out_path), *ARGS, "--no-progress"])
     assert code == 1 and out == "", (code, out, err)
@@ -244,7 +244,7 @@ def test_choices_are_checked_before_any_weights_load(tmp_path, capsys, monkeypat
     the test) and with nothing written."""
     import vidtrt.cli as cli
 
-    monkeypatch.setattr(cli, "_load_pipeline", lambda args: pytest.fail("weights loaded before the check"))
+    monkeypatch.setattr(cli, "_load_pipeline", lambda *a: pytest.fail("weights loaded before the check"))
     if "interpreter" in argv:
         argv = argv[:-1]
     else:

@@ -12,7 +12,6 @@ import pytest
 import torch
 from onnx_artifacts import tiny_artifacts
 
-from vidtrt.checkpoints import load_model_config, load_text_encoder
 from vidtrt.cli import main as cli_main
 from vidtrt.components import TextEmbeddings
 from vidtrt.engine_components import (
@@ -27,6 +26,7 @@ from vidtrt.engine_components import (
 )
 from vidtrt.engines import OnnxRuntimeEngine, TorchEngine, onnxruntime_providers
 from vidtrt.errors import EngineError
+from vidtrt.source import ModelSource, load_model_config
 from vidtrt.specs import dit_spec
 
 PROMPT = "a cat walks on the grass, realistic style"
@@ -78,7 +78,7 @@ def test_torch_engine_components_equal_the_torch_pipeline():
 
 def test_text_encoder_split_keeps_the_torch_encoding(artifacts, config):
     prompts = [PROMPT, "a dog", ""]
-    ref = load_text_encoder("tiny", config)(prompts)
+    ref = ModelSource.open("tiny").load_text_encoder()(prompts)
     on_torch = engine_text_encoder("tiny", "torch")(prompts)
     for name in ("prompt_embeds", "attention_mask", "pooled"):
         assert torch.equal(getattr(on_torch, name), getattr(ref, name)), name

@@ -15,19 +15,16 @@ import pytest
 import torch
 from onnx_artifacts import tiny_artifacts
 
-from vidtrt.checkpoints import load_model_config
 from vidtrt.cli import main as cli_main
 from vidtrt.engine_components import (
     MANIFEST_NAME,
     component_module,
-    config_fingerprint,
-    load_tokenizers,
-    model_specs,
     text_encoder_modules,
 )
 from vidtrt.engines import OnnxRuntimeEngine
 from vidtrt.errors import EngineError
 from vidtrt.export.onnx_export import relative_error
+from vidtrt.source import ModelSource, load_model_config
 from vidtrt.specs import COMPONENTS
 
 TOL = 1e-4
@@ -45,14 +42,14 @@ def config():
 
 @pytest.fixture(scope="module")
 def specs(config):
-    return model_specs("tiny", config)
+    return ModelSource.open("tiny").specs()
 
 
 @pytest.fixture(scope="module")
 def modules(config):
-    _, llm, clip = text_encoder_modules("tiny", config)
-    vae = component_module("tiny", "vae_decoder", config)
-    return {"dit": component_module("tiny", "dit", config), "vae_decoder_tile": vae, "vae_decoder": vae,
+    _, llm, clip = text_encoder_modules(ModelSource.open("tiny"))
+    vae = component_module(ModelSource.open("tiny"), "vae_decoder")
+    return {"dit": component_module(ModelSource.open("tiny"), "dit"), "vae_decoder_tile": vae, "vae_decoder": vae,
             "llm_text_encoder": llm, "clip_text_encoder": clip}
 
 
@@ -119,7 +116,7 @@ def test_llm_text_encoder_matches_torch_at_text_buckets(artifacts, specs, module
 
 
 def test_clip_text_encoder_matches_torch(artifacts, specs, modules):
-    _, clip_tok, _, _ = load_tokenizers("tiny")
+    _, clip_tok, _, _ = ModelSource.open("tiny").text_files
     spec = specs["clip_text_encoder"]
     engine = OnnxRuntimeEngine(artifacts / "clip_text_encoder.onnx", spec)
     prompts = ["a cat walks on the grass", "a red car drives down a wet street at night, neon lights"]
@@ -167,7 +164,7 @@ def test_dit_text_padding_is_a_key_bias_not_a_dense_mask(artifacts):
 
 def test_manifest_records_model_opset_and_specs(artifacts, config, specs):
     manifest = json.loads((artifacts / MANIFEST_NAME).read_text())
-    assert manifest["model"]["name"] == "tiny" and manifest["model"]["config_sha256"] == config_fingerprint(config)
+    assert manifest["model"]["name"] == "tiny" and manifest["model"]["config_sha256"] == config.fingerprint()
     assert manifest["opset"] == 18 and set(manifest["components"]) == set(COMPONENTS)
     for name, entry in manifest["components"].items():
         assert entry["file"] == f"{name}.onnx" and entry["external_data"] is None  # tiny: far below 1 GiB

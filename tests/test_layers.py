@@ -20,9 +20,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vidtrt"
 
 LAYERS = {
     0: ["vidtrt", "errors", "configs", "request", "request_io", "specs", "tiling", "cli_args", "video_io",
-        "components", "paths"],
+        "components", "paths", "counters", "families"],
     1: ["models", "kernels", "text_encoders", "testing", "scheduler"],
-    2: ["checkpoints", "embedded", "tiny"],
+    2: ["checkpoints", "embedded", "tiny", "source"],
     3: ["engines", "engine_components", "pipeline", "orchestrator"],
     4: ["component_io", "server", "export", "model_repository"],
     5: ["cli"],

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from vidtrt.checkpoints import load_model_config
 from vidtrt.components import Components
 from vidtrt.orchestrator import ProgressEvent, denoise
 from vidtrt.pipeline import HunyuanVideoPipeline
 from vidtrt.request import GenerationRequest
+from vidtrt.source import load_model_config
 from vidtrt.video_io import decode_mp4, write_video
 
 
@@ -28,9 +28,9 @@ def reference(pipe):
     from diffusers import HunyuanVideoPipeline as Ref
     from safetensors.torch import load_file
 
-    from vidtrt.checkpoints import resolve_model
+    from vidtrt.source import ModelSource
 
-    folder = resolve_model("tiny")
+    folder = ModelSource.open("tiny").folder
     transformer = HunyuanVideoTransformer3DModel.from_pretrained(folder / "transformer")
     vae_cfg = json.loads((folder / "vae" / "config.json").read_text())
     vae = AutoencoderKLHunyuanVideo.from_config(vae_cfg)
@@ -213,6 +213,21 @@ def test_overlong_negative_prompt_is_named(pipe):
     assert e.value.param == "negative_prompt"
 
 
+def test_default_negative_prompt_fits_whatever_the_policy(pipe, caplog):
+    """The model's default negative prompt is longer than tiny's limit; it is the model's text, so
+    prompt_policy 'error' (about the caller's text) does not reject it: it is truncated, and said."""
+    import logging
+
+    config = pipe.config
+    assert len(config.defaults.negative_prompt.split()) > config.text.max_sequence_length // 2
+    r = GenerationRequest("a cat", true_cfg_scale=2.0, prompt_policy="error", num_inference_steps=1,
+                          num_frames=1, height=32, width=32)
+    with caplog.at_level(logging.WARNING, logger="vidtrt.text_encoders"):
+        frames = pipe.run(r)
+    assert frames.shape == (1, 32, 32, 3)
+    assert "prompt 'Aerial view, aerial view" in caplog.text
+
+
 def test_kernel_choice_is_per_engine_and_thread(pipe):
     """Two torch engines in one process keep their own attention backend / norm+RoPE, also while
     running at the same time in two threads; the process-wide defaults are left alone."""
@@ -268,15 +283,15 @@ def test_kernel_choice_is_per_engine_and_thread(pipe):
 def test_tiny_writer_is_deterministic_and_leaves_the_rng(tmp_path):
     from safetensors.torch import load_file
 
-    from vidtrt.checkpoints import resolve_model
     from vidtrt.embedded import write_tiny_checkpoint
+    from vidtrt.source import ModelSource
 
     torch.manual_seed(123)
     state = torch.random.get_rng_state()
     write_tiny_checkpoint(tmp_path / "t")
     assert torch.equal(state, torch.random.get_rng_state())
     ours = load_file(tmp_path / "t" / "transformer" / "diffusion_pytorch_model.safetensors")
-    cached = load_file(resolve_model("tiny") / "transformer" / "diffusion_pytorch_model.safetensors")
+    cached = load_file(ModelSource.open("tiny").folder / "transformer" / "diffusion_pytorch_model.safetensors")
     assert ours.keys() == cached.keys() and all(torch.equal(ours[k], cached[k]) for k in ours)
 
 

@@ -62,7 +62,7 @@ def test_generation_model_configs(repo):
 
 
 def test_component_configs_follow_the_specs(repo):
-    from vidtrt.checkpoints import load_model_config
+    from vidtrt.source import load_model_config
 
     specs = specs_for_triton(load_model_config("tiny"))
     for key, spec in specs.items():
@@ -167,3 +167,60 @@ def test_bad_model_leaves_existing_repository(tmp_path):
     with pytest.raises(CheckpointError, match="model folder not found"):
         build_repository(tmp_path / "typo", out)
     assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_build_refuses_artifacts_of_another_model_or_incomplete(tmp_path):
+    import shutil
+
+    from onnx_artifacts import tiny_artifacts
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_artifacts(), other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["model"]["config_sha256"] = "f" * 64
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RepositoryError, match=r"exported from model 'tiny' \(config ffffffffffff\), not from 'tiny'"):
+        build_repository("tiny", tmp_path / "r", engine="onnxruntime", artifacts=other)
+    assert not (tmp_path / "r").exists()  # checked before anything is written
+    shutil.copytree(tiny_artifacts(), other, dirs_exist_ok=True)
+    (other / "dit.onnx").unlink()
+    with pytest.raises(RepositoryError, match="dit.onnx is listed in its manifest but missing"):
+        build_repository("tiny", tmp_path / "r", engine="onnxruntime", artifacts=other)
+
+
+def _text_files(root):
+    return {p: p.read_text() for p in root.rglob("*") if p.suffix in (".pbtxt", ".json", ".py")}
+
+
+@pytest.mark.server
+def test_onnxruntime_repository_is_relocatable_and_serves_the_in_process_frames(tmp_path):
+    """Built with --artifacts from a folder that is then deleted, moved elsewhere: no host path is left in
+    it, and the real tritonserver serves it (each model process rebuilds the model from the record)."""
+    import shutil
+
+    from onnx_artifacts import tiny_artifacts
+
+    from vidtrt.client import VideoClient
+    from vidtrt.engine_components import load_pipeline_with_engine
+    from vidtrt.server import TritonServer
+
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(tiny_artifacts(), artifacts)
+    built = build_repository("tiny", tmp_path / "build" / "repo", engine="onnxruntime", artifacts=artifacts)
+    shutil.rmtree(artifacts)
+    moved = tmp_path / "elsewhere" / "repo"
+    moved.parent.mkdir()
+    shutil.move(built, moved)
+    for path, text in _text_files(moved).items():
+        assert str(tmp_path) not in text, f"{path} names a host path"
+    for key, files in (("dit", ["dit.onnx"]), ("vae_decoder", ["vae_decoder_tile.onnx"]),
+                       ("text_encoder", ["llm_text_encoder.onnx", "clip_text_encoder.onnx"])):
+        for f in files + ["manifest.json"]:
+            assert (moved / f"hunyuan_video_{key}" / "1" / f).is_file()
+
+    request = dict(num_frames=5, num_inference_steps=2, seed=5)
+    want = load_pipeline_with_engine("tiny", "onnxruntime", tiny_artifacts()).generate("a red car", **request)
+    with TritonServer(moved, log_file=tmp_path / "server.log", exit_timeout_s=5, ready_timeout_s=600) as srv:
+        got = VideoClient(srv.grpc_url).generate("a red car", **request)
+    assert got.shape == want.shape
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1  # same ONNX files; thread counts may differ

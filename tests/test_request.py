@@ -97,3 +97,20 @@ def test_tiny_limits_are_its_own():
 def test_long_value_is_shortened_in_message():
     msg = str(_err(prompt="x" * 20001))
     assert len(msg) < 200
+
+
+def test_negative_prompt_without_true_cfg_is_said_once(caplog):
+    import logging
+
+    from vidtrt.configs import tiny_config
+
+    config = tiny_config()
+    with caplog.at_level(logging.WARNING, logger="vidtrt.request"):
+        r = GenerationRequest("a cat", negative_prompt="blurry").validate(config)
+        assert r.validate(config) is r  # validated once: the same request again is not re-checked
+    assert caplog.text.count("negative_prompt is ignored: true_cfg_scale is 1") == 1
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vidtrt.request"):
+        GenerationRequest("a cat", negative_prompt="blurry", true_cfg_scale=2.0).validate(config)
+        GenerationRequest("a cat").validate(config)
+    assert "ignored" not in caplog.text

@@ -6,6 +6,8 @@ One server for the module (starting five Python-backend models takes a while on 
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import threading
 import time
@@ -16,6 +18,7 @@ import psutil
 import pytest
 
 from vidtrt.client import ServerRequestError, VideoClient
+from vidtrt.counters import TRACE_ENV
 from vidtrt.errors import CancelledError
 from vidtrt.export.repository import build_repository
 from vidtrt.request import GenerationRequest
@@ -31,7 +34,10 @@ PROMPT = "a cat walks on the grass"
 def srv(tmp_path_factory):
     root = tmp_path_factory.mktemp("serving")
     repo = build_repository("tiny", root / "repo", fail_on_guidance=FAIL_GUIDANCE)
-    server = TritonServer(repo, log_file=root / "tritonserver.log", exit_timeout_s=5, ready_timeout_s=600)
+    trace = root / "trace.jsonl"  # every model process's resolves / config loads / DiT reads (vidtrt.counters)
+    server = TritonServer(repo, log_file=root / "tritonserver.log", exit_timeout_s=5, ready_timeout_s=600,
+                          env={**os.environ, TRACE_ENV: str(trace)})
+    server.trace = trace
     with server:
         yield server
 
@@ -46,6 +52,19 @@ def pipe():
 @pytest.fixture(scope="module")
 def client(srv):
     return VideoClient(srv.grpc_url)
+
+
+def test_each_model_process_rebuilds_the_model_from_the_record_once(srv):
+    """Five model processes (generation, sync, text encoder, DiT, VAE decoder): each resolves the model
+    once, from the repository's record (no config file read), and only the DiT process reads the DiT."""
+    events = [json.loads(line) for line in srv.trace.read_text().splitlines()]
+    by_pid: dict[int, list[str]] = {}
+    for e in events:
+        by_pid.setdefault(e["pid"], []).append(e["event"] + (":record" if e["detail"].startswith("record:") else ""))
+    assert len(by_pid) == 5, by_pid
+    per_process = sorted(sorted(v) for v in by_pid.values())
+    assert per_process.count(["config_load:record", "resolve:record"]) == 4, per_process
+    assert ["config_load:record", "dit_read", "resolve:record"] in per_process, per_process
 
 
 def metric(srv: TritonServer, name: str, **labels: str) -> float:

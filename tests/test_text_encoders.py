@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -211,6 +212,10 @@ def test_truncate_policy_warns(enc, caplog):
         enc([PROMPTS[2]])
     text = caplog.text
     assert "truncated for the LLM text encoder" in text and "truncated for the CLIP text encoder" in text
+    # which text was cut, and what was cut: the prompt (elided) and its tail
+    assert text.count("prompt 'An astronaut rides a horse") == 2 and "cut: '" in text
+    cut = re.findall(r"cut: '([^']*)'", text)
+    assert len(cut) == 2 and all(c.rstrip(" .").endswith("4k") or "..." in c for c in cut), cut
 
 
 def test_bad_policy_and_prompts(enc):

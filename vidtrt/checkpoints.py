@@ -17,6 +17,7 @@ and the file it came from (or should have come from).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import mmap
@@ -29,14 +30,14 @@ import torch
 from torch import nn
 
 from vidtrt.configs import (
-    EMBEDDED_PRESETS,
     VIDTRT_JSON,
     ModelConfig,
     TransformerConfig,
     VAEConfig,
     hunyuan_video_config,
 )
-from vidtrt.errors import CheckpointError, ConfigError
+from vidtrt.counters import count
+from vidtrt.errors import CheckpointError, ConfigError, one_line
 
 SAFETENSORS_DTYPES = {
     "F64": torch.float64,
@@ -84,7 +85,7 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint file not found: {path}") from None
     except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise CheckpointError(f"cannot read safetensors file {path}: {_one_line(e)}") from None
+        raise CheckpointError(f"cannot read safetensors file {path}: {one_line(e, with_type=True)}") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"corrupt safetensors file {path}: the header is not a JSON object")
     base = 8 + header_len
@@ -113,11 +114,6 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
         flat = torch.frombuffer(mm, dtype=torch.uint8, count=nbytes, offset=base + start)
         out[name] = flat.view(dtype).reshape(shape)
     return out
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 SAFETENSORS_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
@@ -201,7 +197,7 @@ def read_torch_file(path: Path, shapes_only: bool = False) -> dict[str, torch.Te
             # a legacy (pre-zip) torch.save file cannot be mapped: read it whole (one copy, in RAM)
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for corrupt files
-        raise CheckpointError(f"cannot read {path}: {_one_line(e)}") from None
+        raise CheckpointError(f"cannot read {path}: {one_line(e, with_type=True)}") from None
     if isinstance(obj, dict) and "module" in obj and isinstance(obj["module"], dict):
         obj = obj["module"]
     elif isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
@@ -338,20 +334,6 @@ def official_root(folder: Path) -> Path | None:
     return None
 
 
-def resolve_model(model: str | Path) -> Path:
-    """'tiny' / 'small' -> the embedded model's folder (written on first use); a path -> that folder, checked."""
-    if str(model) in EMBEDDED_PRESETS:
-        from vidtrt.embedded import tiny_checkpoint
-
-        return tiny_checkpoint(str(model))
-    folder = Path(model).expanduser()
-    if not folder.is_dir():
-        presets = " or ".join(repr(p) for p in EMBEDDED_PRESETS)
-        raise CheckpointError(f"model folder not found: {folder} (accepted: {presets} or a checkpoint folder)")
-    detect_layout(folder)
-    return folder
-
-
 def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
@@ -364,18 +346,17 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def load_model_config(model: str | Path) -> ModelConfig:
-    """The ModelConfig of a checkpoint folder ('tiny' included).
+def read_model_config(folder: Path, name: str) -> ModelConfig:
+    """The ModelConfig of checkpoint ``folder`` (named ``name``), read from its files once.
 
     diffusers layout: ``transformer/config.json``, ``vae/config.json`` and the scheduler's ``shift``.
-    Official layout: the DiT architecture is inferred from the weights' shapes
-    (:func:`infer_transformer_config`); a ``transformers/config.json`` (diffusers field names) next
-    to the weights overrides what it names. The VAE config is ``vae/config.json`` (official names).
-    Both: ``vidtrt.json`` beside the checkpoint overrides the text/tiling/defaults sections.
+    Official layout: the DiT architecture is inferred from the weights' names and shapes, read
+    without their data (:func:`infer_transformer_config`); a ``transformers/config.json`` (diffusers
+    field names) next to the weights overrides what it names. The VAE config is ``vae/config.json``
+    (official names). Both: ``vidtrt.json`` beside the checkpoint overrides the text/tiling/defaults
+    sections. Most callers want :meth:`vidtrt.source.ModelSource.open` (which calls this once).
     """
-    folder = resolve_model(model)
-    config = hunyuan_video_config()
-    config.name = str(model) if str(model) in EMBEDDED_PRESETS else folder.name
+    config = dataclasses.replace(hunyuan_video_config(), name=name)
     try:
         if detect_layout(folder) == "diffusers":
             cfg_path = folder / "transformer" / "config.json"
@@ -385,20 +366,22 @@ def load_model_config(model: str | Path) -> ModelConfig:
                     f"{cfg_path}: image_condition_type={dit_cfg['image_condition_type']!r} is an image-to-video "
                     f"model; only text-to-video (image_condition_type null) is supported"
                 )
-            config.transformer = TransformerConfig.from_dict(dit_cfg)
-            config.vae = VAEConfig.from_dict(_read_json(folder / "vae" / "config.json"))
+            config = dataclasses.replace(config, transformer=TransformerConfig.from_dict(dit_cfg),
+                                         vae=VAEConfig.from_dict(_read_json(folder / "vae" / "config.json")))
             sched = folder / "scheduler" / "scheduler_config.json"
             if sched.exists():
-                config.defaults.flow_shift = float(_read_json(sched).get("shift", config.defaults.flow_shift))
+                shift = float(_read_json(sched).get("shift", config.defaults.flow_shift))
+                config = dataclasses.replace(config, defaults=dataclasses.replace(config.defaults, flow_shift=shift))
         else:
             root = official_root(folder)
-            config.transformer = _official_transformer_config(root)
+            config = dataclasses.replace(config, transformer=_official_transformer_config(root))
             vae_json = root / "vae" / "config.json"
             if vae_json.exists():
-                config.vae = VAEConfig.from_dict(_vae_config_from_official(_read_json(vae_json)))
+                vae = VAEConfig.from_dict(_vae_config_from_official(_read_json(vae_json)))
+                config = dataclasses.replace(config, vae=vae)
         overrides = folder / VIDTRT_JSON
         if overrides.exists():
-            _apply_overrides(config, _read_json(overrides))
+            config = _apply_overrides(config, _read_json(overrides))
         return config.validate()
     except ConfigError as e:
         raise CheckpointError(f"{folder}: {e}") from None
@@ -414,15 +397,19 @@ def _vae_config_from_official(data: dict) -> dict:
     return out
 
 
-def _apply_overrides(config: ModelConfig, data: dict) -> None:
+def _apply_overrides(config: ModelConfig, data: dict) -> ModelConfig:
+    changes = {}
     for section in ("text", "tiling", "defaults"):
-        for key, value in data.get(section, {}).items():
-            target = getattr(config, section)
+        target = getattr(config, section)
+        values = data.get(section, {})
+        for key in values:
             if not hasattr(target, key):
                 raise CheckpointError(f"{VIDTRT_JSON}: unknown field {section}.{key}")
-            setattr(target, key, value)
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        changes[section] = dataclasses.replace(target, **values)
     if "name" in data:
-        config.name = data["name"]
+        changes["name"] = data["name"]
+    return dataclasses.replace(config, **changes)
 
 
 # ------------------------------------------------------------------------------ official DiT config
@@ -441,6 +428,7 @@ def _official_transformer_config(root: Path) -> TransformerConfig:
     source = _official_dit_file(root)
     cfg_json = root / "transformers" / "config.json"
     overrides = _read_json(cfg_json) if cfg_json.exists() else {}
+    count("dit_metadata_read", str(source))
     return infer_transformer_config(read_torch_file(source, shapes_only=True), source, overrides, cfg_json)
 
 
@@ -548,15 +536,17 @@ def _weights_file(folder: Path) -> Path:
     return index if index.exists() else folder / f"{DIFFUSERS_WEIGHTS}.safetensors"
 
 
-def load_transformer(model: str | Path, config: ModelConfig | None = None, dtype: torch.dtype = torch.float32):
-    """The DiT of a checkpoint folder, on CPU, in ``dtype`` (zero-copy when the file is in ``dtype``)."""
+def load_transformer(folder: Path, config: ModelConfig, dtype: torch.dtype = torch.float32, module_cls=None):
+    """The DiT of checkpoint ``folder`` built from ``config`` (``module_cls``, default
+    HunyuanVideoTransformer3D), on CPU, in ``dtype`` (zero-copy when the file is in ``dtype``).
+    CheckpointError for a missing, unexpected or mis-shaped key."""
     from vidtrt.models.transformer import HunyuanVideoTransformer3D
 
-    folder = resolve_model(model)
-    config = config or load_model_config(folder)
+    module_cls = module_cls or HunyuanVideoTransformer3D
     describe = repr
     if detect_layout(folder) == "diffusers":
         sub = folder / "transformer"
+        count("dit_read", str(sub))
         tensors, origin = read_weights_dir(sub)
         default = _weights_file(sub)
         where = lambda k: origin.get(k, default)  # noqa: E731
@@ -565,7 +555,7 @@ def load_transformer(model: str | Path, config: ModelConfig | None = None, dtype
         tensors, source, releaser = _read_official_dit(official_root(folder), dtype)
         where = lambda k: source  # noqa: E731
         describe = lambda k: f"{k!r} (official name {_official_name(k)!r})"  # noqa: E731
-    module = build_on_meta(lambda: HunyuanVideoTransformer3D(config.transformer))
+    module = build_on_meta(lambda: module_cls(config.transformer))
     load_state_dict_into(module, tensors, where, dtype=dtype, releaser=releaser, describe=describe)
     _init_buffers(module)
     return module.eval()
@@ -576,6 +566,7 @@ def _read_official_dit(root: Path, dtype: torch.dtype = torch.float32):
     from vidtrt.models.official_layout import dequantize_fp8, official_to_diffusers
 
     source = _official_dit_file(root)
+    count("dit_read", str(source))
     sd = read_torch_file(source)
     releaser = PageReleaser([source])
     if source.name == Path(OFFICIAL_DIT_FP8).name:
@@ -601,12 +592,12 @@ def _read_official_dit(root: Path, dtype: torch.dtype = torch.float32):
     return converted, source, releaser
 
 
-def load_vae_decoder(model: str | Path, config: ModelConfig | None = None, dtype: torch.dtype = torch.float32):
-    """The VAE decoder (with post-quant conv) of a checkpoint folder."""
+def load_vae_decoder(folder: Path, config: ModelConfig, dtype: torch.dtype = torch.float32, module_cls=None):
+    """The VAE decoder (with post-quant conv) of checkpoint ``folder`` built from ``config``
+    (``module_cls``, default HunyuanVideoVAEDecoder)."""
     from vidtrt.models.vae import IGNORED_PREFIXES, HunyuanVideoVAEDecoder
 
-    folder = resolve_model(model)
-    config = config or load_model_config(folder)
+    module_cls = module_cls or HunyuanVideoVAEDecoder
     if detect_layout(folder) == "diffusers":
         sub = folder / "vae"
         tensors, origin = read_weights_dir(sub)
@@ -623,7 +614,7 @@ def load_vae_decoder(model: str | Path, config: ModelConfig | None = None, dtype
             raise CheckpointError(f"{source}: {e}") from None
         where = lambda k: source  # noqa: E731
         releaser = PageReleaser([source])
-    module = build_on_meta(lambda: HunyuanVideoVAEDecoder(config.vae))
+    module = build_on_meta(lambda: module_cls(config.vae))
     load_state_dict_into(module, tensors, where, ignored_prefixes=IGNORED_PREFIXES, dtype=dtype, releaser=releaser)
     _init_buffers(module)
     return module.eval()
@@ -636,13 +627,18 @@ def _init_buffers(module: nn.Module) -> None:
             raise CheckpointError(f"buffer {name!r} of {type(module).__name__} was not initialised by the checkpoint")
 
 
-def load_text_encoder(model: str | Path, config: ModelConfig | None = None, dtype: torch.dtype = torch.float32):
-    """The LLM + CLIP text encoder of a checkpoint folder."""
+def text_encoder_root(folder: Path) -> Path:
+    """The folder holding ``text_encoder/`` and ``text_encoder_2/`` for checkpoint ``folder``."""
+    if detect_layout(folder) == "official" and not (folder / "text_encoder").is_dir():
+        return official_root(folder).parent  # ckpts/ holds text_encoder/ beside hunyuan-video-t2v-720p/
+    return folder
+
+
+def load_text_encoder(folder: Path, config: ModelConfig, dtype: torch.dtype = torch.float32, encoder_cls=None):
+    """The LLM + CLIP text encoder of checkpoint ``folder`` (``config.text`` settings; ``encoder_cls``,
+    default HunyuanTextEncoder, its ``from_pretrained``)."""
     from vidtrt.text_encoders import HunyuanTextEncoder
 
-    folder = resolve_model(model)
-    config = config or load_model_config(folder)
-    if detect_layout(folder) == "official" and not (folder / "text_encoder").is_dir():
-        folder = official_root(folder).parent  # ckpts/ holds text_encoder/ beside hunyuan-video-t2v-720p/
-    return HunyuanTextEncoder.from_pretrained(folder, config.text, torch_dtype=dtype)
+    encoder_cls = encoder_cls or HunyuanTextEncoder
+    return encoder_cls.from_pretrained(text_encoder_root(folder), config.text, torch_dtype=dtype)
 

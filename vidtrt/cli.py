@@ -39,20 +39,20 @@ def _progress_bar(disabled: bool):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from vidtrt.checkpoints import load_model_config
     from vidtrt.cli_args import output_from_args, request_from_args
+    from vidtrt.source import ModelSource
     from vidtrt.video_io import write_video
 
     output = output_from_args(args)
     request = request_from_args(args)
-    config = load_model_config(args.model)
-    request.validate(config)  # fail fast, before loading any weights
+    source = ModelSource.open(args.model)
+    request = request.validate(source.config)  # fail fast, before loading any weights (and only once)
     if getattr(args, "engine", "torch") == "torch":
         from vidtrt.pipeline import check_run_choices
 
-        check_run_choices(args.device, args.attention, config.transformer.attention_head_dim)
+        check_run_choices(args.device, args.attention, source.config.transformer.attention_head_dim)
     t0 = time.perf_counter()
-    pipe = _load_pipeline(args)
+    pipe = _load_pipeline(args, source)
     t1 = time.perf_counter()
     frames = pipe.run(request, progress=_progress_bar(args.no_progress))
     t2 = time.perf_counter()
@@ -62,7 +62,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_pipeline(args):
+def _load_pipeline(args, source):
     from vidtrt.pipeline import HunyuanVideoPipeline
 
     engine = getattr(args, "engine", "torch")
@@ -72,10 +72,10 @@ def _load_pipeline(args):
         from vidtrt.configs import PRECISION_DTYPES, resolve_precision
 
         dtype = getattr(torch, PRECISION_DTYPES[resolve_precision(args.precision, args.device)])
-        return HunyuanVideoPipeline.from_model(args.model, device=args.device, dtype=dtype, attention=args.attention)
+        return HunyuanVideoPipeline.from_model(source, device=args.device, dtype=dtype, attention=args.attention)
     from vidtrt.engine_components import load_pipeline_with_engine
 
-    return load_pipeline_with_engine(args.model, engine, args.artifacts, threads=args.threads)
+    return load_pipeline_with_engine(source, engine, args.artifacts, threads=args.threads)
 
 
 def build_parser() -> argparse.ArgumentParser:

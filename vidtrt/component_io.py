@@ -41,11 +41,6 @@ STRING = "bytes"  # dtype name of string tensors in these specs
 InferFn = Callable[[str, dict[str, np.ndarray], list[str]], dict[str, np.ndarray]]
 
 
-class RemoteInvalidRequest(VidtrtError):
-    """A component model rejected the request's content (e.g. a prompt too long with policy 'error');
-    the message is the component's, naming the parameter."""
-
-
 class ComponentFailure(VidtrtError):
     """A component model failed (its error message is kept)."""
 

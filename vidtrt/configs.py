@@ -1,13 +1,16 @@
-"""Model configurations as plain dataclasses with ``validate()``.
+"""Model configurations as frozen dataclasses with ``validate()``.
 
 Field names follow the ``config.json`` files of the diffusers checkpoint layout, so a
 diffusers folder's configs map onto these without renaming (``from_dict`` ignores keys
-such as ``_class_name`` that are bookkeeping, not architecture).
+such as ``_class_name`` that are bookkeeping, not architecture). Frozen: a resolved config is shared by
+everything that runs the model (:class:`vidtrt.source.ModelSource`); change one with ``dataclasses.replace``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +50,7 @@ def _from_dict(cls, data: dict[str, Any]):
     return cls(**kwargs)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TransformerConfig:
     """The HunyuanVideo DiT (``HunyuanVideoTransformer3DModel`` config names)."""
 
@@ -91,7 +94,7 @@ class TransformerConfig:
         return _from_dict(cls, data).validate()
 
 
-@dataclass
+@dataclass(frozen=True)
 class VAEConfig:
     """The 3D causal VAE (``AutoencoderKLHunyuanVideo`` config names); only the decoder is built."""
 
@@ -124,7 +127,7 @@ class VAEConfig:
         return _from_dict(cls, data).validate()
 
 
-@dataclass
+@dataclass(frozen=True)
 class TilingConfig:
     """Tiled VAE decode, in pixels/frames of the decoded video (diffusers' names and defaults)."""
 
@@ -146,8 +149,12 @@ class TilingConfig:
                 raise ConfigError(f"tiling {axis}: need 0 < stride ({stride}) <= tile size ({size})")
         return self
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TilingConfig:
+        return _from_dict(cls, data).validate()
 
-@dataclass
+
+@dataclass(frozen=True)
 class TextEncoderConfig:
     """How prompts become DiT conditioning (the LLM and CLIP halves)."""
 
@@ -178,8 +185,12 @@ class TextEncoderConfig:
             )
         return self
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TextEncoderConfig:
+        return _from_dict(cls, data).validate()
 
-@dataclass
+
+@dataclass(frozen=True)
 class SamplerDefaults:
     """Generation defaults and the limits a request is validated against."""
 
@@ -208,8 +219,12 @@ class SamplerDefaults:
             raise ConfigError("max_num_frames must be 4k + 1")
         return self
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SamplerDefaults:
+        return _from_dict(cls, data).validate()
 
-@dataclass
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Everything that defines one HunyuanVideo-architecture model."""
 
@@ -231,6 +246,28 @@ class ModelConfig:
                 f"DiT in_channels {self.transformer.in_channels} != VAE latent_channels {self.vae.latent_channels}"
             )
         return self
+
+    SECTIONS = {"transformer": TransformerConfig, "vae": VAEConfig, "text": TextEncoderConfig,
+                "tiling": TilingConfig, "defaults": SamplerDefaults}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: ``{"name": ..., "transformer": {...}, ...}`` (tuples as lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self), default=list))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Inverse of :meth:`to_dict`; ConfigError naming a missing or unknown section."""
+        unknown = sorted(set(data) - set(cls.SECTIONS) - {"name"})
+        missing = sorted(set(cls.SECTIONS) - set(data))
+        if unknown or missing or not isinstance(data.get("name"), str):
+            raise ConfigError(f"model config dict: sections {sorted(data)}; accepted 'name' and exactly "
+                              f"{sorted(cls.SECTIONS)}")
+        return cls(name=data["name"], **{k: c.from_dict(data[k]) for k, c in cls.SECTIONS.items()}).validate()
+
+    def fingerprint(self) -> str:
+        """sha256 (hex) of every field: what artifacts, repositories and model processes match a model by."""
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True, default=list)
+        return hashlib.sha256(blob.encode()).hexdigest()
 
     @property
     def latent_channels(self) -> int:
@@ -287,12 +324,11 @@ def small_config() -> ModelConfig:
     """A CPU-sized model for benchmarks: the tiny model's text encoders and VAE with a ~45 M-parameter DiT
     (8 heads x 64, 2 dual-stream + 4 single-stream blocks), about 0.1-0.5 s per step on a laptop CPU."""
     config = tiny_config()
-    config.name = "small"
-    config.transformer = dataclasses.replace(
+    transformer = dataclasses.replace(
         config.transformer, num_attention_heads=8, attention_head_dim=64, num_layers=2, num_single_layers=4,
         num_refiner_layers=2, rope_axes_dim=(16, 24, 24),
     )
-    return config.validate()
+    return dataclasses.replace(config, name="small", transformer=transformer).validate()
 
 
 PRESETS = {"hunyuan-video": hunyuan_video_config, "tiny": tiny_config, "small": small_config}

@@ -49,8 +49,7 @@ def weight_code_digest(modules: tuple[str, ...] | None = None) -> str:
 
 
 def _fingerprint(config: ModelConfig) -> str:
-    blob = json.dumps([__version__, TINY_SEED, _config_dict(config), weight_code_digest()], sort_keys=True,
-                      default=str)  # fmt: skip
+    blob = json.dumps([__version__, TINY_SEED, config.fingerprint(), weight_code_digest()])
     return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
 

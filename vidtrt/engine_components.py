@@ -17,8 +17,6 @@ component models call; their objects also offer ``run(feeds)`` on numpy arrays.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,8 +28,9 @@ from torch import nn
 from vidtrt.components import Components, TextEmbeddings
 from vidtrt.configs import ModelConfig
 from vidtrt.engines import ENGINE_KINDS, Engine, OnnxRuntimeEngine, TorchEngine, import_tensorrt
-from vidtrt.errors import CheckpointError, EngineError
-from vidtrt.specs import COMPONENTS, ComponentSpec, TextEncoderDims, component_specs, text_length_buckets
+from vidtrt.errors import EngineError
+from vidtrt.source import ModelSource
+from vidtrt.specs import COMPONENTS, ComponentSpec, text_length_buckets
 from vidtrt.text_encoders import HunyuanTextEncoder
 
 MANIFEST_NAME = "manifest.json"
@@ -67,66 +66,27 @@ class CLIPPooled(nn.Module):
         return self.clip(input_ids, output_hidden_states=False).pooler_output
 
 
-def text_encoder_modules(model: str | Path, config: ModelConfig | None = None,
-                         dtype: torch.dtype = torch.float32) -> tuple[HunyuanTextEncoder, LLMHiddenStates, CLIPPooled]:
-    """The torch text encoder of a checkpoint and its two networks as spec-shaped modules."""
-    from vidtrt.checkpoints import load_model_config, load_text_encoder
-
-    config = config or load_model_config(model)
-    te = load_text_encoder(model, config, dtype=dtype)
-    llm = LLMHiddenStates(te.llm, -(config.text.num_hidden_layers_to_skip + 1)).eval()
+def text_encoder_modules(source: ModelSource, dtype: torch.dtype = torch.float32,
+                         ) -> tuple[HunyuanTextEncoder, LLMHiddenStates, CLIPPooled]:
+    """The torch text encoder of a model and its two networks as spec-shaped modules."""
+    te = source.load_text_encoder(dtype)
+    llm = LLMHiddenStates(te.llm, -(source.config.text.num_hidden_layers_to_skip + 1)).eval()
     return te, llm, CLIPPooled(te.clip).eval()
 
 
-def component_module(model: str | Path, name: str, config: ModelConfig | None = None,
-                     dtype: torch.dtype = torch.float32) -> nn.Module:
+def component_module(source: ModelSource, name: str, dtype: torch.dtype = torch.float32) -> nn.Module:
     """The torch module of one component, taking the spec's inputs positionally."""
-    from vidtrt.checkpoints import load_model_config, load_transformer, load_vae_decoder
-
-    config = config or load_model_config(model)
     if name == "dit":
-        return load_transformer(model, config, dtype=dtype)
+        return source.load_transformer(dtype)
     if name in ("vae_decoder", "vae_decoder_tile"):
-        return load_vae_decoder(model, config, dtype=dtype)
+        return source.load_vae_decoder(dtype)
     if name in ("llm_text_encoder", "clip_text_encoder"):
-        _, llm, clip = text_encoder_modules(model, config, dtype)
+        _, llm, clip = text_encoder_modules(source, dtype)
         return llm if name == "llm_text_encoder" else clip
     raise EngineError(f"unknown component {name!r}; accepted: {list(COMPONENTS)}")
 
 
 # ------------------------------------------------------------------------------------- text encoder side
-def _text_encoder_root(model: str | Path) -> Path:
-    from vidtrt.checkpoints import detect_layout, official_root, resolve_model
-
-    folder = resolve_model(model)
-    if detect_layout(folder) == "official" and not (folder / "text_encoder").is_dir():
-        folder = official_root(folder).parent  # ckpts/ holds text_encoder/ beside hunyuan-video-t2v-720p/
-    return folder
-
-
-def load_tokenizers(model: str | Path):
-    """(llm_tokenizer, clip_tokenizer, llm_config, clip_config) of a checkpoint without loading weights.
-
-    Same files and classes as :meth:`HunyuanTextEncoder.from_pretrained`; configs are the text models'
-    transformers configs (a nested ``text_config`` is taken when the folder holds a multimodal model)."""
-    from transformers import AutoConfig
-
-    from vidtrt.text_encoders import _one_line, quiet_transformers
-    from vidtrt.text_encoders import load_tokenizers as load_tokenizer_files
-
-    root = _text_encoder_root(model)
-    llm_tok, clip_tok, llm_dir, clip_dir = load_tokenizer_files(root)
-    with quiet_transformers():
-        try:
-            llm_cfg = AutoConfig.from_pretrained(llm_dir, local_files_only=True)
-            clip_cfg = AutoConfig.from_pretrained(clip_dir, local_files_only=True)
-        except Exception as e:
-            raise CheckpointError(f"cannot read the text encoder configs in {root}: {_one_line(e)}") from e
-    llm_cfg = getattr(llm_cfg, "text_config", None) or llm_cfg
-    clip_cfg = getattr(clip_cfg, "text_config", None) or clip_cfg
-    return llm_tok, clip_tok, llm_cfg, clip_cfg
-
-
 class _ConfigOnly:
     """Stands in for a text network inside :class:`HunyuanTextEncoder` (its checks read ``config``)."""
 
@@ -249,41 +209,7 @@ class EngineTileDecoder:
         return torch.from_numpy(self.run(feeds)["video"])
 
 
-# ---------------------------------------------------------------------------------------- specs, manifest
-def text_encoder_dims(model: str | Path, config: ModelConfig | None = None, tokenizers=None) -> TextEncoderDims:
-    """Hidden sizes and vocabularies of a checkpoint's text encoders (configs only, no weights), and
-    the template crop (counted with the LLM tokenizer when the config leaves it None)."""
-    from vidtrt.checkpoints import load_model_config
-    from vidtrt.text_encoders import count_template_prefix_tokens
-
-    config = config or load_model_config(model)
-    llm_tok, _, llm_cfg, clip_cfg = tokenizers or load_tokenizers(model)
-    crop = config.text.crop_start
-    if crop is None:
-        crop = count_template_prefix_tokens(llm_tok, config.text.prompt_template)
-    return TextEncoderDims(llm_hidden=int(llm_cfg.hidden_size), llm_vocab=int(llm_cfg.vocab_size),
-                           clip_hidden=int(clip_cfg.hidden_size), clip_vocab=int(clip_cfg.vocab_size),
-                           crop_start=int(crop))
-
-
-def model_specs(model: str | Path, config: ModelConfig | None = None, names: Sequence[str] = COMPONENTS,
-                tokenizers=None) -> dict[str, ComponentSpec]:
-    """The component specs of a checkpoint ('tiny' or a folder)."""
-    from vidtrt.checkpoints import load_model_config
-
-    config = config or load_model_config(model)
-    text = None
-    if any(n in ("llm_text_encoder", "clip_text_encoder") for n in names):
-        text = text_encoder_dims(model, config, tokenizers)
-    return component_specs(config, text, names)
-
-
-def config_fingerprint(config: ModelConfig) -> str:
-    """sha256 of the model config (architecture, text, tiling, defaults): artifacts match a model by it."""
-    blob = json.dumps(dataclasses.asdict(config), sort_keys=True, default=list)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
+# ---------------------------------------------------------------------------------------- manifest
 def read_manifest(artifacts: str | Path) -> dict:
     """``ARTIFACTS/manifest.json`` as written by ``vidtrt export``; one-line EngineError otherwise."""
     folder = Path(artifacts)
@@ -308,11 +234,11 @@ def artifact_path(artifacts: str | Path, name: str, config: ModelConfig, spec: C
     manifest = manifest if manifest is not None else read_manifest(folder)
     where = folder / MANIFEST_NAME
     exported = manifest.get("model", {})
-    if exported.get("config_sha256") != config_fingerprint(config):
+    if exported.get("config_sha256") != config.fingerprint():
         theirs = str(exported.get("config_sha256"))[:12]
         raise EngineError(
             f"{where}: exported from model {exported.get('name')!r} (config {theirs}), "
-            f"not from this model {config.name!r} (config {config_fingerprint(config)[:12]}); re-export with "
+            f"not from this model {config.name!r} (config {config.fingerprint()[:12]}); re-export with "
             f"`vidtrt export --model ...`")
     entry = manifest.get("components", {}).get(name)
     if entry is None:
@@ -340,18 +266,16 @@ class _Loader:
     ``device``: where the torch engine runs (None: CPU); for onnxruntime "cpu" means the CPU execution
     provider only, None or a GPU device the default providers (TensorRT / CUDA when installed, CPU)."""
 
-    def __init__(self, model, engine: str, artifacts, threads: int, providers, config: ModelConfig | None,
+    def __init__(self, source: ModelSource, engine: str, artifacts, threads: int, providers,
                  device: str | None = None):
-        from vidtrt.checkpoints import load_model_config
-
         _check_engine_kind(engine, artifacts)
-        self.model, self.engine, self.artifacts = model, engine, artifacts
+        self.source, self.engine, self.artifacts = source, engine, artifacts
         self.device = str(device) if device is not None else "cpu"
         self.threads = threads
         if providers is None and engine == "onnxruntime" and device is not None and str(device) == "cpu":
             providers = ["CPUExecutionProvider"]
         self.providers = providers
-        self.config = config or load_model_config(model)
+        self.config = source.config
         self.manifest = read_manifest(artifacts) if engine == "onnxruntime" else None
 
     def onnx_engine(self, name: str, spec: ComponentSpec) -> OnnxRuntimeEngine:
@@ -359,72 +283,73 @@ class _Loader:
         return OnnxRuntimeEngine(path, spec, threads=self.threads, providers=self.providers)
 
 
-def engine_text_encoder(model: str | Path, engine: str = "onnxruntime", artifacts: str | Path | None = None,
-                        threads: int = 0, providers: Sequence[str] | None = None,
-                        config: ModelConfig | None = None, device: str | None = None,
+def engine_text_encoder(model: str | Path | ModelSource, engine: str = "onnxruntime",
+                        artifacts: str | Path | None = None, threads: int = 0,
+                        providers: Sequence[str] | None = None, device: str | None = None,
                         _loader: _Loader | None = None) -> EngineTextEncoder:
     """The text encoder (tokenizers in Python, LLM + CLIP on ``engine``)."""
-    ld = _loader or _Loader(model, engine, artifacts, threads, providers, config, device)
+    source = ModelSource.open(model)
+    ld = _loader or _Loader(source, engine, artifacts, threads, providers, device)
+    specs = source.specs(("llm_text_encoder", "clip_text_encoder"))
     if ld.engine == "torch":
-        te, llm, clip = text_encoder_modules(model, ld.config)
-        tokenizers = (te.llm_tokenizer, te.clip_tokenizer, te.llm.config, te.clip.config)
-        specs = model_specs(model, ld.config, ("llm_text_encoder", "clip_text_encoder"), tokenizers)
+        te, llm, clip = text_encoder_modules(source)
         llm_engine = TorchEngine(specs["llm_text_encoder"], llm.to(ld.device), ld.device)
         clip_engine = TorchEngine(specs["clip_text_encoder"], clip.to(ld.device), ld.device)
     else:
-        tokenizers = load_tokenizers(model)
-        specs = model_specs(model, ld.config, ("llm_text_encoder", "clip_text_encoder"), tokenizers)
         llm_engine = ld.onnx_engine("llm_text_encoder", specs["llm_text_encoder"])
         clip_engine = ld.onnx_engine("clip_text_encoder", specs["clip_text_encoder"])
-    llm_tok, clip_tok, llm_cfg, clip_cfg = tokenizers
+    llm_tok, clip_tok, llm_cfg, clip_cfg = source.text_files
     return EngineTextEncoder(llm_engine, clip_engine, llm_tok, clip_tok, llm_cfg, clip_cfg, ld.config.text)
 
 
-def engine_dit(model: str | Path, engine: str = "onnxruntime", artifacts: str | Path | None = None,
-               threads: int = 0, providers: Sequence[str] | None = None, config: ModelConfig | None = None,
-               device: str | None = None, _loader: _Loader | None = None) -> EngineDenoiser:
+def engine_dit(model: str | Path | ModelSource, engine: str = "onnxruntime", artifacts: str | Path | None = None,
+               threads: int = 0, providers: Sequence[str] | None = None, device: str | None = None,
+               _loader: _Loader | None = None) -> EngineDenoiser:
     """The DiT on ``engine`` as a Denoiser (text trimmed to the model's text buckets)."""
-    ld = _loader or _Loader(model, engine, artifacts, threads, providers, config, device)
-    spec = component_specs(ld.config, None, ("dit",))["dit"]
+    source = ModelSource.open(model)
+    ld = _loader or _Loader(source, engine, artifacts, threads, providers, device)
+    spec = source.specs(("dit",))["dit"]
     if ld.engine == "torch":
-        eng: Engine = TorchEngine(spec, component_module(model, "dit", ld.config).to(ld.device), ld.device)
+        eng: Engine = TorchEngine(spec, component_module(source, "dit").to(ld.device), ld.device)
     else:
         eng = ld.onnx_engine("dit", spec)
     return EngineDenoiser(eng, text_length_buckets(ld.config))
 
 
-def engine_vae_decoder(model: str | Path, engine: str = "onnxruntime", artifacts: str | Path | None = None,
-                       threads: int = 0, providers: Sequence[str] | None = None, config: ModelConfig | None = None,
-                       tile: bool = True, device: str | None = None,
+def engine_vae_decoder(model: str | Path | ModelSource, engine: str = "onnxruntime",
+                       artifacts: str | Path | None = None, threads: int = 0,
+                       providers: Sequence[str] | None = None, tile: bool = True, device: str | None = None,
                        _loader: _Loader | None = None) -> EngineTileDecoder:
     """The VAE decoder on ``engine``: the tile engine (``tile=True``, what the tiled decode calls) or the
     whole-latents decoder."""
-    ld = _loader or _Loader(model, engine, artifacts, threads, providers, config, device)
+    source = ModelSource.open(model)
+    ld = _loader or _Loader(source, engine, artifacts, threads, providers, device)
     name = "vae_decoder_tile" if tile else "vae_decoder"
-    spec = component_specs(ld.config, None, (name,))[name]
+    spec = source.specs((name,))[name]
     if ld.engine == "torch":
-        eng: Engine = TorchEngine(spec, component_module(model, name, ld.config).to(ld.device), ld.device)
+        eng: Engine = TorchEngine(spec, component_module(source, name).to(ld.device), ld.device)
     else:
         eng = ld.onnx_engine(name, spec)
     return EngineTileDecoder(eng)
 
 
-def load_engine_components(model: str | Path = "tiny", engine: str = "onnxruntime",
+def load_engine_components(model: str | Path | ModelSource = "tiny", engine: str = "onnxruntime",
                            artifacts: str | Path | None = None, threads: int = 0,
                            providers: Sequence[str] | None = None, device: str | None = None,
                            ) -> tuple[ModelConfig, Components]:
     """Config and the three components of ``model`` on ``engine`` ("torch" or "onnxruntime";
     onnxruntime reads ``artifacts``, the folder `vidtrt export` wrote)."""
-    ld = _Loader(model, engine, artifacts, threads, providers, None, device)
+    source = ModelSource.open(model)
+    ld = _Loader(source, engine, artifacts, threads, providers, device)
     components = Components(
-        encode_text=engine_text_encoder(model, _loader=ld),
-        dit=engine_dit(model, _loader=ld),
-        decode_tile=engine_vae_decoder(model, tile=True, _loader=ld),
+        encode_text=engine_text_encoder(source, _loader=ld),
+        dit=engine_dit(source, _loader=ld),
+        decode_tile=engine_vae_decoder(source, tile=True, _loader=ld),
     )
     return ld.config, components
 
 
-def load_pipeline_with_engine(model: str | Path = "tiny", engine: str = "onnxruntime",
+def load_pipeline_with_engine(model: str | Path | ModelSource = "tiny", engine: str = "onnxruntime",
                               artifacts: str | Path | None = None, threads: int = 0,
                               providers: Sequence[str] | None = None, device: str | None = None):
     """A :class:`~vidtrt.pipeline.HunyuanVideoPipeline` whose components run on ``engine``."""
@@ -436,8 +361,8 @@ def load_pipeline_with_engine(model: str | Path = "tiny", engine: str = "onnxrun
 COMPONENT_LOADERS = {"text_encoder": engine_text_encoder, "dit": engine_dit, "vae_decoder": engine_vae_decoder}
 
 
-def load_component(key: str, model: str | Path, engine: str = "torch", *, artifacts: str | Path | None = None,
-                   device: str = "cpu", precision: str = "fp32", threads: int = 0,
+def load_component(key: str, model: str | Path | ModelSource, engine: str = "torch", *,
+                   artifacts: str | Path | None = None, device: str = "cpu", precision: str = "fp32", threads: int = 0,
                    providers: Sequence[str] | None = None):
     """The callable a Triton component model serves (``key``: text_encoder, dit or vae_decoder -- the
     decoder as the tile engine), on ``engine``.
@@ -448,18 +373,17 @@ def load_component(key: str, model: str | Path, engine: str = "torch", *, artifa
     """
     if key not in COMPONENT_LOADERS:
         raise EngineError(f"unknown component {key!r}; accepted {list(COMPONENT_LOADERS)}")
+    source = ModelSource.open(model)
     if engine == "torch":
         from vidtrt import pipeline
-        from vidtrt.checkpoints import load_model_config, resolve_model
         from vidtrt.configs import PRECISION_DTYPES
 
         if precision not in PRECISION_DTYPES:
             raise EngineError(f"invalid precision {precision!r}: accepted {list(PRECISION_DTYPES)}")
-        loader = {"text_encoder": pipeline.load_text_encoder, "dit": pipeline.load_dit,
-                  "vae_decoder": pipeline.load_vae_decoder}[key]
-        dtype = getattr(torch, PRECISION_DTYPES[precision])
-        return loader(resolve_model(model), load_model_config(model), device, dtype)
+        loader = {"text_encoder": pipeline.torch_text_encoder, "dit": pipeline.torch_denoiser,
+                  "vae_decoder": pipeline.torch_tile_decoder}[key]
+        return loader(source, device, getattr(torch, PRECISION_DTYPES[precision]))
     if precision != "fp32":
         raise EngineError(f"precision {precision!r} needs engine 'torch'; the {engine} engine runs the exported "
                           "fp32 ONNX (accepted with it: 'fp32')")
-    return COMPONENT_LOADERS[key](model, engine, artifacts, threads, providers, device=device)
+    return COMPONENT_LOADERS[key](source, engine, artifacts, threads, providers, device=device)

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from vidtrt.errors import EngineError
+from vidtrt.errors import EngineError, one_line
 from vidtrt.specs import ONNX_DTYPES, ComponentSpec
 
 ENGINE_KINDS = ("torch", "onnxruntime", "tensorrt")
@@ -92,12 +92,6 @@ def onnxruntime_providers(requested: Sequence[str] | None = None) -> list[str]:
     return preferred + ["CPUExecutionProvider"]
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    line = text.splitlines()[0] if text else type(e).__name__
-    return " ".join(line.split())[:300]
-
-
 def _external_data_files(path: Path) -> list[str]:
     """Names of the external data files an ONNX file refers to (reads the graph only, not the data)."""
     import onnx
@@ -105,7 +99,7 @@ def _external_data_files(path: Path) -> list[str]:
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf raises DecodeError and others on corrupt files
-        raise EngineError(f"cannot read ONNX file {path}: {_first_line(e)}") from None
+        raise EngineError(f"cannot read ONNX file {path}: {one_line(e)}") from None
     files = []
     for init in proto.graph.initializer:
         if init.data_location == onnx.TensorProto.EXTERNAL:
@@ -162,7 +156,7 @@ class OnnxRuntimeEngine:
         try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=self.providers)
         except Exception as e:  # onnxruntime raises its own exception types for corrupt models
-            raise EngineError(f"{spec.name}: cannot load ONNX file {self.path}: {_first_line(e)}") from None
+            raise EngineError(f"{spec.name}: cannot load ONNX file {self.path}: {one_line(e)}") from None
         self._check_signature()
 
     def _check_signature(self) -> None:

@@ -18,7 +18,7 @@ import torch
 
 from vidtrt.components import Components, TextEmbeddings
 from vidtrt.configs import ModelConfig
-from vidtrt.errors import CancelledError, InvalidRequestError, NonFiniteError, VidtrtError
+from vidtrt.errors import CancelledError, InvalidRequestError, NonFiniteError
 from vidtrt.request import GenerationRequest
 from vidtrt.scheduler import euler_step, flow_match_sigmas, initial_noise, timesteps_from_sigmas
 from vidtrt.video_io import to_uint8_frames
@@ -39,20 +39,18 @@ ProgressCallback = Callable[[ProgressEvent], None]
 _OVERFLOW_HINT = " (fp16 overflow is the usual cause: use precision bf16 or fp32); nothing was written"
 
 
-def _encode_negative(components: Components, r: GenerationRequest) -> TextEmbeddings:
+def _encode_negative(components: Components, r: GenerationRequest, default: str) -> TextEmbeddings:
     """The negative prompt's embeddings; a rejection of it (too long with prompt_policy 'error')
-    names ``negative_prompt``, not ``prompt``, whether the text encoder runs here or remotely."""
+    names ``negative_prompt``, not ``prompt``, whether the text encoder runs here or remotely. The
+    model's ``default`` negative prompt is the model's text, not the caller's: it is truncated to fit
+    whatever the policy (the ``tiny`` preset's limit is shorter than HunyuanVideo's default)."""
+    policy = "truncate" if r.negative_prompt == default else r.prompt_policy
     try:
-        return components.encode_text([r.negative_prompt], r.prompt_policy)
+        return components.encode_text([r.negative_prompt], policy)
     except InvalidRequestError as e:
         if e.param != "prompt":
             raise
-        raise InvalidRequestError("negative_prompt", e.value, e.accepted) from None
-    except VidtrtError as e:  # a remote text encoder's rejection: its message names the parameter
-        head = "invalid prompt="
-        if not str(e).startswith(head):
-            raise
-        raise type(e)("invalid negative_prompt=" + str(e)[len(head) :]) from None
+        raise e.renamed("negative_prompt") from None
 
 
 def denoise(
@@ -71,7 +69,7 @@ def denoise(
     text = components.encode_text([r.prompt], r.prompt_policy)
     negative: TextEmbeddings | None = None
     if r.do_true_cfg:
-        negative = _encode_negative(components, r)
+        negative = _encode_negative(components, r, config.defaults.negative_prompt)
 
     latents = initial_noise(config.latent_shape(1, r.num_frames, r.height, r.width), r.seed)
     sigmas = flow_match_sigmas(r.num_inference_steps, r.flow_shift)

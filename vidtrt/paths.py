@@ -12,3 +12,6 @@ def cache_dir() -> Path:
     if os.environ.get("VIDTRT_CACHE"):
         return Path(os.environ["VIDTRT_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vidtrt"
+
+
+REPOSITORY_FILE = "vidtrt-repository.json"  # written by `vidtrt build` at a model repository's root

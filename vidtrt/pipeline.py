@@ -15,6 +15,7 @@ from vidtrt.configs import ModelConfig
 from vidtrt.errors import ConfigError
 from vidtrt.orchestrator import ProgressCallback, run_generation
 from vidtrt.request import GenerationRequest, embedded_guidance
+from vidtrt.source import ModelSource
 
 
 @dataclass(frozen=True)
@@ -143,40 +144,33 @@ class TorchTileDecoder:
         return self.module(latents.to(self.device, self.dtype)).to("cpu", torch.float32)
 
 
-def load_dit(model: str | Path, config: ModelConfig | None = None, device="cpu", dtype=torch.float32,
-             attention: str | None = None):
-    from vidtrt.checkpoints import load_transformer
-
+def torch_denoiser(source: ModelSource, device="cpu", dtype=torch.float32, attention: str | None = None
+                   ) -> TorchDenoiser:
+    """The DiT of ``source`` on ``device`` in ``dtype`` as a Denoiser (``attention``: see select_kernels)."""
     kernels = select_kernels(device, attention)
-    return TorchDenoiser(load_transformer(model, config, dtype=dtype).to(device), device, kernels)
+    return TorchDenoiser(source.load_transformer(dtype).to(device), device, kernels)
 
 
-def load_vae_decoder(model: str | Path, config: ModelConfig | None = None, device="cpu", dtype=torch.float32):
-    from vidtrt.checkpoints import load_vae_decoder as load_module
-
-    return TorchTileDecoder(load_module(model, config, dtype=dtype).to(device), device)
-
-
-def load_text_encoder(model: str | Path, config: ModelConfig | None = None, device="cpu", dtype=torch.float32):
-    from vidtrt.checkpoints import load_text_encoder as load_module
-
-    return load_module(model, config, dtype=dtype)
+def torch_tile_decoder(source: ModelSource, device="cpu", dtype=torch.float32) -> TorchTileDecoder:
+    """The VAE decoder of ``source`` on ``device`` in ``dtype`` as a DecodeTile."""
+    return TorchTileDecoder(source.load_vae_decoder(dtype).to(device), device)
 
 
-def load_components(
-    model: str | Path = "tiny", device: str = "cpu", dtype: torch.dtype = torch.float32, attention: str | None = None
-) -> tuple[ModelConfig, Components]:
-    """Config and the three torch-engine components of a checkpoint ('tiny' or a folder)."""
-    from vidtrt.checkpoints import load_model_config, resolve_model
+def torch_text_encoder(source: ModelSource, device="cpu", dtype=torch.float32):
+    """The text encoder of ``source`` (an EncodeText; it runs on CPU: ``device`` is accepted for symmetry)."""
+    return source.load_text_encoder(dtype)
 
-    folder = resolve_model(model)
-    config = load_model_config(model)
+
+def load_components(model: str | Path | ModelSource = "tiny", device: str = "cpu", dtype: torch.dtype = torch.float32,
+                    attention: str | None = None) -> tuple[ModelConfig, Components]:
+    """Config and the three torch-engine components of a model ('tiny', a folder or a ModelSource)."""
+    source = ModelSource.open(model)
     components = Components(
-        encode_text=load_text_encoder(folder, config, device, dtype),
-        dit=load_dit(folder, config, device, dtype, attention),
-        decode_tile=load_vae_decoder(folder, config, device, dtype),
+        encode_text=torch_text_encoder(source, device, dtype),
+        dit=torch_denoiser(source, device, dtype, attention),
+        decode_tile=torch_tile_decoder(source, device, dtype),
     )
-    return config, components
+    return source.config, components
 
 
 class HunyuanVideoPipeline:
@@ -191,8 +185,9 @@ class HunyuanVideoPipeline:
         self.components = components
 
     @classmethod
-    def from_model(cls, model: str | Path = "tiny", device: str = "cpu", dtype=torch.float32,
+    def from_model(cls, model: str | Path | ModelSource = "tiny", device: str = "cpu", dtype=torch.float32,
                    attention: str | None = None):
+        """The torch-engine pipeline of ``model`` ('tiny', 'small', a checkpoint folder or a ModelSource)."""
         return cls(*load_components(model, device, dtype, attention))
 
     def generate(

@@ -7,11 +7,14 @@ and what is accepted; both transports (in process and Triton) call :meth:`Genera
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass
 
 from vidtrt.configs import ModelConfig
 from vidtrt.errors import InvalidRequestError
+
+logger = logging.getLogger(__name__)
 
 MAX_SEED = 2**63 - 1
 MAX_PROMPT_CHARS = 20_000
@@ -67,7 +70,10 @@ class GenerationRequest:
         return out
 
     def validate(self, config: ModelConfig) -> GenerationRequest:
-        """Resolve defaults and check every field; returns the resolved request."""
+        """Resolve defaults and check every field; returns the resolved request (validating that one
+        again against the same config returns it as it is: checks and warnings happen once)."""
+        if getattr(self, "_validated_for", None) is config:
+            return self
         r = self.resolved(config)
         d = config.defaults
         _check_text("prompt", r.prompt, required=True)
@@ -85,6 +91,10 @@ class GenerationRequest:
             raise InvalidRequestError("prompt_policy", r.prompt_policy, f"one of {list(PROMPT_POLICIES)}")
         if r.output_format not in OUTPUT_FORMATS:
             raise InvalidRequestError("output_format", r.output_format, f"one of {list(OUTPUT_FORMATS)}")
+        if r.negative_prompt is not None and not r.do_true_cfg:
+            logger.warning("negative_prompt is ignored: true_cfg_scale is %g, and only true CFG (true_cfg_scale > 1, "
+                           "two DiT calls per step) uses it", r.true_cfg_scale)
+        r._validated_for = config  # not a field: copies and equality ignore it
         return r
 
     @property

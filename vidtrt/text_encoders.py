@@ -28,7 +28,7 @@ import torch
 
 from vidtrt.components import TextEmbeddings
 from vidtrt.configs import TextEncoderConfig
-from vidtrt.errors import CheckpointError, ConfigError, InvalidRequestError
+from vidtrt.errors import CheckpointError, ConfigError, InvalidRequestError, one_line
 from vidtrt.request import PROMPT_POLICIES
 
 logger = logging.getLogger(__name__)
@@ -49,11 +49,6 @@ def template_prefix(template: str) -> str:
 def count_template_prefix_tokens(tokenizer, template: str) -> int:
     """Tokens (special tokens included) of the template before ``{}``: the ``crop_start`` to use."""
     return len(tokenizer(template_prefix(template), add_special_tokens=True)["input_ids"])
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] + ("..." if len(text) > 300 else "")
 
 
 def _transformers_dtype_kwarg() -> str:
@@ -176,7 +171,11 @@ class HunyuanTextEncoder:
                 )
                 if prompt_policy == "error":
                     raise InvalidRequestError("prompt", prompt, accepted)
-                logger.warning("prompt truncated for the LLM text encoder: %s", accepted)
+                formatted = self.config.prompt_template.format(prompt)
+                ids = self.llm_tokenizer(formatted, add_special_tokens=True)["input_ids"]
+                cut = self.llm_tokenizer.decode(ids[llm_limit: n_llm - self._template_suffix_tokens])
+                logger.warning("prompt %s truncated for the LLM text encoder: %s; cut: %s",
+                               _shown(prompt), accepted, _shown(cut))
             if n_clip > clip_limit:
                 accepted = (
                     f"at most {clip_limit - 2} CLIP tokens (clip_max_length {clip_limit} minus start/end "
@@ -184,7 +183,10 @@ class HunyuanTextEncoder:
                 )
                 if prompt_policy == "error":
                     raise InvalidRequestError("prompt", prompt, accepted)
-                logger.warning("prompt truncated for the CLIP text encoder: %s", accepted)
+                ids = self.clip_tokenizer(prompt, truncation=False, verbose=False)["input_ids"]
+                cut = self.clip_tokenizer.decode(ids[clip_limit - 1: -1])
+                logger.warning("prompt %s truncated for the CLIP text encoder: %s; cut: %s",
+                               _shown(prompt), accepted, _shown(cut))
 
     @torch.inference_mode()
     def encode_llm(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -237,6 +239,14 @@ class HunyuanTextEncoder:
         return TextEmbeddings(prompt_embeds=embeds, attention_mask=mask, pooled=pooled)
 
 
+def _shown(text: str, limit: int = 60) -> str:
+    """``text`` quoted for a log line, its middle elided past ``limit`` characters."""
+    text = " ".join(text.split())
+    if len(text) > limit:
+        text = text[: limit // 2 - 2] + " ... " + text[-(limit // 2 - 3):]
+    return repr(text)
+
+
 def load_tokenizers(root: Path):
     """The LLM and CLIP tokenizers of a checkpoint folder (diffusers or official layout), with the folders
     of the two text models: ``(llm_tokenizer, clip_tokenizer, llm_dir, clip_dir)``."""
@@ -255,11 +265,11 @@ def load_tokenizers(root: Path):
             else:
                 llm_tokenizer = AutoTokenizer.from_pretrained(llm_tok_dir, local_files_only=True)
         except Exception as e:  # transformers raises many types; report one line
-            raise CheckpointError(f"cannot load the LLM tokenizer from {llm_tok_dir}: {_one_line(e)}") from e
+            raise CheckpointError(f"cannot load the LLM tokenizer from {llm_tok_dir}: {one_line(e)}") from e
         try:
             clip_tokenizer = CLIPTokenizer.from_pretrained(clip_tok_dir, local_files_only=True)
         except Exception as e:
-            raise CheckpointError(f"cannot load the CLIP tokenizer from {clip_tok_dir}: {_one_line(e)}") from e
+            raise CheckpointError(f"cannot load the CLIP tokenizer from {clip_tok_dir}: {one_line(e)}") from e
     return llm_tokenizer, clip_tokenizer, llm_dir, clip_dir
 
 
@@ -287,7 +297,7 @@ def _load_model(model_cls, path: Path, what: str, **kwargs):
             model, info = model_cls.from_pretrained(path, local_files_only=True, output_loading_info=True,
                                                     **kwargs)
     except Exception as e:  # transformers raises many types; report one line
-        raise CheckpointError(f"cannot load {what} from {path}: {_one_line(e)}") from e
+        raise CheckpointError(f"cannot load {what} from {path}: {one_line(e)}") from e
     missing = sorted(info.get("missing_keys") or ())
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")

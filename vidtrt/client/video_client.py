@@ -16,7 +16,6 @@ Tensors are declared in :mod:`vidtrt.request_io`; nothing here imports torch.
 from __future__ import annotations
 
 import queue
-import re
 import threading
 import time
 import uuid
@@ -26,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vidtrt import request_io
-from vidtrt.errors import CancelledError, TransportError, VidtrtError
+from vidtrt.errors import CancelledError, InvalidRequestError, TransportError, VidtrtError
 from vidtrt.request import GenerationRequest, embedded_guidance
 
 DEFAULT_MODEL = "hunyuan_video"
@@ -60,8 +59,8 @@ class ServerRequestError(VidtrtError):
 
     def __init__(self, message: str, status: str | None = None):
         self.status = status
-        m = re.match(r"invalid ([A-Za-z_]+)=", message)
-        self.param = m.group(1) if m else None
+        invalid = InvalidRequestError.from_message(message)
+        self.param = invalid.param if invalid else None
         super().__init__(message)
 
     @property

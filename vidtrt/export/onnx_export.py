@@ -41,8 +41,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidtrt.errors import VidtrtError
+from vidtrt.configs import EMBEDDED_PRESETS
+from vidtrt.errors import VidtrtError, one_line
 from vidtrt.export.options import DEFAULT_OPSET, EXTERNAL_DATA_BYTES, EXTERNAL_DATA_CHOICES, MAX_OPSET, MIN_OPSET
+from vidtrt.source import ModelSource
 from vidtrt.specs import COMPONENTS, ComponentSpec
 
 
@@ -110,12 +112,6 @@ def _quiet_export() -> Iterator[io.StringIO]:
             lg.setLevel(level)
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    for line in text.splitlines():
-        if line.strip():
-            return " ".join(line.split())[:400]
-    return type(e).__name__
 
 
 def _weight_bytes(model) -> int:
@@ -253,7 +249,7 @@ def trace_onnx(module: torch.nn.Module, spec: ComponentSpec, opset: int = DEFAUL
                 dynamic_shapes=torch_dynamic_shapes(spec), opset_version=opset, optimize=False, verbose=False,
             )
     except Exception as e:  # the exporter raises many types; one line, the cause chained for debugging
-        raise ExportError(f"{spec.name}: ONNX export failed: {type(e).__name__}: {_first_line(e)}") from e
+        raise ExportError(f"{spec.name}: ONNX export failed: {one_line(e, with_type=True)}") from e
     model = program.model
     if weights is not None:
         bind_weights(model, weights)
@@ -309,11 +305,11 @@ def save_onnx(model, spec: ComponentSpec, path: str | Path, external_data: str =
         else:
             ir.save(model, path)
     except (OSError, ValueError) as e:
-        raise ExportError(f"{spec.name}: cannot write {path}: {_first_line(e)}") from None
+        raise ExportError(f"{spec.name}: cannot write {path}: {one_line(e)}") from None
     try:
         onnx.checker.check_model(str(path))
     except Exception as e:
-        raise ExportError(f"{spec.name}: onnx.checker rejects {path}: {_first_line(e)}") from None
+        raise ExportError(f"{spec.name}: onnx.checker rejects {path}: {one_line(e)}") from None
     size = path.stat().st_size + (data_path.stat().st_size if data_path else 0)
     return ExportResult(spec.name, path, data_path, weights, size, seconds + time.perf_counter() - t0,
                         len(model.graph))
@@ -332,28 +328,20 @@ def export_onnx(module: torch.nn.Module, spec: ComponentSpec, path: str | Path, 
     return result
 
 
-def checkpoint_dtype(model: str | Path) -> torch.dtype:
-    """The floating dtype most of the DiT checkpoint's bytes are stored in (headers / mmap only, no data
-    read); FP8 checkpoints dequantize into bfloat16."""
+def checkpoint_dtype(source: ModelSource) -> torch.dtype:
+    """The floating dtype most of the DiT checkpoint's bytes are stored in (headers / metadata only, no
+    data read); FP8 checkpoints dequantize into bfloat16."""
     from collections import Counter
 
-    from vidtrt.checkpoints import (
-        OFFICIAL_DIT,
-        detect_layout,
-        official_root,
-        read_torch_file,
-        read_weights_dir,
-        resolve_model,
-    )
+    from vidtrt.checkpoints import OFFICIAL_DIT, official_root, read_torch_file, read_weights_dir
 
-    folder = resolve_model(model)
-    if detect_layout(folder) == "diffusers":
-        tensors, _ = read_weights_dir(folder / "transformer")
+    if source.layout == "diffusers":
+        tensors, _ = read_weights_dir(source.folder / "transformer")
     else:
-        path = official_root(folder) / OFFICIAL_DIT
+        path = official_root(source.folder) / OFFICIAL_DIT
         if not path.exists():
             return torch.bfloat16
-        tensors = read_torch_file(path)
+        tensors = read_torch_file(path, shapes_only=True)
     sizes: Counter = Counter()
     for t in tensors.values():
         if t.is_floating_point():
@@ -362,19 +350,20 @@ def checkpoint_dtype(model: str | Path) -> torch.dtype:
     return torch.bfloat16 if dtype in (torch.float8_e4m3fn, torch.float8_e5m2) else dtype
 
 
-def streamed_dit(model: str | Path, config) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+def streamed_dit(source: ModelSource) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
     """(float32 DiT on the meta device, its weights memory-mapped from the checkpoint in their stored
     dtype): exporting these keeps the weights out of RAM (each tensor is converted while it is written)."""
-    from vidtrt.checkpoints import build_on_meta, load_transformer
-    from vidtrt.models.transformer import HunyuanVideoTransformer3D
+    from vidtrt.checkpoints import build_on_meta
 
-    source = load_transformer(model, config, dtype=checkpoint_dtype(model))
-    meta = build_on_meta(lambda: HunyuanVideoTransformer3D(config.transformer)).eval()
-    return meta, dict(source.state_dict())
+    mapped = source.load_transformer(checkpoint_dtype(source))
+    module_cls = source.family.load("transformer")
+    meta = build_on_meta(lambda: module_cls(source.config.transformer)).eval()
+    return meta, dict(mapped.state_dict())
 
 
-def export_components(model: str | Path = "tiny", out: str | Path = "onnx", components: Sequence[str] | None = None,
-                      opset: int = DEFAULT_OPSET, external_data: str = "auto", optimize: bool = True,
+def export_components(model: str | Path | ModelSource = "tiny", out: str | Path = "onnx",
+                      components: Sequence[str] | None = None, opset: int = DEFAULT_OPSET,
+                      external_data: str = "auto", optimize: bool = True,
                       verify: bool = False, log: Callable[[str], None] | None = print,
                       stream_weights: bool = True) -> dict:
     """Export ``components`` (default: all) of ``model`` into ``out``; returns the manifest written.
@@ -386,15 +375,7 @@ def export_components(model: str | Path = "tiny", out: str | Path = "onnx", comp
     memory-mapped checkpoint into the file (:func:`streamed_dit`): RAM stays at the graph plus one
     tensor whatever the model size. Otherwise it is loaded in float32 first (weights-size RAM).
     """
-    from vidtrt.checkpoints import load_model_config, resolve_model
-    from vidtrt.engine_components import (
-        MANIFEST_FORMAT,
-        MANIFEST_NAME,
-        component_module,
-        config_fingerprint,
-        model_specs,
-        text_encoder_modules,
-    )
+    from vidtrt.engine_components import MANIFEST_FORMAT, MANIFEST_NAME, component_module, text_encoder_modules
 
     names = list(components or COMPONENTS)
     unknown = [n for n in names if n not in COMPONENTS]
@@ -404,15 +385,15 @@ def export_components(model: str | Path = "tiny", out: str | Path = "onnx", comp
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ExportError(f"cannot create --out folder {out}: {_first_line(e)}") from None
-    folder = resolve_model(model)
-    config = load_model_config(model)
-    specs = model_specs(model, config, names)
-    fingerprint = config_fingerprint(config)
+        raise ExportError(f"cannot create --out folder {out}: {one_line(e)}") from None
+    source = ModelSource.open(model)
+    config = source.config
+    specs = source.specs(names)
+    fingerprint = source.fingerprint
     manifest = {
         "format": MANIFEST_FORMAT,
-        "model": {"name": config.name, "source": str(model) if str(model) == "tiny" else str(folder),
-                  "config_sha256": fingerprint},
+        "model": {"name": config.name, "source": source.ref if source.ref in EMBEDDED_PRESETS else str(source.folder),
+                  "config_sha256": fingerprint, "record": source.to_record()},
         "opset": opset,
         "exporter": {"torch": torch.__version__, "onnx": _version("onnx"), "onnxscript": _version("onnxscript")},
         "components": {},
@@ -433,14 +414,14 @@ def export_components(model: str | Path = "tiny", out: str | Path = "onnx", comp
         # The two VAE components share one module, the two text encoders one load.
         if name.startswith("vae_decoder"):
             if "vae" not in cache:
-                cache["vae"] = component_module(model, name, config)
+                cache["vae"] = component_module(source, name)
             return cache["vae"]
         if name in ("llm_text_encoder", "clip_text_encoder"):
             if "text" not in cache:
-                _, llm, clip = text_encoder_modules(model, config)
+                _, llm, clip = text_encoder_modules(source)
                 cache["text"] = {"llm_text_encoder": llm, "clip_text_encoder": clip}
             return cache["text"][name]
-        return component_module(model, name, config)
+        return component_module(source, name)
 
     def record(name: str, result: ExportResult, module: torch.nn.Module | None) -> None:
         manifest["components"][name] = result.manifest_entry(specs[name])
@@ -449,7 +430,7 @@ def export_components(model: str | Path = "tiny", out: str | Path = "onnx", comp
             log(f"{name}: {result.path} ({result.file_bytes / 1e6:.1f} MB{note}, {result.num_nodes} nodes) "
                 f"in {result.seconds:.1f}s")
         if verify:
-            err = verify_onnx(module or component_module(model, name, config), specs[name], result.path)
+            err = verify_onnx(module or component_module(source, name), specs[name], result.path)
             if log:
                 log(f"{name}: onnxruntime vs torch max relative error {err:.2e}")
         _write_json(old_path, manifest)
@@ -477,7 +458,7 @@ def export_components(model: str | Path = "tiny", out: str | Path = "onnx", comp
                 done.add("vae_decoder_tile")
             del model_ir
         elif name == "dit" and stream_weights:
-            meta, weights = streamed_dit(model, config)
+            meta, weights = streamed_dit(source)
             result = export_onnx(meta, spec, out / "dit.onnx", opset, external_data, optimize, metadata, weights)
             del meta, weights
             record(name, result, None)
@@ -491,34 +472,33 @@ def export_components(model: str | Path = "tiny", out: str | Path = "onnx", comp
     return manifest
 
 
-def ensure_exported(model: str | Path, out: str | Path, components: Sequence[str] | None = None,
+def ensure_exported(model: str | Path | ModelSource, out: str | Path, components: Sequence[str] | None = None,
                     opset: int = DEFAULT_OPSET, log: Callable[[str], None] | None = None) -> dict:
     """Export the ``components`` of ``model`` into ``out`` unless its manifest already lists them for the
     same config, opset and specs with their files present (a cache for tests and services). Concurrent
     callers wait on a lock file."""
     import fcntl
 
-    from vidtrt.checkpoints import load_model_config
-    from vidtrt.engine_components import MANIFEST_NAME, config_fingerprint, model_specs
+    from vidtrt.engine_components import MANIFEST_NAME
 
     names = list(components or COMPONENTS)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / ".export.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        config = load_model_config(model)
-        specs = model_specs(model, config, names)
+        source = ModelSource.open(model)
+        specs = source.specs(names)
         try:
             manifest = json.loads((out / MANIFEST_NAME).read_text())
         except (OSError, ValueError):
             manifest = {}
-        same = (manifest.get("model", {}).get("config_sha256") == config_fingerprint(config)
+        same = (manifest.get("model", {}).get("config_sha256") == source.fingerprint
                 and manifest.get("opset") == opset)
         entries = manifest.get("components", {}) if same else {}
         todo = [n for n in names if n not in entries or not (out / entries[n]["file"]).is_file()
                 or entries[n].get("spec") != json.loads(json.dumps(specs[n].to_dict()))]
         if todo:
-            manifest = export_components(model, out, todo, opset, log=log)
+            manifest = export_components(source, out, todo, opset, log=log)
         return manifest
 
 

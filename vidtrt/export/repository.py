@@ -24,15 +24,14 @@ import os
 import shutil
 import string
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from vidtrt.configs import PRECISIONS, resolve_precision
 from vidtrt.errors import VidtrtError
+from vidtrt.paths import REPOSITORY_FILE as MARKER
 
-FAMILY = "hunyuan_video"
+FAMILY = "hunyuan_video"  # the template folders' prefix (the first family's Triton model names)
 ENGINES = ("torch", "onnxruntime")
-MARKER = "vidtrt-repository.json"
 
 COMPONENT_DOCS = {
     "text_encoder": ("Text encoders (Llama hidden states + CLIP pooled) with their tokenizers: prompts -> "
@@ -55,28 +54,6 @@ def templates_dir() -> Path:
     if (folder / FAMILY / "config.pbtxt.in").is_file():
         return folder
     raise RepositoryError(f"model repository templates not found in {str(folder)!r}")
-
-
-@dataclass(frozen=True)
-class ModelNames:
-    """The Triton model names of one family."""
-
-    family: str = FAMILY
-
-    @property
-    def stream(self) -> str:
-        return self.family
-
-    @property
-    def sync(self) -> str:
-        return f"{self.family}_sync"
-
-    def component(self, key: str) -> str:
-        return f"{self.family}_{key}"
-
-    def all(self, sync: bool = True) -> list[str]:
-        names = [self.stream] + ([self.sync] if sync else [])
-        return names + [self.component(k) for k in ("text_encoder", "dit", "vae_decoder")]
 
 
 def _render(template_path: Path, **values: object) -> str:
@@ -103,11 +80,15 @@ def build_repository(
     max_concurrent_generations: int = 4,
     sync_model: bool = True,
     sync_instances: int = 1,
-    family: str = FAMILY,
     fail_on_guidance: float | None = None,
     overwrite: bool = True,
 ) -> Path:
-    """Write the repository for ``model`` ('tiny' or a checkpoint folder) to ``out_dir``; returns it.
+    """Write the repository for ``model`` ('tiny', a checkpoint folder or a ModelSource) to ``out_dir``;
+    returns it. Model names come from the model's family (``hunyuan_video``, ``hunyuan_video_dit``, ...).
+    The repository is relocatable: the model is recorded in ``vidtrt-repository.json`` (each model
+    process rebuilds it from there, see :meth:`vidtrt.source.ModelSource.from_record`; a checkpoint
+    folder moved elsewhere is named by ``$VIDTRT_MODEL_ROOT``), and ``artifacts`` are copied (hard-linked
+    where possible) into the component models' version folders, so no host path is written anywhere.
 
     ``precision``: weights/activations of the torch-engine components: ``fp32``, ``bf16``, ``fp16`` or
     ``auto`` (bf16 on ``cuda``, fp32 on ``cpu``); the onnxruntime engine runs the exported fp32 ONNX.
@@ -122,9 +103,9 @@ def build_repository(
     a folder it did not write).
     """
     from vidtrt import __version__, request_io
-    from vidtrt.checkpoints import load_model_config, resolve_model
     from vidtrt.component_io import specs_for_triton
-    from vidtrt.configs import EMBEDDED_PRESETS
+    from vidtrt.engine_components import MANIFEST_NAME, read_manifest
+    from vidtrt.source import ModelSource
 
     if engine not in ENGINES:
         raise RepositoryError(f"invalid engine {engine!r}: accepted {list(ENGINES)}")
@@ -147,12 +128,12 @@ def build_repository(
     if artifacts and not Path(artifacts).is_dir():
         raise RepositoryError(f"artifacts folder not found: {artifacts}")
 
-    # The model as the server will load it: embedded presets ('tiny', 'small') stay names (every process
-    # regenerates the same seeded checkpoint into its cache); folders become absolute paths. Resolved
-    # before anything is replaced, so a bad --model leaves an existing repository as it was.
-    model_param = str(model) if str(model) in EMBEDDED_PRESETS else str(resolve_model(model).resolve())
-    config = load_model_config(model)
+    # Resolved (and the artifacts checked against it) before anything is replaced, so a bad --model or
+    # --artifacts leaves an existing repository as it was.
+    source = ModelSource.open(model)
+    config = source.config
     specs = specs_for_triton(config)
+    artifact_files = _artifact_files(artifacts, source, read_manifest, MANIFEST_NAME) if artifacts else {}
 
     templates = templates_dir()
     out = Path(out_dir).resolve()
@@ -165,13 +146,14 @@ def build_repository(
             raise RepositoryError(f"{out} exists; pass overwrite=True (--force) to replace it")
         shutil.rmtree(out)
 
-    names = ModelNames(family)
+    family = source.family
     kind = "KIND_GPU" if device == "cuda" else "KIND_CPU"
     instances = {"text_encoder": text_encoder_instances, "dit": dit_instances, "vae_decoder": vae_decoder_instances}
-    common = dict(model=model_param, text_encoder_name=names.component("text_encoder"),
-                  dit_name=names.component("dit"), vae_decoder_name=names.component("vae_decoder"),
-                  max_concurrent=max_concurrent_generations, fps=config.defaults.fps,
-                  stream_name=names.stream, sync_name=names.sync, sync_instances=sync_instances)
+    common = dict(model=source.ref, fingerprint=source.fingerprint,
+                  text_encoder_name=family.component_model("text_encoder"), dit_name=family.component_model("dit"),
+                  vae_decoder_name=family.component_model("vae_decoder"), max_concurrent=max_concurrent_generations,
+                  fps=config.defaults.fps, stream_name=family.stream_model, sync_name=family.sync_model,
+                  sync_instances=sync_instances)
 
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, str] = {}
@@ -185,13 +167,14 @@ def build_repository(
 
     bls_py = templates / FAMILY / "model.py"
     io = request_io.config_io_pbtxt()
-    write(names.stream, _render(templates / FAMILY / "config.pbtxt.in", name=names.stream, io=io, **common), bls_py)
+    write(family.stream_model, _render(templates / FAMILY / "config.pbtxt.in", name=family.stream_model, io=io,
+                                       **common), bls_py)
     if sync_model:
-        write(names.sync, _render(templates / f"{FAMILY}_sync" / "config.pbtxt.in", name=names.sync, io=io,
-                                  **common), bls_py)
+        write(family.sync_model, _render(templates / f"{FAMILY}_sync" / "config.pbtxt.in", name=family.sync_model,
+                                         io=io, **common), bls_py)
     from vidtrt.component_io import spec_io_pbtxt
 
-    for key in ("text_encoder", "dit", "vae_decoder"):
+    for key in family.components:
         doc, per_call = COMPONENT_DOCS[key]
         n = instances[key]
         extra = f'parameters {{ key: "precision" value {{ string_value: "{precision}" }} }}\n'
@@ -202,17 +185,20 @@ def build_repository(
                          "generations queue here and run one at a time per instance.")
         text = _render(
             templates / f"{FAMILY}_{key}" / "config.pbtxt.in",
-            template=f"{FAMILY}_{key}", name=names.component(key), component=key, doc=doc, per_call=per_call,
-            io=spec_io_pbtxt(key, specs[key]), kind=kind, count=n, instances_doc=instances_doc,
-            model=model_param, engine=engine, artifacts=str(Path(artifacts).resolve()) if artifacts else "",
-            device=device, extra_parameters=extra,
+            template=f"{FAMILY}_{key}", name=family.component_model(key), component=key, doc=doc,
+            per_call=per_call, io=spec_io_pbtxt(key, specs[key]), kind=kind, count=n, instances_doc=instances_doc,
+            model=source.ref, fingerprint=source.fingerprint, engine=engine, device=device, extra_parameters=extra,
         )
-        write(names.component(key), text, templates / "component" / "model.py")
+        write(family.component_model(key), text, templates / "component" / "model.py")
+        version_dir = out / family.component_model(key) / "1"
+        for name in artifact_files.get(key, ()):
+            _link_or_copy(Path(artifacts) / name, version_dir / name)
 
     manifest = {
-        "vidtrt_version": __version__, "model": model_param, "model_name": config.name, "engine": engine,
-        "device": device, "precision": precision, "models": written, "generation_model": names.stream,
-        "sync_model": names.sync if sync_model else None,
+        "vidtrt_version": __version__, "model": source.ref, "model_name": config.name, "engine": engine,
+        "device": device, "precision": precision, "models": {k: Path(v).name for k, v in written.items()},
+        "generation_model": family.stream_model, "sync_model": family.sync_model if sync_model else None,
+        "family": family.name, "model_source": source.to_record(),
         "inputs": [t.name for t in request_io.REQUEST_INPUTS], "outputs": [t.name for t in request_io.RESPONSE_OUTPUTS],
     }
     (out / MARKER).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -259,6 +245,50 @@ def build_main(args: argparse.Namespace) -> int:
         print(f"  {name}/config.pbtxt, {name}/1/model.py")
     print(f"serve it: vidtrt serve --repository {out}", file=sys.stderr)
     return 0
+
+
+# The ONNX files each Triton component model runs (engine_components loaders' names).
+COMPONENT_ARTIFACTS = {"text_encoder": ("llm_text_encoder", "clip_text_encoder"), "dit": ("dit",),
+                       "vae_decoder": ("vae_decoder_tile",)}
+
+
+def _artifact_files(artifacts, source, read_manifest, manifest_name: str) -> dict[str, list[str]]:
+    """Files to copy per Triton component (ONNX, external data, the manifest), after checking the
+    manifest was exported from ``source`` and lists every component: `vidtrt build` fails, not serve."""
+    from vidtrt.errors import EngineError
+
+    try:
+        manifest = read_manifest(artifacts)
+    except EngineError as e:
+        raise RepositoryError(str(e)) from None
+    exported = manifest.get("model", {})
+    if exported.get("config_sha256") != source.fingerprint:
+        raise RepositoryError(
+            f"--artifacts {artifacts} was exported from model {exported.get('name')!r} (config "
+            f"{str(exported.get('config_sha256'))[:12]}), not from {source.config.name!r} (config "
+            f"{source.fingerprint[:12]}); re-export with `vidtrt export --model {source.ref}`")
+    out: dict[str, list[str]] = {}
+    for key, names in COMPONENT_ARTIFACTS.items():
+        files = [manifest_name]
+        for name in names:
+            entry = manifest.get("components", {}).get(name)
+            if entry is None:
+                raise RepositoryError(f"--artifacts {artifacts} has no {name!r} (run `vidtrt export` without "
+                                      "--components, or with every component)")
+            files += [f for f in (entry.get("file"), entry.get("external_data")) if f]
+        missing = [f for f in files if not (Path(artifacts) / f).is_file()]
+        if missing:
+            raise RepositoryError(f"--artifacts {artifacts}: {missing[0]} is listed in its manifest but missing")
+        out[key] = files
+    return out
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` to ``dst`` (no second copy of the weights on one filesystem), else copy it."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 def _is_vidtrt_repo(path: str | os.PathLike) -> bool:

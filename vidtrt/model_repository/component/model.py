@@ -5,9 +5,12 @@ The same file serves the three component models of a vidtrt repository; the conf
 :mod:`vidtrt.component_io` (DiT and decoder from :mod:`vidtrt.specs`); the call itself is
 :class:`vidtrt.component_io.ComponentServer`, so this file only moves tensors.
 
-Parameters (config.pbtxt): ``model`` ('tiny' or a checkpoint folder), ``engine`` ('torch' or an
-engine from vidtrt.engine_components), ``artifacts`` (exported ONNX folder for those engines),
-``device`` ('cpu', or 'cuda' taken from the instance's GPU with KIND_GPU), ``fail_on_guidance``
+The model comes from the repository's ``vidtrt-repository.json`` record
+(:meth:`vidtrt.source.ModelSource.from_repository`: no config file or weight read for it), checked
+against the config's ``model_fingerprint``. Parameters (config.pbtxt): ``model`` (for readers),
+``engine`` ('torch' or an engine from vidtrt.engine_components; onnxruntime reads the ONNX files
+``vidtrt build`` put in this model's version folder), ``device``
+('cpu', or 'cuda' taken from the instance's GPU with KIND_GPU), ``fail_on_guidance``
 (test-only fault injection for the DiT).
 
 Errors: a bad request gets an error response for that request only (INVALID_ARG for request
@@ -24,9 +27,12 @@ import triton_python_backend_utils as pb_utils
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
+        from pathlib import Path
+
         from vidtrt.component_io import KEYS, ComponentServer, specs_for_triton
         from vidtrt.engine_components import load_component
         from vidtrt.errors import VidtrtError
+        from vidtrt.source import ModelSource
 
         self.model_name = args["model_name"]
         config = json.loads(args["model_config"])
@@ -35,8 +41,9 @@ class TritonPythonModel:
         if key not in KEYS:
             raise pb_utils.TritonModelException(
                 f"{self.model_name}: parameter 'component' is {key!r}; accepted {list(KEYS)}")
-        if not params.get("model"):
-            raise pb_utils.TritonModelException(f"{self.model_name}: parameter 'model' ('tiny' or a folder) is missing")
+        if not params.get("model_fingerprint"):
+            raise pb_utils.TritonModelException(
+                f"{self.model_name}: parameter 'model_fingerprint' is missing; rebuild with `vidtrt build`")
         if pb_utils.using_decoupled_model_transaction_policy(config):
             raise pb_utils.TritonModelException(f"{self.model_name}: component models must not be decoupled")
         if args.get("model_instance_kind") == "GPU":
@@ -44,18 +51,20 @@ class TritonPythonModel:
         else:
             device = params.get("device") or "cpu"
 
+        model_dir = Path(args["model_repository"])
         try:
-            from vidtrt.checkpoints import load_model_config
-
-            spec = specs_for_triton(load_model_config(params["model"]))[key]
+            source = ModelSource.from_repository(model_dir.parent, params["model_fingerprint"])
+            spec = specs_for_triton(source.config)[key]
             declared_in = [t["name"] for t in config.get("input", [])]
             declared_out = [t["name"] for t in config.get("output", [])]
             if sorted(declared_in) != sorted(spec.input_names) or sorted(declared_out) != sorted(spec.output_names):
                 raise pb_utils.TritonModelException(
                     f"{self.model_name}: config tensors {declared_in} -> {declared_out} do not match the {key} spec "
                     f"{spec.input_names} -> {spec.output_names}; rebuild the repository with `vidtrt build`")
-            fn = load_component(key, params["model"], engine=params.get("engine") or "torch", device=device,
-                                artifacts=params.get("artifacts") or None, precision=params.get("precision") or "fp32")
+            engine = params.get("engine") or "torch"
+            artifacts = model_dir / str(args.get("model_version") or "1") if engine != "torch" else None
+            fn = load_component(key, source, engine=engine, device=device, artifacts=artifacts,
+                                precision=params.get("precision") or "fp32")
         except VidtrtError as e:
             raise pb_utils.TritonModelException(f"{self.model_name}: {e}") from None
         fail = params.get("fail_on_guidance") or None

@@ -30,7 +30,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-REQUIRED_PARAMETERS = ("model", "text_encoder_model", "dit_model", "vae_decoder_model")
+REQUIRED_PARAMETERS = ("model_fingerprint", "text_encoder_model", "dit_model", "vae_decoder_model")
 LATENCY_BUCKETS_S = [0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1200, 2400]
 
 
@@ -74,10 +74,12 @@ class _Metrics:
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
+        from pathlib import Path
+
         from vidtrt import request_io
-        from vidtrt.checkpoints import load_model_config
         from vidtrt.component_io import remote_components
         from vidtrt.errors import VidtrtError
+        from vidtrt.source import ModelSource
 
         self.model_name = args["model_name"]
         config = json.loads(args["model_config"])
@@ -93,7 +95,8 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(
                 f"{self.model_name}: config tensors do not match vidtrt.request_io; rebuild with `vidtrt build`")
         try:
-            self.config = load_model_config(params["model"])
+            source = ModelSource.from_repository(Path(args["model_repository"]).parent, params["model_fingerprint"])
+            self.config = source.config
             workers = int(params.get("max_concurrent_generations") or 4)
             self.fps = int(params.get("fps") or self.config.defaults.fps)
             if workers < 1 or self.fps < 1:
@@ -117,7 +120,8 @@ class TritonPythonModel:
     # -- BLS -------------------------------------------------------------------------------------
     def _infer(self, model_name: str, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         """One BLS call; raises on an error response (checked on this very response)."""
-        from vidtrt.component_io import ComponentFailure, RemoteInvalidRequest
+        from vidtrt.component_io import ComponentFailure
+        from vidtrt.errors import InvalidRequestError
 
         request = pb_utils.InferenceRequest(
             model_name=model_name,
@@ -129,9 +133,9 @@ class TritonPythonModel:
         if response.has_error():
             error = response.error()
             message = error.message()
-            code = error.code() if hasattr(error, "code") else None
-            if code == pb_utils.TritonError.INVALID_ARG or message.startswith("invalid "):
-                raise RemoteInvalidRequest(message)
+            invalid = InvalidRequestError.from_message(message)
+            if invalid is not None:  # the component rejected the request's content, naming the field
+                raise invalid
             raise ComponentFailure(f"{model_name} failed: {message}")
         result = {}
         for name in outputs:
@@ -188,7 +192,7 @@ class TritonPythonModel:
     def _run(self, request, gen, sender):
         """Run one generation; returns the final InferenceResponse (video, or an error for this request)."""
         from vidtrt import request_io
-        from vidtrt.component_io import ComponentFailure, RemoteInvalidRequest
+        from vidtrt.component_io import ComponentFailure
         from vidtrt.errors import CancelledError, InvalidRequestError, NonFiniteError
         from vidtrt.orchestrator import run_generation
 
@@ -210,8 +214,6 @@ class TritonPythonModel:
         except CancelledError as e:
             return self._error(str(e), pb_utils.TritonError.CANCELLED, "cancelled")
         except InvalidRequestError as e:
-            return self._error(str(e), pb_utils.TritonError.INVALID_ARG, "invalid")
-        except RemoteInvalidRequest as e:
             return self._error(str(e), pb_utils.TritonError.INVALID_ARG, "invalid")
         except (ComponentFailure, NonFiniteError) as e:
             return self._error(str(e), pb_utils.TritonError.INTERNAL, "error")
