@@ -181,14 +181,14 @@ def test_console_script_first_run(tmp_path, expected):
 
 TORCH_FREE_CHILD = r"""
 import contextlib, io, json, sys, time
-t0 = time.perf_counter()
+t0 = time.process_time()
 from vidtrt.cli import build_parser, main
 parser = build_parser()
 for argv in (["--help"], ["generate", "--help"], ["run", "--help"], ["export", "--help"], ["build", "--help"],
              ["serve", "--help"]):
     with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
         parser.parse_args(argv)
-help_s = time.perf_counter() - t0
+help_s = time.process_time() - t0
 with contextlib.redirect_stderr(io.StringIO()) as err:  # the client, against a closed loopback port (exit 3)
     rc = main(["generate", "a cat", "--url", "127.0.0.1:9", "-o", sys.argv[1], "--frames", "5"])
 print(json.dumps(dict(help_s=help_s, rc=rc, err=err.getvalue(), torch="torch" in sys.modules)))
@@ -197,7 +197,8 @@ print(json.dumps(dict(help_s=help_s, rc=rc, err=err.getvalue(), torch="torch" in
 
 def test_help_and_client_need_no_torch(tmp_path):
     """Every subcommand's --help, and `vidtrt generate` itself, run without importing torch (the client
-    machine needs none): the help pages in < 0.5 s after interpreter start (measured ~0.26 s here)."""
+    machine needs none): the help pages in < 0.5 s after interpreter start (measured ~0.26 s here). CPU
+    seconds of this process, so other work on a busy machine (CI, parallel jobs) does not fail it."""
     out = subprocess.run([sys.executable, "-c", TORCH_FREE_CHILD, str(tmp_path / "x.npy")], capture_output=True,
                          text=True, timeout=120)  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
