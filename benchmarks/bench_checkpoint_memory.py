@@ -3,7 +3,7 @@
 Writes a diffusers-layout checkpoint at the real width (hidden 3072 = 24 heads x 128, text 4096, pooled
 768) with reduced depth (default 2 dual + 4 single blocks; the release has 20 + 40) in bf16 safetensors,
 streamed tensor by tensor (the writer never holds the model). A fresh subprocess then loads it with
-``vidtrt.checkpoints.load_transformer`` and reads every parameter once, so every weight page that will
+``vidtrt.source.checkpoints.load_transformer`` and reads every parameter once, so every weight page that will
 ever be resident is resident. Reported: file size, the writer's peak, the loader's RSS after imports,
 peak RSS (VmHWM), the peak increase, its anonymous / file-backed split, load and touch times. The full
 20 + 40-block size is extrapolated (per-block bytes x 60 + non-block bytes, checked against a meta-device
@@ -42,7 +42,7 @@ CHILD = r"""
 import json, sys, time, torch
 mode, folder, dtype = sys.argv[1], sys.argv[2], getattr(torch, sys.argv[3])
 torch.set_num_threads(2)
-from vidtrt.source import ModelSource
+from vidtrt.source.model_source import ModelSource
 from vidtrt.models.transformer import HunyuanVideoTransformer3D
 
 def status(field):
@@ -88,9 +88,9 @@ def nbytes(specs, prefix: str = "") -> int:
 
 def write_checkpoint(folder: Path, config, dtype: torch.dtype) -> tuple[int, float, int]:
     """Stream-write the diffusers-layout folder; returns (file bytes, seconds, writer's peak RSS increase)."""
-    from vidtrt.checkpoints import write_safetensors_streaming
-    from vidtrt.configs import VAEConfig
-    from vidtrt.embedded import _config_dict
+    from vidtrt.config.model_config import VAEConfig
+    from vidtrt.source.checkpoints import write_safetensors_streaming
+    from vidtrt.source.embedded import _config_dict
 
     (folder / "transformer").mkdir(parents=True, exist_ok=True)
     (folder / "vae").mkdir(exist_ok=True)
@@ -147,7 +147,7 @@ def main() -> int:
     if not sys.platform.startswith("linux"):
         raise SystemExit("reads /proc: Linux only")
 
-    from vidtrt.configs import TransformerConfig
+    from vidtrt.config.model_config import TransformerConfig
 
     if args.full:
         args.dual, args.single = 20, 40

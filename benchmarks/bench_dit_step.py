@@ -65,7 +65,7 @@ def make_inputs(config, frames: int, height: int, width: int, text_len: int, tex
 
 def _kernels(backend: str):
     """The engine's kernel choice for one backend: the Triton backends also fuse norm + RoPE."""
-    from vidtrt.pipeline import KernelChoice
+    from vidtrt.runtime.pipeline import KernelChoice
 
     return KernelChoice(backend, fused_rope=backend != "sdpa")
 
@@ -79,7 +79,7 @@ def run(height: int = 544, width: int = 960, frames: int = 129, text_len: int = 
         backends=BACKENDS, steps: int = 2, device: str | None = None, smoke: bool = False,
         time_budget_s: float | None = None, log=print) -> list[dict]:
     bootstrap()
-    from vidtrt.configs import TransformerConfig, tiny_config
+    from vidtrt.config.model_config import TransformerConfig, tiny_config
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     t_start = time.perf_counter()

@@ -34,9 +34,9 @@ def main(argv=None) -> int:
 
     import torch
 
-    from vidtrt.engine_components import load_engine_components
-    from vidtrt.scheduler import euler_step, flow_match_sigmas, initial_noise, timesteps_from_sigmas
-    from vidtrt.source import ModelSource
+    from vidtrt.runtime.engine_components import load_engine_components
+    from vidtrt.runtime.scheduler import euler_step, flow_match_sigmas, initial_noise, timesteps_from_sigmas
+    from vidtrt.source.model_source import ModelSource
 
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)

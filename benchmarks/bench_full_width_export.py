@@ -85,7 +85,7 @@ class RssSampler:
 
 
 def full_width_config(dual: int, single: int):
-    from vidtrt.configs import hunyuan_video_config
+    from vidtrt.config.model_config import hunyuan_video_config
 
     config = hunyuan_video_config()
     transformer = dataclasses.replace(config.transformer, num_layers=dual, num_single_layers=single)
@@ -108,8 +108,8 @@ def write_checkpoint(folder: Path, config, dtype) -> int:
     """A diffusers-layout DiT folder with random weights (seeded per tensor), written one tensor at a time."""
     import torch
 
-    from vidtrt.checkpoints import write_safetensors_streaming
     from vidtrt.models.transformer import HunyuanVideoTransformer3D
+    from vidtrt.source.checkpoints import write_safetensors_streaming
 
     with torch.device("meta"):
         meta = HunyuanVideoTransformer3D(config.transformer)
@@ -136,10 +136,10 @@ def child(dual: int, single: int, out: Path, mode: str) -> dict:
     import onnxscript  # noqa: F401
     import torch
 
+    from vidtrt.config.specs import dit_spec
     from vidtrt.export.onnx_export import export_onnx, relative_error, streamed_dit
     from vidtrt.models.transformer import HunyuanVideoTransformer3D
-    from vidtrt.source import ModelSource
-    from vidtrt.specs import dit_spec
+    from vidtrt.source.model_source import ModelSource
 
     torch.manual_seed(0)
     config = full_width_config(dual, single)
@@ -181,7 +181,7 @@ def child(dual: int, single: int, out: Path, mode: str) -> dict:
     del module
     gc.collect()
 
-    from vidtrt.engines import OnnxRuntimeEngine
+    from vidtrt.runtime.engines import OnnxRuntimeEngine
 
     with RssSampler() as ort_rss:
         t0 = time.perf_counter()

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     from vidtrt.export.repository import build_repository
-    from vidtrt.server import TritonServer
+    from vidtrt.serving.server import TritonServer
 
     summary: list[str] = []
     status = 0

@@ -76,11 +76,11 @@ def main() -> int:
 
     import diffusers
 
-    from vidtrt.components import Components, TextEmbeddings
-    from vidtrt.orchestrator import denoise
-    from vidtrt.pipeline import TorchDenoiser
-    from vidtrt.request import GenerationRequest
-    from vidtrt.source import ModelSource
+    from vidtrt.config.components import Components, TextEmbeddings
+    from vidtrt.config.request import GenerationRequest
+    from vidtrt.runtime.orchestrator import denoise
+    from vidtrt.runtime.pipeline import TorchDenoiser
+    from vidtrt.source.model_source import ModelSource
 
     if args.threads:
         torch.set_num_threads(args.threads)

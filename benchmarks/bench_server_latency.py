@@ -8,7 +8,7 @@ warms both paths up, then alternates in-process runs (``HunyuanVideoPipeline.run
 identical, and prints the medians. The last line is the ratio server / in process (target <= 1.10).
 
 Both paths run with the same process settings: the server's model processes get
-``vidtrt.server.PROCESS_ENV_DEFAULTS`` (OMP_WAIT_POLICY=PASSIVE, glibc malloc thresholds), so this script
+``vidtrt.serving.server.PROCESS_ENV_DEFAULTS`` (OMP_WAIT_POLICY=PASSIVE, glibc malloc thresholds), so this script
 re-executes itself with them before torch and glibc read them. ``--env default`` leaves the in-process
 side as the environment has it (on the 2-core CI box the tiny model is then ~2-5x slower in process,
 which flatters the server).
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
     if args.env == "server":
-        from vidtrt.server import PROCESS_ENV_DEFAULTS
+        from vidtrt.serving.server import PROCESS_ENV_DEFAULTS
 
         missing = {k: v for k, v in PROCESS_ENV_DEFAULTS.items() if k not in os.environ}
         if missing:  # glibc and OpenMP read these at start-up: run again with them set
@@ -57,10 +57,10 @@ def main(argv: list[str] | None = None) -> int:
             os.execv(sys.executable, [sys.executable, *sys.argv])
 
     from vidtrt.client import VideoClient
+    from vidtrt.config.request import GenerationRequest
     from vidtrt.export.repository import build_repository
-    from vidtrt.pipeline import HunyuanVideoPipeline
-    from vidtrt.request import GenerationRequest
-    from vidtrt.server import TritonServer
+    from vidtrt.runtime.pipeline import HunyuanVideoPipeline
+    from vidtrt.serving.server import TritonServer
 
     request = GenerationRequest(args.prompt, seed=args.seed, num_inference_steps=args.steps,
                                 num_frames=args.frames, height=args.height, width=args.width)

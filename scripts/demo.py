@@ -27,7 +27,7 @@ def main() -> int:
 
     from vidtrt.client import VideoClient
     from vidtrt.export.repository import build_repository
-    from vidtrt.server import TritonServer
+    from vidtrt.serving.server import TritonServer
     from vidtrt.video_io import decode_mp4, write_video
 
     t0 = time.perf_counter()

@@ -24,7 +24,7 @@ if [ ! -f "$stamp" ]; then
   pip_q --no-deps nvidia-pytriton
   python scripts/check_lock.py "$LOCK"
   # The bundled Python-backend stub needs numpy<2: a small side environment, built now (needs PyPI).
-  python -m vidtrt.server --prepare
+  python -m vidtrt.serving.server --prepare
   bash scripts/install_perf_analyzer.sh
   python -c "import vidtrt, torch; print('vidtrt ready, torch', torch.__version__)"
   touch "$stamp"

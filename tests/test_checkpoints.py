@@ -21,18 +21,18 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from vidtrt import checkpoints  # noqa: E402
-from vidtrt.checkpoints import (  # noqa: E402
+from vidtrt.config.model_config import TINY_CLIP_HIDDEN, TINY_LLM_HIDDEN, TransformerConfig  # noqa: E402
+from vidtrt.errors import CheckpointError  # noqa: E402
+from vidtrt.models.official_layout import dequantize_fp8, diffusers_to_official, official_to_diffusers  # noqa: E402
+from vidtrt.source import checkpoints  # noqa: E402
+from vidtrt.source.checkpoints import (  # noqa: E402
     WEIGHT_ALIGNMENT,
     PageReleaser,
     infer_transformer_config,
     read_safetensors,
     write_safetensors_streaming,
 )
-from vidtrt.configs import TINY_CLIP_HIDDEN, TINY_LLM_HIDDEN, TransformerConfig  # noqa: E402
-from vidtrt.errors import CheckpointError  # noqa: E402
-from vidtrt.models.official_layout import dequantize_fp8, diffusers_to_official, official_to_diffusers  # noqa: E402
-from vidtrt.source import ModelSource, load_model_config  # noqa: E402
+from vidtrt.source.model_source import ModelSource, load_model_config  # noqa: E402
 from vidtrt.testing import randomize_parameters as randomize_  # noqa: E402
 from vidtrt.testing import rel_err  # noqa: E402
 
@@ -100,7 +100,7 @@ def diffusers_folder(refs, tmp_path_factory) -> Path:
     """A diffusers-layout folder written by diffusers' own save_pretrained, sharded, plus text, scheduler, index."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from vidtrt.tiny import MODEL_INDEX_ENTRIES, write_text_components
+    from vidtrt.source.tiny import MODEL_INDEX_ENTRIES, write_text_components
 
     dit, vae = refs
     folder = tmp_path_factory.mktemp("diffusers_ckpt")
@@ -218,7 +218,7 @@ def test_vae_decoder_equals_diffusers(refs, folder):
 
 def test_both_layouts_generate_the_same_video(diffusers_folder, official_folder):
     """The whole pipeline (text encoders with their tokenizers inside, DiT, VAE) from either layout."""
-    from vidtrt.pipeline import HunyuanVideoPipeline
+    from vidtrt.runtime.pipeline import HunyuanVideoPipeline
 
     kw = dict(prompt="a cat walks on the grass", seed=4, height=32, width=48, num_frames=5, num_inference_steps=2,
               flow_shift=SHIFT)  # the official layout has no scheduler config (its default shift is 7)
@@ -511,7 +511,7 @@ def test_page_releaser_ignores_memory_it_does_not_own(tmp_path):
 
 CONFIG_CHILD = r"""
 import json, sys
-from vidtrt.source import load_model_config
+from vidtrt.source.model_source import load_model_config
 
 def io(field):
     return int(dict(line.split(": ") for line in open("/proc/self/io").read().splitlines())[field])
@@ -573,7 +573,7 @@ def test_official_config_does_not_load_the_weights(tmp_path, fmt):
 CHILD = r"""
 import json, sys, torch
 mode, folder, dtype = sys.argv[1], sys.argv[2], getattr(torch, sys.argv[3])
-from vidtrt.source import ModelSource
+from vidtrt.source.model_source import ModelSource
 from vidtrt.models.transformer import HunyuanVideoTransformer3D
 from safetensors.torch import load_file
 
@@ -604,8 +604,8 @@ MEM_DIT = dict(num_attention_heads=8, attention_head_dim=128, num_layers=1, num_
 def _write_mem_checkpoint(folder: Path, dtype: torch.dtype, official: bool, writer: str = "vidtrt") -> Path:
     """Random weights, streamed to disk tensor by tensor (the test process never holds the model), or
     with ``writer="safetensors"`` written by safetensors itself (data 8-byte aligned: loaded by copies)."""
-    from vidtrt.embedded import _config_dict
     from vidtrt.models.transformer import HunyuanVideoTransformer3D
+    from vidtrt.source.embedded import _config_dict
 
     config = TransformerConfig(**MEM_DIT)
     with torch.device("meta"):

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from vidtrt.cli import build_parser, main
-from vidtrt.pipeline import HunyuanVideoPipeline
-from vidtrt.source import ModelSource
+from vidtrt.runtime.pipeline import HunyuanVideoPipeline
+from vidtrt.source.model_source import ModelSource
 from vidtrt.video_io import decode_mp4
 
 PROMPT = "a cat walks on the grass"
@@ -130,7 +130,7 @@ def test_help_lists_every_flag(capsys):
                                         ("auto", "auto"), ("fp16", "fp16")])
 def test_precision_is_one_vocabulary(value, want):
     """`vidtrt run --precision` takes `vidtrt build`'s names; --dtype and torch's names stay as aliases."""
-    from vidtrt.configs import resolve_precision
+    from vidtrt.config.model_config import resolve_precision
 
     for flag in ("--precision", "--dtype"):
         assert build_parser().parse_args(["run", "a cat", flag, value]).precision == want

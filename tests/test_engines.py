@@ -13,8 +13,10 @@ import torch
 from onnx_artifacts import tiny_artifacts
 
 from vidtrt.cli import main as cli_main
-from vidtrt.components import TextEmbeddings
-from vidtrt.engine_components import (
+from vidtrt.config.components import TextEmbeddings
+from vidtrt.config.specs import dit_spec
+from vidtrt.errors import EngineError
+from vidtrt.runtime.engine_components import (
     MANIFEST_NAME,
     EngineDenoiser,
     engine_dit,
@@ -24,10 +26,8 @@ from vidtrt.engine_components import (
     load_engine_components,
     load_pipeline_with_engine,
 )
-from vidtrt.engines import OnnxRuntimeEngine, TorchEngine, onnxruntime_providers
-from vidtrt.errors import EngineError
-from vidtrt.source import ModelSource, load_model_config
-from vidtrt.specs import dit_spec
+from vidtrt.runtime.engines import OnnxRuntimeEngine, TorchEngine, onnxruntime_providers
+from vidtrt.source.model_source import ModelSource, load_model_config
 
 PROMPT = "a cat walks on the grass, realistic style"
 
@@ -68,7 +68,7 @@ def test_pipeline_on_onnxruntime_matches_torch_engine(artifacts):
 
 
 def test_torch_engine_components_equal_the_torch_pipeline():
-    from vidtrt.pipeline import HunyuanVideoPipeline
+    from vidtrt.runtime.pipeline import HunyuanVideoPipeline
 
     kw = dict(seed=2, num_inference_steps=2)
     a = load_pipeline_with_engine("tiny", "torch").generate(PROMPT, **kw)

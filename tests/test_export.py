@@ -16,16 +16,16 @@ import torch
 from onnx_artifacts import tiny_artifacts
 
 from vidtrt.cli import main as cli_main
-from vidtrt.engine_components import (
+from vidtrt.config.specs import COMPONENTS
+from vidtrt.errors import EngineError
+from vidtrt.export.onnx_export import relative_error
+from vidtrt.runtime.engine_components import (
     MANIFEST_NAME,
     component_module,
     text_encoder_modules,
 )
-from vidtrt.engines import OnnxRuntimeEngine
-from vidtrt.errors import EngineError
-from vidtrt.export.onnx_export import relative_error
-from vidtrt.source import ModelSource, load_model_config
-from vidtrt.specs import COMPONENTS
+from vidtrt.runtime.engines import OnnxRuntimeEngine
+from vidtrt.source.model_source import ModelSource, load_model_config
 
 TOL = 1e-4
 

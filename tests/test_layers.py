@@ -1,11 +1,14 @@
 """The package's import graph, read from the source (ast; imports inside functions count too): no cycles,
 and every import goes to the same layer or one below, in the order of the architecture
-(``../shared/DESIGN.md``, "Layers"):
+(``../shared/DESIGN.md``, "Layers"). The layers are subpackages you can see:
 
-    0 config, request, specs, wire format, tile plans, video files (no torch at import)
-    1 torch modules and kernels              2 checkpoint sources, embedded presets
-    3 runtime: engines, orchestrator, pipeline     4 serving and export: Triton side, repositories, ONNX
-    5 the CLI
+    0 vidtrt.config (configs, request, wire format, specs, tile plans, families) and the small
+      utilities at the top (errors, paths, counters, video files, request flags): no torch at import
+    1 vidtrt.models, vidtrt.kernels (torch modules, text encoders, kernels)
+    2 vidtrt.source (checkpoint folders, embedded presets, ModelSource)
+    3 vidtrt.runtime (engines, orchestrator, scheduler, pipeline)
+    4 vidtrt.serving, vidtrt.export, vidtrt.model_repository (Triton side, repositories, ONNX)
+    5 vidtrt.cli
     client: layer 0 and itself only (a client machine needs no torch)
 """
 
@@ -19,14 +22,16 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "vidtrt"
 
 LAYERS = {
-    0: ["vidtrt", "errors", "configs", "request", "request_io", "specs", "tiling", "cli_args", "video_io",
-        "components", "paths", "counters", "families"],
-    1: ["models", "kernels", "text_encoders", "testing", "scheduler"],
-    2: ["checkpoints", "embedded", "tiny", "source"],
-    3: ["engines", "engine_components", "pipeline", "orchestrator"],
-    4: ["component_io", "server", "export", "model_repository"],
+    0: ["vidtrt", "config", "errors", "paths", "counters", "video_io", "cli_args"],
+    1: ["models", "kernels", "testing"],
+    2: ["source"],
+    3: ["runtime"],
+    4: ["serving", "export", "model_repository"],
     5: ["cli"],
 }
+# The top of the package holds the layer subpackages and these few small modules; anything else
+# belongs in a layer's subpackage.
+TOP_MODULES = {"__init__", "errors", "paths", "counters", "video_io", "cli_args", "testing", "cli"}
 CLIENT = "vidtrt.client"
 
 
@@ -111,7 +116,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_graph_reads_imports_of_every_kind():
     """The reader sees top-level, lazy (inside a function) and relative imports, so the tests below can fail."""
     graph = import_graph()
-    assert "vidtrt.errors" in graph["vidtrt.configs"]  # top level
+    assert "vidtrt.errors" in graph["vidtrt.config.model_config"]  # top level
     assert "vidtrt.kernels.backends" in graph["vidtrt.models.attention"]  # inside check_backend
     assert "vidtrt.kernels.attention" in graph["vidtrt.kernels.attention_fp8"]  # relative
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
@@ -138,9 +143,20 @@ def test_client_needs_only_layer_0():
     assert bad == []
 
 
-@pytest.mark.parametrize("module", LAYERS[0])
+def test_top_level_holds_only_layer_packages_and_utilities():
+    packages = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert packages == {n for names in LAYERS.values() for n in names if (PACKAGE / n / "__init__.py").exists()
+                        } | {"client"}
+    assert {p.stem for p in PACKAGE.glob("*.py")} == TOP_MODULES
+
+
+LAYER_0_MODULES = sorted(m for m in _modules() if m != CLIENT and not m.startswith(CLIENT + ".")
+                         and layer_of(m) == 0)
+
+
+@pytest.mark.parametrize("module", LAYER_0_MODULES)
 def test_layer_0_imports_no_torch_at_import(module):
-    path = _modules()["vidtrt" if module == "vidtrt" else f"vidtrt.{module}"]
+    path = _modules()[module]
     top = ast.parse(path.read_text()).body  # module-level statements only (not functions, not TYPE_CHECKING)
     names = {a.name.split(".")[0] for n in top if isinstance(n, ast.Import) for a in n.names}
     names |= {(n.module or "").split(".")[0] for n in top if isinstance(n, ast.ImportFrom)}

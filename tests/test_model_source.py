@@ -21,7 +21,7 @@ from vidtrt import counters
 from vidtrt.cli import main
 from vidtrt.errors import CheckpointError
 from vidtrt.models.official_layout import diffusers_to_official
-from vidtrt.source import MODEL_ROOT_ENV, ModelSource
+from vidtrt.source.model_source import MODEL_ROOT_ENV, ModelSource
 
 RUN = ["a cat walks on the grass", "--frames", "5", "--steps", "2", "--seed", "3", "--no-progress"]
 

@@ -10,7 +10,7 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
-from vidtrt.configs import TransformerConfig  # noqa: E402
+from vidtrt.config.model_config import TransformerConfig  # noqa: E402
 from vidtrt.errors import CheckpointError  # noqa: E402
 from vidtrt.models.official_layout import (  # noqa: E402
     dequantize_fp8,

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from vidtrt.components import Components
-from vidtrt.orchestrator import ProgressEvent, denoise
-from vidtrt.pipeline import HunyuanVideoPipeline
-from vidtrt.request import GenerationRequest
-from vidtrt.source import load_model_config
+from vidtrt.config.components import Components
+from vidtrt.config.request import GenerationRequest
+from vidtrt.runtime.orchestrator import ProgressEvent, denoise
+from vidtrt.runtime.pipeline import HunyuanVideoPipeline
+from vidtrt.source.model_source import load_model_config
 from vidtrt.video_io import decode_mp4, write_video
 
 
@@ -28,7 +28,7 @@ def reference(pipe):
     from diffusers import HunyuanVideoPipeline as Ref
     from safetensors.torch import load_file
 
-    from vidtrt.source import ModelSource
+    from vidtrt.source.model_source import ModelSource
 
     folder = ModelSource.open("tiny").folder
     transformer = HunyuanVideoTransformer3DModel.from_pretrained(folder / "transformer")
@@ -151,9 +151,9 @@ def test_config_of_tiny_folder():
 
 
 def test_small_preset_is_cpu_sized_and_embedded():
-    from vidtrt.checkpoints import build_on_meta
-    from vidtrt.configs import EMBEDDED_PRESETS, preset
+    from vidtrt.config.model_config import EMBEDDED_PRESETS, preset
     from vidtrt.models.transformer import HunyuanVideoTransformer3D
+    from vidtrt.source.checkpoints import build_on_meta
 
     assert EMBEDDED_PRESETS == ("tiny", "small")
     small = preset("small")
@@ -165,7 +165,7 @@ def test_small_preset_is_cpu_sized_and_embedded():
 
 def test_bf16_denoiser_keeps_the_timestep_exact(pipe):
     """bf16 weights must not round 1000 * sigma (997.09 and 994.08 would both become 996)."""
-    from vidtrt.pipeline import TorchDenoiser
+    from vidtrt.runtime.pipeline import TorchDenoiser
 
     seen = []
 
@@ -187,7 +187,7 @@ def test_embedded_cache_key_follows_the_weight_code(tmp_path, monkeypatch):
     """Editing the code that generates the embedded weights gives a new cache folder."""
     import sys
 
-    from vidtrt import embedded
+    from vidtrt.source import embedded
 
     mod = tmp_path / "vidtrt_fake_weights.py"
     mod.write_text("SCALE = 1\n")
@@ -222,7 +222,7 @@ def test_default_negative_prompt_fits_whatever_the_policy(pipe, caplog):
     assert len(config.defaults.negative_prompt.split()) > config.text.max_sequence_length // 2
     r = GenerationRequest("a cat", true_cfg_scale=2.0, prompt_policy="error", num_inference_steps=1,
                           num_frames=1, height=32, width=32)
-    with caplog.at_level(logging.WARNING, logger="vidtrt.text_encoders"):
+    with caplog.at_level(logging.WARNING, logger="vidtrt.models.text_encoders"):
         frames = pipe.run(r)
     assert frames.shape == (1, 32, 32, 3)
     assert "prompt 'Aerial view, aerial view" in caplog.text
@@ -236,7 +236,7 @@ def test_kernel_choice_is_per_engine_and_thread(pipe):
     from vidtrt.errors import ConfigError
     from vidtrt.models import attention as attn_api
     from vidtrt.models import rope as rope_api
-    from vidtrt.pipeline import KernelChoice, TorchDenoiser, select_kernels
+    from vidtrt.runtime.pipeline import KernelChoice, TorchDenoiser, select_kernels
 
     attn_api.register_backend("sdpa-copy", attn_api._BACKENDS["sdpa"])
     both_inside = threading.Barrier(2, timeout=30)
@@ -283,8 +283,8 @@ def test_kernel_choice_is_per_engine_and_thread(pipe):
 def test_tiny_writer_is_deterministic_and_leaves_the_rng(tmp_path):
     from safetensors.torch import load_file
 
-    from vidtrt.embedded import write_tiny_checkpoint
-    from vidtrt.source import ModelSource
+    from vidtrt.source.embedded import write_tiny_checkpoint
+    from vidtrt.source.model_source import ModelSource
 
     torch.manual_seed(123)
     state = torch.random.get_rng_state()
@@ -301,9 +301,9 @@ def test_non_finite_output_fails_the_generation_instead_of_a_black_video(pipe, w
     component and the likely cause, never uint8 frames; the next generation is unaffected."""
     import dataclasses
 
+    from vidtrt.config.request import GenerationRequest
     from vidtrt.errors import NonFiniteError
-    from vidtrt.orchestrator import run_generation
-    from vidtrt.request import GenerationRequest
+    from vidtrt.runtime.orchestrator import run_generation
 
     calls = []
 

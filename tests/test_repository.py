@@ -1,4 +1,4 @@
-"""Building a Triton model repository (vidtrt.export.repository) and the component wire (vidtrt.component_io),
+"""Building a Triton model repository (vidtrt.export.repository) and the component wire (vidtrt.serving.component_io),
 without a server."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import re
 import numpy as np
 import pytest
 
-from vidtrt.component_io import ComponentServer, remote_components, specs_for_triton
-from vidtrt.engine_components import load_component
+from vidtrt.config.request import GenerationRequest
 from vidtrt.errors import EngineError
 from vidtrt.export.repository import MARKER, RepositoryError, build_repository, templates_dir
-from vidtrt.request import GenerationRequest
+from vidtrt.runtime.engine_components import load_component
+from vidtrt.serving.component_io import ComponentServer, remote_components, specs_for_triton
 
 MODELS = ["hunyuan_video", "hunyuan_video_sync", "hunyuan_video_text_encoder", "hunyuan_video_dit",
           "hunyuan_video_vae_decoder"]
@@ -62,7 +62,7 @@ def test_generation_model_configs(repo):
 
 
 def test_component_configs_follow_the_specs(repo):
-    from vidtrt.source import load_model_config
+    from vidtrt.source.model_source import load_model_config
 
     specs = specs_for_triton(load_model_config("tiny"))
     for key, spec in specs.items():
@@ -121,7 +121,7 @@ def test_build_cli(tmp_path, capsys):
 
 
 def test_remote_components_give_the_same_frames_as_in_process():
-    from vidtrt.pipeline import load_components
+    from vidtrt.runtime.pipeline import load_components
 
     config, comps = load_components("tiny")
     servers = {"te": ComponentServer("text_encoder", comps.encode_text), "dit": ComponentServer("dit", comps.dit),
@@ -138,7 +138,7 @@ def test_remote_components_give_the_same_frames_as_in_process():
         return {k: result[k].copy() for k in outputs}
 
     remote = remote_components(infer, {"text_encoder": "te", "dit": "dit", "vae_decoder": "vae"}, config)
-    from vidtrt.orchestrator import run_generation
+    from vidtrt.runtime.orchestrator import run_generation
 
     for request in (GenerationRequest("a cat", seed=3, num_inference_steps=2),
                     GenerationRequest("a cat", seed=4, num_inference_steps=2, true_cfg_scale=3.0)):
@@ -201,8 +201,8 @@ def test_onnxruntime_repository_is_relocatable_and_serves_the_in_process_frames(
     from onnx_artifacts import tiny_artifacts
 
     from vidtrt.client import VideoClient
-    from vidtrt.engine_components import load_pipeline_with_engine
-    from vidtrt.server import TritonServer
+    from vidtrt.runtime.engine_components import load_pipeline_with_engine
+    from vidtrt.serving.server import TritonServer
 
     artifacts = tmp_path / "artifacts"
     shutil.copytree(tiny_artifacts(), artifacts)

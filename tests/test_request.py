@@ -4,9 +4,9 @@ import math
 
 import pytest
 
-from vidtrt.configs import hunyuan_video_config, tiny_config
+from vidtrt.config.model_config import hunyuan_video_config, tiny_config
+from vidtrt.config.request import GenerationRequest
 from vidtrt.errors import InvalidRequestError
-from vidtrt.request import GenerationRequest
 
 FULL = hunyuan_video_config()
 TINY = tiny_config()
@@ -102,15 +102,15 @@ def test_long_value_is_shortened_in_message():
 def test_negative_prompt_without_true_cfg_is_said_once(caplog):
     import logging
 
-    from vidtrt.configs import tiny_config
+    from vidtrt.config.model_config import tiny_config
 
     config = tiny_config()
-    with caplog.at_level(logging.WARNING, logger="vidtrt.request"):
+    with caplog.at_level(logging.WARNING, logger="vidtrt.config.request"):
         r = GenerationRequest("a cat", negative_prompt="blurry").validate(config)
         assert r.validate(config) is r  # validated once: the same request again is not re-checked
     assert caplog.text.count("negative_prompt is ignored: true_cfg_scale is 1") == 1
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="vidtrt.request"):
+    with caplog.at_level(logging.WARNING, logger="vidtrt.config.request"):
         GenerationRequest("a cat", negative_prompt="blurry", true_cfg_scale=2.0).validate(config)
         GenerationRequest("a cat").validate(config)
     assert "ignored" not in caplog.text

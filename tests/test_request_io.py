@@ -1,4 +1,4 @@
-"""The generation model's wire format (vidtrt.request_io): build, parse, errors, config stanzas."""
+"""The generation model's wire format (vidtrt.config.request_io): build, parse, errors, config stanzas."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vidtrt import request_io
-from vidtrt.configs import tiny_config
+from vidtrt.config import request_io
+from vidtrt.config.model_config import tiny_config
+from vidtrt.config.request import GenerationRequest, embedded_guidance
 from vidtrt.errors import InvalidRequestError
-from vidtrt.request import GenerationRequest, embedded_guidance
 
 FULL = GenerationRequest(
     prompt="a cat walks on the grass", negative_prompt="blurry", height=64, width=96, num_frames=9,

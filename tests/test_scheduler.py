@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from vidtrt.scheduler import euler_step, flow_match_sigmas, initial_noise, timesteps_from_sigmas
+from vidtrt.runtime.scheduler import euler_step, flow_match_sigmas, initial_noise, timesteps_from_sigmas
 
 
 @pytest.mark.parametrize("steps,shift", [(50, 7.0), (30, 17.0), (1, 7.0), (7, 1.0), (13, 3.5)])

@@ -1,4 +1,4 @@
-"""vidtrt.server: finding tritonserver, starting/stopping a real one on free loopback ports, errors."""
+"""vidtrt.serving.server: finding tritonserver, starting/stopping a real one on free loopback ports, errors."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import numpy as np
 import psutil
 import pytest
 
-from vidtrt import server
-from vidtrt.server import ServerError, TritonServer
+from vidtrt.serving import server
+from vidtrt.serving.server import ServerError, TritonServer
 
 pytestmark = pytest.mark.server
 
@@ -158,9 +158,9 @@ def test_explicit_ports(tmp_path):
 
 def test_serve_command_forwards_sigint(tmp_path):
     repo = make_repo(tmp_path / "repo")
-    cmd = [sys.executable, "-m", "vidtrt.server", "--repository", str(repo), "--http-port", "0", "--grpc-port", "0",
-           "--metrics-port", "0", "--address", "127.0.0.1", "--log-file", str(tmp_path / "serve.log"),
-           "--exit-timeout", "3"]
+    cmd = [sys.executable, "-m", "vidtrt.serving.server", "--repository", str(repo), "--http-port", "0",
+           "--grpc-port", "0", "--metrics-port", "0", "--address", "127.0.0.1",
+           "--log-file", str(tmp_path / "serve.log"), "--exit-timeout", "3"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lines = []
@@ -192,7 +192,7 @@ def test_serve_command_forwards_sigint(tmp_path):
 
 def test_serve_command_errors_are_one_line(tmp_path):
     env = dict(os.environ)
-    r = subprocess.run([sys.executable, "-m", "vidtrt.server", "--repository", str(tmp_path / "missing")],
+    r = subprocess.run([sys.executable, "-m", "vidtrt.serving.server", "--repository", str(tmp_path / "missing")],
                        capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("error: model repository")
@@ -213,7 +213,7 @@ def test_serve_binds_loopback_unless_asked():
     """`vidtrt serve` answers this machine only by default; every interface only with --address 0.0.0.0."""
     import argparse
 
-    from vidtrt.server import TritonServer, add_serve_arguments
+    from vidtrt.serving.server import TritonServer, add_serve_arguments
 
     parse = add_serve_arguments(argparse.ArgumentParser()).parse_args
     assert parse(["--repository", "r"]).address == "127.0.0.1"

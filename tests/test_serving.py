@@ -18,11 +18,11 @@ import psutil
 import pytest
 
 from vidtrt.client import ServerRequestError, VideoClient
+from vidtrt.config.request import GenerationRequest
 from vidtrt.counters import TRACE_ENV
 from vidtrt.errors import CancelledError
 from vidtrt.export.repository import build_repository
-from vidtrt.request import GenerationRequest
-from vidtrt.server import TritonServer
+from vidtrt.serving.server import TritonServer
 
 pytestmark = pytest.mark.server
 
@@ -44,7 +44,7 @@ def srv(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pipe():
-    from vidtrt.pipeline import HunyuanVideoPipeline
+    from vidtrt.runtime.pipeline import HunyuanVideoPipeline
 
     return HunyuanVideoPipeline.from_model("tiny")
 

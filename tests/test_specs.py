@@ -5,10 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from vidtrt.configs import hunyuan_video_config, tiny_config
-from vidtrt.errors import EngineError
-from vidtrt.request import GenerationRequest
-from vidtrt.specs import (
+from vidtrt.config.model_config import hunyuan_video_config, tiny_config
+from vidtrt.config.request import GenerationRequest
+from vidtrt.config.specs import (
     COMPONENTS,
     AxisRange,
     TextEncoderDims,
@@ -20,7 +19,8 @@ from vidtrt.specs import (
     text_length_buckets,
     vae_decoder_spec,
 )
-from vidtrt.tiling import max_tile_latent_shape, plan_tiles
+from vidtrt.config.tiling import max_tile_latent_shape, plan_tiles
+from vidtrt.errors import EngineError
 
 TEXT = TextEncoderDims(llm_hidden=32, llm_vocab=1000, clip_hidden=16, clip_vocab=500, crop_start=5)
 

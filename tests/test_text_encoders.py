@@ -13,10 +13,10 @@ import sys
 import pytest
 import torch
 
-from vidtrt.configs import TextEncoderConfig, hunyuan_video_config, tiny_config
+from vidtrt.config.model_config import TextEncoderConfig, hunyuan_video_config, tiny_config
 from vidtrt.errors import CheckpointError, InvalidRequestError
-from vidtrt.text_encoders import HunyuanTextEncoder, count_template_prefix_tokens, template_prefix
-from vidtrt.tiny import (
+from vidtrt.models.text_encoders import HunyuanTextEncoder, count_template_prefix_tokens, template_prefix
+from vidtrt.source.tiny import (
     MODEL_INDEX_ENTRIES,
     _clip_vocab_and_merges,
     _llm_vocab_and_merges,
@@ -42,7 +42,7 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def enc() -> HunyuanTextEncoder:
-    from vidtrt.tiny import tiny_text_encoder
+    from vidtrt.source.tiny import tiny_text_encoder
 
     return tiny_text_encoder()
 
@@ -208,7 +208,7 @@ def test_error_policy_llm_limit(enc):
 
 
 def test_truncate_policy_warns(enc, caplog):
-    with caplog.at_level(logging.WARNING, logger="vidtrt.text_encoders"):
+    with caplog.at_level(logging.WARNING, logger="vidtrt.models.text_encoders"):
         enc([PROMPTS[2]])
     text = caplog.text
     assert "truncated for the LLM text encoder" in text and "truncated for the CLIP text encoder" in text
@@ -360,7 +360,7 @@ def test_tokenizers_deterministic():
 
 def test_tokenizers_deterministic_across_processes():
     code = (
-        "import hashlib;from vidtrt.tiny import build_tiny_tokenizers as b;a,c=b();"
+        "import hashlib;from vidtrt.source.tiny import build_tiny_tokenizers as b;a,c=b();"
         "print(hashlib.sha256((a.backend_tokenizer.to_str()+c.backend_tokenizer.to_str()).encode()).hexdigest())"
     )
     a, c = build_tiny_tokenizers()

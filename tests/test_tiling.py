@@ -7,9 +7,9 @@ from fractions import Fraction
 import pytest
 import torch
 
-from vidtrt.configs import TilingConfig, VAEConfig
+from vidtrt.config.model_config import TilingConfig, VAEConfig
+from vidtrt.config.tiling import AxisTile, decode, max_tile_latent_shape, plan_tiles, tiled_decode
 from vidtrt.errors import ConfigError, EngineError
-from vidtrt.tiling import AxisTile, decode, max_tile_latent_shape, plan_tiles, tiled_decode
 
 VAE = VAEConfig()
 TILING = TilingConfig()

@@ -15,7 +15,7 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 from safetensors.torch import load_file  # noqa: E402
 
-from vidtrt.configs import TransformerConfig  # noqa: E402
+from vidtrt.config.model_config import TransformerConfig  # noqa: E402
 from vidtrt.models import transformer as transformer_mod  # noqa: E402
 from vidtrt.models.rope import apply_rotary, rope_cos_sin  # noqa: E402
 from vidtrt.models.transformer import HunyuanVideoTransformer3D  # noqa: E402

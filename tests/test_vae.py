@@ -10,10 +10,10 @@ from diffusers import AutoencoderKLHunyuanVideo  # noqa: E402
 from diffusers.models.autoencoders.autoencoder_kl_hunyuan_video import prepare_causal_attention_mask  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from vidtrt.configs import TilingConfig, VAEConfig  # noqa: E402
+from vidtrt.config.model_config import TilingConfig, VAEConfig  # noqa: E402
+from vidtrt.config.tiling import decode, plan_tiles  # noqa: E402
 from vidtrt.models.vae import IGNORED_PREFIXES, HunyuanVideoVAEDecoder, causal_frame_mask  # noqa: E402
 from vidtrt.models.vae_official_layout import diffusers_vae_to_official, official_vae_to_diffusers  # noqa: E402
-from vidtrt.tiling import decode, plan_tiles  # noqa: E402
 
 TINY = dict(block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4)
 # Small tiles so both spatial and temporal tiling happen at toy sizes (diffusers enable_tiling kwargs).

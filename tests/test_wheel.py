@@ -68,7 +68,7 @@ def test_wheel_builds_serves_and_generates(tmp_path):
     finally:
         serve.send_signal(signal.SIGINT)
         serve.wait(timeout=120)
-    from vidtrt.pipeline import HunyuanVideoPipeline
+    from vidtrt.runtime.pipeline import HunyuanVideoPipeline
 
     want = HunyuanVideoPipeline.from_model("tiny").generate("a cat walks on the grass", seed=3, num_inference_steps=2)
     np.testing.assert_array_equal(np.load(out), want)

@@ -40,7 +40,7 @@ def _progress_bar(disabled: bool):
 
 def cmd_run(args: argparse.Namespace) -> int:
     from vidtrt.cli_args import output_from_args, request_from_args
-    from vidtrt.source import ModelSource
+    from vidtrt.source.model_source import ModelSource
     from vidtrt.video_io import write_video
 
     output = output_from_args(args)
@@ -48,7 +48,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     source = ModelSource.open(args.model)
     request = request.validate(source.config)  # fail fast, before loading any weights (and only once)
     if getattr(args, "engine", "torch") == "torch":
-        from vidtrt.pipeline import check_run_choices
+        from vidtrt.runtime.pipeline import check_run_choices
 
         check_run_choices(args.device, args.attention, source.config.transformer.attention_head_dim)
     t0 = time.perf_counter()
@@ -63,17 +63,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _load_pipeline(args, source):
-    from vidtrt.pipeline import HunyuanVideoPipeline
+    from vidtrt.runtime.pipeline import HunyuanVideoPipeline
 
     engine = getattr(args, "engine", "torch")
     if engine == "torch":
         import torch
 
-        from vidtrt.configs import PRECISION_DTYPES, resolve_precision
+        from vidtrt.config.model_config import PRECISION_DTYPES, resolve_precision
 
         dtype = getattr(torch, PRECISION_DTYPES[resolve_precision(args.precision, args.device)])
         return HunyuanVideoPipeline.from_model(source, device=args.device, dtype=dtype, attention=args.attention)
-    from vidtrt.engine_components import load_pipeline_with_engine
+    from vidtrt.runtime.engine_components import load_pipeline_with_engine
 
     return load_pipeline_with_engine(source, engine, args.artifacts, threads=args.threads)
 
@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                   "export components to ONNX")
     _add_optional(sub, "build", "vidtrt.export.repository", "add_build_arguments", "build_main",
                   "build a Triton model repository")
-    _add_optional(sub, "serve", "vidtrt.server", "add_serve_arguments", "serve_main",
+    _add_optional(sub, "serve", "vidtrt.serving.server", "add_serve_arguments", "serve_main",
                   "start Triton Inference Server on a model repository")
     _add_optional(sub, "generate", "vidtrt.client.cli", "add_generate_arguments", "generate_main",
                   "generate a video through a running server")
@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _precision(value: str) -> str:
-    from vidtrt.configs import precision_name
+    from vidtrt.config.model_config import precision_name
     from vidtrt.errors import ConfigError
 
     try:

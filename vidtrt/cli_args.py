@@ -7,8 +7,8 @@ import os
 import re
 from pathlib import Path
 
+from vidtrt.config.request import GenerationRequest
 from vidtrt.errors import VidtrtError
-from vidtrt.request import GenerationRequest
 
 MAX_FPS = 240
 

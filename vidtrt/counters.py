@@ -5,7 +5,7 @@ JSON line per event (``{"pid": ..., "event": ..., "detail": ...}``), appended: t
 an operator sees what each of a Triton server's model processes did at load time.
 
 Events: ``resolve`` (a model named by the user or a record turned into a
-:class:`~vidtrt.source.ModelSource`), ``config_load`` (its config read from files or a record),
+:class:`~vidtrt.source.model_source.ModelSource`), ``config_load`` (its config read from files or a record),
 ``dit_read`` (a DiT weight file mapped for its tensors), ``dit_metadata_read`` (the official DiT's
 tensor names and shapes read without its data).
 """

@@ -178,7 +178,7 @@ def test_tiny_dit_plugin_flavour():
     ONNX Runtime on the plugin graph (reference functions attached) equals torch eager. (The
     decomposed DiT export is covered by the exporter's own tests; the tiny block above compares
     the two flavours side by side.)"""
-    from vidtrt.configs import tiny_config
+    from vidtrt.config.model_config import tiny_config
     from vidtrt.models.transformer import HunyuanVideoTransformer3D
 
     torch.manual_seed(0)

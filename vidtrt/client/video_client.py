@@ -10,7 +10,7 @@ HTTP: Triton's ``/infer`` endpoint rejects decoupled models, so HTTP goes to the
 >>> client = VideoClient("localhost:8001")                              # doctest: +SKIP
 >>> frames = client.generate("a cat walks on the grass", seed=1)        # uint8 [F, H, W, 3]
 
-Tensors are declared in :mod:`vidtrt.request_io`; nothing here imports torch.
+Tensors are declared in :mod:`vidtrt.config.request_io`; nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vidtrt import request_io
+from vidtrt.config import request_io
+from vidtrt.config.request import GenerationRequest, embedded_guidance
 from vidtrt.errors import CancelledError, InvalidRequestError, TransportError, VidtrtError
-from vidtrt.request import GenerationRequest, embedded_guidance
 
 DEFAULT_MODEL = "hunyuan_video"
 PROTOCOLS = ("grpc", "http")
@@ -35,7 +35,7 @@ PROTOCOLS = ("grpc", "http")
 @dataclass(frozen=True)
 class Progress:
     """One progress response: ``step`` of ``total`` finished (1-based), ``elapsed_s`` since the server
-    started the request. Same fields as :class:`vidtrt.orchestrator.ProgressEvent`."""
+    started the request. Same fields as :class:`vidtrt.runtime.orchestrator.ProgressEvent`."""
 
     step: int
     total: int
@@ -199,7 +199,7 @@ class VideoClient:
     ) -> np.ndarray:
         """uint8 frames [num_frames, height, width, 3]; ``None`` arguments take the served model's defaults.
 
-        The arguments are :meth:`vidtrt.pipeline.HunyuanVideoPipeline.generate`'s (``guidance_scale``:
+        The arguments are :meth:`vidtrt.runtime.pipeline.HunyuanVideoPipeline.generate`'s (``guidance_scale``:
         diffusers' name for ``embedded_guidance_scale``). Raises :class:`ServerRequestError` (``.param``
         names a bad input), :class:`~vidtrt.errors.CancelledError`.
         """
@@ -213,7 +213,8 @@ class VideoClient:
 
     def run(self, request: GenerationRequest, progress: Callable[[Progress], None] | None = None,
             cancel: threading.Event | Callable[[], bool] | None = None) -> GenerationResult:
-        """Send one :class:`~vidtrt.request.GenerationRequest` (``output_format="mp4"`` also returns mp4 bytes)."""
+        """Send one :class:`~vidtrt.config.request.GenerationRequest` (``output_format="mp4"`` also returns mp4
+        bytes)."""
         arrays = request_io.request_to_inputs(request)
         if self.protocol == "grpc":
             return self._run_grpc(arrays, progress, cancel)

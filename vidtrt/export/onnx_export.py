@@ -41,11 +41,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidtrt.configs import EMBEDDED_PRESETS
+from vidtrt.config.model_config import EMBEDDED_PRESETS
+from vidtrt.config.specs import COMPONENTS, ComponentSpec
 from vidtrt.errors import VidtrtError, one_line
 from vidtrt.export.options import DEFAULT_OPSET, EXTERNAL_DATA_BYTES, EXTERNAL_DATA_CHOICES, MAX_OPSET, MIN_OPSET
-from vidtrt.source import ModelSource
-from vidtrt.specs import COMPONENTS, ComponentSpec
+from vidtrt.source.model_source import ModelSource
 
 
 class ExportError(VidtrtError):
@@ -333,7 +333,7 @@ def checkpoint_dtype(source: ModelSource) -> torch.dtype:
     data read); FP8 checkpoints dequantize into bfloat16."""
     from collections import Counter
 
-    from vidtrt.checkpoints import OFFICIAL_DIT, official_root, read_torch_file, read_weights_dir
+    from vidtrt.source.checkpoints import OFFICIAL_DIT, official_root, read_torch_file, read_weights_dir
 
     if source.layout == "diffusers":
         tensors, _ = read_weights_dir(source.folder / "transformer")
@@ -353,7 +353,7 @@ def checkpoint_dtype(source: ModelSource) -> torch.dtype:
 def streamed_dit(source: ModelSource) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
     """(float32 DiT on the meta device, its weights memory-mapped from the checkpoint in their stored
     dtype): exporting these keeps the weights out of RAM (each tensor is converted while it is written)."""
-    from vidtrt.checkpoints import build_on_meta
+    from vidtrt.source.checkpoints import build_on_meta
 
     mapped = source.load_transformer(checkpoint_dtype(source))
     module_cls = source.family.load("transformer")
@@ -375,7 +375,7 @@ def export_components(model: str | Path | ModelSource = "tiny", out: str | Path 
     memory-mapped checkpoint into the file (:func:`streamed_dit`): RAM stays at the graph plus one
     tensor whatever the model size. Otherwise it is loaded in float32 first (weights-size RAM).
     """
-    from vidtrt.engine_components import MANIFEST_FORMAT, MANIFEST_NAME, component_module, text_encoder_modules
+    from vidtrt.runtime.engine_components import MANIFEST_FORMAT, MANIFEST_NAME, component_module, text_encoder_modules
 
     names = list(components or COMPONENTS)
     unknown = [n for n in names if n not in COMPONENTS]
@@ -479,7 +479,7 @@ def ensure_exported(model: str | Path | ModelSource, out: str | Path, components
     callers wait on a lock file."""
     import fcntl
 
-    from vidtrt.engine_components import MANIFEST_NAME
+    from vidtrt.runtime.engine_components import MANIFEST_NAME
 
     names = list(components or COMPONENTS)
     out = Path(out)
@@ -535,7 +535,7 @@ def relative_error(got: np.ndarray, want: np.ndarray) -> float:
 
 def verify_onnx(module: torch.nn.Module, spec: ComponentSpec, path: Path, tol: float = 1e-4) -> float:
     """Run ``path`` in onnxruntime and ``module`` in torch on :func:`verification_axes`; the worst error."""
-    from vidtrt.engines import OnnxRuntimeEngine
+    from vidtrt.runtime.engines import OnnxRuntimeEngine
 
     engine = OnnxRuntimeEngine(path, spec)
     worst = 0.0

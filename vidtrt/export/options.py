@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from vidtrt.specs import COMPONENTS
+from vidtrt.config.specs import COMPONENTS
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 18  # the dynamo exporter's floor

@@ -9,10 +9,10 @@ writes one folder per Triton model (``config.pbtxt`` + ``1/model.py``), named wi
   streaming);
 - ``hunyuan_video_text_encoder``, ``hunyuan_video_dit``, ``hunyuan_video_vae_decoder``: Python-backend
   models serving the components on an engine (``torch`` or ``onnxruntime``, see
-  :func:`vidtrt.engine_components.load_component`).
+  :func:`vidtrt.runtime.engine_components.load_component`).
 
-Tensor stanzas come from :mod:`vidtrt.request_io` (generation model) and
-:mod:`vidtrt.component_io` / :mod:`vidtrt.specs` (components); nothing is written by hand. Repositories
+Tensor stanzas come from :mod:`vidtrt.config.request_io` (generation model) and
+:mod:`vidtrt.serving.component_io` / :mod:`vidtrt.config.specs` (components); nothing is written by hand. Repositories
 go to a build directory, never into the templates.
 """
 
@@ -26,7 +26,7 @@ import string
 import sys
 from pathlib import Path
 
-from vidtrt.configs import PRECISIONS, resolve_precision
+from vidtrt.config.model_config import PRECISIONS, resolve_precision
 from vidtrt.errors import VidtrtError
 from vidtrt.paths import REPOSITORY_FILE as MARKER
 
@@ -38,7 +38,7 @@ COMPONENT_DOCS = {
                      "conditioning.", "request (two with true CFG)"),
     "dit": ("HunyuanVideo DiT: one flow-matching velocity per call.", "denoising step (two with true CFG)"),
     "vae_decoder": ("3D causal VAE decoder, one latent tile per call; the tile plan and blending run in the "
-                    "generation model (vidtrt.tiling).", "tile of the tiled decode"),
+                    "generation model (vidtrt.config.tiling).", "tile of the tiled decode"),
 }
 
 
@@ -86,7 +86,7 @@ def build_repository(
     """Write the repository for ``model`` ('tiny', a checkpoint folder or a ModelSource) to ``out_dir``;
     returns it. Model names come from the model's family (``hunyuan_video``, ``hunyuan_video_dit``, ...).
     The repository is relocatable: the model is recorded in ``vidtrt-repository.json`` (each model
-    process rebuilds it from there, see :meth:`vidtrt.source.ModelSource.from_record`; a checkpoint
+    process rebuilds it from there, see :meth:`vidtrt.source.model_source.ModelSource.from_record`; a checkpoint
     folder moved elsewhere is named by ``$VIDTRT_MODEL_ROOT``), and ``artifacts`` are copied (hard-linked
     where possible) into the component models' version folders, so no host path is written anywhere.
 
@@ -102,10 +102,11 @@ def build_repository(
     embedded_guidance_scale equals it. ``overwrite``: replace a repository this function wrote before (never
     a folder it did not write).
     """
-    from vidtrt import __version__, request_io
-    from vidtrt.component_io import specs_for_triton
-    from vidtrt.engine_components import MANIFEST_NAME, read_manifest
-    from vidtrt.source import ModelSource
+    from vidtrt import __version__
+    from vidtrt.config import request_io
+    from vidtrt.runtime.engine_components import MANIFEST_NAME, read_manifest
+    from vidtrt.serving.component_io import specs_for_triton
+    from vidtrt.source.model_source import ModelSource
 
     if engine not in ENGINES:
         raise RepositoryError(f"invalid engine {engine!r}: accepted {list(ENGINES)}")
@@ -172,7 +173,7 @@ def build_repository(
     if sync_model:
         write(family.sync_model, _render(templates / f"{FAMILY}_sync" / "config.pbtxt.in", name=family.sync_model,
                                          io=io, **common), bls_py)
-    from vidtrt.component_io import spec_io_pbtxt
+    from vidtrt.serving.component_io import spec_io_pbtxt
 
     for key in family.components:
         doc, per_call = COMPONENT_DOCS[key]

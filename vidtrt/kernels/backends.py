@@ -2,7 +2,7 @@
 "triton-tma", "triton-fp8-tma", each ``backend(q, k, v, key_lengths) -> out`` ([B, S, H, D]).
 
 :mod:`vidtrt.models.attention` imports this module when such a backend is first asked for
-(``use_backend`` / ``set_backend``; torch engines carry a ``vidtrt.pipeline.KernelChoice``) and
+(``use_backend`` / ``set_backend``; torch engines carry a ``vidtrt.runtime.pipeline.KernelChoice``) and
 registers what it lists; the kernels themselves import nothing from the models.
 """
 

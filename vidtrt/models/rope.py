@@ -18,7 +18,7 @@ from contextvars import ContextVar
 import torch
 import torch.nn as nn
 
-from vidtrt.configs import TransformerConfig
+from vidtrt.config.model_config import TransformerConfig
 
 # A replacement for qk_norm_rope (same signature), e.g. a fused CUDA kernel; None = the PyTorch code.
 QKNormRope = Callable[..., "tuple[torch.Tensor, torch.Tensor]"]

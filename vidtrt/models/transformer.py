@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vidtrt.configs import TransformerConfig
+from vidtrt.config.model_config import TransformerConfig
 from vidtrt.models.attention import attention
 from vidtrt.models.rope import qk_norm_rope, rope_cos_sin
 

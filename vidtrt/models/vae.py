@@ -5,7 +5,7 @@ Only the decoder half is built; a diffusers (or official, see ``vae_official_lay
 holds the encoder, whose keys a loader drops with :data:`IGNORED_PREFIXES`.
 
 ``HunyuanVideoVAEDecoder.forward`` is the untiled decode (diffusers ``vae.decode`` with tiling and
-framewise decoding off). Tiled decode lives in :mod:`vidtrt.tiling` and calls this module once per
+framewise decoding off). Tiled decode lives in :mod:`vidtrt.config.tiling` and calls this module once per
 tile. The graph is written to export to ONNX with dynamic frames/height/width: no Python branches
 on tensor sizes, the causal attention mask is built by index arithmetic, and the causal temporal
 upsampling is a gather.
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vidtrt.configs import VAEConfig
+from vidtrt.config.model_config import VAEConfig
 from vidtrt.errors import ConfigError
 
 # Keys of a full-VAE checkpoint that belong to the encoder side; a decoder loader skips them.

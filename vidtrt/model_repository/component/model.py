@@ -2,13 +2,13 @@
 
 The same file serves the three component models of a vidtrt repository; the config parameter
 ``component`` says which (``text_encoder``, ``dit``, ``vae_decoder``). Tensors are declared in
-:mod:`vidtrt.component_io` (DiT and decoder from :mod:`vidtrt.specs`); the call itself is
-:class:`vidtrt.component_io.ComponentServer`, so this file only moves tensors.
+:mod:`vidtrt.serving.component_io` (DiT and decoder from :mod:`vidtrt.config.specs`); the call itself is
+:class:`vidtrt.serving.component_io.ComponentServer`, so this file only moves tensors.
 
 The model comes from the repository's ``vidtrt-repository.json`` record
-(:meth:`vidtrt.source.ModelSource.from_repository`: no config file or weight read for it), checked
+(:meth:`vidtrt.source.model_source.ModelSource.from_repository`: no config file or weight read for it), checked
 against the config's ``model_fingerprint``. Parameters (config.pbtxt): ``model`` (for readers),
-``engine`` ('torch' or an engine from vidtrt.engine_components; onnxruntime reads the ONNX files
+``engine`` ('torch' or an engine from vidtrt.runtime.engine_components; onnxruntime reads the ONNX files
 ``vidtrt build`` put in this model's version folder), ``device``
 ('cpu', or 'cuda' taken from the instance's GPU with KIND_GPU), ``fail_on_guidance``
 (test-only fault injection for the DiT).
@@ -29,10 +29,10 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         from pathlib import Path
 
-        from vidtrt.component_io import KEYS, ComponentServer, specs_for_triton
-        from vidtrt.engine_components import load_component
         from vidtrt.errors import VidtrtError
-        from vidtrt.source import ModelSource
+        from vidtrt.runtime.engine_components import load_component
+        from vidtrt.serving.component_io import KEYS, ComponentServer, specs_for_triton
+        from vidtrt.source.model_source import ModelSource
 
         self.model_name = args["model_name"]
         config = json.loads(args["model_config"])

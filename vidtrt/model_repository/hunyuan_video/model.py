@@ -1,9 +1,9 @@
 """Triton Python-backend BLS model: text -> video with HunyuanVideo, streaming progress.
 
-Thin on purpose: the generation program is :func:`vidtrt.orchestrator.run_generation`, the same code
+Thin on purpose: the generation program is :func:`vidtrt.runtime.orchestrator.run_generation`, the same code
 ``vidtrt run`` executes in process. Here its three component callables are BLS requests to the
-component models (:func:`vidtrt.component_io.remote_components`), and its progress callback sends one
-response per denoising step. Request/response tensors: :mod:`vidtrt.request_io`.
+component models (:func:`vidtrt.serving.component_io.remote_components`), and its progress callback sends one
+response per denoising step. Request/response tensors: :mod:`vidtrt.config.request_io`.
 
 Decoupled config (``hunyuan_video``): progress responses (``step``, ``total_steps``, ``elapsed``), then
 the final response (``video`` [F, H, W, 3] uint8, ``mp4`` when ``output_format`` is "mp4") with the
@@ -76,10 +76,10 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         from pathlib import Path
 
-        from vidtrt import request_io
-        from vidtrt.component_io import remote_components
+        from vidtrt.config import request_io
         from vidtrt.errors import VidtrtError
-        from vidtrt.source import ModelSource
+        from vidtrt.serving.component_io import remote_components
+        from vidtrt.source.model_source import ModelSource
 
         self.model_name = args["model_name"]
         config = json.loads(args["model_config"])
@@ -93,7 +93,7 @@ class TritonPythonModel:
         if declared_in != sorted(t.name for t in request_io.REQUEST_INPUTS) or \
                 declared_out != sorted(t.name for t in request_io.RESPONSE_OUTPUTS):
             raise pb_utils.TritonModelException(
-                f"{self.model_name}: config tensors do not match vidtrt.request_io; rebuild with `vidtrt build`")
+                f"{self.model_name}: config tensors do not match vidtrt.config.request_io; rebuild with `vidtrt build`")
         try:
             source = ModelSource.from_repository(Path(args["model_repository"]).parent, params["model_fingerprint"])
             self.config = source.config
@@ -120,8 +120,8 @@ class TritonPythonModel:
     # -- BLS -------------------------------------------------------------------------------------
     def _infer(self, model_name: str, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         """One BLS call; raises on an error response (checked on this very response)."""
-        from vidtrt.component_io import ComponentFailure
         from vidtrt.errors import InvalidRequestError
+        from vidtrt.serving.component_io import ComponentFailure
 
         request = pb_utils.InferenceRequest(
             model_name=model_name,
@@ -166,7 +166,7 @@ class TritonPythonModel:
 
     def _parse(self, request, fail):
         """The validated GenerationRequest, or None after ``fail(error response)``."""
-        from vidtrt import request_io
+        from vidtrt.config import request_io
         from vidtrt.errors import InvalidRequestError
 
         try:
@@ -191,10 +191,10 @@ class TritonPythonModel:
 
     def _run(self, request, gen, sender):
         """Run one generation; returns the final InferenceResponse (video, or an error for this request)."""
-        from vidtrt import request_io
-        from vidtrt.component_io import ComponentFailure
+        from vidtrt.config import request_io
         from vidtrt.errors import CancelledError, InvalidRequestError, NonFiniteError
-        from vidtrt.orchestrator import run_generation
+        from vidtrt.runtime.orchestrator import run_generation
+        from vidtrt.serving.component_io import ComponentFailure
 
         start = time.perf_counter()
         try:
@@ -229,7 +229,7 @@ class TritonPythonModel:
     def _progress(self, sender):
         if sender is None:
             return lambda event: self._ipc(self.metrics.steps.increment, 1)
-        from vidtrt import request_io
+        from vidtrt.config import request_io
 
         def send(event) -> None:
             outputs = request_io.progress_outputs(event.step, event.total, event.elapsed_s)

@@ -1,14 +1,14 @@
 """Pipeline components built from engines, and the artifacts manifest that ties ONNX files to a model.
 
-The orchestrator's three callables (:class:`~vidtrt.components.Components`) on any engine:
+The orchestrator's three callables (:class:`~vidtrt.config.components.Components`) on any engine:
 
 - :class:`EngineTextEncoder`: tokenization in Python (the model's tokenizers, exactly as
-  :class:`~vidtrt.text_encoders.HunyuanTextEncoder`), the LLM and CLIP networks on engines;
+  :class:`~vidtrt.models.text_encoders.HunyuanTextEncoder`), the LLM and CLIP networks on engines;
 - :class:`EngineDenoiser`: the DiT engine; trims batch-wide text padding to the smallest text bucket
   that holds every prompt (exact: padding tokens are never attended to) before calling it;
 - :class:`EngineTileDecoder`: the VAE decoder engine, called once per tile by the tiled decode.
 
-``engine="torch"`` wraps the project's PyTorch modules (:class:`~vidtrt.engines.TorchEngine`);
+``engine="torch"`` wraps the project's PyTorch modules (:class:`~vidtrt.runtime.engines.TorchEngine`);
 ``engine="onnxruntime"`` loads ``ARTIFACTS/<component>.onnx`` after checking ``ARTIFACTS/manifest.json``
 says they were exported from the same model config with the same specs. The per-component loaders
 (:func:`engine_text_encoder`, :func:`engine_dit`, :func:`engine_vae_decoder`) are what Triton's
@@ -25,13 +25,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from vidtrt.components import Components, TextEmbeddings
-from vidtrt.configs import ModelConfig
-from vidtrt.engines import ENGINE_KINDS, Engine, OnnxRuntimeEngine, TorchEngine, import_tensorrt
+from vidtrt.config.components import Components, TextEmbeddings
+from vidtrt.config.model_config import ModelConfig
+from vidtrt.config.specs import COMPONENTS, ComponentSpec, text_length_buckets
 from vidtrt.errors import EngineError
-from vidtrt.source import ModelSource
-from vidtrt.specs import COMPONENTS, ComponentSpec, text_length_buckets
-from vidtrt.text_encoders import HunyuanTextEncoder
+from vidtrt.models.text_encoders import HunyuanTextEncoder
+from vidtrt.runtime.engines import ENGINE_KINDS, Engine, OnnxRuntimeEngine, TorchEngine, import_tensorrt
+from vidtrt.source.model_source import ModelSource
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "vidtrt-onnx-artifacts/1"
@@ -143,7 +143,7 @@ class EngineTextEncoder(HunyuanTextEncoder):
 
 
 class EngineDenoiser:
-    """The DiT engine as a :class:`~vidtrt.components.Denoiser`.
+    """The DiT engine as a :class:`~vidtrt.config.components.Denoiser`.
 
     Text padding common to the whole batch is cut down to the smallest of ``text_buckets`` holding
     every prompt's tokens (the padded length if none does, or if a mask is not right-padded). That is
@@ -195,7 +195,7 @@ class EngineDenoiser:
 
 
 class EngineTileDecoder:
-    """The VAE decoder engine as a :class:`~vidtrt.components.DecodeTile` (``run(feeds)`` for Triton)."""
+    """The VAE decoder engine as a :class:`~vidtrt.config.components.DecodeTile` (``run(feeds)`` for Triton)."""
 
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -352,8 +352,8 @@ def load_engine_components(model: str | Path | ModelSource = "tiny", engine: str
 def load_pipeline_with_engine(model: str | Path | ModelSource = "tiny", engine: str = "onnxruntime",
                               artifacts: str | Path | None = None, threads: int = 0,
                               providers: Sequence[str] | None = None, device: str | None = None):
-    """A :class:`~vidtrt.pipeline.HunyuanVideoPipeline` whose components run on ``engine``."""
-    from vidtrt.pipeline import HunyuanVideoPipeline
+    """A :class:`~vidtrt.runtime.pipeline.HunyuanVideoPipeline` whose components run on ``engine``."""
+    from vidtrt.runtime.pipeline import HunyuanVideoPipeline
 
     return HunyuanVideoPipeline(*load_engine_components(model, engine, artifacts, threads, providers, device))
 
@@ -367,7 +367,7 @@ def load_component(key: str, model: str | Path | ModelSource, engine: str = "tor
     """The callable a Triton component model serves (``key``: text_encoder, dit or vae_decoder -- the
     decoder as the tile engine), on ``engine``.
 
-    ``engine="torch"``: the project's PyTorch modules (:mod:`vidtrt.pipeline` loaders), exactly what
+    ``engine="torch"``: the project's PyTorch modules (:mod:`vidtrt.runtime.pipeline` loaders), exactly what
     ``vidtrt run`` uses, in ``precision`` (fp32, bf16, fp16). ``onnxruntime`` / ``tensorrt``: the exported
     artifacts in ``artifacts`` (fp32 only; ``threads`` / ``providers`` for onnxruntime). Raises EngineError.
     """
@@ -375,8 +375,8 @@ def load_component(key: str, model: str | Path | ModelSource, engine: str = "tor
         raise EngineError(f"unknown component {key!r}; accepted {list(COMPONENT_LOADERS)}")
     source = ModelSource.open(model)
     if engine == "torch":
-        from vidtrt import pipeline
-        from vidtrt.configs import PRECISION_DTYPES
+        from vidtrt.config.model_config import PRECISION_DTYPES
+        from vidtrt.runtime import pipeline
 
         if precision not in PRECISION_DTYPES:
             raise EngineError(f"invalid precision {precision!r}: accepted {list(PRECISION_DTYPES)}")

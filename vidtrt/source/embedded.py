@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from vidtrt import __version__
-from vidtrt.configs import EMBEDDED_PRESETS, VIDTRT_JSON, ModelConfig, preset
+from vidtrt.config.model_config import EMBEDDED_PRESETS, VIDTRT_JSON, ModelConfig, preset
 from vidtrt.paths import cache_dir
 
 TINY_SEED = 0
@@ -32,7 +32,7 @@ def _config_dict(obj) -> dict:
 
 # The modules whose code decides the generated weights (parameter creation order, initialisation,
 # tokenizer files): editing any of them must not reuse a cache folder written by the old code.
-WEIGHT_CODE_MODULES = ("vidtrt.models.transformer", "vidtrt.models.vae", "vidtrt.tiny", "vidtrt.embedded")
+WEIGHT_CODE_MODULES = ("vidtrt.models.transformer", "vidtrt.models.vae", "vidtrt.source.tiny", "vidtrt.source.embedded")
 
 
 def weight_code_digest(modules: tuple[str, ...] | None = None) -> str:
@@ -58,7 +58,7 @@ def write_tiny_checkpoint(folder: str | Path, seed: int = TINY_SEED, name: str =
     non-diffusers settings)."""
     from vidtrt.models.transformer import HunyuanVideoTransformer3D
     from vidtrt.models.vae import HunyuanVideoVAEDecoder
-    from vidtrt.tiny import MODEL_INDEX_ENTRIES, write_text_components
+    from vidtrt.source.tiny import MODEL_INDEX_ENTRIES, write_text_components
 
     folder = Path(folder)
     config = preset(name)

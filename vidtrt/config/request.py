@@ -11,7 +11,7 @@ import logging
 import math
 from dataclasses import dataclass
 
-from vidtrt.configs import ModelConfig
+from vidtrt.config.model_config import ModelConfig
 from vidtrt.errors import InvalidRequestError
 
 logger = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ from collections import Counter
 
 import torch
 
-from vidtrt.configs import TINY_CLIP_HIDDEN, TINY_LLM_HIDDEN
+from vidtrt.config.model_config import TINY_CLIP_HIDDEN, TINY_LLM_HIDDEN
 
 LLM_BOS = "<|begin_of_text|>"
 LLM_EOS = "<|end_of_text|>"
@@ -336,7 +336,7 @@ def write_text_components(folder: str | os.PathLike, seed: int = 0) -> None:
     folder = os.fspath(folder)
     llm_tok, clip_tok = build_tiny_tokenizers()
     llm, clip = build_tiny_text_encoders(seed, llm_tok, clip_tok)
-    from vidtrt.text_encoders import quiet_transformers
+    from vidtrt.models.text_encoders import quiet_transformers
 
     with quiet_transformers():
         llm.save_pretrained(os.path.join(folder, "text_encoder"), safe_serialization=True)
@@ -365,10 +365,10 @@ MODEL_INDEX_ENTRIES = {
 
 
 def tiny_text_encoder(config=None, seed: int = 0):
-    """The embedded tiny text encoders as a :class:`~vidtrt.text_encoders.HunyuanTextEncoder` (no files, no
+    """The embedded tiny text encoders as a :class:`~vidtrt.models.text_encoders.HunyuanTextEncoder` (no files, no
     download); ``config``: a TextEncoderConfig (default: the tiny preset's)."""
-    from vidtrt.configs import tiny_config
-    from vidtrt.text_encoders import HunyuanTextEncoder
+    from vidtrt.config.model_config import tiny_config
+    from vidtrt.models.text_encoders import HunyuanTextEncoder
 
     llm_tok, clip_tok = build_tiny_tokenizers()
     llm, clip = build_tiny_text_encoders(seed, llm_tok, clip_tok)

@@ -6,11 +6,11 @@
 - :class:`TensorRTEngine`: a TensorRT 10.x plan built from the same ONNX (thin; TensorRT is not
   installable on our machines, so everything up to the TensorRT call is what is tested).
 
-Every engine checks its inputs against the component's :class:`~vidtrt.specs.ComponentSpec` and
+Every engine checks its inputs against the component's :class:`~vidtrt.config.specs.ComponentSpec` and
 answers with numpy arrays named by the spec. Errors (missing or corrupt file, input outside the spec)
 are one-line :class:`~vidtrt.errors.EngineError` naming the file or input and what is accepted.
 
-Components built from engines (the pipeline's callables) live in :mod:`vidtrt.engine_components`.
+Components built from engines (the pipeline's callables) live in :mod:`vidtrt.runtime.engine_components`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from vidtrt.config.specs import ONNX_DTYPES, ComponentSpec
 from vidtrt.errors import EngineError, one_line
-from vidtrt.specs import ONNX_DTYPES, ComponentSpec
 
 ENGINE_KINDS = ("torch", "onnxruntime", "tensorrt")
 

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from vidtrt.configs import TilingConfig, VAEConfig
+from vidtrt.config.model_config import TilingConfig, VAEConfig
 from vidtrt.errors import ConfigError, EngineError
 
 if TYPE_CHECKING:

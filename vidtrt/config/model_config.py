@@ -3,7 +3,8 @@
 Field names follow the ``config.json`` files of the diffusers checkpoint layout, so a
 diffusers folder's configs map onto these without renaming (``from_dict`` ignores keys
 such as ``_class_name`` that are bookkeeping, not architecture). Frozen: a resolved config is shared by
-everything that runs the model (:class:`vidtrt.source.ModelSource`); change one with ``dataclasses.replace``.
+everything that runs the model (:class:`vidtrt.source.model_source.ModelSource`); change one with
+``dataclasses.replace``.
 """
 
 from __future__ import annotations

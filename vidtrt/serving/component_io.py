@@ -1,6 +1,6 @@
 """The component models of a Triton repository: their tensors, and both sides of each call.
 
-Three Triton models carry the three :class:`~vidtrt.components.Components` callables:
+Three Triton models carry the three :class:`~vidtrt.config.components.Components` callables:
 
 =================  =========================================  ==============================================
 key                tensors (``max_batch_size: 0``, batch kept)  spec
@@ -9,10 +9,10 @@ key                tensors (``max_batch_size: 0``, batch kept)  spec
                    BYTES [1] -> ``prompt_embeds`` FP32 [B,L,D],  an exported ONNX component)
                    ``attention_mask`` INT64 [B,L],
                    ``pooled`` FP32 [B,Dc]
-``dit``            :func:`vidtrt.specs.dit_spec`                 hidden_states, timestep, encoder_hidden_states,
+``dit``            :func:`vidtrt.config.specs.dit_spec`                 hidden_states, timestep, encoder_hidden_states,
                                                                  encoder_attention_mask, pooled_projections,
                                                                  guidance -> velocity
-``vae_decoder``    :func:`vidtrt.specs.vae_decoder_spec`         latents [1,C,t,h,w] -> video [1,3,F,H,W]
+``vae_decoder``    :func:`vidtrt.config.specs.vae_decoder_spec`         latents [1,C,t,h,w] -> video [1,3,F,H,W]
                    (``tile=True``: one tile per call)
 =================  =========================================  ==============================================
 
@@ -29,10 +29,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vidtrt.components import Components, TextEmbeddings
-from vidtrt.configs import ModelConfig
+from vidtrt.config.components import Components, TextEmbeddings
+from vidtrt.config.model_config import ModelConfig
+from vidtrt.config.specs import TRITON_DTYPES, AxisRange, ComponentSpec, TensorSpec, dit_spec, vae_decoder_spec
 from vidtrt.errors import EngineError, VidtrtError
-from vidtrt.specs import TRITON_DTYPES, AxisRange, ComponentSpec, TensorSpec, dit_spec, vae_decoder_spec
 
 KEYS = ("text_encoder", "dit", "vae_decoder")
 STRING = "bytes"  # dtype name of string tensors in these specs

@@ -203,7 +203,7 @@ def stub_python_env(auto_install: bool = True) -> Path | None:
     if not auto_install:
         raise ServerError(
             f"the Triton Python-backend stub environment {root} is missing (the bundled stub needs numpy<2); "
-            "create it with `python -m vidtrt.server --prepare`"
+            "create it with `python -m vidtrt.serving.server --prepare`"
         )
     print(f"vidtrt: creating the Triton Python-backend stub environment {root} (numpy<2 for the bundled stub)",
           file=sys.stderr, flush=True)
@@ -652,8 +652,8 @@ def prepare() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m vidtrt.server --repository DIR`` (the same as ``vidtrt serve``);
-    ``python -m vidtrt.server --prepare`` makes the cached backend directory and stub environment."""
+    """``python -m vidtrt.serving.server --repository DIR`` (the same as ``vidtrt serve``);
+    ``python -m vidtrt.serving.server --prepare`` makes the cached backend directory and stub environment."""
     argv = sys.argv[1:] if argv is None else argv
     if argv == ["--prepare"]:
         return prepare()

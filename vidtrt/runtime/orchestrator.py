@@ -3,7 +3,7 @@
     validate request -> encode text -> seeded noise -> N x (DiT velocity, Euler step)
                      -> tiled VAE decode -> uint8 frames [F, H, W, 3]
 
-The three components arrive as callables (:class:`vidtrt.components.Components`): engines in
+The three components arrive as callables (:class:`vidtrt.config.components.Components`): engines in
 process, BLS requests inside Triton. Nothing here knows which.
 """
 
@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vidtrt.components import Components, TextEmbeddings
-from vidtrt.configs import ModelConfig
+from vidtrt.config.components import Components, TextEmbeddings
+from vidtrt.config.model_config import ModelConfig
+from vidtrt.config.request import GenerationRequest
 from vidtrt.errors import CancelledError, InvalidRequestError, NonFiniteError
-from vidtrt.request import GenerationRequest
-from vidtrt.scheduler import euler_step, flow_match_sigmas, initial_noise, timesteps_from_sigmas
+from vidtrt.runtime.scheduler import euler_step, flow_match_sigmas, initial_noise, timesteps_from_sigmas
 from vidtrt.video_io import to_uint8_frames
 
 
@@ -95,7 +95,7 @@ def denoise(
 
 def decode_latents(latents: torch.Tensor, config: ModelConfig, components: Components) -> np.ndarray:
     """Final latents [1, C, T', h, w] -> uint8 frames [F, H, W, 3] through the tiled decode."""
-    from vidtrt.tiling import decode
+    from vidtrt.config.tiling import decode
 
     video = decode(latents / config.vae.scaling_factor, components.decode_tile, config.vae, config.tiling)
     if not bool(torch.isfinite(video).all()):

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidtrt.components import Components, TextEmbeddings
-from vidtrt.configs import ModelConfig
+from vidtrt.config.components import Components, TextEmbeddings
+from vidtrt.config.model_config import ModelConfig
+from vidtrt.config.request import GenerationRequest, embedded_guidance
 from vidtrt.errors import ConfigError
-from vidtrt.orchestrator import ProgressCallback, run_generation
-from vidtrt.request import GenerationRequest, embedded_guidance
-from vidtrt.source import ModelSource
+from vidtrt.runtime.orchestrator import ProgressCallback, run_generation
+from vidtrt.source.model_source import ModelSource
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def check_run_choices(device: str | torch.device, attention: str | None, head_di
 
 
 class TorchDenoiser:
-    """The DiT module as a :class:`~vidtrt.components.Denoiser` (inputs cast to the module's dtype).
+    """The DiT module as a :class:`~vidtrt.config.components.Denoiser` (inputs cast to the module's dtype).
 
     ``kernels``: the attention backend / norm+RoPE this engine runs with (None: the process-wide
     defaults of ``vidtrt.models.attention`` and ``vidtrt.models.rope``).
@@ -132,7 +132,7 @@ class TorchDenoiser:
 
 
 class TorchTileDecoder:
-    """The VAE decoder module as a :class:`~vidtrt.components.DecodeTile`."""
+    """The VAE decoder module as a :class:`~vidtrt.config.components.DecodeTile`."""
 
     def __init__(self, module: torch.nn.Module, device: str | torch.device = "cpu"):
         self.module = module

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vidtrt.configs import ModelConfig
+from vidtrt.config.model_config import ModelConfig
 from vidtrt.errors import EngineError
 
 COMPONENTS: tuple[str, ...] = ("dit", "vae_decoder_tile", "vae_decoder", "llm_text_encoder", "clip_text_encoder")
@@ -375,7 +375,7 @@ def _decoder_outputs(config: ModelConfig, batch: int | str) -> tuple[tuple[Tenso
 
 def vae_tile_buckets(config: ModelConfig) -> tuple[dict[str, int], ...]:
     """Every latent tile shape (t, h, w) the tiled decode hands ``decode_tile`` for the bucket sizes."""
-    from vidtrt.tiling import plan_tiles
+    from vidtrt.config.tiling import plan_tiles
 
     seen: dict[tuple[int, int, int], None] = {}
     for b in latent_buckets(config):
@@ -394,7 +394,7 @@ def vae_decoder_spec(config: ModelConfig, tile: bool) -> ComponentSpec:
     clips are smaller; buckets are the tile shapes that occur (the largest one is TensorRT's opt).
     ``tile=False``: whole latents of any supported size (dynamic batch and axes).
     """
-    from vidtrt.tiling import max_tile_latent_shape
+    from vidtrt.config.tiling import max_tile_latent_shape
 
     vae = config.vae
     c = vae.latent_channels

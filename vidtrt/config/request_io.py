@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vidtrt.config.request import GenerationRequest
 from vidtrt.errors import InvalidRequestError
-from vidtrt.request import GenerationRequest
 
 # Triton config type -> (numpy dtype for the tensor, tritonclient datatype string)
 _TYPES: dict[str, tuple[type, str]] = {
@@ -36,7 +36,7 @@ _TYPES: dict[str, tuple[type, str]] = {
 class IOTensor:
     """One tensor of the generation model.
 
-    An input's ``name`` is the :class:`~vidtrt.request.GenerationRequest` field it fills (one name on
+    An input's ``name`` is the :class:`~vidtrt.config.request.GenerationRequest` field it fills (one name on
     the wire, in the request and in the Python keywords). ``dims``: Triton dims (-1 = dynamic); with
     ``max_batch_size: 0`` they are the full shape.
     """

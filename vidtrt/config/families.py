@@ -17,7 +17,7 @@ import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from vidtrt.configs import PRESETS, ModelConfig, hunyuan_video_config
+from vidtrt.config.model_config import PRESETS, ModelConfig, hunyuan_video_config
 from vidtrt.errors import ConfigError
 
 TRITON_COMPONENTS = ("text_encoder", "dit", "vae_decoder")
@@ -78,8 +78,8 @@ HUNYUAN_VIDEO = ModelFamily(
     presets=PRESETS,
     transformer="vidtrt.models.transformer:HunyuanVideoTransformer3D",
     vae_decoder="vidtrt.models.vae:HunyuanVideoVAEDecoder",
-    text_encoder="vidtrt.text_encoders:HunyuanTextEncoder",
-    scheduler="vidtrt.scheduler:flow_match_sigmas",
+    text_encoder="vidtrt.models.text_encoders:HunyuanTextEncoder",
+    scheduler="vidtrt.runtime.scheduler:flow_match_sigmas",
 )
 
 FAMILIES: dict[str, ModelFamily] = {HUNYUAN_VIDEO.name: HUNYUAN_VIDEO}

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vidtrt.configs import (
+from vidtrt.config.model_config import (
     VIDTRT_JSON,
     ModelConfig,
     TransformerConfig,
@@ -354,7 +354,7 @@ def read_model_config(folder: Path, name: str) -> ModelConfig:
     without their data (:func:`infer_transformer_config`); a ``transformers/config.json`` (diffusers
     field names) next to the weights overrides what it names. The VAE config is ``vae/config.json``
     (official names). Both: ``vidtrt.json`` beside the checkpoint overrides the text/tiling/defaults
-    sections. Most callers want :meth:`vidtrt.source.ModelSource.open` (which calls this once).
+    sections. Most callers want :meth:`vidtrt.source.model_source.ModelSource.open` (which calls this once).
     """
     config = dataclasses.replace(hunyuan_video_config(), name=name)
     try:
@@ -637,7 +637,7 @@ def text_encoder_root(folder: Path) -> Path:
 def load_text_encoder(folder: Path, config: ModelConfig, dtype: torch.dtype = torch.float32, encoder_cls=None):
     """The LLM + CLIP text encoder of checkpoint ``folder`` (``config.text`` settings; ``encoder_cls``,
     default HunyuanTextEncoder, its ``from_pretrained``)."""
-    from vidtrt.text_encoders import HunyuanTextEncoder
+    from vidtrt.models.text_encoders import HunyuanTextEncoder
 
     encoder_cls = encoder_cls or HunyuanTextEncoder
     return encoder_cls.from_pretrained(text_encoder_root(folder), config.text, torch_dtype=dtype)

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
-from vidtrt.components import TextEmbeddings
-from vidtrt.configs import TextEncoderConfig
+from vidtrt.config.components import TextEmbeddings
+from vidtrt.config.model_config import TextEncoderConfig
+from vidtrt.config.request import PROMPT_POLICIES
 from vidtrt.errors import CheckpointError, ConfigError, InvalidRequestError, one_line
-from vidtrt.request import PROMPT_POLICIES
 
 logger = logging.getLogger(__name__)
 

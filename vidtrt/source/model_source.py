@@ -1,6 +1,6 @@
 """A model resolved once: :class:`ModelSource`.
 
-Every entry point (``vidtrt run``, :meth:`vidtrt.pipeline.HunyuanVideoPipeline.from_model`, the engine
+Every entry point (``vidtrt run``, :meth:`vidtrt.runtime.pipeline.HunyuanVideoPipeline.from_model`, the engine
 loaders, ``vidtrt export`` / ``vidtrt build``) turns the model the user named ('tiny', 'small' or a
 checkpoint folder) into one :class:`ModelSource` with :meth:`ModelSource.open` and passes that object
 down; nothing below re-resolves a name or re-reads a config. ``vidtrt build`` writes
@@ -24,7 +24,13 @@ from typing import Any
 
 import torch
 
-from vidtrt.checkpoints import (
+from vidtrt.config.families import FAMILIES, HUNYUAN_VIDEO, ModelFamily, family_for_pipeline_class
+from vidtrt.config.model_config import EMBEDDED_PRESETS, ModelConfig
+from vidtrt.config.specs import COMPONENTS, ComponentSpec, TextEncoderDims, component_specs
+from vidtrt.counters import count
+from vidtrt.errors import CheckpointError, ConfigError, one_line
+from vidtrt.paths import REPOSITORY_FILE
+from vidtrt.source.checkpoints import (
     detect_layout,
     load_text_encoder,
     load_transformer,
@@ -32,12 +38,6 @@ from vidtrt.checkpoints import (
     read_model_config,
     text_encoder_root,
 )
-from vidtrt.configs import EMBEDDED_PRESETS, ModelConfig
-from vidtrt.counters import count
-from vidtrt.errors import CheckpointError, ConfigError, one_line
-from vidtrt.families import FAMILIES, HUNYUAN_VIDEO, ModelFamily, family_for_pipeline_class
-from vidtrt.paths import REPOSITORY_FILE
-from vidtrt.specs import COMPONENTS, ComponentSpec, TextEncoderDims, component_specs
 
 RECORD_FORMAT = "vidtrt-model-source/1"
 MODEL_ROOT_ENV = "VIDTRT_MODEL_ROOT"
@@ -73,7 +73,7 @@ class ModelSource:
         ref = str(model)
         count("resolve", ref)
         if ref in EMBEDDED_PRESETS:
-            from vidtrt.embedded import tiny_checkpoint
+            from vidtrt.source.embedded import tiny_checkpoint
 
             folder, name = tiny_checkpoint(ref), ref
         else:
@@ -125,7 +125,7 @@ class ModelSource:
             raise CheckpointError(f"{where}: model fingerprint {fingerprint[:12]} differs from the "
                                   f"{expected_fingerprint[:12]} this model was built with; rebuild with `vidtrt build`")
         if ref in EMBEDDED_PRESETS:
-            from vidtrt.embedded import tiny_checkpoint
+            from vidtrt.source.embedded import tiny_checkpoint
 
             folder = tiny_checkpoint(ref)
         else:
@@ -160,7 +160,7 @@ class ModelSource:
         nested ``text_config`` is taken when the folder holds a multimodal model)."""
         from transformers import AutoConfig
 
-        from vidtrt.text_encoders import load_tokenizers, quiet_transformers
+        from vidtrt.models.text_encoders import load_tokenizers, quiet_transformers
 
         root = text_encoder_root(self.folder)
         llm_tok, clip_tok, llm_dir, clip_dir = load_tokenizers(root)
@@ -178,7 +178,7 @@ class ModelSource:
     def text_dims(self) -> TextEncoderDims:
         """Hidden sizes and vocabularies of the text encoders (configs only) and the template crop
         (counted with the LLM tokenizer when the config leaves it None)."""
-        from vidtrt.text_encoders import count_template_prefix_tokens
+        from vidtrt.models.text_encoders import count_template_prefix_tokens
 
         llm_tok, _, llm_cfg, clip_cfg = self.text_files
         crop = self.config.text.crop_start
@@ -203,7 +203,7 @@ class ModelSource:
         return load_vae_decoder(self.folder, self.config, dtype, self.family.load("vae_decoder"))
 
     def load_text_encoder(self, dtype: torch.dtype = torch.float32):
-        """The LLM + CLIP :class:`~vidtrt.text_encoders.HunyuanTextEncoder` on CPU in ``dtype``."""
+        """The LLM + CLIP :class:`~vidtrt.models.text_encoders.HunyuanTextEncoder` on CPU in ``dtype``."""
         return load_text_encoder(self.folder, self.config, dtype, self.family.load("text_encoder"))
 
 
