@@ -1,7 +1,13 @@
-"""Suite-wide settings: a private cache for the embedded tiny model, the Triton interpreter on CPU."""
+"""Suite-wide settings: a private cache for the embedded tiny model, the Triton interpreter on CPU; the
+container build context (and its vidtrt wheel), made once per session."""
 
 import os
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
+
+import pytest
 
 # Before anything imports triton: kernels run in the interpreter on machines without a GPU.
 if not os.environ.get("CUDA_VISIBLE_DEVICES") and not os.path.exists("/dev/nvidia0"):
@@ -11,3 +17,16 @@ os.environ.setdefault("VIDTRT_CACHE", tempfile.mkdtemp(prefix="vidtrt-test-cache
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+@pytest.fixture(scope="session")
+def triton_context(tmp_path_factory) -> Path:
+    """The Docker build context deploy/triton/build-context.sh makes (Dockerfile, constraints.txt and the vidtrt
+    wheel built from a plain copy of this checkout): one wheel build for tests/test_container_recipe.py and
+    tests/test_wheel.py."""
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path_factory.mktemp("triton") / "context"
+    r = subprocess.run(["bash", str(root / "deploy" / "triton" / "build-context.sh"), str(out)],
+                       env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"build-context.sh: {r.stdout[-2000:]}{r.stderr[-3000:]}"
+    return out

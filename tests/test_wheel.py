@@ -1,4 +1,5 @@
-"""The wheel, as people who `pip install vidtrt` get it: built from a plain copy of the checkout, installed
+"""The wheel, as people who `pip install vidtrt` get it and as the Triton image installs it: built from a plain
+copy of the checkout by deploy/triton/build-context.sh (the `triton_context` fixture), installed
 in a new venv (its dependencies borrowed from this one by a plain path entry, so the editable install
 here cannot stand in), then `vidtrt build` writes the tiny repository from the wheel's packaged templates,
 `vidtrt serve` runs the real tritonserver on it and `vidtrt generate` gets the same frames as in process."""
@@ -15,8 +16,6 @@ import time
 import numpy as np
 import pytest
 
-from tests.checkout import copy_checkout
-
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
 
@@ -26,11 +25,8 @@ def _run(cmd, **kw):
     return out.stdout
 
 
-def test_wheel_builds_serves_and_generates(tmp_path):
-    src = copy_checkout(tmp_path / "src")
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-          "--disable-pip-version-check", "-w", str(tmp_path / "dist"), str(src)])  # fmt: skip
-    (wheel,) = (tmp_path / "dist").glob("vidtrt-*.whl")
+def test_wheel_builds_serves_and_generates(tmp_path, triton_context):
+    (wheel,) = (triton_context / "wheels").glob("vidtrt-*.whl")
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", str(venv)])
     py, cli = venv / "bin" / "python", venv / "bin" / "vidtrt"
