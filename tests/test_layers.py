@@ -24,7 +24,7 @@ LAYERS = {
     1: ["models", "kernels", "text_encoders", "testing", "scheduler"],
     2: ["checkpoints", "embedded", "tiny"],
     3: ["engines", "engine_components", "pipeline", "orchestrator"],
-    4: ["component_io", "server", "export", "model_repository"],
+    4: ["component_io", "server", "http_guard", "export", "model_repository"],
     5: ["cli"],
 }
 CLIENT = "vidtrt.client"

@@ -94,10 +94,12 @@ class HttpGuard:
             await runner.cleanup()
             raise
         self._runner = runner
-        # No pool limit: a generation holds its connection for its whole run. Triton answers compressed
-        # only when the client asked for it, so nothing is decompressed or re-encoded here.
+        # One upstream connection per request (force_close), no pool limit: on SIGTERM tritonserver waits
+        # (up to --exit-timeout-secs, then exits 1) until its HTTP connections close, so an idle kept-alive
+        # one must not exist; a request in flight keeps its connection to the end, as it should. Triton
+        # answers compressed only when the client asked for it: nothing is decompressed or re-encoded here.
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0), auto_decompress=False,
+            connector=aiohttp.TCPConnector(limit=0, force_close=True), auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
             skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
         )

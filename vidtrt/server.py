@@ -583,17 +583,16 @@ class TritonServer:
     def log_summary(self, n: int = 4) -> str:
         """One line saying why the server failed, from this run's log: the fatal signal Triton caught
         (``Signal (11) received.``, its stack trace left in the log) and Triton's error lines (``E...``, less
-        the ones every machine without a GPU logs); without either, the last lines that are not info lines."""
+        the ones every machine without a GPU logs); without either, its last lines (less that noise and tables)."""
         lines = self._run_lines()
         fatal = [ln.strip() for ln in lines if _SIGNAL_LINE.match(ln)]
         fatal = [ln for ln in fatal if _SIGNAL_LINE.match(ln).group(1) not in ("2", "15")] or fatal[-1:]
-        errors = [ln for ln in lines if _LOG_LEVEL.match(ln) and ln[0] == "E"
-                  and not any(h in ln.lower() for h in _HARMLESS_ERRORS)]
+        meaningful = [ln for ln in lines if not any(h in ln.lower() for h in _NOISE)]
+        errors = [ln for ln in meaningful if _LOG_LEVEL.match(ln) and ln[0] == "E"]
         picked = fatal[-1:]
         picked += errors[-(n - len(picked)):] if errors else []
         if not picked:
-            other = [ln for ln in lines if not _LOG_LEVEL.match(ln) or ln[0] != "I"]
-            other = [ln for ln in other if ln.lstrip()[:1] not in ("+", "|", "$") and not _STACK_FRAME.match(ln)]
+            other = [ln for ln in meaningful if ln.lstrip()[:1] not in ("+", "|", "$") and not _STACK_FRAME.match(ln)]
             picked = (other or lines)[-n:]
         frames = sum(1 for ln in lines if _STACK_FRAME.match(ln))
         trace = f"stack trace of {frames} frames and " if fatal and frames else ""
@@ -605,8 +604,8 @@ class TritonServer:
 _LOG_LEVEL = re.compile(r"^[IWE]\d{4} ")
 _SIGNAL_LINE = re.compile(r"^\s*Signal \((\d+)\) received")
 _STACK_FRAME = re.compile(r"^\s*\d+# ")
-# Error lines every run on a machine without NVIDIA GPU/driver logs, unrelated to any failure.
-_HARMLESS_ERRORS = ("nvml", "dcgm", "cudadriverhelper has not been initialized")
+# What every run on a machine without an NVIDIA GPU/driver logs (two of them as errors), unrelated to any failure.
+_NOISE = ("nvml", "dcgm", "cudadriverhelper has not been initialized", "unable to allocate pinned system memory")
 
 
 def _http_ok(url: str) -> bool:
