@@ -2,7 +2,8 @@
 413 whatever their URL, framing or content type, and the server keeps serving.
 
 Without the guard, a body of ~4 MB sent as application/x-www-form-urlencoded (urllib's and curl -d's default)
-to any URL kills the bundled tritonserver 2.51 with SIGSEGV (libevhtp parses it into stack buffers).
+to any URL kills the bundled tritonserver 2.51 with SIGSEGV (libevhtp parses it into stack buffers), and so
+does an /infer input with a huge shape in a request of a few hundred bytes.
 """
 
 from __future__ import annotations
@@ -121,6 +122,17 @@ def test_expect_100_continue_over_the_limit_is_413_before_any_body(srv):
                   b"Content-Type: application/x-www-form-urlencoded\r\nExpect: 100-continue\r\n\r\n" % (50 * MiB))
         head = s.recv(4096)
     assert head.startswith(b"HTTP/1.1 413"), head
+    assert_serving(srv)
+
+
+def test_a_shape_larger_than_the_body_is_400(srv):
+    """Triton 2.51 allocates an input's buffer from its JSON shape before it looks at the data: a shape of
+    10^12 elements (std::bad_alloc, SIGABRT) or 2^62 (SIGSEGV) in a request of 150 bytes kills it."""
+    for shape in ([10**12], [2**62], [2**31, 2**31]):
+        body = json.dumps({"inputs": [{"name": "x", "shape": shape, "datatype": "FP32", "data": [1.0]},
+                                      {"name": "s", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}).encode()
+        status, answer = post(srv, "/v2/models/identity/infer", body, "application/json")
+        assert status == 400 and f"elements, more than a request body of {len(body)} bytes" in answer["error"]
     assert_serving(srv)
 
 

@@ -8,17 +8,25 @@ every model with it: above ~4.18 MB with the usual 8 MiB stack (``ulimit -s 8192
 ``ulimit -s unlimited`` (glibc then gives threads 2 MiB). 2.51 has no option that limits request
 bodies (``--http-max-input-size`` came in later releases).
 
+A small request kills it too: an ``/infer`` JSON input whose ``shape`` claims more elements than memory
+holds (``[1000000000000]``: SIGABRT, ``[4611686018427387904]``: SIGSEGV), whatever its ``data``; 2.51 sizes
+its buffer from the shape before it compares the two.
+
 So Triton's HTTP port binds 127.0.0.1 on a private port and this guard binds the public one. It answers
 413 to a body over ``max_request_bytes`` (by ``Content-Length`` before reading it, by counting for chunked
-bodies), never sends a form content type on (Triton's API reads JSON and binary tensors, never form
-fields: dropping the header keeps libevhtp's parser from running even when the limit is raised), and
-forwards everything else unchanged, streaming the answer back (server-sent events included).
+bodies), 400 to an ``/infer`` input whose shape has more elements than the body has bytes (every element
+takes at least one byte of JSON or binary data, unless the input is in shared memory), never sends a form
+content type on (Triton's API reads JSON and binary tensors, never form fields: dropping the header keeps
+libevhtp's parser from running even when the limit is raised), and forwards everything else unchanged,
+streaming the answer back (server-sent events included).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
+import re
 import threading
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
@@ -26,6 +34,31 @@ FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 # Per connection, not passed on (RFC 9110 7.6.1); Host and Content-Length are set again for the next hop.
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
                "transfer-encoding", "upgrade", "host", "content-length"}
+
+
+_INFER_PATH = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
+
+
+def shape_error(body: bytes, header_length: str | None) -> str | None:
+    """Why an ``/infer`` body cannot be valid because an input's shape has more elements than the body has
+    bytes, or None. ``header_length``: the ``Inference-Header-Content-Length`` header (JSON, then binary
+    data); a body that is not JSON is left for Triton to refuse."""
+    try:
+        n = int(header_length) if header_length is not None else len(body)
+        header = json.loads(body[:n])
+    except (ValueError, RecursionError):
+        return None
+    inputs = header.get("inputs") if isinstance(header, dict) else None
+    for item in inputs if isinstance(inputs, list) else ():
+        if not isinstance(item, dict) or not isinstance(item.get("shape"), list):
+            continue
+        shape, params = item["shape"], item.get("parameters")
+        if isinstance(params, dict) and "shared_memory_region" in params:
+            continue
+        if all(type(d) is int and d >= 0 for d in shape) and math.prod(shape) > len(body):
+            return (f"input {str(item.get('name'))[:100]!r} has shape {str(shape)[:200]}: "
+                    f"{math.prod(shape)} elements, more than a request body of {len(body)} bytes can hold")
+    return None
 
 
 def too_large_message(limit: int, size: int | None) -> str:
@@ -111,6 +144,12 @@ class HttpGuard:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        # What cleanup leaves behind (a connection still dropping the rest of a refused body): end it here
+        # rather than leave it pending in a loop about to close.
+        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in rest:
+            task.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
 
     def _error(self, status: int, message: str):
         from aiohttp import web
@@ -142,6 +181,10 @@ class HttpGuard:
             body = await request.read()  # counts chunked bodies too: stops past client_max_size
         except web.HTTPRequestEntityTooLarge:
             return self._error(413, too_large_message(limit, None))
+        if request.method == "POST" and _INFER_PATH.match(request.path):
+            problem = shape_error(body, request.headers.get("Inference-Header-Content-Length"))
+            if problem:
+                return self._error(400, problem)
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP
                    and not (k.lower() == "content-type" and v.strip().lower().startswith(FORM_CONTENT_TYPE))]
         try:
