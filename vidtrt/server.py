@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import hashlib
 import importlib.util
 import os
@@ -303,13 +302,22 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask Linux to SIGTERM the server when its parent dies, so a killed test run leaves no server."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
+# tritonserver starts through this one-liner (argv: the parent's pid, then the command): it asks Linux to
+# SIGTERM it when its parent dies, so a killed test run leaves no server, then execs it (same PID). Not a
+# subprocess preexec_fn: with one, subprocess must fork() rather than vfork(), fork() runs this process's
+# atfork handlers in the child, and gRPC's (any tritonclient.grpc client here) restart its poller threads
+# there; closing the inherited descriptors before exec then made the child abort now and then (SIGABRT,
+# "Epoll1Poller ... epoll_wait error: Bad file descriptor") before tritonserver even started.
+_EXEC_WITH_PDEATHSIG = """\
+import ctypes, os, signal, sys
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+except Exception:
+    pass
+if os.getppid() != int(sys.argv[1]):  # the parent died before prctl
+    sys.exit(1)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -480,6 +488,8 @@ class TritonServer:
         self._log_start = self._log_handle.tell()
         self._log_handle.write(("$ " + " ".join(cmd) + "\n").encode())
         self._log_handle.flush()
+        if sys.platform.startswith("linux"):
+            cmd = [sys.executable, "-I", "-S", "-c", _EXEC_WITH_PDEATHSIG, str(os.getpid()), *cmd]
         self.process = subprocess.Popen(
             cmd,
             stdout=self._log_handle,
@@ -487,7 +497,6 @@ class TritonServer:
             stdin=subprocess.DEVNULL,
             env=server_env(self.binary, self._env),
             start_new_session=True,  # own process group: stop() reaches the backend stubs too
-            preexec_fn=_set_pdeathsig if sys.platform.startswith("linux") else None,
         )
 
     def _wait_ready(self) -> None:
