@@ -316,6 +316,8 @@ except Exception:
     pass
 if os.getppid() != int(sys.argv[1]):  # the parent died before prctl
     sys.exit(1)
+for name in ("SIGPIPE", "SIGXFSZ"):  # what Python ignores, as subprocess restores them: not inherited
+    signal.signal(getattr(signal, name), signal.SIG_DFL)
 os.execv(sys.argv[2], sys.argv[2:])
 """
 
