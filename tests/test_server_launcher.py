@@ -220,3 +220,68 @@ def test_serve_binds_loopback_unless_asked():
     assert parse(["--repository", "r", "--address", "0.0.0.0"]).address == "0.0.0.0"
     cmd = TritonServer("r", http_port=1, grpc_port=2, metrics_port=3).command()
     assert {f"--{k}-address=127.0.0.1" for k in ("http", "grpc", "metrics")} <= set(cmd)
+
+
+def test_serve_names_the_signal_that_killed_tritonserver(tmp_path):
+    """`vidtrt serve` when tritonserver dies: the signal by name and Triton's own "Signal (11) received."
+    line, not an unrelated error line every CPU machine logs; --max-request-bytes reaches the guard."""
+    repo = make_repo(tmp_path / "repo")
+    cmd = [sys.executable, "-m", "vidtrt.serving.server", "--repository", str(repo), "--http-port", "0",
+           "--grpc-port", "0", "--metrics-port", "0", "--log-file", str(tmp_path / "serve.log"), "--exit-timeout", "3",
+           "--max-request-bytes", "4096"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        while not (lines and lines[-1].startswith("Ctrl-C")):
+            line = proc.stdout.readline()
+            assert line, "".join(lines) + proc.stderr.read()
+            lines.append(line)
+        assert any("request bodies up to 4096 bytes" in ln for ln in lines), lines
+        http = next(ln.split()[-1] for ln in lines if ln.strip().startswith("HTTP"))
+        for size, status in ((4096, 404), (4097, 413)):
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(f"{http}/v2/models/nope/infer", data=b"x" * size, timeout=10)
+            assert e.value.code == status
+        triton = next(c for c in psutil.Process(proc.pid).children() if c.name() == "tritonserver")
+        os.kill(triton.pid, signal.SIGSEGV)
+        rc = proc.wait(timeout=60)
+        err = proc.stderr.read().strip().splitlines()
+        assert rc == 2, err
+        assert err[-1].startswith("error: tritonserver was killed by SIGSEGV (signal 11): Signal (11) received."), err
+        assert "stack trace of" in err[-1] and "serve.log" in err[-1] and "CudaDriverHelper" not in err[-1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+
+LOG = """\
+$ tritonserver --model-repository=/r
+W1130 05:34:14.281429 22068 pinned_memory_manager.cc:273] "Unable to allocate pinned system memory, ..."
+E1130 05:34:14.281547 22068 server.cc:241] "CudaDriverHelper has not been initialized."
+I1130 05:34:14.599819 22068 http_server.cc:362] "Started Metrics Service at 127.0.0.1:49287"
+"""
+STACK = """\
+ 0# 0x00005636F796A52D in /venv/pytriton/tritonserver/bin/tritonserver
+ 1# 0x00007F696125A050 in /lib/x86_64-linux-gnu/libc.so.6
+"""
+
+
+@pytest.mark.parametrize("fatal, rc, expected", [
+    ("Signal (11) received.\n" + STACK, -11,
+     "was killed by SIGSEGV (signal 11): Signal (11) received. (stack trace of 2 frames and full log: "),
+    ("Signal (6) received.\n" + STACK, -6, "was killed by SIGABRT (signal 6): Signal (6) received. (stack trace"),
+    ('E1130 05:34:15.1 22068 model.cc:1] "failed to load: weights are missing"\n', 1,
+     'exited with code 1: E1130 05:34:15.1 22068 model.cc:1] "failed to load: weights are missing" (full log: '),
+    ("", -9, "was killed by SIGKILL (signal 9) (the kernel's out-of-memory killer sends this one): "
+             'I1130 05:34:14.599819 22068 http_server.cc:362] "Started Metrics Service at 127.0.0.1:49287" (full'),
+])
+def test_failure_summary_names_the_cause_not_the_cpu_noise(tmp_path, fatal, rc, expected):
+    log = tmp_path / "server.log"
+    earlier = 'E1130 01:00:00.0 1 model.cc:1] "an error of an earlier run in the same file"\n'
+    log.write_text(earlier + LOG + fatal)
+    srv = TritonServer(tmp_path, log_file=log)
+    srv._log_start = len(earlier)  # where this run's lines begin, as _launch() records it
+    summary = f"tritonserver {server.describe_exit(rc)}: {srv.log_summary()}"
+    assert expected in summary, summary
+    assert "CudaDriverHelper" not in summary and "earlier run" not in summary and "\n" not in summary

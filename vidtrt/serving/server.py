@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import hashlib
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import site
@@ -45,6 +45,29 @@ INSTALL_HINT = (
 
 class ServerError(VidtrtError):
     """tritonserver is missing, died, or did not become ready."""
+
+
+# The largest HTTP request body `vidtrt serve` (and TritonServer) lets through to tritonserver; larger ones
+# get 413 from the guard in front of it (vidtrt.serving.http_guard: bodies of a few MB crash the bundled 2.51).
+# The largest valid request is two prompts of MAX_PROMPT_CHARS = 20,000 characters: at most 240,000 bytes
+# each as JSON (a character outside the BMP escaped as two \uXXXX, 12 bytes), 80,000 each as binary tensor
+# data, plus a few scalars: under 0.5 MiB. 1 MiB leaves twice that.
+DEFAULT_MAX_REQUEST_BYTES = 2**20
+
+
+def describe_exit(returncode: int | None) -> str:
+    """How a process ended, from its return code: ``"was killed by SIGSEGV (signal 11)"``,
+    ``"exited with code 1"``; ``"stopped"`` when there is none."""
+    if returncode is None:
+        return "stopped"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "an unknown signal"
+        hint = " (the kernel's out-of-memory killer sends this one)" if -returncode == signal.SIGKILL else ""
+        return f"was killed by {name} (signal {-returncode}){hint}"
+    return f"exited with code {returncode}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -279,13 +302,24 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask Linux to SIGTERM the server when its parent dies, so a killed test run leaves no server."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
+# tritonserver starts through this one-liner (argv: the parent's pid, then the command): it asks Linux to
+# SIGTERM it when its parent dies, so a killed test run leaves no server, then execs it (same PID). Not a
+# subprocess preexec_fn: with one, subprocess must fork() rather than vfork(), fork() runs this process's
+# atfork handlers in the child, and gRPC's (any tritonclient.grpc client here) restart its poller threads
+# there; closing the inherited descriptors before exec then made the child abort now and then (SIGABRT,
+# "Epoll1Poller ... epoll_wait error: Bad file descriptor") before tritonserver even started.
+_EXEC_WITH_PDEATHSIG = """\
+import ctypes, os, signal, sys
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+except Exception:
+    pass
+if os.getppid() != int(sys.argv[1]):  # the parent died before prctl
+    sys.exit(1)
+for name in ("SIGPIPE", "SIGXFSZ"):  # what Python ignores, as subprocess restores them: not inherited
+    signal.signal(getattr(signal, name), signal.SIG_DFL)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -296,9 +330,12 @@ class TritonServer:
     """A tritonserver process serving ``repository``.
 
     Ports given as 0 are picked free on the loopback interface. Logs go to ``log_file`` (default: a file
-    in a fresh temporary directory). ``start()`` returns once ``/v2/health/ready`` answers 200 (every
-    model loaded); if the process dies or is not ready within ``ready_timeout_s`` it raises a one-line
-    :class:`ServerError` carrying the log's last lines.
+    in a fresh temporary directory). With ``max_request_bytes`` (default :data:`DEFAULT_MAX_REQUEST_BYTES`)
+    the HTTP port is an :class:`~vidtrt.serving.http_guard.HttpGuard` that answers 413 to larger bodies and forwards
+    the rest to tritonserver's own HTTP port, a private one on 127.0.0.1 (``triton_http_port``); 0 or None
+    lets tritonserver bind the HTTP port itself, with no limit. ``start()`` returns once ``/v2/health/ready``
+    answers 200 (every model loaded); if the process dies or is not ready within ``ready_timeout_s`` it raises
+    a one-line :class:`ServerError` carrying the log's last lines.
 
     >>> with TritonServer("build/repo") as srv:            # doctest: +SKIP
     ...     client = tritonclient.grpc.InferenceServerClient(srv.grpc_url)
@@ -320,6 +357,7 @@ class TritonServer:
         exit_timeout_s: int = 10,
         extra_args: list[str] | tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        max_request_bytes: int | None = DEFAULT_MAX_REQUEST_BYTES,
     ) -> None:
         self.repository = Path(repository).resolve()
         self.address = address
@@ -333,6 +371,12 @@ class TritonServer:
         self.exit_timeout_s = exit_timeout_s
         self.extra_args = list(extra_args)
         self._env = env
+        self.max_request_bytes = int(max_request_bytes or 0)
+        if self.max_request_bytes < 0:
+            raise ServerError(f"max_request_bytes must be >= 0 (0 = no limit), got {max_request_bytes}")
+        # tritonserver's own HTTP port: the public one without a guard, a private loopback one behind it
+        self.triton_http_port = 0
+        self._guard = None
         self.process: subprocess.Popen | None = None
         self.binary: Path | None = None
         self._log_handle = None
@@ -377,10 +421,10 @@ class TritonServer:
         cmd = [
             str(binary),
             f"--model-repository={self.repository}",
-            f"--http-port={self.http_port}",
+            f"--http-port={self.triton_http_port if self.max_request_bytes else self.http_port}",
             f"--grpc-port={self.grpc_port}",
             f"--metrics-port={self.metrics_port}",
-            f"--http-address={self.address}",
+            f"--http-address={'127.0.0.1' if self.max_request_bytes else self.address}",
             f"--grpc-address={self.address}",
             f"--metrics-address={self.address}",
             f"--log-verbose={self.log_verbose}",
@@ -422,21 +466,32 @@ class TritonServer:
     def _pick_ports(self) -> None:
         chosen: set[int] = set()
         ports = []
-        for p in self._requested_ports:
+        for p in (*self._requested_ports, 0):
             while p == 0 or p in chosen:
-                p = free_port(self._host)
+                p = free_port(self._host if len(ports) < 3 else "127.0.0.1")
             chosen.add(p)
             ports.append(p)
-        self.http_port, self.grpc_port, self.metrics_port = ports
+        self.http_port, self.grpc_port, self.metrics_port, internal = ports
+        self.triton_http_port = internal if self.max_request_bytes else self.http_port
 
     def _launch(self) -> None:
         assert self.binary is not None
         cmd = self.command()
+        if self.max_request_bytes:
+            from vidtrt.serving.http_guard import HttpGuard
+
+            try:
+                self._guard = HttpGuard(self.address, self.http_port, "127.0.0.1", self.triton_http_port,
+                                        self.max_request_bytes).start()
+            except OSError as e:
+                raise ServerError(f"cannot listen for HTTP on {self.address}:{self.http_port}: {e}") from None
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_handle = open(self.log_path, "ab")
         self._log_start = self._log_handle.tell()
         self._log_handle.write(("$ " + " ".join(cmd) + "\n").encode())
         self._log_handle.flush()
+        if sys.platform.startswith("linux"):
+            cmd = [sys.executable, "-I", "-S", "-c", _EXEC_WITH_PDEATHSIG, str(os.getpid()), *cmd]
         self.process = subprocess.Popen(
             cmd,
             stdout=self._log_handle,
@@ -444,7 +499,6 @@ class TritonServer:
             stdin=subprocess.DEVNULL,
             env=server_env(self.binary, self._env),
             start_new_session=True,  # own process group: stop() reaches the backend stubs too
-            preexec_fn=_set_pdeathsig if sys.platform.startswith("linux") else None,
         )
 
     def _wait_ready(self) -> None:
@@ -453,7 +507,7 @@ class TritonServer:
         while True:
             rc = self.process.poll() if self.process else -1
             if rc is not None:
-                raise ServerError(f"tritonserver exited with code {rc} before it was ready: {self.log_summary()}")
+                raise ServerError(f"tritonserver {describe_exit(rc)} before it was ready: {self.log_summary()}")
             # Ready = our process bound our ports (its own log says so) and answers /v2/health/ready: a
             # server left over on the same ports must not pass for this one.
             if self._started_services() and _http_ok(url):
@@ -473,7 +527,8 @@ class TritonServer:
         except OSError:
             return False
         # The metrics service binds a few tens of ms after the other two: wait for all three.
-        return (f"Started HTTPService at {self.address}:{self.http_port}" in text
+        http = f"127.0.0.1:{self.triton_http_port}" if self.max_request_bytes else f"{self.address}:{self.http_port}"
+        return (f"Started HTTPService at {http}" in text
                 and f"Started GRPCInferenceService at {self.address}:{self.grpc_port}" in text
                 and f"Started Metrics Service at {self.address}:{self.metrics_port}" in text)
 
@@ -502,6 +557,9 @@ class TritonServer:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=10)
             rc = proc.returncode
+        guard, self._guard = self._guard, None
+        if guard is not None:  # after tritonserver: answers in flight went through it until the end
+            guard.stop()
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None
@@ -523,13 +581,42 @@ class TritonServer:
         lines = [ln.rstrip() for ln in text.splitlines() if ln.strip()]
         return lines[-n:]
 
+    def _run_lines(self) -> list[str]:
+        """The non-empty lines of this run of the server (the log file may hold earlier runs before it)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self._log_start)
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return []
+        return [ln.rstrip() for ln in text.splitlines() if ln.strip()]
+
     def log_summary(self, n: int = 4) -> str:
-        """One line: the log's error lines (Triton's ``E...`` lines) or else its last lines."""
-        lines = self.log_tail(200)
-        errors = [ln for ln in lines if ln[:1] == "E" and ln[1:5].isdigit()]
-        errors = [ln for ln in errors if "nvml" not in ln.lower() and "dcgm" not in ln.lower()]
-        picked = (errors or lines)[-n:]
-        return " | ".join(s.strip()[:400] for s in picked) + f" (full log: {self.log_path})"
+        """One line saying why the server failed, from this run's log: the fatal signal Triton caught
+        (``Signal (11) received.``, its stack trace left in the log) and Triton's error lines (``E...``, less
+        the ones every machine without a GPU logs); without either, its last lines (less that noise and tables)."""
+        lines = self._run_lines()
+        fatal = [ln.strip() for ln in lines if _SIGNAL_LINE.match(ln)]
+        fatal = [ln for ln in fatal if _SIGNAL_LINE.match(ln).group(1) not in ("2", "15")] or fatal[-1:]
+        meaningful = [ln for ln in lines if not any(h in ln.lower() for h in _NOISE)]
+        errors = [ln for ln in meaningful if _LOG_LEVEL.match(ln) and ln[0] == "E"]
+        picked = fatal[-1:]
+        picked += errors[-(n - len(picked)):] if errors else []
+        if not picked:
+            other = [ln for ln in meaningful if ln.lstrip()[:1] not in ("+", "|", "$") and not _STACK_FRAME.match(ln)]
+            picked = (other or lines)[-n:]
+        frames = sum(1 for ln in lines if _STACK_FRAME.match(ln))
+        trace = f"stack trace of {frames} frames and " if fatal and frames else ""
+        return " | ".join(s.strip()[:400] for s in picked) + f" ({trace}full log: {self.log_path})"
+
+
+# Triton's log: "I1130 05:34:21.187371 22533 grpc_server.cc:2558] ..." (levels I, W, E); what its handler for
+# fatal signals prints ("Signal (11) received." then " 0# 0x... in /path/binary" per stack frame).
+_LOG_LEVEL = re.compile(r"^[IWE]\d{4} ")
+_SIGNAL_LINE = re.compile(r"^\s*Signal \((\d+)\) received")
+_STACK_FRAME = re.compile(r"^\s*\d+# ")
+# What every run on a machine without an NVIDIA GPU/driver logs (two of them as errors), unrelated to any failure.
+_NOISE = ("nvml", "dcgm", "cudadriverhelper has not been initialized", "unable to allocate pinned system memory")
 
 
 def _http_ok(url: str) -> bool:
@@ -559,6 +646,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--tritonserver", metavar="PATH", default=None,
                         help="tritonserver binary (default: $VIDTRT_TRITONSERVER, PATH, "
                              "then the nvidia-pytriton wheel's)")
+    parser.add_argument("--max-request-bytes", type=_non_negative_int, default=DEFAULT_MAX_REQUEST_BYTES,
+                        metavar="N",
+                        help="largest HTTP request body let through to tritonserver; larger ones get 413 "
+                             f"(default {DEFAULT_MAX_REQUEST_BYTES} = 1 MiB, twice the largest valid request; "
+                             "0 = no limit, and a body of a few MB then crashes the bundled tritonserver 2.51)")
     parser.add_argument("--log-file", default=None, metavar="FILE",
                         help="write the server log here (default: print it to this terminal)")
     parser.add_argument("--log-verbose", type=int, default=0, help="Triton's --log-verbose level (default 0)")
@@ -569,6 +661,16 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("triton_args", nargs=argparse.REMAINDER,
                         help="after `--`: extra flags passed to tritonserver unchanged")
     return parser
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number of bytes >= 0, got {text!r}")
+    return value
 
 
 def serve_main(args: argparse.Namespace) -> int:
@@ -582,6 +684,7 @@ def serve_main(args: argparse.Namespace) -> int:
         args.repository, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
         address=args.address, tritonserver=args.tritonserver, log_file=log_file, log_verbose=args.log_verbose,
         ready_timeout_s=args.ready_timeout, exit_timeout_s=args.exit_timeout, extra_args=extra,
+        max_request_bytes=getattr(args, "max_request_bytes", DEFAULT_MAX_REQUEST_BYTES),
     )
     stop = {"signal": None}
 
@@ -596,13 +699,17 @@ def serve_main(args: argparse.Namespace) -> int:
         print(f"ready: models {models}", flush=True)
         print(f"  gRPC    {srv.grpc_url}        (streaming progress: vidtrt generate --url {srv.grpc_url})", flush=True)
         print(f"  HTTP    http://{srv.http_url}", flush=True)
+        if srv.max_request_bytes:
+            print(f"          request bodies up to {srv.max_request_bytes} bytes (larger: 413)", flush=True)
         print(f"  metrics {srv.metrics_url}", flush=True)
         print("Ctrl-C to stop", flush=True)
         pos = srv.log_path.stat().st_size if follow else 0
         while stop["signal"] is None:
             if srv.process is None or srv.process.poll() is not None:
-                rc = srv.process.returncode if srv.process else -1
-                print(f"error: tritonserver exited with code {rc}: {srv.log_summary()}", file=sys.stderr)
+                rc = srv.process.returncode if srv.process else None
+                if follow:
+                    _copy_new(srv.log_path, pos)
+                print(f"error: tritonserver {describe_exit(rc)}: {srv.log_summary()}", file=sys.stderr)
                 return 2
             if follow:
                 pos = _copy_new(srv.log_path, pos)
