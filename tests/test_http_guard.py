@@ -132,7 +132,7 @@ def test_a_shape_larger_than_the_body_is_400(srv):
         body = json.dumps({"inputs": [{"name": "x", "shape": shape, "datatype": "FP32", "data": [1.0]},
                                       {"name": "s", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}).encode()
         status, answer = post(srv, "/v2/models/identity/infer", body, "application/json")
-        assert status == 400 and f"elements, more than a request body of {len(body)} bytes" in answer["error"]
+        assert status == 400 and f"more elements than a request body of {len(body)} bytes" in answer["error"]
     assert_serving(srv)
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import re
 import threading
 
@@ -55,10 +54,22 @@ def shape_error(body: bytes, header_length: str | None) -> str | None:
         shape, params = item["shape"], item.get("parameters")
         if isinstance(params, dict) and "shared_memory_region" in params:
             continue
-        if all(type(d) is int and d >= 0 for d in shape) and math.prod(shape) > len(body):
+        if all(type(d) is int and d >= 0 for d in shape) and _elements_over(shape, len(body)):
             return (f"input {str(item.get('name'))[:100]!r} has shape {str(shape)[:200]}: "
-                    f"{math.prod(shape)} elements, more than a request body of {len(body)} bytes can hold")
+                    f"more elements than a request body of {len(body)} bytes can hold")
     return None
+
+
+def _elements_over(shape: list[int], bound: int) -> bool:
+    """Whether the product of ``shape`` exceeds ``bound``, without multiplying out a huge product."""
+    if 0 in shape:
+        return False
+    count = 1
+    for d in shape:
+        count *= d
+        if count > bound:
+            return True
+    return False
 
 
 def too_large_message(limit: int, size: int | None) -> str:
