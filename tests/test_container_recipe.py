@@ -10,10 +10,18 @@ copy that must fail:
   wheel carries the model templates;
 - pins it installs (inline and deploy/triton/constraints.txt) agree with requirements/lock.txt where both name
   a package, unless the line says why not; numpy is the Python-backend stub's numpy;
-- its ENV carries the model processes' settings that `vidtrt serve` sets; its tritonserver flags exist in
-  the bundled tritonserver 2.51;
-- the doc's vidtrt commands parse with our argparse parsers, its perf_analyzer flags and model names exist;
-- the doc's ports, mounts, image tag, build context and build args match the Dockerfile.
+- its CMD runs `vidtrt serve` (the HTTP guard and the graceful shutdown come with it): the serve flags parse
+  with our CLI's parser; the tritonserver command serve makes of them, plus the flags after `--`, uses only
+  flags of the bundled tritonserver 2.51, repeats none of serve's (unless a listed override) and keeps the
+  settings the doc promises; the image installs what the guard imports; its health check waits as long as
+  serve waits for the models;
+- serve gives the image's tritonserver the model processes' environment (PROCESS_ENV_DEFAULTS) and makes no
+  stub environment for it (no pip install at start); the ENV lines do not contradict those settings;
+- every package a `pip install` of the Dockerfile names is pinned (constraints.txt or inline);
+- the doc's vidtrt commands (also those run in the container) parse with our argparse parsers, its
+  perf_analyzer flags and model names exist;
+- the doc's ports, mounts, image tag, build context and build args match the Dockerfile; docker waits longer
+  than serve's shutdown before it kills the container.
 
 The context script runs once per session (the `triton_context` fixture, shared with tests/test_wheel.py).
 """
@@ -25,6 +33,7 @@ import contextlib
 import fnmatch
 import io
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -56,6 +65,24 @@ NGC_TRITON = {
 # nvidia-pytriton release -> the tritonserver its wheel embeds (pytriton's CHANGELOG.md).
 PYTRITON_TRITON = {"0.5.13": "2.51.0", "0.5.14": "2.51.0", "0.6.0": "2.51.0", "0.7.0": "2.51.0"}
 NGC_IMAGE = re.compile(r"^nvcr\.io/nvidia/tritonserver:(\d\d\.\d\d)-py3$")
+# The tritonserver of the NGC image: build.py at the server's v2.51.0 tag installs it under /opt/tritonserver
+# and puts /opt/tritonserver/bin first on the image's PATH.
+NGC_TRITONSERVER = "/opt/tritonserver/bin/tritonserver"
+# Flags after the CMD's `--` that may repeat one `vidtrt serve` passes (tritonserver takes the last value), and why.
+TRITON_OVERRIDES = {
+    "--allow-gpu-metrics": "serve turns Triton's GPU metrics off (meant for machines without a GPU); the "
+                           "container runs on GPUs",
+}
+# Flags after `--` that would break serve itself, and why.
+TRITON_FORBIDDEN = {
+    "--log-file": "serve reads tritonserver's log from its own file (readiness, the cause of a crash)",
+    "--log-info": "serve knows the server started from tritonserver's info lines ('Started HTTPService at ...')",
+}
+# What the doc promises of the server in the container (a repository with complete configs; a model that fails
+# to load stops the server; ready only when every model is).
+TRITON_REQUIRED = {"--disable-auto-complete-config": "", "--exit-on-error": "true", "--strict-readiness": "true"}
+# What vidtrt.serving.http_guard imports beyond the standard library (aiohttp brings yarl).
+GUARD_REQUIRES = "aiohttp"
 
 
 # ------------------------------------------------------------------------------------------ Dockerfile
@@ -142,18 +169,75 @@ def dockerfile_env(instrs: list[Instruction]) -> dict[str, str]:
 
 def server_command(instrs: list[Instruction]) -> list[str]:
     cmd = _one(instrs, "CMD").exec_form()
-    if not cmd or cmd[0] != "tritonserver":
-        raise DockerfileError(f"CMD must run tritonserver in exec form (JSON array), not {cmd!r}")
+    if not cmd or cmd[:2] != ["vidtrt", "serve"]:
+        raise DockerfileError(f"CMD must run `vidtrt serve` in exec form (JSON array), not {cmd!r}: tritonserver "
+                              "on its own has neither the HTTP guard nor the graceful shutdown")
     return cmd
 
 
-def server_flags(instrs: list[Instruction]) -> dict[str, str]:
-    return dict(a.partition("=")[::2] for a in server_command(instrs)[1:])
+def parse_vidtrt(argv: list[str]) -> argparse.Namespace:
+    """``vidtrt ARGV`` parsed by the CLI's own parser (vidtrt.cli.build_parser, whose `serve` subcommand takes
+    vidtrt.serving.server.add_serve_arguments); ValueError with argparse's message when it does not parse."""
+    from vidtrt.cli import build_parser
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            return build_parser().parse_args(argv)
+    except SystemExit:
+        raise ValueError((err.getvalue().strip().splitlines() or ["?"])[-1]) from None
+
+
+def serve_namespace(cmd: list[str]) -> argparse.Namespace:
+    """The arguments of ``vidtrt serve ...`` (``cmd`` starts with "vidtrt"); ValueError if it does not parse."""
+    from vidtrt.serving.server import serve_main
+
+    args = parse_vidtrt(cmd[1:])
+    if getattr(args, "func", None) is not serve_main:
+        raise ValueError(f"`{' '.join(cmd[:2])}` is not `vidtrt serve`")
+    return args
+
+
+def serve_server(args: argparse.Namespace):
+    """The TritonServer that serve_main builds from ``args`` (caught in its constructor, never started), with the
+    binary set to ``args.tritonserver`` (the image's, absent here), so ``command()`` is the container's."""
+    from unittest import mock
+
+    from vidtrt.serving import server
+
+    made = []
+
+    class Built(Exception):
+        pass
+
+    class Catch(server.TritonServer):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            made.append(self)
+            raise Built
+
+    args = argparse.Namespace(**{**vars(args), "log_file": os.devnull})  # no temporary log folder
+    with mock.patch.object(server, "TritonServer", Catch), contextlib.suppress(Built):
+        server.serve_main(args)
+    assert made, "serve_main no longer builds a TritonServer first: update serve_server()"
+    srv = made[0]
+    srv.binary = Path(args.tritonserver or NGC_TRITONSERVER)
+    return srv
+
+
+def serve_args(instrs: list[Instruction]) -> argparse.Namespace:
+    try:
+        return serve_namespace(server_command(instrs))
+    except ValueError as e:
+        raise DockerfileError(f"CMD: {e}") from None
 
 
 def port_roles(instrs: list[Instruction]) -> dict[str, int]:
-    flags = server_flags(instrs)
-    return {role: int(flags[f"--{role}-port"]) for role in ("http", "grpc", "metrics")}
+    return _roles(serve_args(instrs))
+
+
+def _roles(args: argparse.Namespace) -> dict[str, int]:
+    return {"http": args.http_port, "grpc": args.grpc_port, "metrics": args.metrics_port}
 
 
 def split_commands(line: str) -> list[list[str]]:
@@ -272,27 +356,150 @@ def check_pins(instrs: list[Instruction], constraints_text: str, lock_text: str,
     return problems
 
 
-def check_env(instrs: list[Instruction], required: dict[str, str]) -> list[str]:
+def check_env(instrs: list[Instruction], defaults: dict[str, str]) -> list[str]:
+    """`vidtrt serve` sets ``defaults`` (PROCESS_ENV_DEFAULTS) for the model processes unless the environment
+    already has them: an ENV line with another value would win."""
     env = dockerfile_env(instrs)
-    problems = [f"ENV {k}={env.get(k)!r}, the model processes need {v!r} (vidtrt.serving.server.PROCESS_ENV_DEFAULTS)"
-                for k, v in required.items() if env.get(k) != v]
+    problems = [f"ENV {k}={env[k]!r} overrides the {v!r} that `vidtrt serve` gives the model processes "
+                "(vidtrt.serving.server.PROCESS_ENV_DEFAULTS)" for k, v in defaults.items() if k in env and env[k] != v]
     if not env.get("VIDTRT_CACHE", "").startswith("/"):
         problems.append("ENV VIDTRT_CACHE: an absolute path in the image is needed (embedded presets go there)")
     return problems
 
 
-def check_server_flags(instrs: list[Instruction], help_text: str) -> list[str]:
-    known = set(re.findall(r"^\s+(--[a-z0-9-]+)", help_text, re.M))
-    problems = [f"CMD: tritonserver 2.51 has no flag {flag}" for flag in server_flags(instrs) if flag not in known]
-    flags = server_flags(instrs)
-    for role in ("http", "grpc", "metrics"):
-        if flags.get(f"--{role}-address") != "0.0.0.0":
-            problems.append(f"CMD: --{role}-address must be 0.0.0.0 inside a container (docker's port mapping "
-                            "cannot reach a server bound to the container's loopback), not "
-                            f"{flags.get(f'--{role}-address')}")
-    if "--model-repository" not in flags:
-        problems.append("CMD: no --model-repository")
+def check_serve_env(binary: Path, base: dict[str, str]) -> list[str]:
+    """What `vidtrt serve` runs ``binary`` with (server_env, from the image's environment ``base``): the model
+    processes' settings, and no stub environment (that one pip installs numpy<2, and it is only for the
+    nvidia-pytriton binary: the image's stub is built for its own Python)."""
+    from unittest import mock
+
+    from vidtrt.serving import server
+
+    calls = []
+
+    def stub_env(*a, **kw):
+        calls.append(a)
+        return None
+
+    with mock.patch.object(server, "stub_python_env", stub_env), \
+         mock.patch.object(server.subprocess, "run", side_effect=AssertionError("server_env ran a command")):
+        env = server.server_env(binary, dict(base))
+    problems = [f"server_env({binary}) makes a stub environment (pip install {server.STUB_NUMPY})"] if calls else []
+    problems += [f"server_env({binary}): {k}={env.get(k)!r}, the model processes need {v!r}"
+                 for k, v in server.PROCESS_ENV_DEFAULTS.items() if env.get(k) != v]
     return problems
+
+
+def check_server_command(cmd: list[str], help_text: str, where: str = "CMD") -> list[str]:
+    """``vidtrt serve ...`` as the container runs it: parsed by our CLI; its tritonserver command (serve's
+    flags, then those after `--`) checked against ``tritonserver --help`` of 2.51."""
+    problems = [f"{where}: {p}" for p in vidtrt_flag_problems(cmd[1:])]
+    try:
+        args = serve_namespace(cmd)
+    except ValueError as e:
+        return problems + [f"{where}: `{' '.join(cmd)}` does not parse: {e}"]
+    if args.address != "0.0.0.0":
+        problems.append(f"{where}: --address must be 0.0.0.0 inside a container (docker's port mapping cannot "
+                        f"reach a server bound to the container's loopback), not {args.address}")
+    if args.tritonserver != NGC_TRITONSERVER:
+        problems.append(f"{where}: --tritonserver {args.tritonserver}: the image's binary is {NGC_TRITONSERVER}")
+    if not args.max_request_bytes:
+        problems.append(f"{where}: --max-request-bytes 0 turns the HTTP guard off (a body of a few MB or an "
+                        "impossible shape then kills tritonserver 2.51)")
+    srv = serve_server(args)
+    full = srv.command()
+    extra = list(srv.extra_args)
+    own = full[1:len(full) - len(extra)]
+    known = set(re.findall(r"^\s+(--[a-z0-9-]+)", help_text, re.M))
+    own_values = dict(a.partition("=")[::2] for a in own)
+    for flag in own_values:
+        if flag not in known:
+            problems.append(f"{where}: vidtrt serve passes {flag}, which tritonserver 2.51 does not have")
+    for tok in extra:
+        flag, sep, value = tok.partition("=")
+        if not flag.startswith("--") or not sep:
+            problems.append(f"{where}: after `--`, write tritonserver flags as --flag=value, not {tok!r}")
+        elif flag not in known:
+            problems.append(f"{where}: tritonserver 2.51 has no flag {flag}")
+        elif flag in TRITON_FORBIDDEN:
+            problems.append(f"{where}: {flag} after `--` breaks vidtrt serve: {TRITON_FORBIDDEN[flag]}")
+        elif flag in own_values and flag not in TRITON_OVERRIDES:
+            problems.append(f"{where}: vidtrt serve already passes {flag}={own_values[flag]}: drop {tok} after `--`")
+        elif flag in own_values and value == own_values[flag]:
+            problems.append(f"{where}: {tok} after `--` repeats what vidtrt serve passes")
+    effective = dict(a.partition("=")[::2] for a in full[1:])  # tritonserver: the last value of a flag wins
+    for flag, value in TRITON_REQUIRED.items():
+        if effective.get(flag) != value:
+            problems.append(f"{where}: tritonserver runs with {flag}={effective.get(flag)}, the doc promises "
+                            f"{flag}{'=' + value if value else ''}")
+    return problems
+
+
+def _seconds(duration: str) -> float:
+    """A docker duration ("600s", "10m", "1h30m") in seconds."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", duration)
+    if not parts or "".join(n + u for n, u in parts) != duration:
+        raise DockerfileError(f"not a docker duration: {duration!r}")
+    return sum(float(n) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[u] for n, u in parts)
+
+
+def check_healthcheck(instrs: list[Instruction]) -> list[str]:
+    """The health check (its port: check_doc_deployment) gives the models as long to load as serve does
+    (--ready-timeout): docker does not count failures during the start period."""
+    health = next((i for i in instrs if i.name == "HEALTHCHECK"), None)
+    if health is None:
+        return ["no HEALTHCHECK"]
+    args = serve_args(instrs)
+    m = re.search(r"--start-period=(\S+)", health.args)
+    start = _seconds(m.group(1)) if m else 0.0
+    if start < args.ready_timeout:
+        return [f"HEALTHCHECK --start-period is {start:g} s, shorter than the {args.ready_timeout:g} s that "
+                "`vidtrt serve --ready-timeout` lets the models load: a loading server would show unhealthy"]
+    return []
+
+
+def requirements_named(instrs: list[Instruction]) -> dict[str, tuple[set[str], str]]:
+    """Every package a `pip install` of the Dockerfile names: name -> (extras, the version pinned inline or "");
+    the vidtrt wheel as "vidtrt"."""
+    takes_value = {"-c", "--constraint", "-r", "--requirement", "-i", "--index-url", "--extra-index-url",
+                   "-t", "--target", "-f", "--find-links"}
+    out: dict[str, tuple[set[str], str]] = {}
+    for args in pip_installs(instrs):
+        skip = False
+        for a in args:
+            if skip or a.startswith("-"):
+                skip = not skip and a in takes_value
+                continue
+            m = re.match(r"^([^\[=<>~!]+)(?:\[([^\]]*)\])?(?:==(.+))?$", a)
+            if not m:
+                continue
+            name, extras, version = m.group(1), m.group(2) or "", m.group(3) or ""
+            if name.startswith("$"):  # a shell variable: the wheel, or an option spliced in by ${VAR:+...}
+                if "wheel" not in name and ".whl" not in name:
+                    continue
+                name = "vidtrt"
+            prev = out.get(_canonical(name), (set(), ""))
+            out[_canonical(name)] = (prev[0] | {e.strip() for e in extras.split(",") if e.strip()},
+                                     version or prev[1])
+    return out
+
+
+def check_named_packages_pinned(instrs: list[Instruction], constraints_text: str) -> list[str]:
+    pins = read_pins(constraints_text)
+    return [f"the Dockerfile installs {name}, which {CONSTRAINTS.name} does not pin (nor the Dockerfile inline)"
+            for name, (_, version) in sorted(requirements_named(instrs).items())
+            if name != "vidtrt" and not version and name not in pins]
+
+
+def check_serve_dependencies(instrs: list[Instruction]) -> list[str]:
+    """`vidtrt serve` with its HTTP guard imports aiohttp, which the wheel's [kernels] extra does not bring."""
+    if not serve_args(instrs).max_request_bytes:
+        return []
+    named = requirements_named(instrs)
+    if GUARD_REQUIRES in named or "serve" in named.get("vidtrt", (set(), ""))[0]:
+        return []
+    return [f"the CMD's `vidtrt serve` runs the HTTP guard (vidtrt.serving.http_guard), which imports "
+            f"{GUARD_REQUIRES}: no pip install of the Dockerfile names it"]
 
 
 # ------------------------------------------------------------------------------------------ the doc
@@ -317,46 +524,62 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
     return dict(action.choices)
 
 
-def check_doc_cli(text: str) -> list[str]:
+def vidtrt_flag_problems(argv: list[str]) -> list[str]:
+    """Flags of ``vidtrt ARGV`` that its subcommand lacks, spelled out in full (argparse would also take an
+    abbreviation); those after `--` are not vidtrt's."""
     from vidtrt.cli import build_parser
 
-    parser = build_parser()
-    subs = _subparsers(parser)
+    subs = _subparsers(build_parser())
+    if not argv or argv[0] not in subs:
+        return [f"`vidtrt {argv[0] if argv else ''}` is not a subcommand ({list(subs)})"]
+    known = subs[argv[0]]._option_string_actions
     problems = []
-
-    def flags_exist(argv: list[str], where: str) -> None:
-        if not argv or argv[0] not in subs:
-            problems.append(f"{where}: `vidtrt {argv[0] if argv else ''}` is not a subcommand ({list(subs)})")
-            return
-        known = subs[argv[0]]._option_string_actions
-        for tok in argv[1:]:
-            if tok == "--":
-                break
-            if tok.startswith("-") and len(tok) > 1 and not re.match(r"^-\d", tok):
-                flag = tok.split("=", 1)[0]
-                if flag not in known:
-                    problems.append(f"{where}: `vidtrt {argv[0]}` has no flag {flag}")
-
-    for cmd in doc_commands(text):
-        if cmd[0] != "vidtrt":
-            continue
-        where = "`" + " ".join(cmd) + "`"
-        flags_exist(cmd[1:], where)
-        err = io.StringIO()
-        try:
-            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-                parser.parse_args(cmd[1:])
-        except SystemExit:
-            last = (err.getvalue().strip().splitlines() or ["?"])[-1]
-            problems.append(f"{where}: does not parse: {last}")
-    for argv in inline_vidtrt(text):
-        flags_exist(argv[1:], "inline `" + " ".join(argv) + "`")
+    for tok in argv[1:]:
+        if tok == "--":
+            break
+        if tok.startswith("-") and len(tok) > 1 and not re.match(r"^-\d", tok):
+            flag = tok.split("=", 1)[0]
+            if flag not in known:
+                problems.append(f"`vidtrt {argv[0]}` has no flag {flag}")
     return problems
+
+
+def check_doc_cli(text: str) -> list[str]:
+    problems = []
+    commands = []
+    for cmd in doc_commands(text):
+        if cmd[:2] == ["docker", "run"]:  # the command a container runs
+            with contextlib.suppress(ValueError):  # an unknown docker option: check_doc_deployment says so
+                cmd = parse_docker_run(cmd[2:]).command or ["-"]
+        if cmd[0] == "vidtrt":
+            commands.append(cmd)
+    for cmd in commands:
+        where = "`" + " ".join(cmd) + "`"
+        problems += [f"{where}: {p}" for p in vidtrt_flag_problems(cmd[1:])]
+        try:
+            parse_vidtrt(cmd[1:])
+        except ValueError as e:
+            problems.append(f"{where}: does not parse: {e}")
+    for argv in inline_vidtrt(text):
+        problems += [f"inline `{' '.join(argv)}`: {p}" for p in vidtrt_flag_problems(argv[1:])]
+    return problems
+
+
+def doc_server_commands(text: str, tags: set[str] | None = None) -> list[list[str]]:
+    """The `vidtrt serve` commands the doc runs in a container (instead of the image's CMD)."""
+    out = []
+    for cmd in doc_commands(text):
+        if cmd[:2] == ["docker", "run"]:
+            with contextlib.suppress(ValueError):
+                run = parse_docker_run(cmd[2:])
+                if run.command[:2] == ["vidtrt", "serve"] and (tags is None or run.image in tags):
+                    out.append(run.command)
+    return out
 
 
 DOCKER_RUN_VALUES = {"-p", "--publish", "-v", "--volume", "-e", "--env", "--name", "--gpus", "--shm-size",
                      "--ulimit", "--net", "--network", "-u", "--user", "--entrypoint", "-w", "--workdir",
-                     "--ipc", "--env-file", "--mount"}
+                     "--ipc", "--env-file", "--mount", "--stop-timeout"}
 DOCKER_RUN_FLAGS = {"--rm", "-d", "--detach", "-i", "-t", "-it", "-ti", "--init", "--interactive", "--tty"}
 
 
@@ -420,9 +643,10 @@ def check_doc_deployment(text: str, instrs: list[Instruction]) -> list[str]:
         problems.append(f"Dockerfile: EXPOSE {sorted(exposed)} but the server listens on {roles}")
     health = next((i for i in instrs if i.name == "HEALTHCHECK"), None)
     if health and f":{roles['http']}/v2/health/ready" not in health.args:
-        problems.append(f"Dockerfile: HEALTHCHECK does not ask the HTTP port {roles['http']} for /v2/health/ready")
+        problems.append(f"Dockerfile: HEALTHCHECK does not ask the HTTP port {roles['http']} for /v2/health/ready "
+                        "(serve's HTTP guard, which forwards it to tritonserver)")
     env = dockerfile_env(instrs)
-    repository = server_flags(instrs)["--model-repository"]
+    image_args = serve_args(instrs)
     build_args = {i.args.split("=")[0].strip() for i in instrs if i.name == "ARG"}
 
     commands = doc_commands(text)
@@ -462,6 +686,25 @@ def check_doc_deployment(text: str, instrs: list[Instruction]) -> list[str]:
         if run.image not in tags:
             continue
         where = f"`docker run ... {run.image}`"
+        args = image_args
+        if run.command:
+            if run.command[:2] != ["vidtrt", "serve"]:
+                problems.append(f"{where} runs `{' '.join(run.command[:2])}`, not `vidtrt serve`: no HTTP guard, "
+                                "no graceful shutdown")
+                continue
+            try:
+                args = serve_namespace(run.command)
+            except ValueError as e:
+                problems.append(f"{where}: `{' '.join(run.command)}` does not parse ({e})")
+                continue
+        run_roles, repository = _roles(args), args.repository
+        # On SIGTERM serve waits this long for tritonserver before it kills it (TritonServer.stop); docker
+        # kills the whole container --stop-timeout seconds (default 10) after its SIGTERM.
+        serve_wait = serve_server(args).exit_timeout_s + 10
+        stop = run.values("--stop-timeout")
+        if not stop or not stop[-1].isdigit() or int(stop[-1]) <= serve_wait:
+            problems.append(f"{where}: --stop-timeout {stop[-1] if stop else '(docker: 10)'}: docker must wait "
+                            f"longer than serve's {serve_wait} s shutdown (--exit-timeout {args.exit_timeout} + 10)")
         ports = {}
         for spec in run.values("-p", "--publish"):
             parts = spec.split(":")
@@ -470,11 +713,11 @@ def check_doc_deployment(text: str, instrs: list[Instruction]) -> list[str]:
             if published.get(host, container) != container:
                 problems.append(f"{where}: host port {host} is published for two container ports")
             published[host] = container
-        if set(ports) != set(roles.values()):
-            problems.append(f"{where}: publishes container ports {sorted(ports)}, the server listens on {roles}")
+        if set(ports) != set(run_roles.values()):
+            problems.append(f"{where}: publishes container ports {sorted(ports)}, the server listens on {run_roles}")
         mounts = _mounts(run)
         if repository not in mounts:
-            problems.append(f"{where}: nothing is mounted at {repository} (the CMD's --model-repository)")
+            problems.append(f"{where}: nothing is mounted at {repository} (vidtrt serve --repository)")
         elif mounts[repository].removeprefix("$PWD/") not in built_out:
             problems.append(f"{where}: mounts {mounts[repository]} at {repository}, not a repository the doc "
                             f"builds with `vidtrt build --out` ({sorted(built_out)})")
@@ -518,6 +761,18 @@ def check_doc_deployment(text: str, instrs: list[Instruction]) -> list[str]:
                         data = source.removeprefix("$PWD/") + data[len(target):]
             if data and not (ROOT / data).is_file():
                 problems.append(f"{where}: --input-data {data} does not exist in the checkout")
+    return problems
+
+
+def check_doc_server_commands(text: str, instrs: list[Instruction], help_text: str) -> list[str]:
+    """The doc shows the image's command as it is, and every `vidtrt serve` it runs in the container instead
+    passes the same checks as the CMD."""
+    cmd = server_command(instrs)
+    shown = [c for c in doc_commands(text) if c[:2] == ["vidtrt", "serve"]]
+    problems = [] if cmd in shown else [f"the doc never shows the image's command `{' '.join(cmd)}` "
+                                        f"(it shows {[' '.join(c) for c in shown]})"]
+    for run_cmd in doc_server_commands(text):
+        problems += check_server_command(run_cmd, help_text, where="`docker run ... " + " ".join(run_cmd) + "`")
     return problems
 
 
@@ -585,14 +840,21 @@ def _edit(text: str, old: str, new: str) -> str:
 # ------------------------------------------------------------------------------------------ tests
 def test_dockerfile_parses(instrs):
     assert [i.name for i in instrs][0] == "FROM"
-    assert server_command(instrs)[0] == "tritonserver"
+    assert server_command(instrs)[:2] == ["vidtrt", "serve"]
     text = DOCKERFILE.read_text()
     for broken, message in [(_edit(text, "\nEXPOSE", "\nEXPSOE"), "unknown instruction"),
                             (text.rstrip() + " \\\n", "line continuation"),
-                            (_edit(text, '"--exit-timeout-secs=30"]', '"--exit-timeout-secs=30"'), "JSON array"),
+                            (_edit(text, '"--allow-gpu-metrics=true"]', '"--allow-gpu-metrics=true"'), "JSON array"),
                             (_edit(text, "FROM nvcr", "RUN true\nFROM nvcr"), "must be FROM")]:
         with pytest.raises(DockerfileError, match=message):
             parse_dockerfile(broken)
+    # the CMD must be `vidtrt serve` in exec form: not tritonserver on its own, not a shell line
+    bare = parse_dockerfile(_edit(text, 'CMD ["vidtrt", "serve", ', 'CMD ["tritonserver", '))
+    with pytest.raises(DockerfileError, match="must run `vidtrt serve`"):
+        server_command(bare)
+    shell = re.sub(r'(?ms)^CMD \[.*?\]$', "CMD vidtrt serve --repository /models", text)
+    with pytest.raises(DockerfileError, match="exec form"):
+        server_command(parse_dockerfile(shell))
 
 
 def test_base_image_is_the_release_of_the_bundled_server(instrs, server_version):
@@ -658,20 +920,100 @@ def test_pins_agree_with_the_lock(instrs):
     assert "not under -c" in " ".join(check_pins(loose, constraints, lock, STUB_NUMPY))
 
 
-def test_env_is_what_vidtrt_serve_sets(instrs):
+def test_env_does_not_contradict_what_vidtrt_serve_sets(instrs):
     from vidtrt.serving.server import PROCESS_ENV_DEFAULTS
 
     assert check_env(instrs, PROCESS_ENV_DEFAULTS) == []
-    busy = parse_dockerfile(_edit(DOCKERFILE.read_text(), "OMP_WAIT_POLICY=PASSIVE", "OMP_WAIT_POLICY=ACTIVE"))
-    assert "OMP_WAIT_POLICY" in " ".join(check_env(busy, PROCESS_ENV_DEFAULTS))
+    text = DOCKERFILE.read_text()
+    busy = parse_dockerfile(_edit(text, "ENV VIDTRT_CACHE=", "ENV OMP_WAIT_POLICY=ACTIVE\nENV VIDTRT_CACHE="))
+    assert "ENV OMP_WAIT_POLICY='ACTIVE' overrides" in " ".join(check_env(busy, PROCESS_ENV_DEFAULTS))
+    relative = parse_dockerfile(_edit(text, "VIDTRT_CACHE=/var/cache/vidtrt", "VIDTRT_CACHE=cache"))
+    assert "absolute path" in " ".join(check_env(relative, PROCESS_ENV_DEFAULTS))
 
 
-def test_server_flags_exist_in_the_bundled_tritonserver(instrs, server_help):
-    assert check_server_flags(instrs, server_help) == []
-    typo = parse_dockerfile(_edit(DOCKERFILE.read_text(), "--exit-timeout-secs=30", "--exit-timeout-sec=30"))
-    assert "no flag --exit-timeout-sec" in " ".join(check_server_flags(typo, server_help))
-    loopback = parse_dockerfile(_edit(DOCKERFILE.read_text(), "--grpc-address=0.0.0.0", "--grpc-address=127.0.0.1"))
-    assert "--grpc-address must be 0.0.0.0" in " ".join(check_server_flags(loopback, server_help))
+def test_vidtrt_serve_sets_the_model_process_env_and_installs_nothing(instrs, tritonserver_binary):
+    """For the image's binary serve's server_env sets PROCESS_ENV_DEFAULTS and makes no stub environment (no
+    pip install at start: none is needed, and many deployments have no network). Only the nvidia-pytriton
+    binary gets one, and only under NumPy 2 (the image has 1.26.4)."""
+    base = {"PATH": "/opt/tritonserver/bin:/usr/local/bin:/usr/bin:/bin", **dockerfile_env(instrs)}
+    assert check_serve_env(Path(NGC_TRITONSERVER), base) == []
+    # the same check sees a stub environment being made: for the bundled binary server_env asks for one
+    assert "makes a stub environment" in " ".join(check_serve_env(tritonserver_binary, base))
+    # and a setting the image's environment overrides
+    assert "OMP_WAIT_POLICY='ACTIVE'" in " ".join(check_serve_env(Path(NGC_TRITONSERVER),
+                                                                  {**base, "OMP_WAIT_POLICY": "ACTIVE"}))
+
+
+def test_cmd_is_vidtrt_serve_with_flags_of_our_cli_and_of_tritonserver(instrs, server_help):
+    cmd = server_command(instrs)
+    assert check_server_command(cmd, server_help) == []
+    srv = serve_server(serve_namespace(cmd))
+    assert srv.max_request_bytes and srv.address == "0.0.0.0"  # the HTTP guard on the public port
+    assert srv.command()[0] == NGC_TRITONSERVER and srv.extra_args  # what the comment says it passes
+    text = DOCKERFILE.read_text()
+    for old, new, message in [
+        # vidtrt serve's flags, by the CLI's parser
+        ('"--exit-timeout", "30"', '"--exit-timout", "30"', "`vidtrt serve` has no flag --exit-timout"),
+        ('"--exit-timeout", "30"', '"--exit-time", "30"', "has no flag --exit-time"),  # abbreviations too
+        ('"--http-port", "8000"', '"--http-port", "http"', "does not parse: vidtrt serve: error: argument "
+                                                            "--http-port: invalid int value: 'http'"),
+        ('"--repository", "/models", ', "", "does not parse"),
+        ('"--exit-timeout", "30", \\\n     "--", ', '"--exit-timeout", "30", \\\n     ', "does not parse"),
+        ('"--address", "0.0.0.0"', '"--address", "127.0.0.1"', "--address must be 0.0.0.0"),
+        ('"--tritonserver", "/opt/tritonserver/bin/tritonserver"', '"--tritonserver", "tritonserver"',
+         "the image's binary is /opt/tritonserver/bin/tritonserver"),
+        ('"--exit-timeout", "30"', '"--exit-timeout", "30", "--max-request-bytes", "0"', "turns the HTTP guard off"),
+        # the flags after `--`, by tritonserver 2.51's --help and by what serve already passes
+        ('"--allow-gpu-metrics=true"', '"--allow-gpu-metric=true"', "tritonserver 2.51 has no flag --allow-gpu-metric"),
+        ('"--allow-gpu-metrics=true"', '"--allow-gpu-metrics=true", "--exit-timeout-secs=30"',
+         "vidtrt serve already passes --exit-timeout-secs=30: drop --exit-timeout-secs=30"),
+        ('"--allow-gpu-metrics=true"', '"--allow-gpu-metrics=true", "--strict-readiness=false"',
+         "already passes --strict-readiness=true"),
+        ('"--allow-gpu-metrics=true"', '"--allow-gpu-metrics=false"', "repeats what vidtrt serve passes"),
+        ('"--allow-gpu-metrics=true"', '"--allow-gpu-metrics", "true"', "as --flag=value"),
+        ('"--allow-gpu-metrics=true"', '"--log-file=/var/log/triton.log"', "--log-file after `--` breaks vidtrt serve"),
+    ]:
+        changed = server_command(parse_dockerfile(_edit(text, old, new)))
+        assert message in " ".join(check_server_command(changed, server_help)), (old, new)
+
+
+def test_cmd_keeps_the_settings_the_doc_promises(instrs, server_help, monkeypatch):
+    """If serve stopped passing a flag the doc relies on, the CMD would have to pass it (after `--`)."""
+    from vidtrt.serving import server
+
+    command = server.TritonServer.command
+    monkeypatch.setattr(server.TritonServer, "command",
+                        lambda self: [a for a in command(self) if not a.startswith("--exit-on-error")])
+    assert "tritonserver runs with --exit-on-error=None" in " ".join(
+        check_server_command(server_command(instrs), server_help))
+
+
+def test_healthcheck_waits_as_long_as_serve_lets_the_models_load(instrs):
+    assert check_healthcheck(instrs) == []
+    short = parse_dockerfile(_edit(DOCKERFILE.read_text(), "--start-period=1800s", "--start-period=10m"))
+    assert "--start-period is 600 s, shorter than the 1800 s" in " ".join(check_healthcheck(short))
+    with pytest.raises(DockerfileError, match="not a docker duration"):
+        _seconds("10 min")
+
+
+def test_the_image_installs_what_serve_imports(instrs):
+    assert check_serve_dependencies(instrs) == []
+    text = DOCKERFILE.read_text()
+    without = parse_dockerfile(_edit(text, '"${wheel}[kernels]" aiohttp', '"${wheel}[kernels]"'))
+    assert "imports aiohttp" in " ".join(check_serve_dependencies(without))
+    extra = parse_dockerfile(_edit(text, '"${wheel}[kernels]" aiohttp', '"${wheel}[kernels,serve]"'))
+    assert check_serve_dependencies(extra) == []
+
+
+def test_every_package_the_dockerfile_names_is_pinned(instrs):
+    named = requirements_named(instrs)
+    assert {"numpy", "torch", "aiohttp", "vidtrt"} <= set(named) and named["vidtrt"][0] == {"kernels"}, named
+    assert check_named_packages_pinned(instrs, CONSTRAINTS.read_text()) == []
+    unpinned = parse_dockerfile(_edit(DOCKERFILE.read_text(), '[kernels]" aiohttp', '[kernels]" aiohttp psutil'))
+    assert check_named_packages_pinned(unpinned, CONSTRAINTS.read_text()) == [
+        "the Dockerfile installs psutil, which constraints.txt does not pin (nor the Dockerfile inline)"]
+    inline = parse_dockerfile(_edit(DOCKERFILE.read_text(), '[kernels]" aiohttp', '[kernels]" aiohttp psutil==7.2.2'))
+    assert check_named_packages_pinned(inline, CONSTRAINTS.read_text()) == []
 
 
 def test_doc_vidtrt_commands_parse_with_our_cli():
@@ -688,6 +1030,20 @@ def test_doc_vidtrt_commands_parse_with_our_cli():
         ("`vidtrt build --max-concurrent`", "`vidtrt build --max-concurrency`", "has no flag --max-concurrency"),
     ]:
         assert message in " ".join(check_doc_cli(_edit(text, old, new))), (old, new)
+
+
+def test_doc_server_commands_are_the_cmd_and_valid(instrs, server_help):
+    text = DOC.read_text()
+    assert doc_server_commands(text), "the doc shows no `vidtrt serve` run in the container (--max-request-bytes)"
+    assert check_doc_server_commands(text, instrs, server_help) == []
+    for old, new, message in [
+        ("--model-load-thread-count=8", "--model-load-threads=8", "tritonserver 2.51 has no flag --model-load-threads"),
+        ("--max-request-bytes 2097152 --", "--max-request-bytes 2097152 --max-body 1 --", "has no flag --max-body"),
+        ("--max-request-bytes 2097152 --", "--max-request-bytes 0 --", "turns the HTTP guard off"),
+        ("--exit-timeout 30 -- --allow-gpu-metrics=true\n", "--exit-timeout 60 -- --allow-gpu-metrics=true\n",
+         "never shows the image's command"),
+    ]:
+        assert message in " ".join(check_doc_server_commands(_edit(text, old, new), instrs, server_help)), (old, new)
 
 
 def test_doc_perf_analyzer_commands():
@@ -738,6 +1094,19 @@ def test_doc_ports_and_paths_match_the_dockerfile(instrs):
         (_edit(text, "--shm-size=8g ", ""), dockerfile, "needs --gpus and --shm-size"),
         (_edit(text, "docker run --rm --name vidtrt", "docker run --rm --privileged --name vidtrt"), dockerfile,
          "not in this test's table"),
+        # docker must outwait serve's shutdown, for the image's command and for one the doc runs instead
+        (_edit(text, "--stop-timeout 120 ", ""), dockerfile, "--stop-timeout (docker: 10): docker must wait longer"),
+        (_edit(text, "--stop-timeout 120 ", "--stop-timeout 30 "), dockerfile, "longer than serve's 40 s shutdown"),
+        (_edit(text, "--ready-timeout 1800 --exit-timeout 30 \\\n", "--ready-timeout 1800 --exit-timeout 300 \\\n"),
+         dockerfile, "--exit-timeout 300 + 10"),
+        # a command run instead of the image's: vidtrt serve, its repository mounted, its ports published
+        (_edit(text, "vidtrt-triton:0.1.0 \\\n  vidtrt serve", "vidtrt-triton:0.1.0 \\\n  tritonserver serve"),
+         dockerfile, "not `vidtrt serve`: no HTTP guard"),
+        (_edit(text, "  vidtrt serve --repository /models", "  vidtrt serve --repository /model"), dockerfile,
+         "nothing is mounted at /model "),
+        (_edit(text, "  vidtrt serve --repository /models --address 0.0.0.0 --http-port 8000",
+               "  vidtrt serve --repository /models --address 0.0.0.0 --http-port 8080"), dockerfile,
+         "publishes container ports [8000, 8001, 8002], the server listens on {'http': 8080"),
     ]
     for doc_text, docker_text, message in cases:
         problems = check_doc_deployment(doc_text, parse_dockerfile(docker_text))

@@ -31,7 +31,7 @@ P="$tmp/venv/bin/python"
 pip_() { "$P" -m pip install --disable-pip-version-check -q -c "$C" "$@" 2>&1 | { grep -v "is ignored" || true; }; }
 pip_ numpy
 pip_ torch
-pip_ "$(ls "$tmp"/context/wheels/vidtrt-*.whl)[kernels]"
+pip_ "$(ls "$tmp"/context/wheels/vidtrt-*.whl)[kernels]" aiohttp
 "$P" -m pip check
 "$P" - "$C" <<'PYEOF'
 import re, sys

@@ -277,8 +277,8 @@ def server_env(binary: Path, base: dict[str, str] | None = None, auto_install: b
         if libs is not None:
             lib_dirs.append(str(libs))
     libdir = sysconfig.get_config_var("LIBDIR")
-    if libdir and Path(libdir).is_dir():
-        lib_dirs.append(libdir)
+    if libdir and Path(libdir).is_dir() and _is_bundled(binary):  # the wheel's binary needs our libpython; an
+        lib_dirs.append(libdir)  # installed one (NGC image) has its own, and /usr/lib must not shadow CUDA compat
     if env.get("LD_LIBRARY_PATH"):
         lib_dirs.append(env["LD_LIBRARY_PATH"])
     env["LD_LIBRARY_PATH"] = os.pathsep.join(lib_dirs)
