@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vidtrt"
 
 LAYERS = {
     0: ["vidtrt", "errors", "configs", "request", "request_io", "specs", "tiling", "cli_args", "video_io",
-        "components", "paths"],
+        "components", "paths", "lifecycle"],
     1: ["models", "kernels", "text_encoders", "testing", "scheduler"],
     2: ["checkpoints", "embedded", "tiny"],
     3: ["engines", "engine_components", "pipeline", "orchestrator"],
