@@ -64,6 +64,9 @@ class ServerError(VidtrtError):
 
 ADMIN_HEADER = "vidtrt-admin-token"  # header the restricted repository API (load/unload/index) requires
 DRAIN_GRACE_S = 60.0  # after the drain limit: for cancelled generations to reach a step/tile boundary and unload
+# tritonserver's own --exit-timeout-secs under `vidtrt serve`: after the drain it only unloads the components
+# (measured ~5 s of backend-stub teardown on 2 cores); a short drain limit must not make it give up on that.
+MIN_TRITON_EXIT_TIMEOUT_S = 30
 
 
 # ----------------------------------------------------------------------------------------------
@@ -733,7 +736,8 @@ def serve_main(args: argparse.Namespace) -> int:
     srv = TritonServer(
         args.repository, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
         address=args.address, tritonserver=args.tritonserver, log_file=log_file, log_verbose=args.log_verbose,
-        ready_timeout_s=args.ready_timeout, exit_timeout_s=args.exit_timeout, extra_args=extra,
+        ready_timeout_s=args.ready_timeout, exit_timeout_s=max(args.exit_timeout, MIN_TRITON_EXIT_TIMEOUT_S),
+        extra_args=extra,
     )
     stop = {"signal": None, "count": 0}
 
@@ -769,7 +773,7 @@ def serve_main(args: argparse.Namespace) -> int:
             if follow:
                 follow_pos[0] = _copy_new(srv.log_path, follow_pos[0])
 
-        rc = srv.shutdown(say=lambda line: print(line, file=sys.stderr, flush=True),
+        rc = srv.shutdown(args.exit_timeout, say=lambda line: print(line, file=sys.stderr, flush=True),
                           abort=lambda: stop["count"] > 1, tick=tick)
         pos = follow_pos[0]
         if follow:
