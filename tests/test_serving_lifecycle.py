@@ -208,6 +208,33 @@ def test_generate_cli_timeout_is_the_server_deadline(serve, tmp_path, capsys):
     assert not (tmp_path / "x.npy").exists()
 
 
+def test_client_never_cancels_a_request_the_server_ended(serve, monkeypatch):
+    """Cancelling a gRPC stream after the generation model's last response makes tritonserver 2.51 keep the
+    model referenced for good (it can never unload: the drain below would wait in vain). VideoClient
+    cancels only requests still running: not after an error response, not after the video."""
+    calls: list[bool] = []
+
+    def spied(client):
+        real = client._thread_client()
+        stop = real.stop_stream
+        monkeypatch.setattr(real, "stop_stream",
+                            lambda cancel_requests=False: calls.append(cancel_requests) or stop(cancel_requests))
+        return client
+
+    with pytest.raises(ServerRequestError) as e:  # ended by the server's deadline
+        spied(VideoClient(serve.grpc_url, timeout_s=0.5)).run(
+            GenerationRequest(PROMPT, num_inference_steps=200, **BIG))
+    assert e.value.status == "DEADLINE_EXCEEDED"
+    assert spied(VideoClient(serve.grpc_url)).run(GenerationRequest(PROMPT, num_inference_steps=1)).frames.size
+    assert calls and not any(calls), calls  # stream closed (close() closes it again), never cancelled
+    calls.clear()
+    stop = threading.Event()
+    with pytest.raises(CancelledError):  # still running: cancelled on the server
+        spied(VideoClient(serve.grpc_url)).run(GenerationRequest(PROMPT, num_inference_steps=200, **BIG),
+                                               progress=lambda p: stop.set(), cancel=stop)
+    assert calls[0] is True, calls
+
+
 def test_cancel_during_the_decode_stops_it_and_tiles_show_progress(serve):
     """Progress per VAE tile after the steps; a cancel during the decode stops it within a tile (before:
     the decode ran on and the request counted as a success)."""
@@ -263,7 +290,11 @@ def test_sigterm_drains_in_flight_generations_then_unloads_bls_first(serve):
         VideoClient(serve.http_url, protocol="http").run(GenerationRequest(PROMPT, num_inference_steps=1))
     assert e.value.status == "UNAVAILABLE" and "shutting down" in str(e.value), str(e.value)
 
-    rc = serve.proc.wait(EXIT_TIMEOUT + 60)
+    try:
+        rc = serve.proc.wait(EXIT_TIMEOUT + 60)
+    except subprocess.TimeoutExpired:
+        log_tail = "\n".join(serve.log.read_text().splitlines()[-40:])
+        raise AssertionError(f"vidtrt serve still running: {serve.stderr.read_text()[-3000:]}\n{log_tail}") from None
     took = time.monotonic() - t0
     short.join(10)
     long.join(10)

@@ -67,6 +67,9 @@ DRAIN_GRACE_S = 60.0  # after the drain limit: for cancelled generations to reac
 # tritonserver's own --exit-timeout-secs under `vidtrt serve`: after the drain it only unloads the components
 # (measured ~5 s of backend-stub teardown on 2 cores); a short drain limit must not make it give up on that.
 MIN_TRITON_EXIT_TIMEOUT_S = 30
+# An idle generation model unloads in ~2-3 s. One that does not is held by tritonserver 2.51 itself: a client
+# that cancelled a gRPC stream after the model's final response leaves the model referenced for good.
+UNLOAD_WAIT_S = 30.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -622,9 +625,10 @@ class TritonServer:
         lifecycle.start_drain(self.drain_file, limit_s)
         give_up = time.monotonic() + limit_s + grace_s
 
-        def wait(done) -> bool:
+        def wait(done, until: float | None = None) -> bool:
+            until = give_up if until is None else min(give_up, until)
             while not done():
-                if abort() or time.monotonic() > give_up or self.process is None or self.process.poll() is not None:
+                if abort() or time.monotonic() > until or self.process is None or self.process.poll() is not None:
                     return False
                 tick()
                 time.sleep(0.2)
@@ -647,8 +651,15 @@ class TritonServer:
                 say(f"draining: could not unload {name}: {status} {body.strip()[:200]}")
                 return False
         done = wait(lambda: all(self._states(models).get(m) not in ("READY", "UNLOADING", "LOADING", None)
-                                for m in models))
-        say(f"draining: unloaded {', '.join(models)}" if done else "draining: the generation models did not unload")
+                                for m in models), time.monotonic() + UNLOAD_WAIT_S)
+        if done:
+            say(f"draining: unloaded {', '.join(models)}")
+        else:
+            states = self._states(models)
+            say("draining: the generation models did not unload (" + ", ".join(
+                f"{m}: {states.get(m, 'state unknown')}" for m in models) + "), with no generation pending: "
+                "tritonserver 2.51 keeps a model referenced after a client cancels a gRPC stream the model had "
+                "already answered; stopping anyway (tritonserver will run into its exit timeout)")
         return done
 
     def shutdown(self, limit_s: float | None = None, **drain_kwargs) -> int | None:

@@ -254,48 +254,58 @@ class VideoClient:
         result = GenerationResult(frames=np.zeros((0, 0, 0, 3), np.uint8))
         start = time.perf_counter()
         cancelled = False
-        clean = False
+        ended = False  # the server ended the request (its final response or an error response arrived)
+        clean = False  # ... and the stream is fit for the next request
+
+        def cancel_request() -> None:
+            nonlocal cancelled
+            cancelled = True
+            client.stop_stream(cancel_requests=True)
+
         try:
             client.start_stream(callback=lambda result, error: responses.put((result, error)))
             client.async_stream_infer(self.model_name, self._inputs(grpcclient, arrays),
                                       request_id=uuid.uuid4().hex, enable_empty_final_response=True,
                                       timeout=self._timeout_us())
             while True:
-                if is_cancelled is not None and is_cancelled():
-                    cancelled = True
-                    client.stop_stream(cancel_requests=True)
-                    raise CancelledError("generation cancelled by the client")
-                if self.timeout_s is not None and time.perf_counter() - start > self.timeout_s + TIMEOUT_GRACE_S:
-                    cancelled = True
-                    client.stop_stream(cancel_requests=True)
-                    raise TransportError(f"no final response from {self.url} within {self.timeout_s:g} s "
-                                         f"+ {TIMEOUT_GRACE_S:g} s (cancelled)")
+                # A response that already arrived is read before a cancel is acted on: cancelling a request
+                # the server has ended wedges its model in tritonserver 2.51 (see the finally below).
                 try:
                     res, err = responses.get(timeout=0.05)
                 except queue.Empty:
-                    continue
+                    res = err = None
                 if err is not None:
+                    ended = True  # the generation model sends every error response with the FINAL flag
                     msg, status = _server_message(err)
                     raise ServerRequestError(msg, status)
-                ev = _progress_event(res)
-                if ev is not None:
-                    result.progress.append(ev)
-                    if progress is not None:
-                        progress(ev)
-                video = res.as_numpy("video")
-                if video is not None:
-                    result.frames = video
-                    mp4 = res.as_numpy("mp4")
-                    result.mp4 = bytes(mp4.reshape(-1)[0]) if mp4 is not None else None
-                final = res.get_response().parameters.get("triton_final_response")
-                if final is not None and final.bool_param:
-                    if video is None:
-                        raise ServerRequestError("the server ended the request without a video")
-                    clean = True
-                    break
+                if res is not None:
+                    ev = _progress_event(res)
+                    if ev is not None:
+                        result.progress.append(ev)
+                        if progress is not None:
+                            progress(ev)
+                    video = res.as_numpy("video")
+                    if video is not None:
+                        result.frames = video
+                        mp4 = res.as_numpy("mp4")
+                        result.mp4 = bytes(mp4.reshape(-1)[0]) if mp4 is not None else None
+                    final = res.get_response().parameters.get("triton_final_response")
+                    if final is not None and final.bool_param:
+                        ended = True
+                        if video is None:
+                            raise ServerRequestError("the server ended the request without a video")
+                        clean = True
+                        break
+                if is_cancelled is not None and is_cancelled():
+                    cancel_request()
+                    raise CancelledError("generation cancelled by the client")
+                if self.timeout_s is not None and time.perf_counter() - start > self.timeout_s + TIMEOUT_GRACE_S:
+                    cancel_request()
+                    raise TransportError(f"no final response from {self.url} within {self.timeout_s:g} s "
+                                         f"+ {TIMEOUT_GRACE_S:g} s (cancelled)")
         except KeyboardInterrupt:
-            cancelled = True
-            client.stop_stream(cancel_requests=True)
+            if not ended:
+                cancel_request()
             raise
         except (ServerRequestError, CancelledError, VidtrtError):
             raise
@@ -311,9 +321,11 @@ class VideoClient:
         finally:
             if not cancelled:
                 try:
-                    # Leaving before the final response (an error, or the caller's progress callback
-                    # raised) cancels the request on the server instead of waiting for its video.
-                    client.stop_stream(cancel_requests=not clean)
+                    # Leaving before the request ended (the caller's progress callback raised, a transport
+                    # error) cancels it on the server instead of waiting for its video. Never after it
+                    # ended: tritonserver 2.51 then keeps the generation model referenced for good (it stays
+                    # UNLOADING on unload, and SIGTERM runs into the exit timeout).
+                    client.stop_stream(cancel_requests=not ended)
                 except Exception:
                     clean = False
             if not clean:

@@ -3,7 +3,7 @@
 Thin on purpose: the generation program is :func:`vidtrt.orchestrator.run_generation`, the same code
 ``vidtrt run`` executes in process. Here its three component callables are BLS requests to the
 component models (:func:`vidtrt.component_io.remote_components`), and its progress callback sends one
-response per denoising step. Request/response tensors: :mod:`vidtrt.request_io`.
+response per denoising step and per VAE tile. Request/response tensors: :mod:`vidtrt.request_io`.
 
 Decoupled config (``hunyuan_video``): progress responses (``step``, ``total_steps``, ``elapsed``), one per
 VAE tile (``tile``, ``total_tiles``, ``elapsed``), then the final response (``video`` [F, H, W, 3] uint8,
