@@ -6,8 +6,9 @@
 Two load shapes, both over gRPC with the request data of ``benchmarks/perf_analyzer_inputs.json``:
 
 - ``sync``: ``hunyuan_video_sync`` (not decoupled): one response per request, what HTTP users get;
-- ``stream``: ``hunyuan_video`` with ``--streaming`` (decoupled): a progress response per step, then
-  the video. perf_analyzer 2.51 times a request to its last response, so latencies are end to end.
+- ``stream``: ``hunyuan_video`` with ``--streaming`` (decoupled): a progress response per step and per
+  VAE tile, then the video. perf_analyzer 2.51 times a request to its last response, so latencies are
+  end to end.
 
 CSV per mode goes to ``benchmarks/results/perf_analyzer_<mode>_<device>.csv``; the summary is printed
 and saved next to them. Exits non-zero if perf_analyzer fails or the server counted any failed request
@@ -46,8 +47,8 @@ def failed_requests(metrics_url: str) -> float:
     text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
     total = 0.0
     for line in text.splitlines():
-        m = re.match(r'^vidtrt_generation_requests_total\{.*outcome="(error|invalid|cancelled)".*\} ([0-9.e+-]+)$',
-                     line)
+        m = re.match(r'^vidtrt_generation_requests_total\{.*outcome="(error|invalid|cancelled|deadline|rejected)".*\} '
+                     r'([0-9.e+-]+)$', line)
         if m:
             total += float(m.group(2))
     return total

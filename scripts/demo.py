@@ -44,6 +44,10 @@ def main() -> int:
         bar = tqdm(unit="step", desc="[3/4] denoising (server)", file=sys.stderr)
 
         def on_progress(p) -> None:
+            if p.stage == "decode" and bar.unit != "tile":  # after the steps: one response per VAE tile
+                bar.unit = "tile"
+                bar.set_description("[3/4] decoding (server)", refresh=False)
+                bar.reset(total=p.total)
             bar.total = p.total
             bar.update(p.step - bar.n)
 

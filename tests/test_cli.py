@@ -35,9 +35,11 @@ def _run(capsys, argv: list[str]) -> tuple[int, str, str]:
 
 
 def _only_progress(err: str) -> bool:
-    """True when stderr holds nothing but tqdm's "denoising" bar (redrawn with carriage returns)."""
+    """True when stderr holds nothing but tqdm's "denoising" bar, then its "decoding" bar (VAE tiles),
+    redrawn with carriage returns."""
     chunks = [c.strip() for c in re.split(r"[\r\n]", err) if c.strip()]
-    return bool(chunks) and all(c.startswith("denoising") for c in chunks)
+    return bool(chunks) and all(c.startswith(("denoising", "decoding")) for c in chunks) and \
+        chunks[0].startswith("denoising")
 
 
 def test_run_npy_equals_pipeline(tmp_path, capsys, expected):
@@ -49,7 +51,7 @@ def test_run_npy_equals_pipeline(tmp_path, capsys, expected):
     assert np.array_equal(frames, expected)
     # stdout: the one "wrote ..." line; stderr: the progress bar and nothing else
     assert out.count("\n") == 1 and out.startswith(f"wrote {out_path} (5 frames, 96x64)"), out
-    assert _only_progress(err) and "2/2" in err, err
+    assert _only_progress(err) and "2/2 [" in err and "decoding: 100%" in err and "tile" in err, err
 
 
 def test_no_progress_means_silent_stderr(tmp_path, capsys):

@@ -123,8 +123,12 @@ def test_diffusers_guidance_name_is_accepted(pipe):
 def test_progress_once_per_step_and_mp4(pipe, tmp_path):
     events: list[ProgressEvent] = []
     frames = pipe.generate("a cat", seed=1, num_inference_steps=3, progress=events.append)
-    assert [(e.step, e.total) for e in events] == [(1, 3), (2, 3), (3, 3)]
+    steps = [e for e in events if e.stage == "denoise"]
+    assert [(e.step, e.total) for e in steps] == [(1, 3), (2, 3), (3, 3)]
     assert all(b.elapsed_s >= a.elapsed_s for a, b in zip(events, events[1:], strict=False))
+    # then one event per VAE tile of the tiled decode (the tiny default: 4 tiles)
+    assert events[: len(steps)] == steps and [(e.stage, e.step, e.total) for e in events[len(steps):]] == [
+        ("decode", k, 4) for k in (1, 2, 3, 4)]
     path = write_video(tmp_path / "cat.mp4", frames)
     back = decode_mp4(path)
     assert back.shape == frames.shape

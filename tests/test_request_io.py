@@ -98,6 +98,11 @@ def test_outputs():
     p = request_io.progress_outputs(3, 50, 1.25)
     assert {k: (v.dtype, v.shape) for k, v in p.items()} == {
         "step": (np.int32, (1,)), "total_steps": (np.int32, (1,)), "elapsed": (np.float32, (1,))}
+    # decode progress (one per VAE tile) carries no "step": clients that know only steps skip it
+    d = request_io.decode_progress_outputs(7, 18, 2.5)
+    assert {k: (v.dtype, v.shape) for k, v in d.items()} == {
+        "tile": (np.int32, (1,)), "total_tiles": (np.int32, (1,)), "elapsed": (np.float32, (1,))}
+    assert set(d) == set(request_io.DECODE_PROGRESS_OUTPUTS) and "step" not in d
     frames = np.zeros((5, 16, 32, 3), np.uint8)
     f = request_io.final_outputs(frames, b"mp4bytes")
     assert f["video"].shape == (5, 16, 32, 3) and f["mp4"].dtype == np.object_ and f["mp4"][0] == b"mp4bytes"
@@ -114,7 +119,7 @@ def test_config_stanzas_declare_every_tensor_once():
     assert inputs["seed"][0] == "TYPE_INT64" and inputs["embedded_guidance_scale"][0] == "TYPE_FP32"
     assert outputs["video"] == ("TYPE_UINT8", "-1, -1, -1, 3")
     assert outputs["mp4"] == ("TYPE_STRING", "1")
-    assert set(outputs) == {"step", "total_steps", "elapsed", "video", "mp4"}
+    assert set(outputs) == {"step", "total_steps", "elapsed", "tile", "total_tiles", "video", "mp4"}
     assert text.count("input [") == 1 and text.count("output [") == 1
 
 

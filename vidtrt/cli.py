@@ -21,6 +21,7 @@ REQUEST_FLAGS = {
 
 
 def _progress_bar(disabled: bool):
+    """tqdm bars on stderr: the denoising steps, then the VAE tiles of the decode."""
     from tqdm import tqdm
 
     bar = None
@@ -30,10 +31,13 @@ def _progress_bar(disabled: bool):
         if disabled:
             return
         if bar is None:
-            bar = tqdm(total=event.total, unit="step", desc="denoising", file=sys.stderr)
+            decode = event.stage == "decode"
+            bar = tqdm(total=event.total, unit="tile" if decode else "step", desc="decoding" if decode else "denoising",
+                       file=sys.stderr)
         bar.update(event.step - bar.n)
         if event.step == event.total:
             bar.close()
+            bar = None
 
     return on_progress
 

@@ -84,4 +84,10 @@ class TransportError(VidtrtError):
 
 
 class CancelledError(VidtrtError):
-    """The caller cancelled the generation (raised between denoising steps)."""
+    """The generation was cancelled (by the caller, or by a server shutting down): raised between denoising
+    steps and between VAE tiles."""
+
+
+class DeadlineExceededError(CancelledError):
+    """The request's deadline passed before the generation finished (checked between denoising steps and
+    between VAE tiles, so it stops within one of them)."""

@@ -26,7 +26,9 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--model-name", default="hunyuan_video",
                         help="generation model in the repository (default hunyuan_video)")
     parser.add_argument("--timeout", type=float, default=None,
-                        help="seconds to wait for the video before cancelling (default: no limit)")
+                        help="the request's deadline in seconds: the server stops the generation at its next "
+                             "denoising step or VAE tile once it passed and answers 'deadline exceeded' "
+                             "(exit 3); default: no limit")
     return parser
 
 
@@ -54,19 +56,27 @@ def generate_main(args: argparse.Namespace) -> int:
 
 
 class _ProgressBar:
-    """tqdm bar on stderr, fed by progress responses."""
+    """tqdm bars on stderr, fed by progress responses: one for the denoising steps, then one for the VAE
+    tiles of the decode."""
+
+    STAGES = {"denoise": ("denoising (server)", "step"), "decode": ("decoding (server)", "tile")}
 
     def __init__(self, disabled: bool) -> None:
         self.disabled = disabled
         self.bar = None
+        self.stage = None
 
     def __call__(self, event) -> None:
         if self.disabled:
             return
-        if self.bar is None:
+        stage = getattr(event, "stage", "denoise")
+        if self.bar is None or stage != self.stage:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=event.total, unit="step", desc="denoising (server)", file=sys.stderr)
+            self.close()
+            desc, unit = self.STAGES.get(stage, (stage, "step"))
+            self.bar = tqdm(total=event.total, unit=unit, desc=desc, file=sys.stderr)
+            self.stage = stage
         self.bar.update(event.step - self.bar.n)
 
     def close(self) -> None:

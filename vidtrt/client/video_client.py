@@ -1,11 +1,17 @@
 """A client for the vidtrt generation models on Triton Inference Server.
 
 gRPC (default): streams from the decoupled ``hunyuan_video`` model; ``progress`` is called once per
-denoising step, the call returns when the final response (the video) arrives, and ``cancel`` (an Event
-or a callable) cancels the request on the server (it stops within one step).
+denoising step and then once per VAE tile (``Progress.stage``), the call returns when the final response
+(the video) arrives, and ``cancel`` (an Event or a callable) cancels the request on the server (it stops
+within one step or tile).
 
 HTTP: Triton's ``/infer`` endpoint rejects decoupled models, so HTTP goes to the non-decoupled
-``hunyuan_video_sync`` model: one response, no progress, no cancellation.
+``hunyuan_video_sync`` model: one response, no progress, no cancellation (tritonserver 2.51 does not tell
+the model when an HTTP client goes away: the request runs to its end; a timeout bounds it).
+
+``timeout_s`` is the request's deadline, enforced by the server (Triton's request timeout: the
+generation stops at its next step or tile once it passed and answers "deadline exceeded"); the client
+itself gives up ``TIMEOUT_GRACE_S`` later if no answer came.
 
 >>> client = VideoClient("localhost:8001")                              # doctest: +SKIP
 >>> frames = client.generate("a cat walks on the grass", seed=1)        # uint8 [F, H, W, 3]
@@ -24,22 +30,25 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vidtrt.config import request_io
+from vidtrt.config import lifecycle, request_io
 from vidtrt.config.request import GenerationRequest, embedded_guidance
 from vidtrt.errors import CancelledError, InvalidRequestError, TransportError, VidtrtError
 
 DEFAULT_MODEL = "hunyuan_video"
 PROTOCOLS = ("grpc", "http")
+TIMEOUT_GRACE_S = 10.0  # the client's own limit is timeout_s + this: the server answers at a step/tile boundary
 
 
 @dataclass(frozen=True)
 class Progress:
     """One progress response: ``step`` of ``total`` finished (1-based), ``elapsed_s`` since the server
-    started the request. Same fields as :class:`vidtrt.runtime.orchestrator.ProgressEvent`."""
+    started the request; ``stage`` ``"denoise"`` (denoising steps) or ``"decode"`` (VAE tiles, after the
+    steps). Same fields as :class:`vidtrt.runtime.orchestrator.ProgressEvent`."""
 
     step: int
     total: int
     elapsed_s: float
+    stage: str = "denoise"
 
 
 @dataclass
@@ -55,10 +64,12 @@ class GenerationResult:
 
 class ServerRequestError(VidtrtError):
     """The server answered the request with an error. ``param`` names the request input for invalid
-    parameters (``invalid height=65: ...``), else None; ``status`` is the server's status text."""
+    parameters (``invalid height=65: ...``), else None; ``status`` is DEADLINE_EXCEEDED, CANCELLED or
+    UNAVAILABLE (retry later or elsewhere) when the message says so (a gRPC stream carries no status
+    code), else the transport's status text."""
 
     def __init__(self, message: str, status: str | None = None):
-        self.status = status
+        self.status = lifecycle.status_of(message) or status
         invalid = InvalidRequestError.from_message(message)
         self.param = invalid.param if invalid else None
         super().__init__(message)
@@ -93,7 +104,8 @@ class VideoClient:
 
     ``url``: ``host:port`` of the gRPC endpoint (protocol ``grpc``, default port 8001) or the HTTP endpoint
     (``http``, default port 8000). ``model_name``: the generation model (``hunyuan_video``; over HTTP its
-    ``_sync`` variant is used). ``timeout_s``: give up on a request after this long (None = wait).
+    ``_sync`` variant is used). ``timeout_s``: the request's deadline, sent to the server, which stops
+    the generation once it passed (None = no deadline).
     """
 
     def __init__(self, url: str = "localhost:8001", protocol: str = "grpc", model_name: str = DEFAULT_MODEL,
@@ -170,7 +182,7 @@ class VideoClient:
                 return grpcclient.InferenceServerClient(self.url)
             import tritonclient.http as httpclient
 
-            timeout = self.timeout_s if self.timeout_s is not None else 24 * 3600.0
+            timeout = self.timeout_s + TIMEOUT_GRACE_S if self.timeout_s is not None else 24 * 3600.0
             return httpclient.InferenceServerClient(self.url, connection_timeout=60.0, network_timeout=timeout)
         except ImportError:
             raise VidtrtError("tritonclient is not installed: pip install 'tritonclient[grpc,http]'") from None
@@ -220,6 +232,10 @@ class VideoClient:
             return self._run_grpc(arrays, progress, cancel)
         return self._run_http(arrays)
 
+    def _timeout_us(self) -> int | None:
+        """The deadline as Triton's request timeout (microseconds), None without one."""
+        return None if self.timeout_s is None else max(1, int(self.timeout_s * 1e6))
+
     def _inputs(self, module, arrays: dict[str, np.ndarray]) -> list:
         specs = {t.name: t for t in request_io.REQUEST_INPUTS}
         inputs = []
@@ -238,47 +254,58 @@ class VideoClient:
         result = GenerationResult(frames=np.zeros((0, 0, 0, 3), np.uint8))
         start = time.perf_counter()
         cancelled = False
-        clean = False
+        ended = False  # the server ended the request (its final response or an error response arrived)
+        clean = False  # ... and the stream is fit for the next request
+
+        def cancel_request() -> None:
+            nonlocal cancelled
+            cancelled = True
+            client.stop_stream(cancel_requests=True)
+
         try:
             client.start_stream(callback=lambda result, error: responses.put((result, error)))
             client.async_stream_infer(self.model_name, self._inputs(grpcclient, arrays),
-                                      request_id=uuid.uuid4().hex, enable_empty_final_response=True)
+                                      request_id=uuid.uuid4().hex, enable_empty_final_response=True,
+                                      timeout=self._timeout_us())
             while True:
-                if is_cancelled is not None and is_cancelled():
-                    cancelled = True
-                    client.stop_stream(cancel_requests=True)
-                    raise CancelledError("generation cancelled by the client")
-                if self.timeout_s is not None and time.perf_counter() - start > self.timeout_s:
-                    cancelled = True
-                    client.stop_stream(cancel_requests=True)
-                    raise TransportError(f"no final response from {self.url} within {self.timeout_s:g} s (cancelled)")
+                # A response that already arrived is read before a cancel is acted on: cancelling a request
+                # the server has ended wedges its model in tritonserver 2.51 (see the finally below).
                 try:
                     res, err = responses.get(timeout=0.05)
                 except queue.Empty:
-                    continue
+                    res = err = None
                 if err is not None:
+                    ended = True  # the generation model sends every error response with the FINAL flag
                     msg, status = _server_message(err)
                     raise ServerRequestError(msg, status)
-                step = res.as_numpy("step")
-                if step is not None:
-                    ev = Progress(int(step[0]), int(res.as_numpy("total_steps")[0]), float(res.as_numpy("elapsed")[0]))
-                    result.progress.append(ev)
-                    if progress is not None:
-                        progress(ev)
-                video = res.as_numpy("video")
-                if video is not None:
-                    result.frames = video
-                    mp4 = res.as_numpy("mp4")
-                    result.mp4 = bytes(mp4.reshape(-1)[0]) if mp4 is not None else None
-                final = res.get_response().parameters.get("triton_final_response")
-                if final is not None and final.bool_param:
-                    if video is None:
-                        raise ServerRequestError("the server ended the request without a video")
-                    clean = True
-                    break
+                if res is not None:
+                    ev = _progress_event(res)
+                    if ev is not None:
+                        result.progress.append(ev)
+                        if progress is not None:
+                            progress(ev)
+                    video = res.as_numpy("video")
+                    if video is not None:
+                        result.frames = video
+                        mp4 = res.as_numpy("mp4")
+                        result.mp4 = bytes(mp4.reshape(-1)[0]) if mp4 is not None else None
+                    final = res.get_response().parameters.get("triton_final_response")
+                    if final is not None and final.bool_param:
+                        ended = True
+                        if video is None:
+                            raise ServerRequestError("the server ended the request without a video")
+                        clean = True
+                        break
+                if is_cancelled is not None and is_cancelled():
+                    cancel_request()
+                    raise CancelledError("generation cancelled by the client")
+                if self.timeout_s is not None and time.perf_counter() - start > self.timeout_s + TIMEOUT_GRACE_S:
+                    cancel_request()
+                    raise TransportError(f"no final response from {self.url} within {self.timeout_s:g} s "
+                                         f"+ {TIMEOUT_GRACE_S:g} s (cancelled)")
         except KeyboardInterrupt:
-            cancelled = True
-            client.stop_stream(cancel_requests=True)
+            if not ended:
+                cancel_request()
             raise
         except (ServerRequestError, CancelledError, VidtrtError):
             raise
@@ -294,9 +321,11 @@ class VideoClient:
         finally:
             if not cancelled:
                 try:
-                    # Leaving before the final response (an error, or the caller's progress callback
-                    # raised) cancels the request on the server instead of waiting for its video.
-                    client.stop_stream(cancel_requests=not clean)
+                    # Leaving before the request ended (the caller's progress callback raised, a transport
+                    # error) cancels it on the server instead of waiting for its video. Never after it
+                    # ended: tritonserver 2.51 then keeps the generation model referenced for good (it stays
+                    # UNLOADING on unload, and SIGTERM runs into the exit timeout).
+                    client.stop_stream(cancel_requests=not ended)
                 except Exception:
                     clean = False
             if not clean:
@@ -313,7 +342,8 @@ class VideoClient:
         if "mp4" in [v.decode() if isinstance(v, bytes) else v for v in arrays.get("output_format", [])]:
             outputs.append(httpclient.InferRequestedOutput("mp4", binary_data=True))
         try:
-            res = client.infer(self.model_name, self._inputs(httpclient, arrays), outputs=outputs)
+            res = client.infer(self.model_name, self._inputs(httpclient, arrays), outputs=outputs,
+                               timeout=self._timeout_us())
         except Exception as e:
             msg, status = _server_message(e)
             if "connect" in msg.lower() or "refused" in msg.lower():
@@ -325,3 +355,13 @@ class VideoClient:
         return GenerationResult(frames=res.as_numpy("video"),
                                 mp4=bytes(mp4.reshape(-1)[0]) if mp4 is not None else None,
                                 latency_s=time.perf_counter() - start)
+
+
+def _progress_event(res) -> Progress | None:
+    """The Progress of a step or tile response, None for others (the final one)."""
+    elapsed = res.as_numpy("elapsed")
+    for count, total, stage in (("step", "total_steps", "denoise"), ("tile", "total_tiles", "decode")):
+        value = res.as_numpy(count)
+        if value is not None:
+            return Progress(int(value[0]), int(res.as_numpy(total)[0]), float(elapsed[0]), stage)
+    return None

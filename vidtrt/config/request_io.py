@@ -6,8 +6,12 @@ written down exactly once.
 
 Request: ``prompt`` (required) and optional knobs, every one a ``[1]`` tensor (``max_batch_size: 0``).
 Responses of the streaming (decoupled) model: one *progress* response per denoising step carrying
-``step``, ``total_steps`` and ``elapsed``, then the *final* response carrying ``video`` (and ``mp4``
-when ``output_format`` is ``"mp4"``). The non-decoupled variant sends the final response only.
+``step``, ``total_steps`` and ``elapsed``, then one *decode progress* response per VAE tile carrying
+``tile``, ``total_tiles`` and ``elapsed`` (no ``step``: clients that only know steps skip them), then the
+*final* response carrying ``video`` (and ``mp4`` when ``output_format`` is ``"mp4"``). The
+non-decoupled variant sends the final response only.
+
+The request's deadline is Triton's request timeout, not an input (:mod:`vidtrt.config.lifecycle`).
 
 No torch here: clients import this module.
 """
@@ -88,11 +92,14 @@ RESPONSE_OUTPUTS: tuple[IOTensor, ...] = (
     IOTensor("step", "TYPE_INT32", (1,), doc="progress: finished denoising steps (1-based)"),
     IOTensor("total_steps", "TYPE_INT32", (1,), doc="progress: denoising steps of the request"),
     IOTensor("elapsed", "TYPE_FP32", (1,), doc="progress: seconds since the request started"),
+    IOTensor("tile", "TYPE_INT32", (1,), doc="decode progress: VAE tiles decoded (1-based)"),
+    IOTensor("total_tiles", "TYPE_INT32", (1,), doc="decode progress: VAE tiles of the request's decode"),
     IOTensor("video", "TYPE_UINT8", (-1, -1, -1, 3), doc="final: uint8 frames [F, H, W, 3]"),
     IOTensor("mp4", "TYPE_STRING", (1,), doc="final, output_format='mp4' only: H.264 mp4 bytes"),
 )
 
 PROGRESS_OUTPUTS = ("step", "total_steps", "elapsed")
+DECODE_PROGRESS_OUTPUTS = ("tile", "total_tiles", "elapsed")
 FINAL_OUTPUTS = ("video", "mp4")
 
 _BY_NAME = {t.name: t for t in REQUEST_INPUTS}
@@ -194,6 +201,15 @@ def progress_outputs(step: int, total: int, elapsed_s: float) -> dict[str, np.nd
     return {
         "step": np.array([step], dtype=np.int32),
         "total_steps": np.array([total], dtype=np.int32),
+        "elapsed": np.array([elapsed_s], dtype=np.float32),
+    }
+
+
+def decode_progress_outputs(tile: int, total: int, elapsed_s: float) -> dict[str, np.ndarray]:
+    """Arrays of one decode progress response (a VAE tile decoded)."""
+    return {
+        "tile": np.array([tile], dtype=np.int32),
+        "total_tiles": np.array([total], dtype=np.int32),
         "elapsed": np.array([elapsed_s], dtype=np.float32),
     }
 

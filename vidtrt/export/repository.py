@@ -78,6 +78,7 @@ def build_repository(
     text_encoder_instances: int = 1,
     vae_decoder_instances: int = 1,
     max_concurrent_generations: int = 4,
+    max_queue_size: int | None = None,
     sync_model: bool = True,
     sync_instances: int = 1,
     fail_on_guidance: float | None = None,
@@ -96,7 +97,9 @@ def build_repository(
     Triton, the component on that GPU). ``*_instances``: instances per device (each holds its own
     weights, so keep the DiT at 1 on GPUs; on CPU extra instances only help with spare cores).
     ``max_concurrent_generations``: requests the streaming generation model runs at once (threads; each
-    waits on the component models). ``sync_instances``: instances of the non-streaming model (it runs a
+    waits on the component models). ``max_queue_size``: requests that may wait behind the running ones,
+    per generation model (default :data:`vidtrt.config.lifecycle.DEFAULT_MAX_QUEUE`, 16; 0 = no bound); more are
+    answered UNAVAILABLE. ``sync_instances``: instances of the non-streaming model (it runs a
     request inside ``execute``, so this is its concurrency; each is a process without weights).
     ``fail_on_guidance``: test-only; the DiT model fails requests whose
     embedded_guidance_scale equals it. ``overwrite``: replace a repository this function wrote before (never
@@ -104,6 +107,7 @@ def build_repository(
     """
     from vidtrt import __version__
     from vidtrt.config import request_io
+    from vidtrt.config.lifecycle import DEFAULT_MAX_QUEUE
     from vidtrt.runtime.engine_components import MANIFEST_NAME, read_manifest
     from vidtrt.serving.component_io import specs_for_triton
     from vidtrt.source.model_source import ModelSource
@@ -124,6 +128,9 @@ def build_repository(
                     ("max_concurrent_generations", max_concurrent_generations), ("sync_instances", sync_instances)):
         if not isinstance(n, int) or n < 1:
             raise RepositoryError(f"invalid {name}={n!r}: accepted an integer >= 1")
+    max_queue_size = DEFAULT_MAX_QUEUE if max_queue_size is None else max_queue_size
+    if not isinstance(max_queue_size, int) or isinstance(max_queue_size, bool) or max_queue_size < 0:
+        raise RepositoryError(f"invalid max_queue_size={max_queue_size!r}: accepted an integer >= 0 (0 = no bound)")
     if engine != "torch" and not artifacts:
         raise RepositoryError(f"engine {engine!r} needs --artifacts (the folder `vidtrt export` wrote)")
     if artifacts and not Path(artifacts).is_dir():
@@ -153,6 +160,7 @@ def build_repository(
     common = dict(model=source.ref, fingerprint=source.fingerprint,
                   text_encoder_name=family.component_model("text_encoder"), dit_name=family.component_model("dit"),
                   vae_decoder_name=family.component_model("vae_decoder"), max_concurrent=max_concurrent_generations,
+                  max_queue=max_queue_size,
                   fps=config.defaults.fps, stream_name=family.stream_model, sync_name=family.sync_model,
                   sync_instances=sync_instances)
 
@@ -225,6 +233,9 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="DiT model instances per device (each holds the weights; default 1)")
     parser.add_argument("--max-concurrent", type=int, default=4,
                         help="generations the BLS model runs at once (default 4)")
+    parser.add_argument("--max-queue", type=int, default=None, metavar="N",
+                        help="requests that may wait behind the running ones, per generation model; more are "
+                             "answered UNAVAILABLE (default 16; 0 = no bound)")
     parser.add_argument("--sync-instances", type=int, default=1,
                         help="instances (= concurrent requests) of the non-streaming hunyuan_video_sync model")
     parser.add_argument("--no-sync-model", action="store_true",
@@ -237,6 +248,7 @@ def build_main(args: argparse.Namespace) -> int:
     out = build_repository(
         args.model, args.out, args.engine, artifacts=args.artifacts, device=args.device, precision=args.precision,
         dit_instances=args.dit_instances, max_concurrent_generations=args.max_concurrent,
+        max_queue_size=args.max_queue,
         sync_model=not args.no_sync_model, sync_instances=args.sync_instances,
         overwrite=args.force or _is_vidtrt_repo(args.out),
     )

@@ -1,7 +1,7 @@
 """The generation program, written once; both transports drive it.
 
     validate request -> encode text -> seeded noise -> N x (DiT velocity, Euler step)
-                     -> tiled VAE decode -> uint8 frames [F, H, W, 3]
+                     -> tiled VAE decode (one call per tile) -> uint8 frames [F, H, W, 3]
 
 The three components arrive as callables (:class:`vidtrt.config.components.Components`): engines in
 process, BLS requests inside Triton. Nothing here knows which.
@@ -17,23 +17,31 @@ import numpy as np
 import torch
 
 from vidtrt.config.components import Components, TextEmbeddings
+from vidtrt.config.lifecycle import Deadline
 from vidtrt.config.model_config import ModelConfig
 from vidtrt.config.request import GenerationRequest
-from vidtrt.errors import CancelledError, InvalidRequestError, NonFiniteError
+from vidtrt.errors import CancelledError, DeadlineExceededError, InvalidRequestError, NonFiniteError
 from vidtrt.runtime.scheduler import euler_step, flow_match_sigmas, initial_noise, timesteps_from_sigmas
 from vidtrt.video_io import to_uint8_frames
 
 
 @dataclass(frozen=True)
 class ProgressEvent:
-    """One finished denoising step: ``step`` is 1-based, ``elapsed_s`` counts from the request's start."""
+    """One finished unit of work, ``step`` of ``total`` (1-based); ``elapsed_s`` counts from the request's start.
+
+    ``stage`` says which: ``"denoise"``, a denoising step (one per step, first); ``"decode"``, a VAE tile of
+    the tiled decode (one per tile, after the last step; ``total`` = tiles of the whole decode).
+    """
 
     step: int
     total: int
     elapsed_s: float
+    stage: str = "denoise"
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
+# Checked before every step and every tile: truthy = cancel; a string says why (it lands in the message).
+CancelCheck = Callable[[], bool | str | None]
 
 
 _OVERFLOW_HINT = " (fp16 overflow is the usual cause: use precision bf16 or fp32); nothing was written"
@@ -53,19 +61,31 @@ def _encode_negative(components: Components, r: GenerationRequest, default: str)
         raise e.renamed("negative_prompt") from None
 
 
+def check_cancel(should_cancel: CancelCheck | None, deadline: Deadline | None, where: str) -> None:
+    """Raise CancelledError if ``should_cancel()`` says so (its string, if any, is the reason), else
+    DeadlineExceededError if ``deadline`` passed; ``where`` ends the message (``before step 3 of 50``)."""
+    if should_cancel is not None:
+        reason = should_cancel()
+        if reason:
+            detail = f" ({reason})" if isinstance(reason, str) else ""
+            raise CancelledError(f"generation cancelled{detail} {where}")
+    if deadline is not None and deadline.expired():
+        raise DeadlineExceededError(deadline.message(where))
+
+
 def denoise(
     request: GenerationRequest,
     config: ModelConfig,
     components: Components,
     progress: ProgressCallback | None = None,
-    should_cancel: Callable[[], bool] | None = None,
+    should_cancel: CancelCheck | None = None,
     start_time: float | None = None,
+    deadline: Deadline | None = None,
 ) -> torch.Tensor:
     """Text encoding and the denoising loop for a validated request: final latents float32 [1, C, T', h, w]."""
     r = request
     start = time.perf_counter() if start_time is None else start_time
-    if should_cancel is not None and should_cancel():  # e.g. cancelled while queued behind other requests
-        raise CancelledError("generation cancelled before text encoding")
+    check_cancel(should_cancel, deadline, "before text encoding")  # e.g. cancelled while queued
     text = components.encode_text([r.prompt], r.prompt_policy)
     negative: TextEmbeddings | None = None
     if r.do_true_cfg:
@@ -78,8 +98,7 @@ def denoise(
 
     total = r.num_inference_steps
     for i in range(total):
-        if should_cancel is not None and should_cancel():
-            raise CancelledError(f"generation cancelled before step {i + 1} of {total}")
+        check_cancel(should_cancel, deadline, f"before step {i + 1} of {total}")
         t = timesteps[i].expand(1)
         velocity = components.dit(latents, t, text, guidance)
         if negative is not None:
@@ -93,11 +112,36 @@ def denoise(
     return latents
 
 
-def decode_latents(latents: torch.Tensor, config: ModelConfig, components: Components) -> np.ndarray:
-    """Final latents [1, C, T', h, w] -> uint8 frames [F, H, W, 3] through the tiled decode."""
-    from vidtrt.config.tiling import decode
+def decode_latents(
+    latents: torch.Tensor,
+    config: ModelConfig,
+    components: Components,
+    progress: ProgressCallback | None = None,
+    should_cancel: CancelCheck | None = None,
+    start_time: float | None = None,
+    deadline: Deadline | None = None,
+) -> np.ndarray:
+    """Final latents [1, C, T', h, w] -> uint8 frames [F, H, W, 3] through the tiled decode (diffusers'
+    tile plan, :func:`vidtrt.config.tiling.plan_tiles`). Cancellation and the deadline are checked before every
+    tile; ``progress`` gets a ``"decode"`` event after every tile."""
+    from vidtrt.config.tiling import plan_tiles, tiled_decode
 
-    video = decode(latents / config.vae.scaling_factor, components.decode_tile, config.vae, config.tiling)
+    start = time.perf_counter() if start_time is None else start_time
+    z = latents / config.vae.scaling_factor
+    plan = plan_tiles(tuple(z.shape), config.vae, config.tiling)
+    total = plan.num_tiles
+    done = 0
+
+    def decode_tile(tile: torch.Tensor) -> torch.Tensor:
+        nonlocal done
+        check_cancel(should_cancel, deadline, f"before VAE tile {done + 1} of {total}")
+        out = components.decode_tile(tile)
+        done += 1
+        if progress is not None:
+            progress(ProgressEvent(step=done, total=total, elapsed_s=time.perf_counter() - start, stage="decode"))
+        return out
+
+    video = tiled_decode(z, decode_tile, plan)
     if not bool(torch.isfinite(video).all()):
         raise NonFiniteError(f"the VAE decoder produced NaN/inf pixels{_OVERFLOW_HINT}")
     return to_uint8_frames(video)
@@ -108,20 +152,21 @@ def run_generation(
     config: ModelConfig,
     components: Components,
     progress: ProgressCallback | None = None,
-    should_cancel: Callable[[], bool] | None = None,
+    should_cancel: CancelCheck | None = None,
+    deadline: Deadline | None = None,
 ) -> np.ndarray:
     """Run one request end to end.
 
-    Returns uint8 frames [num_frames, height, width, 3]. Raises
-    :class:`~vidtrt.errors.InvalidRequestError` before any work for a bad request, and
-    :class:`~vidtrt.errors.CancelledError` when ``should_cancel()`` turns true (checked before every
-    step and before the decode), :class:`~vidtrt.errors.NonFiniteError` as soon as the latents (after
-    any step) or the decoded video hold NaN/inf, instead of an all-black video.
+    Returns uint8 frames [num_frames, height, width, 3]. ``progress`` gets one event per denoising step,
+    then one per VAE tile (:class:`ProgressEvent`, ``stage``). Raises
+    :class:`~vidtrt.errors.InvalidRequestError` before any work for a bad request,
+    :class:`~vidtrt.errors.CancelledError` when ``should_cancel()`` turns truthy and
+    :class:`~vidtrt.errors.DeadlineExceededError` once ``deadline`` passed (both checked before text
+    encoding, every step and every VAE tile), :class:`~vidtrt.errors.NonFiniteError` as soon as the
+    latents (after any step) or the decoded video hold NaN/inf, instead of an all-black video.
     """
     start = time.perf_counter()
     r = request.validate(config)
     with torch.inference_mode():
-        latents = denoise(r, config, components, progress, should_cancel, start)
-        if should_cancel is not None and should_cancel():
-            raise CancelledError("generation cancelled before the VAE decode")
-        return decode_latents(latents, config, components)
+        latents = denoise(r, config, components, progress, should_cancel, start, deadline)
+        return decode_latents(latents, config, components, progress, should_cancel, start, deadline)

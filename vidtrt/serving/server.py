@@ -10,6 +10,18 @@ interpreter's ``bin`` goes first on ``PATH`` so the stub imports this environmen
 torch).
 
 :class:`TritonServer` is a context manager (tests, benchmarks); :func:`serve_main` is ``vidtrt serve``.
+
+Shutdown. tritonserver 2.51 on SIGTERM waits only for requests *it* counts as in flight, and a decoupled
+BLS request is not one once ``execute`` has returned: it logs "Found 0 model versions that have in-flight
+inferences" and unloads every model at once, so a running generation's next call to the DiT fails with
+"Server not ready" within a second. Its repository API (unload) answers only before that, while the
+server is READY. So :meth:`TritonServer.shutdown` (``vidtrt serve`` on SIGINT/SIGTERM) drains first
+(:meth:`TritonServer.drain`): the generation models stop taking requests (UNAVAILABLE) and finish or,
+after the limit, cancel what runs; then they are unloaded, and only then is tritonserver signalled,
+which unloads the components nobody calls any more. For the unload the server runs with
+``--model-control-mode=explicit --load-model=*`` (every model loaded at start, as before), its
+repository API restricted to requests carrying a random per-launch token: an open load API would let
+any client load model code.
 """
 
 from __future__ import annotations
@@ -18,8 +30,10 @@ import argparse
 import contextlib
 import hashlib
 import importlib.util
+import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import site
@@ -34,6 +48,7 @@ import urllib.request
 from pathlib import Path
 
 from vidtrt import paths
+from vidtrt.config import lifecycle
 from vidtrt.errors import VidtrtError
 
 INSTALL_HINT = (
@@ -68,6 +83,15 @@ def describe_exit(returncode: int | None) -> str:
         hint = " (the kernel's out-of-memory killer sends this one)" if -returncode == signal.SIGKILL else ""
         return f"was killed by {name} (signal {-returncode}){hint}"
     return f"exited with code {returncode}"
+
+ADMIN_HEADER = "vidtrt-admin-token"  # header the restricted repository API (load/unload/index) requires
+DRAIN_GRACE_S = 60.0  # after the drain limit: for cancelled generations to reach a step/tile boundary and unload
+# tritonserver's own --exit-timeout-secs under `vidtrt serve`: after the drain it only unloads the components
+# (measured ~5 s of backend-stub teardown on 2 cores); a short drain limit must not make it give up on that.
+MIN_TRITON_EXIT_TIMEOUT_S = 30
+# An idle generation model unloads in ~2-3 s. One that does not is held by tritonserver 2.51 itself: a client
+# that cancelled a gRPC stream after the model's final response leaves the model referenced for good.
+UNLOAD_WAIT_S = 30.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -382,6 +406,8 @@ class TritonServer:
         self._log_handle = None
         self._log_start = 0
         self._tmpdir: str | None = None
+        self._admin_token = secrets.token_hex(16)
+        self._drain_dir: str | None = None
 
     # -- endpoints --------------------------------------------------------------------------------
     @property
@@ -436,12 +462,34 @@ class TritonServer:
             # No GPUs here; on GPU machines Triton's GPU metrics come back automatically when allowed.
             "--allow-gpu-metrics=false",
         ]
+        cmd += self._model_control_args()
         backend_dir = self._backend_directory
         if backend_dir is None and _is_bundled(binary):
             backend_dir = python_backend_dir()
         if backend_dir is not None:
             cmd.append(f"--backend-directory={backend_dir}")
         return cmd + self.extra_args
+
+    def _model_control_args(self) -> list[str]:
+        """Explicit model control (for :meth:`drain`'s ordered unload), every model loaded at start; the
+        repository API only for requests with this launch's token. Left out when the extra flags choose
+        a model control mode themselves."""
+        if any(a.startswith("--model-control-mode") for a in self.extra_args):
+            return []
+        token = f"model-repository:{ADMIN_HEADER}={self._admin_token}"
+        return ["--model-control-mode=explicit", "--load-model=*",
+                f"--http-restricted-api={token}", f"--grpc-restricted-protocol={token}"]
+
+    @property
+    def explicit_model_control(self) -> bool:
+        return bool(self._model_control_args())
+
+    @property
+    def drain_file(self) -> Path:
+        """The file :meth:`drain` writes; the generation models watch it (``$VIDTRT_DRAIN_FILE``)."""
+        if self._drain_dir is None:
+            self._drain_dir = tempfile.mkdtemp(prefix="vidtrt-drain-")
+        return Path(self._drain_dir) / "drain.json"
 
     def start(self) -> TritonServer:
         """Start the server and wait until every model is ready."""
@@ -488,16 +536,18 @@ class TritonServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_handle = open(self.log_path, "ab")
         self._log_start = self._log_handle.tell()
-        self._log_handle.write(("$ " + " ".join(cmd) + "\n").encode())
+        self._log_handle.write(("$ " + " ".join(cmd).replace(self._admin_token, "***") + "\n").encode())
         self._log_handle.flush()
         if sys.platform.startswith("linux"):
             cmd = [sys.executable, "-I", "-S", "-c", _EXEC_WITH_PDEATHSIG, str(os.getpid()), *cmd]
+        env = server_env(self.binary, self._env)
+        env[lifecycle.DRAIN_FILE_ENV] = str(self.drain_file)
         self.process = subprocess.Popen(
             cmd,
             stdout=self._log_handle,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=server_env(self.binary, self._env),
+            env=env,
             start_new_session=True,  # own process group: stop() reaches the backend stubs too
         )
 
@@ -563,6 +613,118 @@ class TritonServer:
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None
+        if self._drain_dir is not None:
+            shutil.rmtree(self._drain_dir, ignore_errors=True)
+            self._drain_dir = None
+        return rc
+
+    # -- graceful shutdown ------------------------------------------------------------------------
+    def generation_models(self) -> list[str]:
+        """The repository's generation (BLS) models, from the manifest ``vidtrt build`` writes ([] without)."""
+        try:
+            manifest = json.loads((self.repository / "vidtrt-repository.json").read_text())
+        except (OSError, ValueError):
+            return []
+        return [m for m in (manifest.get("generation_model"), manifest.get("sync_model")) if m]
+
+    def generations_pending(self) -> float | None:
+        """Generations running or waiting in the generation models (their vidtrt_generations_* gauges),
+        None when the metrics cannot be read."""
+        try:
+            with urllib.request.urlopen(self.metrics_url, timeout=5) as r:
+                text = r.read().decode(errors="replace")
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+        values = re.findall(r"^vidtrt_generations_(?:in_flight|queued)\{[^}]*\} ([0-9.e+-]+)$", text, re.M)
+        return sum(float(v) for v in values)
+
+    def _admin(self, path: str) -> tuple[int, str]:
+        """POST to the restricted repository API: (HTTP status, body); (0, reason) when unreachable."""
+        req = urllib.request.Request(f"http://{self._host}:{self.http_port}{path}", data=b"{}", method="POST",
+                                     headers={ADMIN_HEADER: self._admin_token})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, r.read().decode(errors="replace")
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode(errors="replace")
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            return 0, str(e)
+
+    def _states(self, names: list[str]) -> dict[str, str]:
+        status, body = self._admin("/v2/repository/index")
+        if status != 200:
+            return {}
+        try:
+            return {m["name"]: m.get("state", "") for m in json.loads(body) if m.get("name") in names}
+        except (ValueError, TypeError, AttributeError):
+            return {}
+
+    def drain(self, limit_s: float | None = None, *, grace_s: float = DRAIN_GRACE_S,
+              say=lambda line: None, abort=lambda: False, tick=lambda: None) -> bool:
+        """Let the generations in flight finish, then unload the generation models; the server keeps running.
+
+        1. The drain file is written: the generation models answer new requests UNAVAILABLE ("the
+           server is shutting down") and cancel generations still running ``limit_s`` (default
+           ``exit_timeout_s``) from now at their next denoising step or VAE tile ("generation cancelled
+           (server shutting down ...)"); nothing else changes, the components keep serving them.
+        2. Wait until the generation models have nothing running or waiting (their gauges).
+        3. Unload them through the repository API and wait until they are gone ("successfully unloaded"
+           in the log, before any component's).
+
+        Steps 2-3 end at ``limit_s + grace_s`` at the latest, or when ``abort()`` turns true (a second
+        Ctrl-C). ``say`` gets one line per stage; ``tick`` is called while waiting. Returns True when the
+        generation models were unloaded (or there were none), False when it gave up.
+        """
+        if self.process is None or self.process.poll() is not None:
+            return False
+        limit_s = float(self.exit_timeout_s if limit_s is None else limit_s)
+        models = self.generation_models()
+        lifecycle.start_drain(self.drain_file, limit_s)
+        give_up = time.monotonic() + limit_s + grace_s
+
+        def wait(done, until: float | None = None) -> bool:
+            until = give_up if until is None else min(give_up, until)
+            while not done():
+                if abort() or time.monotonic() > until or self.process is None or self.process.poll() is not None:
+                    return False
+                tick()
+                time.sleep(0.2)
+            return True
+
+        pending = self.generations_pending()
+        if pending:
+            say(f"draining: {pending:g} generation(s) in flight; new requests are answered UNAVAILABLE; "
+                f"still running after {limit_s:g} s they are cancelled")
+        else:
+            say("draining: no generation in flight; new requests are answered UNAVAILABLE")
+        if not wait(lambda: not self.generations_pending()):  # None (no metrics) -> go on to the unload
+            say(f"draining: generations still in flight after {limit_s + grace_s:g} s; stopping anyway")
+            return False
+        if not models or not self.explicit_model_control:
+            return True
+        for name in models:
+            status, body = self._admin(f"/v2/repository/models/{name}/unload")
+            if status != 200:
+                say(f"draining: could not unload {name}: {status} {body.strip()[:200]}")
+                return False
+        done = wait(lambda: all(self._states(models).get(m) not in ("READY", "UNLOADING", "LOADING", None)
+                                for m in models), time.monotonic() + UNLOAD_WAIT_S)
+        if done:
+            say(f"draining: unloaded {', '.join(models)}")
+        else:
+            states = self._states(models)
+            say("draining: the generation models did not unload (" + ", ".join(
+                f"{m}: {states.get(m, 'state unknown')}" for m in models) + "), with no generation pending: "
+                "tritonserver 2.51 keeps a model referenced after a client cancels a gRPC stream the model had "
+                "already answered; stopping anyway (tritonserver will run into its exit timeout)")
+        return done
+
+    def shutdown(self, limit_s: float | None = None, **drain_kwargs) -> int | None:
+        """:meth:`drain`, then :meth:`stop` (SIGTERM: tritonserver unloads the components and exits)."""
+        try:
+            self.drain(limit_s, **drain_kwargs)
+        finally:
+            rc = self.stop()
         return rc
 
     def __enter__(self) -> TritonServer:
@@ -657,7 +819,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--ready-timeout", type=float, default=600.0,
                         help="seconds to wait for every model to load before giving up (default 600)")
     parser.add_argument("--exit-timeout", type=int, default=30,
-                        help="seconds Triton waits for in-flight requests on shutdown (default 30)")
+                        help="on SIGINT/SIGTERM, seconds in-flight generations get to finish (new requests "
+                             "are answered UNAVAILABLE); then they are cancelled at their next step or VAE tile, "
+                             "the generation models unload, then the components (default 30; a second Ctrl-C "
+                             "stops at once)")
     parser.add_argument("triton_args", nargs=argparse.REMAINDER,
                         help="after `--`: extra flags passed to tritonserver unchanged")
     return parser
@@ -683,13 +848,14 @@ def serve_main(args: argparse.Namespace) -> int:
     srv = TritonServer(
         args.repository, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
         address=args.address, tritonserver=args.tritonserver, log_file=log_file, log_verbose=args.log_verbose,
-        ready_timeout_s=args.ready_timeout, exit_timeout_s=args.exit_timeout, extra_args=extra,
-        max_request_bytes=getattr(args, "max_request_bytes", DEFAULT_MAX_REQUEST_BYTES),
+        ready_timeout_s=args.ready_timeout, exit_timeout_s=max(args.exit_timeout, MIN_TRITON_EXIT_TIMEOUT_S),
+        extra_args=extra, max_request_bytes=getattr(args, "max_request_bytes", DEFAULT_MAX_REQUEST_BYTES),
     )
-    stop = {"signal": None}
+    stop = {"signal": None, "count": 0}
 
     def on_signal(signum, _frame):
         stop["signal"] = signum
+        stop["count"] += 1
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -715,8 +881,17 @@ def serve_main(args: argparse.Namespace) -> int:
                 pos = _copy_new(srv.log_path, pos)
             time.sleep(0.3)
         name = signal.Signals(stop["signal"]).name
-        print(f"\nreceived {name}: shutting down tritonserver", file=sys.stderr, flush=True)
-        rc = srv.stop()
+        print(f"\nreceived {name}: shutting down tritonserver (draining: up to {args.exit_timeout} s for "
+              "generations in flight; Ctrl-C again to stop now)", file=sys.stderr, flush=True)
+        follow_pos = [pos]
+
+        def tick() -> None:
+            if follow:
+                follow_pos[0] = _copy_new(srv.log_path, follow_pos[0])
+
+        rc = srv.shutdown(args.exit_timeout, say=lambda line: print(line, file=sys.stderr, flush=True),
+                          abort=lambda: stop["count"] > 1, tick=tick)
+        pos = follow_pos[0]
         if follow:
             _copy_new(srv.log_path, pos)
         return 0 if rc in (0, None, -signal.SIGTERM) else 2

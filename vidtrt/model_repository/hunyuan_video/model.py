@@ -3,18 +3,23 @@
 Thin on purpose: the generation program is :func:`vidtrt.runtime.orchestrator.run_generation`, the same code
 ``vidtrt run`` executes in process. Here its three component callables are BLS requests to the
 component models (:func:`vidtrt.serving.component_io.remote_components`), and its progress callback sends one
-response per denoising step. Request/response tensors: :mod:`vidtrt.config.request_io`.
+response per denoising step and per VAE tile. Request/response tensors: :mod:`vidtrt.config.request_io`.
 
-Decoupled config (``hunyuan_video``): progress responses (``step``, ``total_steps``, ``elapsed``), then
-the final response (``video`` [F, H, W, 3] uint8, ``mp4`` when ``output_format`` is "mp4") with the
-FINAL flag. Non-decoupled config (``hunyuan_video_sync``, same file): the final response only.
+Decoupled config (``hunyuan_video``): progress responses (``step``, ``total_steps``, ``elapsed``), one per
+VAE tile (``tile``, ``total_tiles``, ``elapsed``), then the final response (``video`` [F, H, W, 3] uint8,
+``mp4`` when ``output_format`` is "mp4") with the FINAL flag. Non-decoupled config
+(``hunyuan_video_sync``, same file): the final response only.
 
 Decoupled: every request runs on its own worker thread (``max_concurrent_generations``), so
 concurrent clients are served together, interleaving step by step; BLS calls and response sends are
-serialized per stub (``serialize_bls``). Non-decoupled: requests run inside ``execute`` (concurrency =
-instance count). Errors end that request only: bad parameters -> INVALID_ARG naming the input,
-component failures -> INTERNAL, cancellation (``request.is_cancelled()``, checked between steps) ->
-CANCELLED; in decoupled mode the FINAL flag is always sent.
+serialized per stub (``serialize_bls``); at most ``max_queue_size`` more wait for a thread, later ones
+are answered UNAVAILABLE (the non-decoupled model's queue is Triton's, bounded in its config).
+Non-decoupled: requests run inside ``execute`` (concurrency = instance count). Errors end that request
+only: bad parameters -> INVALID_ARG naming the input, component failures -> INTERNAL; cancellation
+(``request.is_cancelled()``), the request's deadline (Triton's request timeout) and a server drain
+(:mod:`vidtrt.config.lifecycle`) are checked before every step and every VAE tile -> CANCELLED with a message
+that says which; while the server drains, new requests -> UNAVAILABLE. In decoupled mode the FINAL flag
+is always sent.
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ class _Metrics:
         self.families = {
             "requests": pb_utils.MetricFamily(
                 name="vidtrt_generation_requests_total",
-                description="Generation requests finished, by outcome (success, invalid, cancelled, error)",
+                description="Generation requests finished, by outcome (success, invalid, cancelled, deadline: "
+                            "its timeout passed, rejected: queue full or server draining, error)",
                 kind=pb_utils.MetricFamily.COUNTER),
             "latency": pb_utils.MetricFamily(
                 name="vidtrt_generation_latency_seconds",
@@ -55,20 +61,30 @@ class _Metrics:
                 name="vidtrt_denoising_steps_total",
                 description="Denoising steps completed (DiT velocity + Euler step), all requests",
                 kind=pb_utils.MetricFamily.COUNTER),
+            "tiles": pb_utils.MetricFamily(
+                name="vidtrt_vae_tiles_total",
+                description="VAE tiles decoded (tiled decode), all requests",
+                kind=pb_utils.MetricFamily.COUNTER),
             "in_flight": pb_utils.MetricFamily(
                 name="vidtrt_generations_in_flight",
                 description="Generations currently running",
                 kind=pb_utils.MetricFamily.GAUGE),
+            "queued": pb_utils.MetricFamily(
+                name="vidtrt_generations_queued",
+                description="Generations accepted and waiting for a worker thread (streaming model)",
+                kind=pb_utils.MetricFamily.GAUGE),
         }
         self.outcome = {o: self.families["requests"].Metric(labels={**labels, "outcome": o})
-                        for o in ("success", "invalid", "cancelled", "error")}
+                        for o in ("success", "invalid", "cancelled", "deadline", "rejected", "error")}
         self.latency = self.families["latency"].Metric(labels=labels, buckets=LATENCY_BUCKETS_S)
         self.steps = self.families["steps"].Metric(labels=labels)
+        self.tiles = self.families["tiles"].Metric(labels=labels)
         self.in_flight = self.families["in_flight"].Metric(labels=labels)
+        self.queued = self.families["queued"].Metric(labels=labels)
 
     def release(self) -> None:
         """Metrics first, then their families."""
-        self.outcome = self.latency = self.steps = self.in_flight = None
+        self.outcome = self.latency = self.steps = self.tiles = self.in_flight = self.queued = None
         self.families = {}
 
 
@@ -110,6 +126,11 @@ class TritonPythonModel:
         self.metrics = _Metrics(self.model_name)
         self._lock = threading.Lock()
         self._in_flight = 0
+        from vidtrt.config.lifecycle import DEFAULT_MAX_QUEUE, Admission, DrainWatch
+
+        max_queue = params.get("max_queue_size")
+        self.admission = Admission(workers, int(max_queue) if max_queue else DEFAULT_MAX_QUEUE, self.model_name)
+        self.drain = DrainWatch.from_env()  # set by `vidtrt serve`: its shutdown drain
         # Concurrent BLS calls / response sends from several threads of one stub have crashed the Python
         # backend under load (tritonserver issue 8882, seen here too); one at a time per stub. Generations
         # still interleave step by step; set serialize_bls "false" to lift it.
@@ -147,22 +168,46 @@ class TritonPythonModel:
 
     # -- requests --------------------------------------------------------------------------------
     def execute(self, requests: list) -> list | None:
+        from vidtrt.config.lifecycle import Deadline
+
         if self.decoupled:
             for request in requests:
+                deadline = Deadline.from_timeout_us(_timeout_us(request))  # counts from here, queue included
                 sender = request.get_response_sender()
-                gen = self._parse(request, lambda response, s=sender: self._send_final(s, response))
-                if gen is not None:
-                    self.pool.submit(self._generate, request, gen, sender)
+                fail = lambda response, s=sender: self._send_final(s, response)  # noqa: E731
+                gen = self._parse(request, fail)
+                if gen is None:
+                    continue
+                refusal = self._refusal(self.admission)
+                if refusal is not None:
+                    fail(refusal)
+                    continue
+                self._track(0)
+                self.pool.submit(self._generate, request, gen, sender, deadline)
             return None
         # Not decoupled: one response per request, returned from execute (the response sender must not
         # outlive execute here: answering a non-decoupled request from a thread after execute returned
-        # crashed tritonserver 2.51 under load). Concurrency for this model = its instance count.
+        # crashed tritonserver 2.51 under load). Concurrency for this model = its instance count; its
+        # queue is Triton's (max_queue_size in the config). The deadline counts from here.
         responses = []
         for request in requests:
+            deadline = Deadline.from_timeout_us(_timeout_us(request))
             gen = self._parse(request, responses.append)
-            if gen is not None:
-                responses.append(self._run(request, gen, None))
+            if gen is None:
+                continue
+            refusal = self._refusal(None)
+            responses.append(refusal if refusal is not None else self._run(request, gen, None, deadline))
         return responses
+
+    def _refusal(self, admission):
+        """None when the request may run (then it holds a place in ``admission``), else the UNAVAILABLE
+        error response: the server is draining, or running + waiting generations are at the bound."""
+        from vidtrt.config.lifecycle import SHUTTING_DOWN
+
+        message = SHUTTING_DOWN if self.drain.draining else (admission.admit() if admission is not None else None)
+        if message is None:
+            return None
+        return self._error(message, pb_utils.TritonError.UNAVAILABLE, "rejected")
 
     def _parse(self, request, fail):
         """The validated GenerationRequest, or None after ``fail(error response)``."""
@@ -179,20 +224,32 @@ class TritonPythonModel:
             fail(self._error(f"{type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL, "error"))
         return None
 
-    def _generate(self, request, gen, sender) -> None:
+    def _generate(self, request, gen, sender, deadline) -> None:
         """Worker thread of the decoupled model: progress responses, then the final one (always FINAL)."""
         response = None
         try:
-            response = self._run(request, gen, sender)
+            response = self._run(request, gen, sender, deadline)
         finally:
             if response is None:  # _run never raises; belt and braces for the FINAL flag
                 response = self._error("internal error", pb_utils.TritonError.INTERNAL, "error")
+            self.admission.release()
             self._send_final(sender, response)
+            self._track(0)
 
-    def _run(self, request, gen, sender):
+    def _should_cancel(self, request):
+        """Checked before every step and tile: the drain's deadline passed (its reason), or the client
+        cancelled."""
+        def check():
+            if self.drain.expired():
+                return self.drain.reason()
+            return self._ipc(request.is_cancelled)
+
+        return check
+
+    def _run(self, request, gen, sender, deadline=None):
         """Run one generation; returns the final InferenceResponse (video, or an error for this request)."""
         from vidtrt.config import request_io
-        from vidtrt.errors import CancelledError, InvalidRequestError, NonFiniteError
+        from vidtrt.errors import CancelledError, DeadlineExceededError, InvalidRequestError, NonFiniteError
         from vidtrt.runtime.orchestrator import run_generation
         from vidtrt.serving.component_io import ComponentFailure
 
@@ -200,7 +257,7 @@ class TritonPythonModel:
         try:
             self._track(+1)
             frames = run_generation(gen, self.config, self.components, progress=self._progress(sender),
-                                    should_cancel=lambda: self._ipc(request.is_cancelled))
+                                    should_cancel=self._should_cancel(request), deadline=deadline)
             mp4 = None
             if gen.output_format == "mp4":
                 from vidtrt.video_io import encode_mp4
@@ -211,6 +268,8 @@ class TritonPythonModel:
             self._ipc(self.metrics.outcome["success"].increment, 1)
             self._ipc(self.metrics.latency.observe, time.perf_counter() - start)
             return response
+        except DeadlineExceededError as e:
+            return self._error(str(e), pb_utils.TritonError.CANCELLED, "deadline")
         except CancelledError as e:
             return self._error(str(e), pb_utils.TritonError.CANCELLED, "cancelled")
         except InvalidRequestError as e:
@@ -227,15 +286,19 @@ class TritonPythonModel:
                 pb_utils.Logger.log_error(f"{self.model_name}: {traceback.format_exc()}")
 
     def _progress(self, sender):
-        if sender is None:
-            return lambda event: self._ipc(self.metrics.steps.increment, 1)
         from vidtrt.config import request_io
 
         def send(event) -> None:
-            outputs = request_io.progress_outputs(event.step, event.total, event.elapsed_s)
+            decode = event.stage == "decode"
+            counter = self.metrics.tiles if decode else self.metrics.steps
+            if sender is None:
+                self._ipc(counter.increment, 1)
+                return
+            make = request_io.decode_progress_outputs if decode else request_io.progress_outputs
+            outputs = make(event.step, event.total, event.elapsed_s)
             response = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in outputs.items()])
             with self._ipc_lock:
-                self.metrics.steps.increment(1)
+                counter.increment(1)
                 sender.send(response)
 
         return send
@@ -261,9 +324,13 @@ class TritonPythonModel:
                 pass
 
     def _track(self, delta: int) -> None:
+        """Running generations += delta; both gauges (running, accepted and waiting) set afresh."""
         with self._lock:
             self._in_flight += delta
-            self._ipc(self.metrics.in_flight.set, self._in_flight)
+            waiting = max(0, self.admission.accepted - self._in_flight) if self.decoupled else 0
+            with self._ipc_lock:
+                self.metrics.in_flight.set(self._in_flight)
+                self.metrics.queued.set(waiting)
 
     def _ipc(self, fn, *args):
         """Call a stub -> server IPC function (cancel check, metric update) under the IPC lock that
@@ -274,6 +341,12 @@ class TritonPythonModel:
     def finalize(self) -> None:
         self.pool.shutdown(wait=True)
         self.metrics.release()
+
+
+def _timeout_us(request) -> int:
+    """Triton's request timeout in microseconds (0 = none); the deadline of this request."""
+    timeout = getattr(request, "timeout", None)
+    return int(timeout()) if callable(timeout) else 0
 
 
 def _input(request, name: str) -> np.ndarray | None:
