@@ -55,6 +55,11 @@ def identity_body(size: int) -> bytes:
     return out
 
 
+def padded_json(size: int) -> bytes:
+    """Valid JSON of exactly ``size`` bytes (trailing whitespace): it reaches Triton, which refuses it."""
+    return b'{"inputs": []}'.ljust(size)
+
+
 def assert_serving(srv: TritonServer) -> None:
     assert srv.process.poll() is None, srv.log_summary()
     assert srv.is_ready()
@@ -70,7 +75,7 @@ def assert_413(status: int, answer: dict, size: int | None) -> None:
 
 
 def test_the_limit_is_exact_and_bodies_up_to_it_reach_triton(srv):
-    status, answer = post(srv, "/v2/models/nope/infer", b"x" * LIMIT)
+    status, answer = post(srv, "/v2/models/nope/infer", padded_json(LIMIT))
     assert status == 404 and "unknown model" in answer["error"]
     assert_413(*post(srv, "/v2/models/nope/infer", b"x" * (LIMIT + 1)), LIMIT + 1)
     for content_type in (None, "application/json"):
@@ -136,13 +141,22 @@ def test_a_shape_larger_than_the_body_is_400(srv):
     assert_serving(srv)
 
 
+@pytest.mark.parametrize("model", ["identity", "nope"])
+def test_an_infer_body_that_is_not_json_is_400_not_a_server_error(srv, model):
+    """tritonserver 2.51 answers a body that does not parse with 500, as if it had failed itself."""
+    for body in (b'{"inputs": [', b"x" * 1000, b"[" * 100_000):
+        status, answer = post(srv, f"/v2/models/{model}/infer", body, "application/json")
+        assert status == 400 and "JSON" in answer["error"], (body[:20], status, answer)
+    assert_serving(srv)
+
+
 def test_form_bodies_cannot_crash_tritonserver_over_a_raised_limit(tmp_path):
     """With the limit raised past the crash threshold, form-encoded bodies reach Triton without their content
     type, so libevhtp's form parser never runs on them."""
     with TritonServer(make_repo(tmp_path / "repo"), log_file=tmp_path / "server.log", exit_timeout_s=3,
                       max_request_bytes=16 * MiB) as server:
         for size in (8 * MiB, 16 * MiB):
-            status, answer = post(server, "/v2/models/nope/infer", b"x" * size)
+            status, answer = post(server, "/v2/models/nope/infer", padded_json(size))
             assert status == 404 and "unknown model" in answer["error"], answer
             time.sleep(0.2)
             assert server.process.poll() is None, server.log_summary()

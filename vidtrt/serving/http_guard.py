@@ -28,6 +28,8 @@ import json
 import re
 import threading
 
+from vidtrt.errors import one_line
+
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 
 # Per connection, not passed on (RFC 9110 7.6.1); Host and Content-Length are set again for the next hop.
@@ -38,15 +40,21 @@ _HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriz
 _INFER_PATH = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
 
 
-def shape_error(body: bytes, header_length: str | None) -> str | None:
-    """Why an ``/infer`` body cannot be valid because an input's shape has more elements than the body has
-    bytes, or None. ``header_length``: the ``Inference-Header-Content-Length`` header (JSON, then binary
-    data); a body that is not JSON is left for Triton to refuse."""
+def infer_body_error(body: bytes, header_length: str | None) -> str | None:
+    """Why an ``/infer`` body cannot be valid, or None: its JSON header does not parse (tritonserver 2.51
+    answers that with 500, as if the server had failed), or an input's shape has more elements than the
+    body has bytes (that kills 2.51). ``header_length``: the ``Inference-Header-Content-Length`` header
+    (JSON, then binary data)."""
     try:
         n = int(header_length) if header_length is not None else len(body)
+    except ValueError:
+        return f"Inference-Header-Content-Length {str(header_length)[:40]!r} is not an integer"
+    try:
         header = json.loads(body[:n])
-    except (ValueError, RecursionError):
-        return None
+    except ValueError as e:
+        return f"the request's JSON is not valid: {one_line(e, 120)}"
+    except RecursionError:
+        return "the request's JSON is nested too deeply"
     inputs = header.get("inputs") if isinstance(header, dict) else None
     for item in inputs if isinstance(inputs, list) else ():
         if not isinstance(item, dict) or not isinstance(item.get("shape"), list):
@@ -193,7 +201,7 @@ class HttpGuard:
         except web.HTTPRequestEntityTooLarge:
             return self._error(413, too_large_message(limit, None))
         if request.method == "POST" and _INFER_PATH.match(request.path):
-            problem = shape_error(body, request.headers.get("Inference-Header-Content-Length"))
+            problem = infer_body_error(body, request.headers.get("Inference-Header-Content-Length"))
             if problem:
                 return self._error(400, problem)
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP
