@@ -274,7 +274,9 @@ def test_sigterm_drains_in_flight_generations_then_unloads_bls_first(serve):
     """SIGTERM to `vidtrt serve` mid-generation: new requests get UNAVAILABLE; a generation that ends
     within --exit-timeout gets its whole video; one that would not is cancelled at the limit with a clear
     message; the generation models unload before the components; exit code 0."""
-    short = Generation(serve.grpc_url, GenerationRequest(PROMPT, seed=12, num_inference_steps=100))
+    # short: ~25 steps left at the signal, a few seconds alone; it shares 2 cores with long (and, in CI, with
+    # whatever else runs), so it is kept well inside the 10 s limit (100 steps missed it on a loaded machine)
+    short = Generation(serve.grpc_url, GenerationRequest(PROMPT, seed=12, num_inference_steps=30))
     long = Generation(serve.grpc_url, GenerationRequest(PROMPT, seed=13, num_inference_steps=200, true_cfg_scale=2.0,
                                                         **BIG))
     long.start()
@@ -300,7 +302,7 @@ def test_sigterm_drains_in_flight_generations_then_unloads_bls_first(serve):
     short.join(10)
     long.join(10)
     assert short.error is None, repr(short.error)
-    assert short.result.frames.shape == (9, 64, 96, 3) and short.steps() == list(range(1, 101))
+    assert short.result.frames.shape == (9, 64, 96, 3) and short.steps() == list(range(1, 31))
     assert short.steps("decode") == [1, 2, 3, 4]
     assert isinstance(long.error, ServerRequestError) and long.error.status == "CANCELLED", repr(long.error)
     expected = (f"generation cancelled (server shutting down: in-flight generations had {EXIT_TIMEOUT} s to finish "
