@@ -326,3 +326,18 @@ def test_non_finite_output_fails_the_generation_instead_of_a_black_video(pipe, w
     if where == "dit":
         assert len(calls) == 2  # stopped at the step that overflowed: no third DiT call, no decode
     assert pipe.run(request).std() > 1
+
+
+def test_from_model_checks_device_and_attention_before_weights(monkeypatch):
+    """The Python API fails like the CLI: one line naming the choice, before any weight is read."""
+    from vidtrt import counters
+    from vidtrt.errors import ConfigError
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    counters.COUNTS.clear()
+    for kwargs, words in ((dict(device="cuda"), "no CUDA"), (dict(attention="flash-magic"), "flash-magic")):
+        with pytest.raises(ConfigError, match=words) as e:
+            HunyuanVideoPipeline.from_model("tiny", **kwargs)
+        assert "\n" not in str(e.value)
+    assert counters.COUNTS["dit_read"] == 0

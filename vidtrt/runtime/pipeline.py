@@ -163,8 +163,10 @@ def torch_text_encoder(source: ModelSource, device="cpu", dtype=torch.float32):
 
 def load_components(model: str | Path | ModelSource = "tiny", device: str = "cpu", dtype: torch.dtype = torch.float32,
                     attention: str | None = None) -> tuple[ModelConfig, Components]:
-    """Config and the three torch-engine components of a model ('tiny', a folder or a ModelSource)."""
+    """Config and the three torch-engine components of a model ('tiny', a folder or a ModelSource).
+    ``device`` and ``attention`` are checked before any weight loads (:func:`check_run_choices`)."""
     source = ModelSource.open(model)
+    check_run_choices(device, attention, source.config.transformer.attention_head_dim)
     components = Components(
         encode_text=torch_text_encoder(source, device, dtype),
         dit=torch_denoiser(source, device, dtype, attention),

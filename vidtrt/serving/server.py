@@ -814,7 +814,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                              f"(default {DEFAULT_MAX_REQUEST_BYTES} = 1 MiB, twice the largest valid request; "
                              "0 = no limit, and a body of a few MB then crashes the bundled tritonserver 2.51)")
     parser.add_argument("--log-file", default=None, metavar="FILE",
-                        help="write the server log here (default: print it to this terminal)")
+                        help="write the server log here (default: a temporary file, removed after a clean stop; "
+                             "its lines from the moment the server is ready are copied to this terminal)")
     parser.add_argument("--log-verbose", type=int, default=0, help="Triton's --log-verbose level (default 0)")
     parser.add_argument("--ready-timeout", type=float, default=600.0,
                         help="seconds to wait for every model to load before giving up (default 600)")
@@ -894,7 +895,10 @@ def serve_main(args: argparse.Namespace) -> int:
         pos = follow_pos[0]
         if follow:
             _copy_new(srv.log_path, pos)
-        return 0 if rc in (0, None, -signal.SIGTERM) else 2
+        clean = rc in (0, None, -signal.SIGTERM)
+        if follow and clean:  # everything was copied to the terminal; a failed run keeps its log
+            shutil.rmtree(Path(log_file).parent, ignore_errors=True)
+        return 0 if clean else 2
     except VidtrtError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
