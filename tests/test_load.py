@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import re
 import socket
 import threading
 import time
@@ -16,8 +15,8 @@ import urllib.error
 import urllib.request
 
 import numpy as np
-import psutil
 import pytest
+from server_metrics import metric, tree_rss
 
 from vidtrt.client import ServerRequestError, VideoClient
 from vidtrt.config.request import GenerationRequest
@@ -44,27 +43,6 @@ def pipe():
     from vidtrt.runtime.pipeline import HunyuanVideoPipeline
 
     return HunyuanVideoPipeline.from_model("tiny")
-
-
-def metric(srv: TritonServer, name: str, **labels: str) -> float:
-    text = urllib.request.urlopen(srv.metrics_url, timeout=10).read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(rf"^{name}\{{([^}}]*)\}} ([0-9.e+-]+)$", line)
-        if m and all(f'{k}="{v}"' in m.group(1) for k, v in labels.items()):
-            total += float(m.group(2))
-    return total
-
-
-def tree_rss(pid: int) -> int:
-    proc = psutil.Process(pid)
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            total += p.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total
 
 
 def hostile(srv: TritonServer) -> list[int]:

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import threading
 import time
 import urllib.request
 
 import numpy as np
-import psutil
 import pytest
+from server_metrics import metric, tree_rss
 
 from vidtrt.client import ServerRequestError, VideoClient
 from vidtrt.config.request import GenerationRequest
@@ -65,19 +64,6 @@ def test_each_model_process_rebuilds_the_model_from_the_record_once(srv):
     per_process = sorted(sorted(v) for v in by_pid.values())
     assert per_process.count(["config_load:record", "resolve:record"]) == 4, per_process
     assert ["config_load:record", "dit_read", "resolve:record"] in per_process, per_process
-
-
-def metric(srv: TritonServer, name: str, **labels: str) -> float:
-    text = urllib.request.urlopen(srv.metrics_url, timeout=10).read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(rf"^{name}\{{([^}}]*)\}} ([0-9.e+-]+)$", line)
-        if not m:
-            continue
-        have = dict(kv.split("=", 1) for kv in m.group(1).split(","))
-        if all(have.get(k) == f'"{v}"' for k, v in labels.items()):
-            total += float(m.group(2))
-    return total
 
 
 def test_same_seed_same_frames_as_in_process(client, pipe):
@@ -265,26 +251,15 @@ def test_metrics_endpoint_shows_the_custom_metrics(srv):
     assert metric(srv, "vidtrt_generation_latency_seconds_count", model="hunyuan_video") >= 5
 
 
-def _tree_rss(pid: int) -> int:
-    proc = psutil.Process(pid)
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            total += p.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
 def test_server_memory_is_flat_over_50_requests(srv, client):
     def one(i):
         client.run(GenerationRequest(PROMPT, seed=100 + i, num_inference_steps=2))
 
     for i in range(5):
         one(i)
-    after5 = _tree_rss(srv.pid)
+    after5 = tree_rss(srv.pid)
     for i in range(5, 50):
         one(i)
-    after50 = _tree_rss(srv.pid)
+    after50 = tree_rss(srv.pid)
     print(f"server tree RSS after 5 requests {after5 / 2**20:.1f} MiB, after 50 {after50 / 2**20:.1f} MiB")
     assert after50 <= after5 * 1.05, (after5, after50)

@@ -13,12 +13,12 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from server_metrics import metric
 
 from vidtrt.client import ServerRequestError, VideoClient
 from vidtrt.config.request import GenerationRequest
@@ -65,16 +65,6 @@ def serve(tmp_path_factory):
         if proc.poll() is None:
             proc.kill()
             proc.wait(30)
-
-
-def metric(serve: Serve, name: str, **labels: str) -> float:
-    text = urllib.request.urlopen(serve.metrics_url, timeout=10).read().decode()
-    total = 0.0
-    for m in re.finditer(rf"^{name}\{{([^}}]*)\}} ([0-9.e+-]+)$", text, re.M):
-        have = dict(kv.split("=", 1) for kv in m.group(1).split(","))
-        if all(have.get(k) == f'"{v}"' for k, v in labels.items()):
-            total += float(m.group(2))
-    return total
 
 
 def wait_for(cond, timeout_s: float = 60, what: str = "condition") -> None:

@@ -108,7 +108,6 @@ def build_repository(
     from vidtrt import __version__
     from vidtrt.config import request_io
     from vidtrt.config.lifecycle import DEFAULT_MAX_QUEUE
-    from vidtrt.runtime.engine_components import MANIFEST_NAME, read_manifest
     from vidtrt.serving.component_io import specs_for_triton
     from vidtrt.source.model_source import ModelSource
 
@@ -141,7 +140,7 @@ def build_repository(
     source = ModelSource.open(model)
     config = source.config
     specs = specs_for_triton(config)
-    artifact_files = _artifact_files(artifacts, source, read_manifest, MANIFEST_NAME) if artifacts else {}
+    artifact_files = _artifact_files(artifacts, source) if artifacts else {}
 
     templates = templates_dir()
     out = Path(out_dir).resolve()
@@ -265,10 +264,11 @@ COMPONENT_ARTIFACTS = {"text_encoder": ("llm_text_encoder", "clip_text_encoder")
                        "vae_decoder": ("vae_decoder_tile",)}
 
 
-def _artifact_files(artifacts, source, read_manifest, manifest_name: str) -> dict[str, list[str]]:
+def _artifact_files(artifacts, source) -> dict[str, list[str]]:
     """Files to copy per Triton component (ONNX, external data, the manifest), after checking the
     manifest was exported from ``source`` and lists every component: `vidtrt build` fails, not serve."""
     from vidtrt.errors import EngineError
+    from vidtrt.runtime.engine_components import MANIFEST_NAME, read_manifest
 
     try:
         manifest = read_manifest(artifacts)
@@ -282,7 +282,7 @@ def _artifact_files(artifacts, source, read_manifest, manifest_name: str) -> dic
             f"{source.fingerprint[:12]}); re-export with `vidtrt export --model {source.ref}`")
     out: dict[str, list[str]] = {}
     for key, names in COMPONENT_ARTIFACTS.items():
-        files = [manifest_name]
+        files = [MANIFEST_NAME]
         for name in names:
             entry = manifest.get("components", {}).get(name)
             if entry is None:
