@@ -507,7 +507,9 @@ def doc_commands(text: str) -> list[list[str]]:
     """Each shell command of the doc's fenced code blocks as tokens (continuations joined, comments dropped,
     split at |, &&, ;)."""
     commands = []
-    for block in re.findall(r"^```(?:bash|sh|shell)?\n(.*?)^```", text, re.M | re.S):
+    for lang, block in re.findall(r"^```(\w*)\n(.*?)^```", text, re.M | re.S):
+        if lang not in ("", "bash", "sh", "shell"):  # a yaml block, say
+            continue
         for line in block.replace("\\\n", " ").splitlines():
             commands += split_commands(line)
     return commands
