@@ -390,6 +390,12 @@ def hpa_problems(m: Manifests, model_source: str) -> list[str]:
     ref = hpa["spec"]["scaleTargetRef"]
     if (ref["kind"], ref["name"]) != ("Deployment", dep["metadata"]["name"]):
         problems.append(f"HPA scales {ref['kind']} {ref['name']}, not the Deployment {dep['metadata']['name']}")
+    if "replicas" in dep["spec"]:
+        problems.append(f"the Deployment sets replicas: {dep['spec']['replicas']}: every `kubectl apply` would reset "
+                        "what the HPA chose")
+    if hpa["spec"].get("minReplicas", 1) < 2:
+        problems.append(f"HPA minReplicas {hpa['spec'].get('minReplicas', 1)}: the PodDisruptionBudget's one "
+                        "evictable replica would then be the only one")
     rules = adapter_rules(m)
     build = build_args(m)
     for metric in hpa["spec"]["metrics"]:
@@ -750,6 +756,8 @@ def test_autoscaler_metric_is_what_the_generation_model_exports(manifests):
             "averageValue", "3"), "HPA target"),
         (lambda m: m.find("HorizontalPodAutoscaler")["spec"]["scaleTargetRef"].__setitem__("name", "vidtrt"),
          "HPA scales Deployment vidtrt"),
+        (lambda m: m.find("Deployment")["spec"].__setitem__("replicas", 2), "the Deployment sets replicas: 2"),
+        (lambda m: m.find("HorizontalPodAutoscaler")["spec"].__setitem__("minReplicas", 1), "HPA minReplicas 1"),
     ]:
         bad = manifests.copy()
         edit(bad)
