@@ -47,6 +47,8 @@ from test_container_recipe import (
     server_command,
 )
 
+from vidtrt.config.families import HUNYUAN_VIDEO
+
 # Its fixtures: the bundled tritonserver 2.51 and its --help.
 tritonserver_binary = test_container_recipe.tritonserver_binary
 server_help = test_container_recipe.server_help
@@ -79,6 +81,12 @@ SERVE_DIFFERENCES = {
 # Triton's HTTP health endpoints (KServe v2 protocol, Triton's HTTP API): which probe asks which.
 TRITON_HEALTH = {"startupProbe": "/v2/health/ready", "readinessProbe": "/v2/health/ready",
                  "livenessProbe": "/v2/health/live"}
+# Triton metrics the autoscaler may read, and what they say (each seen on the bundled tritonserver 2.51 by
+# test_probes_and_autoscaler_metrics_on_a_real_server).
+TRITON_METRICS = {
+    "nv_inference_pending_request_count": "requests waiting in Triton's queue of a model (the sync model's queue; "
+                                          "the streaming model's waiting generations are vidtrt_generations_queued)",
+}
 # After the drain, TritonServer.stop() waits for tritonserver, then SIGKILLs its process group and waits this long.
 STOP_KILL_WAIT_S = 10
 # ServiceMonitor fields (monitoring.coreos.com/v1, the Prometheus Operator's API reference) this recipe may use.
@@ -211,13 +219,42 @@ def adapter_rules(m: Manifests) -> list[dict]:
     return yaml.safe_load(cm["data"]["config.yaml"])["rules"]
 
 
-def rule_metrics(rule: dict) -> set[str]:
-    """Metric names a Prometheus adapter rule reads: its seriesQuery's and those its metricsQuery names."""
-    names = set(re.findall(r"^(\w+)\{", rule["seriesQuery"]))
+def rule_selector(rule: dict) -> tuple[str, list[tuple[str, str, str]]]:
+    """The series selector of a Prometheus adapter rule's metricsQuery (the braces holding <<.LabelMatchers>>):
+    the __name__ regex ("" if none) and the other label matchers (label, operator, value)."""
     query = rule["metricsQuery"]
-    names |= set(re.findall(r'__name__=~?"([^"]+)"', query)[0].split("|")) if "__name__" in query else set()
-    names |= set(re.findall(r"\b(vidtrt_\w+)\b", re.sub(r'__name__=~?"[^"]+"', "", query)))
-    return names
+    m = re.search(r"(\w*)\{([^{}]*<<\.LabelMatchers>>[^{}]*)\}", query)
+    if not m:
+        return "", []
+    name, matchers = re.escape(m.group(1)) if m.group(1) else "", []
+    for label, op, value in re.findall(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"', m.group(2)):
+        if label == "__name__" and op in ("=", "=~"):
+            name = value if op == "=~" else re.escape(value)
+        else:
+            matchers.append((label, op, value))
+    return name, matchers
+
+
+def rule_metrics(rule: dict) -> set[str]:
+    """Metric names a Prometheus adapter rule reads: its seriesQuery's, and the alternatives of its metricsQuery's
+    name (an alternation of plain names: anything else is reported as itself)."""
+    names = set(re.findall(r"^(\w+)\{", rule["seriesQuery"]))
+    name, _ = rule_selector(rule)
+    return names | {n.replace("\\", "") for n in name.split("|") if n}
+
+
+def selected(rule: dict, text: str) -> list[tuple[str, dict[str, str], float]]:
+    """The series of one pod's Prometheus text exposition that the rule's metricsQuery selects (<<.LabelMatchers>>
+    aside: Prometheus adds namespace and pod when it scrapes). PromQL matchers are anchored: re.fullmatch."""
+    name, matchers = rule_selector(rule)
+    ops = {"=": lambda a, b: a == b, "!=": lambda a, b: a != b,
+           "=~": lambda a, b: re.fullmatch(b, a) is not None, "!~": lambda a, b: re.fullmatch(b, a) is None}
+    out = []
+    for series, labels, value in re.findall(r"^(\w+)\{([^}]*)\} (\S+)$", text, re.M):
+        have = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        if re.fullmatch(name, series) and all(ops[op](have.get(k, ""), v) for k, op, v in matchers):
+            out.append((series, have, float(value)))
+    return out
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -410,15 +447,25 @@ def hpa_problems(m: Manifests, model_source: str) -> list[str]:
             continue
         rule = made[0]
         reads = rule_metrics(rule)
-        missing = sorted(n for n in reads if n not in exported)
+        missing = sorted(n for n in reads if n not in exported and n not in TRITON_METRICS)
+        drained = drained_metrics(list(exported))
         if missing:
-            problems.append(f"HPA metric {name}: the adapter rule reads {missing}, which the generation model "
-                            f"does not export ({sorted(exported)})")
-        elif any(exported[n] != "GAUGE" for n in reads):
+            problems.append(f"HPA metric {name}: the adapter rule reads {missing}, which neither the generation model "
+                            f"exports ({sorted(exported)}) nor TRITON_METRICS lists")
+        elif any(exported.get(n, "GAUGE") != "GAUGE" for n in reads):
             problems.append(f"HPA metric {name}: reads {sorted(reads)}, not all gauges: a counter only grows")
-        elif reads != drained_metrics(list(exported)):
-            problems.append(f"HPA metric {name}: sums {sorted(reads)}, `vidtrt serve` drains on "
-                            f"{sorted(drained_metrics(list(exported)))}")
+        elif not drained <= reads:
+            problems.append(f"HPA metric {name}: sums {sorted(reads)}, without all of {sorted(drained)} (what "
+                            "`vidtrt serve` drains on)")
+        labels = dict((k, (op, v)) for k, op, v in rule_selector(rule)[1])
+        op, value = labels.get("model", ("", ""))
+        chosen = [mod for mod in HUNYUAN_VIDEO.triton_models() if op in ("=", "=~") and re.fullmatch(
+            value if op == "=~" else re.escape(value), mod)]
+        generation = [HUNYUAN_VIDEO.stream_model, HUNYUAN_VIDEO.sync_model]
+        if chosen != generation:
+            problems.append(f"adapter rule for {name}: its model matcher {op}{value!r} selects {chosen} of the "
+                            f"repository's models, not the generation models {generation} (a component's calls "
+                            "belong to generations already counted)")
         overrides = rule.get("resources", {}).get("overrides", {})
         if overrides.get("pod", {}).get("resource") != "pod" or overrides.get("namespace", {}).get("resource") \
                 != "namespace":
@@ -733,7 +780,7 @@ def test_autoscaler_metric_is_what_the_generation_model_exports(manifests):
     assert hpa_problems(manifests, source) == []
     # the model renames a gauge
     renamed = source.replace('name="vidtrt_generations_queued"', 'name="vidtrt_generations_waiting"')
-    assert "does not export" in " ".join(hpa_problems(manifests, renamed))
+    assert "neither the generation model exports" in " ".join(hpa_problems(manifests, renamed))
 
     def rule(m):
         return m.find("ConfigMap", "adapter-config")["data"]
@@ -747,7 +794,15 @@ def test_autoscaler_metric_is_what_the_generation_model_exports(manifests):
         (lambda m: rule(m).__setitem__("config.yaml", rule(m)["config.yaml"].replace(
             "|vidtrt_generations_queued", "|vidtrt_denoising_steps_total")), "not all gauges"),
         (lambda m: rule(m).__setitem__("config.yaml", rule(m)["config.yaml"].replace(
-            "|vidtrt_generations_queued", "")), "`vidtrt serve` drains on"),
+            "|vidtrt_generations_queued", "")), "without all of"),
+        (lambda m: rule(m).__setitem__("config.yaml", rule(m)["config.yaml"].replace(
+            'model=~"hunyuan_video|hunyuan_video_sync"', 'model=~"hunyuan_video.*"')),
+         "selects ['hunyuan_video', 'hunyuan_video_sync', 'hunyuan_video_text_encoder'"),
+        (lambda m: rule(m).__setitem__("config.yaml", rule(m)["config.yaml"].replace(
+            'model=~"hunyuan_video|hunyuan_video_sync",', '')), "its model matcher '' selects []"),
+        (lambda m: rule(m).__setitem__("config.yaml", rule(m)["config.yaml"].replace(
+            "nv_inference_pending_request_count", "nv_inference_queue_duration_us")),
+         "nor TRITON_METRICS lists"),
         (lambda m: rule(m).__setitem__("config.yaml", rule(m)["config.yaml"].replace(
             "sum by (<<.GroupBy>>) ", "sum ")), "lacks <<.GroupBy>>"),
         (lambda m: m.find("HorizontalPodAutoscaler")["spec"]["metrics"][0]["pods"]["target"].__setitem__(
@@ -869,10 +924,14 @@ def test_readme_links_the_recipe():
 
 @pytest.mark.server
 def test_probes_and_autoscaler_metrics_on_a_real_server(manifests, tmp_path):
-    """`vidtrt serve`'s server on the tiny model (CPU), the repository built with the Job's flags: every probe's
-    path answers 200 on the HTTP guard's port, a wrong path does not; the metrics port serves the series the
-    adapter rule sums, for both generation models, labelled as the rule expects (no pod label yet: Prometheus adds
-    namespace and pod when it scrapes)."""
+    """A real server (TritonServer, what `vidtrt serve` runs; the tiny model on CPU, its repository built with the
+    Job's flags): every probe's path answers 200 on the HTTP guard's port and a wrong one does not; with one
+    streaming generation running and one waiting for a worker, one sync (HTTP) generation running and one in
+    Triton's queue, the series the adapter rule selects on the metrics port sum to 4 (before Prometheus adds the
+    namespace and pod labels), the Triton metrics it reads included."""
+    from test_serving_lifecycle import BIG, PROMPT, Generation, wait_for
+
+    from vidtrt.config.request import GenerationRequest
     from vidtrt.export.repository import build_repository
     from vidtrt.serving.server import TritonServer
 
@@ -881,6 +940,16 @@ def test_probes_and_autoscaler_metrics_on_a_real_server(manifests, tmp_path):
                             max_queue_size=build.max_queue)
     c = server_container(manifests)
     rule = adapter_rules(manifests)[0]
+
+    def pending(srv) -> tuple[float, list]:
+        series = selected(rule, urllib.request.urlopen(srv.metrics_url, timeout=10).read().decode())
+        return sum(v for _, _, v in series), series
+
+    def value(srv, name: str, model: str) -> float:
+        text = urllib.request.urlopen(srv.metrics_url, timeout=10).read().decode()
+        found = re.findall(rf'^{name}\{{model="{model}"[^}}]*\}} (\S+)$', text, re.M)
+        return float(found[0]) if found else -1.0
+
     with TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0) as srv:
         for kind, path in TRITON_HEALTH.items():
             assert c[kind]["httpGet"]["path"] == path
@@ -888,9 +957,33 @@ def test_probes_and_autoscaler_metrics_on_a_real_server(manifests, tmp_path):
                 assert r.status == 200, (kind, path)
         with pytest.raises(urllib.error.HTTPError):
             urllib.request.urlopen(f"http://{srv.http_url}/v2/health/readyz", timeout=10)
-        text = urllib.request.urlopen(srv.metrics_url, timeout=10).read().decode()
-    series = re.findall(r"^(vidtrt_\w+)\{([^}]*)\} ([0-9.e+-]+)$", text, re.M)
-    summed = [(name, labels) for name, labels, _ in series if name in rule_metrics(rule)]
-    models = {re.search(r'model="([^"]+)"', labels).group(1) for _, labels in summed}
-    assert {name for name, _ in summed} == rule_metrics(rule), series
-    assert models == {"hunyuan_video", "hunyuan_video_sync"}, summed
+
+        total, series = pending(srv)
+        assert total == 0 and {n for n, _, _ in series} == rule_metrics(rule), series
+        assert {labels["model"] for _, labels, _ in series} == {"hunyuan_video", "hunyuan_video_sync"}, series
+
+        held = [Generation(srv.grpc_url, GenerationRequest(PROMPT, seed=s, num_inference_steps=200, **BIG))
+                for s in (1, 2)]
+        sync = [Generation(srv.http_url, GenerationRequest(PROMPT, seed=s, num_inference_steps=60), "http")
+                for s in (3, 4)]
+        try:
+            held[0].start()
+            wait_for(lambda: held[0].progress, what="a running streaming generation")
+            held[1].start()
+            wait_for(lambda: value(srv, "vidtrt_generations_queued", "hunyuan_video") == 1, what="one waiting")
+            sync[0].start()
+            wait_for(lambda: value(srv, "vidtrt_generations_in_flight", "hunyuan_video_sync") == 1,
+                     what="the sync model running one request")
+            sync[1].start()
+            wait_for(lambda: value(srv, "nv_inference_pending_request_count", "hunyuan_video_sync") == 1,
+                     what="one request in the sync model's Triton queue")
+            total, series = pending(srv)
+            assert total == 4, series
+            assert not held[1].progress and sync[0].result is None
+        finally:
+            for g in held:
+                g.cancel.set()
+            for g in held + sync:
+                g.join(120)
+        assert all(g.error is None for g in sync), [g.error for g in sync]
+        wait_for(lambda: pending(srv)[0] == 0, what="nothing pending")
