@@ -4,23 +4,23 @@ Each check is a function returning the problems it finds, run once on the real f
 that must fail:
 
 - every built-in object validates against the pinned Kubernetes versions' OpenAPI schemas (kubernetes-validate,
-  strict: an unknown field fails); objects it has no schema for are listed in NOT_IN_THE_SCHEMAS, with what is
-  checked of them instead (the ServiceMonitor's fields, the adapter rule's program);
+  strict: an unknown field fails); objects it has no schema for are listed in NOT_IN_THE_SCHEMAS, with what
+  checks them instead (the ServiceMonitor: its fields against a list, its selector, port and path);
 - the kustomization lists every manifest but the ones it leaves out on purpose;
 - the server container runs the image's `vidtrt serve` command (parsed by our CLI, its tritonserver command
   checked against tritonserver 2.51's --help), as args under the image's entrypoint, differing only where
   SERVE_DIFFERENCES says why; ports are serve's defaults, the image's EXPOSE and the Service's;
 - probes ask Triton's health endpoints on the HTTP guard's port; the startup probe outwaits --ready-timeout;
-  and (a real `vidtrt serve` on the tiny model) each probe answers 200 there and the metrics the autoscaler
-  sums are on the metrics port;
 - the drain (preStop, --exit-timeout, serve's own limits) fits in terminationGracePeriodSeconds;
-- the autoscaler's metric comes from an adapter rule that sums only gauges the generation model exports (their
-  names grepped from its source), the ones `vidtrt serve` drains on; its target fits the build's concurrency;
+- the autoscaler's metric comes from a Prometheus adapter rule that reads only gauges the generation model
+  exports (names grepped from its source) or Triton metrics listed in TRITON_METRICS, at least the ones
+  `vidtrt serve` drains on, of the generation models only; its target fits the build's concurrency;
 - the image is the Dockerfile's tag; the build Job's flags parse with `vidtrt build` and it writes where the
   servers mount; VIDTRT_MODEL_ROOT is where the Job read the checkpoint; /dev/shm, GPUs, selectors;
-- the doc's commands are the manifests' and parse with our CLI.
+- the doc's commands and adapter values are the manifests' and parse with our CLI;
+- and on a real server (the tiny model on CPU, `@pytest.mark.server`): each probe answers 200, and the adapter
+  rule's selector, evaluated on the metrics port, counts 4 with two generations running and two waiting.
 """
-
 from __future__ import annotations
 
 import copy
@@ -325,13 +325,10 @@ def roles(m: Manifests) -> dict[str, int]:
 
 
 def port_problems(m: Manifests) -> list[str]:
-    from vidtrt.cli import build_parser
-
     problems = []
     want = roles(m)
     defaults = vars(parse_vidtrt(["serve", "--repository", "x"]))
     default_roles = {"http": defaults["http_port"], "grpc": defaults["grpc_port"], "metrics": defaults["metrics_port"]}
-    assert build_parser  # the parser parse_vidtrt uses
     if want != default_roles:
         problems.append(f"`vidtrt serve` listens on {want}, not its defaults {default_roles} (the README's ports)")
     exposed = {int(p.split("/")[0]) for i in dockerfile_instrs() if i.name == "EXPOSE" for p in i.args.split()}
