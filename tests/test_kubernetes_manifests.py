@@ -984,3 +984,22 @@ def test_probes_and_autoscaler_metrics_on_a_real_server(manifests, tmp_path):
                 g.join(120)
         assert all(g.error is None for g in sync), [g.error for g in sync]
         wait_for(lambda: pending(srv)[0] == 0, what="nothing pending")
+
+
+def test_init_container_waits_for_the_repository_then_exits(manifests, tmp_path):
+    """The init container's script, run by sh against a folder standing in for its mount: it keeps waiting while
+    the repository's manifest is missing and exits 0 once `vidtrt build` has written it."""
+    import subprocess
+
+    from vidtrt.export.repository import MARKER
+
+    init = _deployment_spec(manifests)["initContainers"][0]
+    mount = init["volumeMounts"][0]["mountPath"]
+    argv = [a.replace(mount, str(tmp_path / "volume")) for a in init["command"]]
+    folder = tmp_path / "volume" / "hunyuan-video"
+    folder.mkdir(parents=True)
+    with pytest.raises(subprocess.TimeoutExpired):
+        subprocess.run(argv, capture_output=True, timeout=1.5)
+    (folder / MARKER).write_text("{}")
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    assert r.returncode == 0, r.stderr
