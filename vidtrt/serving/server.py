@@ -841,6 +841,9 @@ def _non_negative_int(text: str) -> int:
 
 def serve_main(args: argparse.Namespace) -> int:
     """Run tritonserver in the foreground until SIGINT/SIGTERM (forwarded for a clean shutdown)."""
+    from vidtrt.runtime.tensorrt_plans import check_repository_plans
+
+    check_repository_plans(args.repository)  # a plan for another TensorRT / GPU: one line, before tritonserver
     extra = [a for a in (args.triton_args or []) if a != "--"]
     log_file = args.log_file
     follow = log_file is None
