@@ -401,3 +401,29 @@ def test_serve_refuses_a_repository_built_for_another_machine(tmp_path, monkeypa
     rc = main(["serve", "--repository", str(tmp_path / "repo")])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "another TensorRT version" in err, err
+
+
+def test_bf16_onnx_is_the_torch_function_in_bf16():
+    """The bf16 export (what --precision bf16 builds from): float32 I/O, bf16 weights, and -- upcast to float32
+    so that onnxruntime's CPU provider runs it -- the torch module with the same bf16-rounded weights, at two
+    shapes per component. The same check against the unrounded float32 weights fails: it sees the rounding."""
+    import torch
+
+    from vidtrt.export.bf16_onnx import verify_bf16_onnx
+    from vidtrt.export.onnx_export import ExportError, verification_axes
+    from vidtrt.runtime.engine_components import component_module
+    from vidtrt.source.model_source import ModelSource
+
+    artifacts = _tiny_bf16_artifacts()
+    source = ModelSource.open("tiny")
+    specs = source.specs(["dit", "vae_decoder_tile"])
+    for name in ("dit", "vae_decoder_tile"):
+        s = tb.inspect_onnx(artifacts / f"{name}.onnx")
+        assert s.main_float_type == "bfloat16" and s.weight_bytes["bfloat16"] > 50 * s.weight_bytes.get("float32", 0)
+        assert {dt for _, dt in s.inputs + s.outputs} <= {"float32", "int64"}
+        rounded = component_module(source, name, torch.bfloat16).float().eval()
+        axes = verification_axes(specs[name])
+        assert verify_bf16_onnx(artifacts / f"{name}.onnx", rounded, specs[name], axes, tol=1e-4) < 1e-4
+        with pytest.raises(ExportError, match="differs from torch"):
+            verify_bf16_onnx(artifacts / f"{name}.onnx", component_module(source, name).eval(), specs[name], axes,
+                             tol=1e-4)

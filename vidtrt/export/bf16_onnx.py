@@ -114,3 +114,73 @@ def export_bf16_components(source, names: Sequence[str], out: str | Path, opset:
             log(f"{name}: bf16 ONNX {result.path} ({result.file_bytes / 1e6:.1f} MB, {result.num_nodes} nodes) "
                 f"in {result.seconds:.1f}s")
     return paths
+
+
+# ------------------------------------------------------------------------------------------ verification
+def upcast_to_float32(model):
+    """A copy of the bf16 ONNX ``model`` (``onnx.ModelProto``, weights loaded) with every bfloat16 type made
+    float32: initializers and constants converted (their bf16-rounded values kept), ``Cast(to=BFLOAT16)``
+    turned into ``Cast(to=FLOAT)``, intermediate type annotations dropped. onnxruntime's CPU provider runs
+    that, which checks the bf16 graph's wiring against torch (:func:`verify_bf16_onnx`)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    bf16, f32 = TensorProto.BFLOAT16, TensorProto.FLOAT
+
+    def up(t):
+        if t.data_type == bf16:
+            arr = numpy_helper.to_array(t).astype(np.float32)
+            t.CopyFrom(numpy_helper.from_array(arr, t.name))
+
+    def graphs(g):
+        yield g
+        for node in g.node:
+            for a in node.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    yield from graphs(a.g)
+                for sub in a.graphs:
+                    yield from graphs(sub)
+
+    for g in graphs(m.graph):
+        for t in g.initializer:
+            up(t)
+        for node in g.node:
+            for a in node.attribute:
+                if a.type == onnx.AttributeProto.TENSOR:
+                    up(a.t)
+                elif node.op_type == "Cast" and a.name == "to" and a.i == bf16:
+                    a.i = f32
+        del g.value_info[:]
+        for v in list(g.input) + list(g.output):
+            if v.type.tensor_type.elem_type == bf16:
+                v.type.tensor_type.elem_type = f32
+    return m
+
+
+def verify_bf16_onnx(path: str | Path, module: nn.Module, spec, axes_list, tol: float = 1e-4) -> float:
+    """Run :func:`upcast_to_float32` of ``path`` in onnxruntime and ``module`` (float32 with bf16-rounded
+    weights) in torch on each of ``axes_list``; returns the worst relative error (ExportError beyond ``tol``)."""
+    import onnx
+    import onnxruntime as ort
+
+    up = upcast_to_float32(onnx.load(str(path)))
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(up.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for i, axes in enumerate(axes_list):
+        feeds = spec.example_inputs(axes, seed=200 + i)
+        got = sess.run(spec.output_names, feeds)
+        with torch.no_grad():
+            want = module(*(torch.from_numpy(feeds[n]) for n in spec.input_names))
+        want = want if isinstance(want, tuple) else (want,)
+        for name, g, w in zip(spec.output_names, got, want, strict=True):
+            err = onnx_export.relative_error(g, w.float().numpy())
+            worst = max(worst, err)
+            if not err <= tol:
+                raise onnx_export.ExportError(f"{spec.name}: the bf16 ONNX (upcast) differs from torch by {err:.2e} "
+                                              f"(> {tol:g}) on {name!r} at {axes}")
+    return worst

@@ -491,8 +491,15 @@ def onnx_sources(source, precision: str, work: Path, artifacts: str | Path | Non
             raise TensorRTBuildError(f"--artifacts {artifacts}: cannot read {MANIFEST_NAME}: {one_line(e)}") from None
     for key, name in TRT_COMPONENTS.items():
         entry = listed.get(name)
-        if entry is not None:
-            paths[key] = artifacts / entry["file"]
+        if entry is None:
+            continue
+        path = artifacts / entry["file"]
+        if precision == "fp8" and key == "dit":
+            paths[key] = path  # checked (FP8 Q/DQ present) by build_plan
+        elif inspect_onnx(path).main_float_type == "bfloat16":
+            paths[key] = path
+        elif log:  # e.g. the float32 `vidtrt export`: the strongly typed plan would run in float32
+            log(f"{name}: {path} is not a bf16 export; exporting {name} in bf16 instead")
     if precision == "fp8" and "dit" not in paths:
         if quantized is None:
             raise TensorRTBuildError("--precision fp8 needs the FP8 DiT ONNX: --artifacts DIR from `vidtrt export "
