@@ -427,3 +427,14 @@ def test_bf16_onnx_is_the_torch_function_in_bf16():
         with pytest.raises(ExportError, match="differs from torch"):
             verify_bf16_onnx(artifacts / f"{name}.onnx", component_module(source, name).eval(), specs[name], axes,
                              tol=1e-4)
+
+
+def test_one_profile_over_the_range(tmp_path, standin):
+    trt = standin("11")
+    man = tb.build_plan(_fp8_onnx(tmp_path / "o" / "toy.onnx"), TOY, tmp_path / "t.plan",
+                        tb.TensorRTBuildConfig("fp8", profiles="range"), model={"name": "toy", "fingerprint": "f"},
+                        trt=trt, host=_host(trt), fp8_required=True)
+    assert [p for (p,) in calls(trt, "add_optimization_profile")] == [TOY.profile()]
+    assert man["profiles"] == [{"x": [[1, 1, 8], [1, 16, 8], [2, 64, 8]], "mask": [[1, 1], [1, 16], [2, 64]]}]
+    with pytest.raises(tb.TensorRTBuildError, match="profiles"):
+        tb.TensorRTBuildConfig("bf16", profiles="all").validate()

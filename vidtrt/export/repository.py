@@ -88,6 +88,7 @@ def build_repository(
     quantized: str | os.PathLike | None = None,
     work_dir: str | os.PathLike | None = None,
     timing_cache: str | os.PathLike | None = None,
+    trt_profiles: str = "buckets",
 ) -> Path:
     """Write the repository for ``model`` ('tiny', a checkpoint folder or a ModelSource) to ``out_dir``;
     returns it. Model names come from the model's family (``hunyuan_video``, ``hunyuan_video_dit``, ...).
@@ -113,8 +114,8 @@ def build_repository(
     ``engine="tensorrt"`` (``precision`` bf16 or fp8, ``auto`` = bf16; always on GPUs): TensorRT must import
     (checked before anything is exported or written); the DiT and VAE-tile plans are built in ``work_dir``
     (default ``<out_dir>.tensorrt``) from ``artifacts`` (bf16 / FP8 ONNX) or from a bf16 export made there,
-    the FP8 DiT from ``quantized`` when no FP8 ONNX is given; ``timing_cache``: see
-    :class:`vidtrt.export.tensorrt_build.TensorRTBuildConfig`.
+    the FP8 DiT from ``quantized`` when no FP8 ONNX is given; ``timing_cache``, ``trt_profiles``: see
+    :class:`vidtrt.export.tensorrt_build.TensorRTBuildConfig` (``profiles``).
     """
     from vidtrt import __version__
     from vidtrt.config import request_io
@@ -134,6 +135,7 @@ def build_repository(
         if precision not in tensorrt_build.TRT_PRECISIONS:
             raise RepositoryError(f"invalid precision {precision!r} for --engine tensorrt: accepted "
                                   f"{list(tensorrt_build.TRT_PRECISIONS)} (or auto = bf16)")
+        tensorrt_build.TensorRTBuildConfig(precision, profiles=trt_profiles).validate()
         if quantized is not None and precision != "fp8":
             raise RepositoryError("--quantized needs --precision fp8")
         trt = tensorrt_build.require_tensorrt()  # one line, before anything is exported or written
@@ -181,8 +183,8 @@ def build_repository(
         plan_set = tensorrt_build.build_plans(
             source, precision, Path(work_dir) if work_dir else out.with_name(out.name + ".tensorrt"),
             artifacts=artifacts, quantized=quantized, trt=trt,
-            config=tensorrt_build.TensorRTBuildConfig(precision=precision, timing_cache=Path(timing_cache))
-            if timing_cache else None)
+            config=tensorrt_build.TensorRTBuildConfig(precision, timing_cache=Path(timing_cache) if timing_cache
+                                                      else None, profiles=trt_profiles))
     if out.exists() and any(out.iterdir()):
         shutil.rmtree(out)
 
@@ -288,6 +290,9 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--timing-cache", default=None, metavar="FILE",
                         help="--engine tensorrt: timing cache kept between builds (default "
                              "$VIDTRT_CACHE/tensorrt/timing-<TensorRT>-<GPU>.cache)")
+    parser.add_argument("--trt-profiles", default="buckets", choices=["buckets", "range"],
+                        help="--engine tensorrt: one optimisation profile per spec bucket (default), or one over the "
+                             "whole range (less GPU memory in Triton <= 25.04, which gives each profile a context)")
     parser.add_argument("--dit-instances", type=int, default=1,
                         help="DiT model instances per device (each holds the weights; default 1)")
     parser.add_argument("--max-concurrent", type=int, default=4,
@@ -311,6 +316,7 @@ def build_main(args: argparse.Namespace) -> int:
         sync_model=not args.no_sync_model, sync_instances=args.sync_instances,
         overwrite=args.force or _is_vidtrt_repo(args.out),
         quantized=args.quantized, work_dir=args.work_dir, timing_cache=args.timing_cache,
+        trt_profiles=args.trt_profiles,
     )
     manifest = json.loads((out / MARKER).read_text())
     print(f"wrote {out}")

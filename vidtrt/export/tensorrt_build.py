@@ -37,6 +37,7 @@ recording stand-in of the ``tensorrt`` module emulating the 10.x and the 11.x AP
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -525,12 +526,15 @@ class PlanSet:
 def build_plans(source, precision: str, work: str | Path, *, artifacts: str | Path | None = None,
                 quantized: str | Path | None = None, config: TensorRTBuildConfig | None = None, trt=None,
                 host: TensorRTHost | None = None, log: Callable[[str], None] | None = print) -> PlanSet:
-    """ONNX (:func:`onnx_sources`) -> one plan per :data:`TRT_COMPONENTS` entry in ``work/plans-<precision>/``."""
+    """ONNX (:func:`onnx_sources`) -> one plan per :data:`TRT_COMPONENTS` entry in ``work/plans-<precision>/``
+    (``config.timing_cache`` None: :func:`default_timing_cache`)."""
     trt = trt or require_tensorrt()
     if host is None:
         name, cc = gpu_identity(0)
         host = TensorRTHost(ApiSurface.of(trt).version, name, cc)
-    config = config or TensorRTBuildConfig(precision=precision, timing_cache=default_timing_cache(host))
+    config = config or TensorRTBuildConfig(precision=precision)
+    if config.timing_cache is None:
+        config = dataclasses.replace(config, timing_cache=default_timing_cache(host))
     config = config.validate()
     work = Path(work)
     specs = source.specs(list(TRT_COMPONENTS.values()))
