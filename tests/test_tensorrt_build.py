@@ -438,3 +438,23 @@ def test_one_profile_over_the_range(tmp_path, standin):
     assert man["profiles"] == [{"x": [[1, 1, 8], [1, 16, 8], [2, 64, 8]], "mask": [[1, 1], [1, 16], [2, 64]]}]
     with pytest.raises(tb.TensorRTBuildError, match="profiles"):
         tb.TensorRTBuildConfig("bf16", profiles="all").validate()
+
+
+def test_docs_commands_parse():
+    """docs/tensorrt.md's `vidtrt build / serve / generate` command lines are valid for today's CLI."""
+    import re
+    import shlex
+
+    from vidtrt.cli import build_parser
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "tensorrt.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    lines = [ln.strip() for b in blocks for ln in b.replace("\\\n", " ").splitlines()]
+    commands = [shlex.split(ln.split("#")[0]) for ln in lines if ln.startswith("vidtrt ")]
+    checked = [c for c in commands if c[1] in ("build", "serve", "generate")]
+    assert len(checked) >= 4
+    parser = build_parser()
+    for argv in checked:
+        args = parser.parse_args(argv[1:])
+        if argv[1] == "build":
+            assert args.engine == "tensorrt" and args.precision in ("bf16", "fp8")
