@@ -205,6 +205,12 @@ def test_plugin_nodes_register_the_aot_plugins(surface, tmp_path, standin):
     want = (0 if surface == "11" else 1 << int(ndf.STRONGLY_TYPED)) | 1 << int(ndf.PREFER_AOT_PYTHON_PLUGINS)
     assert calls(trt, "create_network") == [(want,)]
     assert want == {"10.12": 0b1010, "11": 0b100}[surface]  # the releases' own enum values
+    # The parser hands the node's other attributes to the plugin as fields: a field the plugin lacks fails.
+    bad = onnx.load(str(path), load_external_data=False)
+    next(n for n in bad.graph.node if n.op_type == "attention").attribute.append(helper.make_attribute("eps", 1e-6))
+    onnx.save(bad, str(path))
+    with pytest.raises(tb.TensorRTBuildError, match=r"ONNX parser rejects .*fields \[\], the node has 4 and \['eps'\]"):
+        tb.build_plan(path, TOY, tmp_path / "u.plan", tb.TensorRTBuildConfig("fp8"), **args)
 
 
 # ------------------------------------------------------------------------------------ plan checks / engine

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import inspect
 import json
 import types
 from pathlib import Path
@@ -150,6 +151,22 @@ def standin(surface: str = "11"):
                     want = "aot" if ("aot" in attrs and attrs["aot"].i) else "impl"
                     if reg is None or want not in reg:
                         self.errors.append(f"node {node.name}: plugin {pid} ({want}) not registered")
+                        return False
+                    # Plugin fields: the node's other attributes, by name and type, must be the registered
+                    # signature's attributes; its inputs, the signature's tensors.
+                    fields = {k: a for k, a in attrs.items() if k not in ("plugin_namespace", "plugin_version", "aot")}
+                    params = list(inspect.signature(reg["desc"]).parameters.values())
+                    tensors = [q for q in params if q.annotation in ("trtp.TensorDesc", trtp.TensorDesc)]
+                    declared = {q.name: q.annotation for q in params if q not in tensors}
+                    if len(node.input) != len(tensors) or set(fields) != set(declared):
+                        self.errors.append(f"node {node.name}: {pid} takes {len(tensors)} inputs and fields "
+                                           f"{sorted(declared)}, the node has {len(node.input)} and {sorted(fields)}")
+                        return False
+                    kinds = {"float": onnx.AttributeProto.FLOAT, "int": onnx.AttributeProto.INT,
+                             "str": onnx.AttributeProto.STRING}
+                    bad = [k for k, a in fields.items() if kinds.get(str(declared[k])) != a.type]
+                    if bad:
+                        self.errors.append(f"node {node.name}: field {bad[0]} has the wrong type for {pid}")
                         return False
 
             def tensors(values):
