@@ -205,6 +205,16 @@ def test_plugin_nodes_register_the_aot_plugins(surface, tmp_path, standin):
     want = (0 if surface == "11" else 1 << int(ndf.STRONGLY_TYPED)) | 1 << int(ndf.PREFER_AOT_PYTHON_PLUGINS)
     assert calls(trt, "create_network") == [(want,)]
     assert want == {"10.12": 0b1010, "11": 0b100}[surface]  # the releases' own enum values
+    # What our exporter's plugin nodes carry (onnx_plugins.SCHEMAS) is what the registered plugins take.
+    import inspect
+
+    from vidtrt.kernels import onnx_plugins
+
+    for op_name, schema in onnx_plugins.SCHEMAS.items():
+        params = inspect.signature(trt.plugin_registry[f"vidtrt::{op_name}"]["desc"]).parameters.values()
+        tensors = [p.name for p in params if p.annotation == "trtp.TensorDesc"]
+        fields = {p.name for p in params if p.annotation != "trtp.TensorDesc"}
+        assert tensors == [i for i, _ in schema["inputs"]] and fields == set(schema["attrs"]), op_name
     # The parser hands the node's other attributes to the plugin as fields: a field the plugin lacks fails.
     bad = onnx.load(str(path), load_external_data=False)
     next(n for n in bad.graph.node if n.op_type == "attention").attribute.append(helper.make_attribute("eps", 1e-6))
