@@ -238,7 +238,7 @@ def inspect_onnx(path: str | Path) -> OnnxSummary:
 def check_onnx(summary: OnnxSummary, spec: ComponentSpec, precision: str, fingerprint: str | None = None,
                fp8_required: bool = False) -> None:
     """The ONNX must serve ``spec`` (names and dtypes of the I/O), be from the model with ``fingerprint``
-    (when its metadata says), hold bf16 weights for ``bf16`` and FP8 Q/DQ when ``fp8_required``.
+    (when its metadata says), and hold FP8 Q/DQ when ``fp8_required``, else mostly bf16 weights.
     TensorRTBuildError, one line, otherwise."""
     p = summary.path
     want_in = [(t.name, t.dtype) for t in spec.inputs]
@@ -263,10 +263,10 @@ def check_onnx(summary: OnnxSummary, spec: ComponentSpec, precision: str, finger
         if summary.opset < FP8_MIN_OPSET:
             raise TensorRTBuildError(f"{spec.name}: {p} is opset {summary.opset}; FP8 Q/DQ need opset >= "
                                      f"{FP8_MIN_OPSET}")
-    elif precision == "bf16" and main not in ("bfloat16", None):
-        raise TensorRTBuildError(f"{spec.name}: {p} holds {main} weights; a strongly typed --precision bf16 build "
-                                 "needs the bf16 export (`vidtrt build --engine tensorrt` makes it when --artifacts "
-                                 "is not given)")
+    elif main not in ("bfloat16", None):
+        raise TensorRTBuildError(f"{spec.name}: {p} holds {main} weights, so a strongly typed plan would compute in "
+                                 f"{main}; --precision {precision} builds it from the bf16 export (`vidtrt build "
+                                 "--engine tensorrt` makes it when --artifacts holds none)")
 
 
 # ------------------------------------------------------------------------------------------ build config
@@ -314,7 +314,7 @@ def spec_profiles(spec: ComponentSpec, which: str = "buckets") -> list[dict[str,
 
 
 # ------------------------------------------------------------------------------------------ the build
-def _file_sha256(path: Path, limit: int | None = None) -> str:
+def _file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
