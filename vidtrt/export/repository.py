@@ -144,7 +144,7 @@ def build_repository(
         raise RepositoryError("--quantized needs --engine tensorrt --precision fp8")
     elif precision not in PRECISIONS:
         raise RepositoryError(f"invalid precision {precision!r}: accepted {list(PRECISIONS)} "
-                              "(fp8 goes through the ModelOpt/TensorRT path, not built yet)")
+                              "(fp8: --engine tensorrt --precision fp8)")
     if engine == "onnxruntime" and precision not in ("auto", "fp32"):
         raise RepositoryError(f"precision {precision!r} needs --engine torch; the {engine} engine runs the "
                               "exported fp32 ONNX (accepted with it: 'auto', 'fp32')")
