@@ -412,9 +412,19 @@ def test_serve_refuses_a_repository_built_for_another_machine(tmp_path, monkeypa
     (model / "1" / "model.plan").write_bytes(b"plan")
     host = {"tensorrt_version": "10.5.0", "gpu": {"name": H200[0], "compute_capability": "9.0"}}
     tp.manifest_path(model / "1" / "model.plan").write_text(json.dumps({"format": tp.PLAN_MANIFEST_FORMAT, **host}))
-    monkeypatch.setattr(tp, "host_identity", lambda trt=None, device=0: tp.TensorRTHost("11.4.0", *H200))
     monkeypatch.setattr(server, "TritonServer", None)  # never reached
+    # The pip-bundled tritonserver has no TensorRT backend.
     rc = main(["serve", "--repository", str(tmp_path / "repo")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "has no TensorRT backend" in err, err
+    # An NGC-like tritonserver (bin/ next to backends/tensorrt/) on a machine with another TensorRT.
+    ngc = tmp_path / "opt" / "tritonserver"
+    (ngc / "bin").mkdir(parents=True)
+    (ngc / "backends" / "tensorrt").mkdir(parents=True)
+    (ngc / "bin" / "tritonserver").write_text("#!/bin/sh\n")
+    (ngc / "bin" / "tritonserver").chmod(0o755)
+    monkeypatch.setattr(tp, "host_identity", lambda trt=None, device=0: tp.TensorRTHost("11.4.0", *H200))
+    rc = main(["serve", "--repository", str(tmp_path / "repo"), "--tritonserver", str(ngc / "bin" / "tritonserver")])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "another TensorRT version" in err, err
 
