@@ -227,6 +227,8 @@ class TensorRTEngine:
             from vidtrt.runtime.tensorrt_plans import read_plan_manifest
 
             self.manifest = read_plan_manifest(self.path)
+        if self.device.type == "cuda" and self.device.index is not None:
+            torch.cuda.set_device(self.device)  # TensorRT deserializes onto the current CUDA device
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
