@@ -484,3 +484,11 @@ def test_docs_commands_parse():
         args = parser.parse_args(argv[1:])
         if argv[1] == "build":
             assert args.engine == "tensorrt" and args.precision in ("bf16", "fp8")
+
+
+def test_fp8_needs_an_fp8_dit(tmp_path):
+    from vidtrt.source.model_source import ModelSource
+
+    with pytest.raises(tb.TensorRTBuildError, match="--precision fp8 needs the FP8 DiT ONNX") as e:
+        tb.onnx_sources(ModelSource.open("tiny"), "fp8", tmp_path / "work")
+    assert "\n" not in str(e.value) and not (tmp_path / "work").exists()
