@@ -160,10 +160,11 @@ def _is_meta(value) -> bool:
     return isinstance(raw, torch.Tensor) and raw.is_meta
 
 
-def bind_weights(model, weights: Mapping[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> int:
+def bind_weights(model, weights: Mapping[str, torch.Tensor], dtype: torch.dtype | None = None) -> int:
     """Give every meta initializer of ``model`` (a graph traced from a meta-device module) a lazy value:
-    ``weights[name]`` converted to ``dtype`` when it is written, one tensor at a time. ``weights`` may be
-    memory-mapped checkpoint tensors in any dtype. Returns the number bound."""
+    ``weights[name]`` converted to ``dtype`` (default: the initializer's own type, bfloat16 included) when it
+    is written, one tensor at a time. ``weights`` may be memory-mapped checkpoint tensors in any dtype.
+    Returns the number bound."""
     import onnx_ir as ir
 
     bound = 0
@@ -178,8 +179,13 @@ def bind_weights(model, weights: Mapping[str, torch.Tensor], dtype: torch.dtype 
         if tuple(src.shape) != tuple(cv.shape):
             raise ExportError(f"weight {name!r} has shape {list(src.shape)}, the graph expects {list(cv.shape)}")
 
-        def load(src=src):
-            return ir.Tensor(src.detach().to(dtype).contiguous().numpy())
+        def load(src=src, target=cv.dtype):
+            if dtype is not None:
+                return ir.Tensor(src.detach().to(dtype).contiguous().numpy())
+            if target == ir.DataType.BFLOAT16:  # numpy has no bfloat16: the bits, viewed as ml_dtypes'
+                bits = src.detach().to(torch.bfloat16).contiguous().view(torch.int16).numpy()
+                return ir.Tensor(bits.view(target.numpy()))
+            return ir.Tensor(src.detach().to(getattr(torch, np.dtype(target.numpy()).name)).contiguous().numpy())
 
         value.const_value = ir.LazyTensor(load, dtype=cv.dtype, shape=cv.shape, name=name)
         bound += 1

@@ -9,7 +9,9 @@ writes one folder per Triton model (``config.pbtxt`` + ``1/model.py``), named wi
   streaming);
 - ``hunyuan_video_text_encoder``, ``hunyuan_video_dit``, ``hunyuan_video_vae_decoder``: Python-backend
   models serving the components on an engine (``torch`` or ``onnxruntime``, see
-  :func:`vidtrt.runtime.engine_components.load_component`).
+  :func:`vidtrt.runtime.engine_components.load_component`); with ``--engine tensorrt`` the DiT and the VAE
+  decoder are ``tensorrt_plan`` models instead (:mod:`vidtrt.export.tensorrt_build`), the text encoder a
+  Python-backend model on torch (bf16, GPU).
 
 Tensor stanzas come from :mod:`vidtrt.config.request_io` (generation model) and
 :mod:`vidtrt.serving.component_io` / :mod:`vidtrt.config.specs` (components); nothing is written by hand. Repositories
@@ -31,7 +33,7 @@ from vidtrt.errors import VidtrtError
 from vidtrt.paths import REPOSITORY_FILE as MARKER
 
 FAMILY = "hunyuan_video"  # the template folders' prefix (the first family's Triton model names)
-ENGINES = ("torch", "onnxruntime")
+ENGINES = ("torch", "onnxruntime", "tensorrt")
 
 COMPONENT_DOCS = {
     "text_encoder": ("Text encoders (Llama hidden states + CLIP pooled) with their tokenizers: prompts -> "
@@ -83,6 +85,10 @@ def build_repository(
     sync_instances: int = 1,
     fail_on_guidance: float | None = None,
     overwrite: bool = True,
+    quantized: str | os.PathLike | None = None,
+    work_dir: str | os.PathLike | None = None,
+    timing_cache: str | os.PathLike | None = None,
+    trt_profiles: str = "buckets",
 ) -> Path:
     """Write the repository for ``model`` ('tiny', a checkpoint folder or a ModelSource) to ``out_dir``;
     returns it. Model names come from the model's family (``hunyuan_video``, ``hunyuan_video_dit``, ...).
@@ -104,6 +110,12 @@ def build_repository(
     ``fail_on_guidance``: test-only; the DiT model fails requests whose
     embedded_guidance_scale equals it. ``overwrite``: replace a repository this function wrote before (never
     a folder it did not write).
+
+    ``engine="tensorrt"`` (``precision`` bf16 or fp8, ``auto`` = bf16; always on GPUs): TensorRT must import
+    (checked before anything is exported or written); the DiT and VAE-tile plans are built in ``work_dir``
+    (default ``<out_dir>.tensorrt``) from ``artifacts`` (bf16 / FP8 ONNX) or from a bf16 export made there,
+    the FP8 DiT from ``quantized`` when no FP8 ONNX is given; ``timing_cache``, ``trt_profiles``: see
+    :class:`vidtrt.export.tensorrt_build.TensorRTBuildConfig` (``profiles``).
     """
     from vidtrt import __version__
     from vidtrt.config import request_io
@@ -115,13 +127,28 @@ def build_repository(
         raise RepositoryError(f"invalid engine {engine!r}: accepted {list(ENGINES)}")
     if device not in ("cpu", "cuda"):
         raise RepositoryError(f"invalid device {device!r}: accepted ['cpu', 'cuda']")
-    if precision not in PRECISIONS:
+    trt = None
+    if engine == "tensorrt":
+        from vidtrt.export import tensorrt_build
+
+        precision = "bf16" if precision == "auto" else precision
+        if precision not in tensorrt_build.TRT_PRECISIONS:
+            raise RepositoryError(f"invalid precision {precision!r} for --engine tensorrt: accepted "
+                                  f"{list(tensorrt_build.TRT_PRECISIONS)} (or auto = bf16)")
+        tensorrt_build.TensorRTBuildConfig(precision, profiles=trt_profiles).validate()
+        if quantized is not None and precision != "fp8":
+            raise RepositoryError("--quantized needs --precision fp8")
+        trt = tensorrt_build.require_tensorrt()  # one line, before anything is exported or written
+        device = "cuda"
+    elif quantized is not None:
+        raise RepositoryError("--quantized needs --engine tensorrt --precision fp8")
+    elif precision not in PRECISIONS:
         raise RepositoryError(f"invalid precision {precision!r}: accepted {list(PRECISIONS)} "
-                              "(fp8 goes through the ModelOpt/TensorRT path, not built yet)")
-    if engine != "torch" and precision not in ("auto", "fp32"):
+                              "(fp8: --engine tensorrt --precision fp8)")
+    if engine == "onnxruntime" and precision not in ("auto", "fp32"):
         raise RepositoryError(f"precision {precision!r} needs --engine torch; the {engine} engine runs the "
                               "exported fp32 ONNX (accepted with it: 'auto', 'fp32')")
-    precision = resolve_precision(precision, device)
+    precision = precision if engine == "tensorrt" else resolve_precision(precision, device)
     for name, n in (("dit_instances", dit_instances), ("text_encoder_instances", text_encoder_instances),
                     ("vae_decoder_instances", vae_decoder_instances),
                     ("max_concurrent_generations", max_concurrent_generations), ("sync_instances", sync_instances)):
@@ -130,7 +157,7 @@ def build_repository(
     max_queue_size = DEFAULT_MAX_QUEUE if max_queue_size is None else max_queue_size
     if not isinstance(max_queue_size, int) or isinstance(max_queue_size, bool) or max_queue_size < 0:
         raise RepositoryError(f"invalid max_queue_size={max_queue_size!r}: accepted an integer >= 0 (0 = no bound)")
-    if engine != "torch" and not artifacts:
+    if engine == "onnxruntime" and not artifacts:
         raise RepositoryError(f"engine {engine!r} needs --artifacts (the folder `vidtrt export` wrote)")
     if artifacts and not Path(artifacts).is_dir():
         raise RepositoryError(f"artifacts folder not found: {artifacts}")
@@ -140,7 +167,7 @@ def build_repository(
     source = ModelSource.open(model)
     config = source.config
     specs = specs_for_triton(config)
-    artifact_files = _artifact_files(artifacts, source) if artifacts else {}
+    artifact_files = _artifact_files(artifacts, source) if artifacts and engine != "tensorrt" else {}
 
     templates = templates_dir()
     out = Path(out_dir).resolve()
@@ -151,6 +178,14 @@ def build_repository(
             raise RepositoryError(f"{out} exists and is not a vidtrt repository; choose an empty or new folder")
         if not overwrite:
             raise RepositoryError(f"{out} exists; pass overwrite=True (--force) to replace it")
+    plan_set = None
+    if engine == "tensorrt":  # built before the old repository is replaced: a failed build leaves it as it was
+        plan_set = tensorrt_build.build_plans(
+            source, precision, Path(work_dir) if work_dir else out.with_name(out.name + ".tensorrt"),
+            artifacts=artifacts, quantized=quantized, trt=trt,
+            config=tensorrt_build.TensorRTBuildConfig(precision, timing_cache=Path(timing_cache) if timing_cache
+                                                      else None, profiles=trt_profiles))
+    if out.exists() and any(out.iterdir()):
         shutil.rmtree(out)
 
     family = source.family
@@ -166,11 +201,12 @@ def build_repository(
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, str] = {}
 
-    def write(name: str, config_text: str, model_py: Path) -> None:
+    def write(name: str, config_text: str, model_py: Path | None) -> None:
         folder = out / name
         (folder / "1").mkdir(parents=True, exist_ok=True)
         (folder / "config.pbtxt").write_text(config_text)
-        shutil.copyfile(model_py, folder / "1" / "model.py")
+        if model_py is not None:
+            shutil.copyfile(model_py, folder / "1" / "model.py")
         written[name] = str(folder)
 
     bls_py = templates / FAMILY / "model.py"
@@ -185,7 +221,18 @@ def build_repository(
     for key in family.components:
         doc, per_call = COMPONENT_DOCS[key]
         n = instances[key]
-        extra = f'parameters {{ key: "precision" value {{ string_value: "{precision}" }} }}\n'
+        if plan_set is not None and key in plan_set.plans:
+            from vidtrt.runtime.tensorrt_plans import PLAN_FILE, manifest_path
+
+            write(family.component_model(key), tensorrt_build.plan_config_pbtxt(
+                templates / "tensorrt_plan" / "config.pbtxt.in", key=key, name=family.component_model(key),
+                spec=specs[key], manifest=plan_set.manifests[key], doc=doc, per_call=per_call, count=n,
+                model=source.ref, fingerprint=source.fingerprint), None)
+            version_dir = out / family.component_model(key) / "1"
+            _link_or_copy(plan_set.plans[key], version_dir / PLAN_FILE)
+            _link_or_copy(manifest_path(plan_set.plans[key]), manifest_path(version_dir / PLAN_FILE))
+            continue
+        extra = f'parameters {{ key: "precision" value {{ string_value: "{"bf16" if trt else precision}" }} }}\n'
         if key == "dit" and fail_on_guidance is not None:
             extra += ('# TEST ONLY: fail requests whose embedded_guidance_scale equals this value.\n'
                      f'parameters {{ key: "fail_on_guidance" value {{ string_value: "{fail_on_guidance:g}" }} }}\n')
@@ -195,7 +242,8 @@ def build_repository(
             templates / f"{FAMILY}_{key}" / "config.pbtxt.in",
             template=f"{FAMILY}_{key}", name=family.component_model(key), component=key, doc=doc,
             per_call=per_call, io=spec_io_pbtxt(key, specs[key]), kind=kind, count=n, instances_doc=instances_doc,
-            model=source.ref, fingerprint=source.fingerprint, engine=engine, device=device, extra_parameters=extra,
+            model=source.ref, fingerprint=source.fingerprint, engine="torch" if trt else engine, device=device,
+            extra_parameters=extra,
         )
         write(family.component_model(key), text, templates / "component" / "model.py")
         version_dir = out / family.component_model(key) / "1"
@@ -209,6 +257,9 @@ def build_repository(
         "family": family.name, "model_source": source.to_record(),
         "inputs": [t.name for t in request_io.REQUEST_INPUTS], "outputs": [t.name for t in request_io.RESPONSE_OUTPUTS],
     }
+    if plan_set is not None:
+        plans = {family.component_model(k): m["component"] for k, m in plan_set.manifests.items()}
+        manifest["tensorrt"] = {**plan_set.host.to_dict(), "plans": plans}
     (out / MARKER).write_text(json.dumps(manifest, indent=2) + "\n")
     return out
 
@@ -219,15 +270,29 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--model", default="tiny",
                         help="'tiny' (embedded default) or a checkpoint folder (diffusers or official layout)")
     parser.add_argument("--engine", default="torch", choices=list(ENGINES),
-                        help="engine the component models run (default torch; onnxruntime needs --artifacts)")
+                        help="engine the component models run (default torch; onnxruntime needs --artifacts; "
+                             "tensorrt builds DiT and VAE plans here, on the serving GPU: docs/tensorrt.md)")
     parser.add_argument("--artifacts", default=None, metavar="DIR",
-                        help="folder of exported ONNX files (`vidtrt export`), for --engine onnxruntime")
+                        help="folder of exported ONNX files (`vidtrt export`), for --engine onnxruntime; for "
+                             "tensorrt: bf16 / FP8 ONNX to build from (default: a bf16 export made in --work-dir)")
     parser.add_argument("--out", "-o", default="build/model_repository", metavar="DIR",
                         help="where to write the repository (default build/model_repository)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="component instances on CPU (KIND_CPU) or on each GPU (KIND_GPU); default cpu")
-    parser.add_argument("--precision", default="auto", choices=list(PRECISIONS),
-                        help="torch-engine components' dtype (auto: bf16 with --device cuda, fp32 on cpu)")
+    parser.add_argument("--precision", default="auto", choices=list(dict.fromkeys([*PRECISIONS, "fp8"])),
+                        help="torch-engine components' dtype (auto: bf16 with --device cuda, fp32 on cpu); "
+                             "--engine tensorrt: bf16 or fp8 (auto = bf16)")
+    parser.add_argument("--quantized", default=None, metavar="DIR",
+                        help="--engine tensorrt --precision fp8: the `vidtrt quantize` state to export the FP8 DiT "
+                             "from (when --artifacts holds no FP8 DiT)")
+    parser.add_argument("--work-dir", default=None, metavar="DIR",
+                        help="--engine tensorrt: where ONNX exports and plans are made (default <out>.tensorrt)")
+    parser.add_argument("--timing-cache", default=None, metavar="FILE",
+                        help="--engine tensorrt: timing cache kept between builds (default "
+                             "$VIDTRT_CACHE/tensorrt/timing-<TensorRT>-<GPU>.cache)")
+    parser.add_argument("--trt-profiles", default="buckets", choices=["buckets", "range"],
+                        help="--engine tensorrt: one optimisation profile per spec bucket (default), or one over the "
+                             "whole range (less GPU memory in Triton <= 25.04, which gives each profile a context)")
     parser.add_argument("--dit-instances", type=int, default=1,
                         help="DiT model instances per device (each holds the weights; default 1)")
     parser.add_argument("--max-concurrent", type=int, default=4,
@@ -250,11 +315,14 @@ def build_main(args: argparse.Namespace) -> int:
         max_queue_size=args.max_queue,
         sync_model=not args.no_sync_model, sync_instances=args.sync_instances,
         overwrite=args.force or _is_vidtrt_repo(args.out),
+        quantized=args.quantized, work_dir=args.work_dir, timing_cache=args.timing_cache,
+        trt_profiles=args.trt_profiles,
     )
     manifest = json.loads((out / MARKER).read_text())
     print(f"wrote {out}")
     for name in manifest["models"]:
-        print(f"  {name}/config.pbtxt, {name}/1/model.py")
+        model_file = "model.plan" if (out / name / "1" / "model.plan").is_file() else "model.py"
+        print(f"  {name}/config.pbtxt, {name}/1/{model_file}")
     print(f"serve it: vidtrt serve --repository {out}", file=sys.stderr)
     return 0
 

@@ -116,7 +116,13 @@ _REGISTERED = False
 
 def register_plugins() -> list[str]:
     """Register the vidtrt plugins with ``tensorrt.plugin`` (idempotent); returns their ids."""
-    global _REGISTERED
+    global _REGISTERED, trt, trtp
+    if trtp is None:  # TensorRT may have become importable after this module was (e.g. a path set later)
+        try:
+            import tensorrt as trt
+            import tensorrt.plugin as trtp
+        except ImportError:
+            trt = trtp = None
     if trtp is None:
         raise EngineError(
             "TensorRT is not installed: the vidtrt plugins need the tensorrt package (>= 10.9, with "

@@ -3,8 +3,8 @@
 - :class:`TorchEngine`: the project's PyTorch module (Triton-language kernels on CUDA).
 - :class:`OnnxRuntimeEngine`: the exported ONNX in onnxruntime (CUDA / TensorRT execution
   providers when installed, CPU otherwise).
-- :class:`TensorRTEngine`: a TensorRT 10.x plan built from the same ONNX (thin; TensorRT is not
-  installable on our machines, so everything up to the TensorRT call is what is tested).
+- :class:`TensorRTEngine`: a TensorRT 10.x / 11.x plan built from the same ONNX (TensorRT is not
+  installable on our machines: CI runs it against a recording stand-in of the ``tensorrt`` module).
 
 Every engine checks its inputs against the component's :class:`~vidtrt.config.specs.ComponentSpec` and
 answers with numpy arrays named by the spec. Errors (missing or corrupt file, input outside the spec)
@@ -194,47 +194,132 @@ class OnnxRuntimeEngine:
 
 
 class TensorRTEngine:
-    """A TensorRT 10.x plan (``.plan``) with one optimisation profile per bucket.
+    """A TensorRT plan (``model.plan``) built by ``vidtrt build --engine tensorrt``: one optimisation profile
+    per spec bucket (or one over the whole range), I/O named and typed as the spec.
 
-    Untested here: TensorRT cannot be installed on this project's machines. Input checks run first,
-    so a bad request fails the same way as with the other engines.
+    The plan's build manifest (``model.plan.json``, :mod:`vidtrt.runtime.tensorrt_plans`) is checked first: a
+    plan from another TensorRT version or GPU is refused with one line before TensorRT deserializes it.
+    Runs through the name-based API that TensorRT 10.x and 11.x share (``set_optimization_profile_async``,
+    ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``); the profile is the first whose
+    min..max holds the request's shapes. ``trt``: the tensorrt module (default: ``import tensorrt``).
+
+    TensorRT cannot be installed on this project's machines: CI runs this class against a recording stand-in
+    of the ``tensorrt`` module (``device="cpu"`` there); on a GPU it needs ``device="cuda[:N]"``.
     """
 
     kind = "tensorrt"
 
-    def __init__(self, path: str | Path, spec: ComponentSpec, device: str = "cuda"):
+    def __init__(self, path: str | Path, spec: ComponentSpec, device: str = "cuda", trt=None,
+                 fingerprint: str | None = None):
+        from vidtrt.runtime.tensorrt_plans import check_plan, host_identity
+
         self.path, self.spec = Path(path), spec
-        trt = import_tensorrt()
-        if not self.path.exists():
-            raise EngineError(f"{spec.name}: TensorRT plan not found: {self.path} (run `vidtrt build` on a GPU)")
-        logger = trt.Logger(trt.Logger.WARNING)
-        runtime = trt.Runtime(logger)
-        self.engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
-        if self.engine is None:
-            raise EngineError(f"{spec.name}: {self.path} is not a TensorRT plan for this TensorRT/GPU")
-        self.context = self.engine.create_execution_context()
+        trt = trt or import_tensorrt()
+        self.trt = trt
+        if not self.path.is_file():
+            raise EngineError(f"{spec.name}: TensorRT plan not found: {self.path} (run `vidtrt build --engine "
+                              "tensorrt` on the GPU that serves it)")
         self.device = torch.device(device)
+        host = host_identity(trt, self.device.index or 0) if self.device.type == "cuda" else None
+        if host is not None:
+            self.manifest = check_plan(self.path, host, fingerprint)
+        else:  # the CPU stand-in: no GPU to compare with
+            from vidtrt.runtime.tensorrt_plans import read_plan_manifest
+
+            self.manifest = read_plan_manifest(self.path)
+        if self.device.type == "cuda" and self.device.index is not None:
+            torch.cuda.set_device(self.device)  # TensorRT deserializes onto the current CUDA device
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if self.engine is None:
+            raise EngineError(f"{spec.name}: TensorRT could not deserialize {self.path} (corrupt, or built by another "
+                              "TensorRT / for another GPU)")
+        self.dtypes = self._check_io()
+        self.profiles = [
+            {n: tuple(tuple(int(d) for d in s) for s in self.engine.get_tensor_profile_shape(n, i))
+             for n in spec.input_names}
+            for i in range(self.engine.num_optimization_profiles)
+        ]
+        self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise EngineError(f"{spec.name}: TensorRT could not create an execution context for {self.path} "
+                              "(out of GPU memory?)")
+        self.profile = 0  # a new context starts on profile 0
+
+    def _check_io(self) -> dict[str, torch.dtype]:
+        """The plan's I/O must be the spec's names and dtypes; returns each tensor's torch dtype."""
+        trt, engine = self.trt, self.engine
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if n not in inputs]
+        if sorted(inputs) != sorted(self.spec.input_names) or sorted(outputs) != sorted(self.spec.output_names):
+            raise EngineError(f"{self.spec.name}: {self.path} has inputs {inputs} and outputs {outputs}; the spec "
+                              f"expects {self.spec.input_names} -> {self.spec.output_names}")
+        dtypes = {}
+        for t in self.spec.inputs + self.spec.outputs:
+            got = tensorrt_dtype_name(trt, engine.get_tensor_dtype(t.name))
+            if got != t.dtype:
+                raise EngineError(f"{self.spec.name}: {self.path} declares {t.name!r} as {got}, "
+                                  f"the spec says {t.dtype}")
+            dtypes[t.name] = getattr(torch, got)
+        return dtypes
+
+    def select_profile(self, shapes: Mapping[str, Sequence[int]]) -> int:
+        """Index of the first optimisation profile whose min..max holds every input shape."""
+        for i, prof in enumerate(self.profiles):
+            if all(all(lo <= s <= hi for s, lo, hi in zip(shapes[n], prof[n][0], prof[n][2], strict=True))
+                   for n in self.spec.input_names):
+                return i
+        raise EngineError(f"{self.spec.name}: no optimisation profile of {self.path} holds input shapes "
+                          f"{ {n: list(s) for n, s in shapes.items()} } (the plan's buckets: rebuild it for this size)")
 
     @torch.inference_mode()
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:  # pragma: no cover - needs TensorRT
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.spec.check_inputs(feeds)
-        stream = torch.cuda.current_stream(self.device)
+        shapes = {n: tuple(int(d) for d in feeds[n].shape) for n in self.spec.input_names}
+        index = self.select_profile(shapes)
+        cuda = self.device.type == "cuda"
+        stream = torch.cuda.current_stream(self.device) if cuda else None
+        handle = stream.cuda_stream if cuda else 0
+        if index != self.profile:
+            if not self.context.set_optimization_profile_async(index, handle):
+                raise EngineError(f"{self.spec.name}: TensorRT refused optimisation profile {index}")
+            self.profile = index
         keep = []
         for name in self.spec.input_names:
-            x = torch.from_numpy(np.ascontiguousarray(feeds[name])).to(self.device)
+            x = torch.from_numpy(np.ascontiguousarray(feeds[name])).to(self.device, self.dtypes[name]).contiguous()
             keep.append(x)
-            self.context.set_input_shape(name, tuple(x.shape))
+            if not self.context.set_input_shape(name, shapes[name]):
+                raise EngineError(f"{self.spec.name}: TensorRT rejects input {name!r} of shape {list(shapes[name])}")
             self.context.set_tensor_address(name, x.data_ptr())
         outputs = {}
         for t in self.spec.outputs:
-            shape = tuple(self.context.get_tensor_shape(t.name))
-            y = torch.empty(shape, dtype=getattr(torch, t.dtype), device=self.device)
+            shape = tuple(int(d) for d in self.context.get_tensor_shape(t.name))
+            if any(d < 0 for d in shape):
+                raise EngineError(f"{self.spec.name}: TensorRT could not infer the shape of {t.name!r} ({list(shape)})")
+            y = torch.empty(shape, dtype=self.dtypes[t.name], device=self.device)
             self.context.set_tensor_address(t.name, y.data_ptr())
             outputs[t.name] = y
-        if not self.context.execute_async_v3(stream.cuda_stream):
+        if not self.context.execute_async_v3(handle):
             raise EngineError(f"{self.spec.name}: TensorRT execution failed")
-        stream.synchronize()
-        return {k: v.cpu().numpy() for k, v in outputs.items()}
+        if stream is not None:
+            stream.synchronize()
+        del keep
+        return {k: (v.float() if v.is_floating_point() else v).cpu().numpy() for k, v in outputs.items()}
+
+
+# TensorRT DataType member -> the spec's dtype names (looked up by name: 10.x and 11.x share them).
+_TRT_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT32": "int32", "INT64": "int64",
+               "INT8": "int8", "UINT8": "uint8", "BOOL": "bool", "FP8": "float8_e4m3fn"}
+
+
+def tensorrt_dtype_name(trt, dtype) -> str:
+    """The spec dtype name ('float32', 'bfloat16', 'int64', ...) of a ``trt.DataType``."""
+    for member, name in _TRT_DTYPES.items():
+        if getattr(trt.DataType, member, object()) == dtype:
+            return name
+    return str(dtype)
 
 
 def import_tensorrt():
@@ -243,7 +328,8 @@ def import_tensorrt():
         import tensorrt as trt
     except (ImportError, OSError) as e:
         raise EngineError(
-            "TensorRT is not installed (needs the tensorrt 10.x Python package and libnvinfer from NVIDIA, e.g. "
-            f"an NGC TensorRT/Triton container); use --engine onnxruntime or torch instead ({type(e).__name__})"
+            "TensorRT is not installed (needs the tensorrt 10.x or 11.x Python package and libnvinfer from NVIDIA, "
+            "e.g. an NGC TensorRT/Triton container); use --engine onnxruntime or torch instead "
+            f"({type(e).__name__})"
         ) from None
     return trt

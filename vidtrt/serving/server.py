@@ -839,9 +839,28 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _preflight_tensorrt(repository, tritonserver, extra: list[str]) -> None:
+    """A repository with tensorrt_plan models needs a tritonserver with the TensorRT backend (not the
+    pip-bundled one) and plans built for this machine's TensorRT and GPU: one line each, before starting."""
+    from vidtrt.runtime.tensorrt_plans import check_repository_plans, tensorrt_models
+
+    models = tensorrt_models(repository)
+    if not models:
+        return
+    binary = find_tritonserver(tritonserver)
+    backends = next((Path(a.split("=", 1)[1]) for a in extra if a.startswith("--backend-directory=")),
+                    binary.resolve().parent.parent / "backends")
+    if _is_bundled(binary) or not (backends / "tensorrt").is_dir():
+        raise ServerError(f"{models[0].name} is a tensorrt_plan model and {binary} has no TensorRT backend "
+                          f"({backends / 'tensorrt'} missing); serve this repository with NGC's tritonserver "
+                          "(nvcr.io/nvidia/tritonserver:24.10-py3, docs/tensorrt.md)")
+    check_repository_plans(repository)  # a plan for another TensorRT / GPU
+
+
 def serve_main(args: argparse.Namespace) -> int:
     """Run tritonserver in the foreground until SIGINT/SIGTERM (forwarded for a clean shutdown)."""
     extra = [a for a in (args.triton_args or []) if a != "--"]
+    _preflight_tensorrt(args.repository, args.tritonserver, extra)
     log_file = args.log_file
     follow = log_file is None
     if follow:
