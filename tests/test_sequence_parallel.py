@@ -1,0 +1,163 @@
+"""Ulysses sequence parallelism on CPU (gloo): the DiT over 2 and 4 processes equals one process, the whole
+generation in process equals one process, a dead or hung worker fails one call with one line and the
+next call is served; bad degrees are refused before any weight loads.
+
+Each ParallelDenoiser is closed in a finally block (its workers also exit when this process is gone), and
+every wait has a timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from vidtrt.config.components import TextEmbeddings
+from vidtrt.errors import ConfigError
+from vidtrt.models.sequence_parallel import check_degree, comm_bytes_per_step
+from vidtrt.runtime.parallel_dit import ParallelDenoiser, ParallelGroupError
+from vidtrt.source.model_source import ModelSource
+
+PROMPT = "a cat walks on the grass"
+
+
+def dit_inputs(config, latent_shape, text_lengths, seed):
+    """Fresh random DiT inputs: latents [B, C, T, H, W], right-padded text of per-sample lengths."""
+    g = torch.Generator().manual_seed(seed)
+    tc = config.transformer
+    b = latent_shape[0]
+    length = max(text_lengths) + 2
+    latents = torch.randn(b, tc.in_channels, *latent_shape[1:], generator=g)
+    timestep = torch.rand(b, generator=g) * 1000
+    mask = (torch.arange(length)[None, :] < torch.tensor(text_lengths)[:, None]).to(torch.int64)
+    text = TextEmbeddings(prompt_embeds=torch.randn(b, length, tc.text_embed_dim, generator=g), attention_mask=mask,
+                          pooled=torch.randn(b, tc.pooled_projection_dim, generator=g))
+    guidance = torch.full((b,), 6000.0)
+    return latents, timestep, text, guidance
+
+
+def reference(module, latents, timestep, text, guidance):
+    with torch.inference_mode():
+        return module(latents, timestep, text.prompt_embeds, text.attention_mask, text.pooled, guidance)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+# Latent shapes [B, T', H', W'] (patch 2 spatially): tokens 2*3*5 = 30 (uneven for 4 ranks: 8 + 8 + 8 + 6),
+# 1 latent frame with 3*4 = 12 tokens, batch 2 with different text lengths, an odd aspect ratio (1x7).
+SHAPES = [((1, 2, 6, 10), (5,)), ((1, 1, 6, 8), (3,)), ((2, 2, 4, 6), (4, 1)), ((1, 3, 2, 14), (6,))]
+
+
+@pytest.mark.parametrize("model, degree", [("tiny", 2), ("small", 4)])
+def test_dit_over_ranks_equals_one_rank(model, degree):
+    """2 gloo ranks (tiny: 2 heads) and 4 (small: 8 heads): fp32 velocity within 1e-6 relative of one rank,
+    on uneven token counts (padding), 1 latent frame, batch 2 with per-sample text lengths."""
+    source = ModelSource.open(model)
+    dit = ParallelDenoiser(source, degree, threads=1, timeout_s=120)
+    try:
+        for i, (shape, lengths) in enumerate(SHAPES):
+            args = dit_inputs(source.config, shape, lengths, seed=100 + i)
+            ours = dit(*args)
+            ref = reference(dit.module, *args)
+            assert ours.shape == ref.shape
+            assert rel_err(ours, ref) <= 1e-6, (shape, rel_err(ours, ref))
+        assert dit.sp.stats.all_to_all > 0 and dit.sp.stats.all_gather > 0
+        assert dit.restarts == 0
+    finally:
+        dit.close()
+    assert all(p.poll() is not None for p in dit.workers) and not dit.workers
+
+
+def test_degree_must_divide_the_heads():
+    assert check_degree(24, 8) == 8
+    with pytest.raises(ConfigError, match=r"degree 5 does not divide the DiT's 24 attention heads; accepted degrees "
+                                          r"\[1, 2, 3, 4, 6, 8, 12, 24\]"):
+        check_degree(24, 5)
+    with pytest.raises(ConfigError, match="accepted an integer >= 1"):
+        check_degree(24, 0)
+
+
+def test_comm_volume_formula():
+    # 720x1280x129: 33 x 45 x 80 = 118,800 image tokens, 256 text tokens, C = 3072, 60 blocks, bf16.
+    s, length, c = 118_800, 256, 3072
+    assert comm_bytes_per_step(s, length, c, 60, 1) == 0
+    assert comm_bytes_per_step(s, length, c, 60, 2) == 60 * 2 * (4 * 59_400 * c // 2 + length * c // 2)
+    vols = [comm_bytes_per_step(s, length, c, 60, n) for n in range(2, 9)]
+    assert all(a > b for a, b in zip(vols, vols[1:], strict=False))  # per rank ~ (N-1)/N^2: shrinks with N
+    assert round(vols[0] / 2**30, 1) == 40.8  # GiB per rank per step at N = 2
+
+
+def _stop_then(dit: ParallelDenoiser, args, kill: bool):
+    """Freeze rank 1 (SIGSTOP), start a call, then SIGKILL rank 1 mid-call (``kill``) or leave it hung."""
+    victim = dit.workers[0]
+    os.kill(victim.pid, signal.SIGSTOP)
+    box: dict = {}
+
+    def call():
+        try:
+            box["out"] = dit(*args)
+        except Exception as e:  # noqa: BLE001 - the test inspects it
+            box["error"] = e
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    time.sleep(1.0)
+    if kill:
+        os.kill(victim.pid, signal.SIGKILL)
+    t.join(timeout=60)
+    assert not t.is_alive(), "the call hung"
+    return victim, box
+
+
+@pytest.mark.parametrize("kill", [True, False], ids=["killed", "hung"])
+def test_dead_or_hung_worker_fails_the_call_then_the_group_restarts(kill):
+    source = ModelSource.open("tiny")
+    dit = ParallelDenoiser(source, 2, threads=1, timeout_s=3)
+    try:
+        args = dit_inputs(source.config, (1, 2, 6, 10), (5,), seed=7)
+        ref = reference(dit.module, *args)
+        victim, box = _stop_then(dit, args, kill)
+        err = box.get("error")
+        assert isinstance(err, ParallelGroupError), box
+        msg = str(err)
+        assert "\n" not in msg and msg.startswith("sequence-parallel DiT failed: "), msg
+        if kill:
+            assert f"DiT worker rank 1 of 2 (pid {victim.pid}) killed by SIGKILL" in msg, msg
+        assert "restarted the group (2 ranks)" in msg, msg
+        assert victim.poll() is not None and dit.restarts == 1
+        assert rel_err(dit(*args), ref) <= 1e-6  # the next call is served by the fresh group
+        # A worker that dies between calls: the next call restarts the group first and is served.
+        os.kill(dit.workers[0].pid, signal.SIGKILL)
+        dit.workers[0].wait(10)
+        assert rel_err(dit(*args), ref) <= 1e-6 and dit.restarts == 2
+    finally:
+        dit.close()
+
+
+def test_generation_in_process_equals_one_process(tmp_path):
+    """`vidtrt run --nproc-per-node 2` writes the frames one process generates, bit for bit."""
+    from vidtrt.cli import main
+    from vidtrt.runtime.pipeline import HunyuanVideoPipeline
+
+    expected = HunyuanVideoPipeline.from_model("tiny").generate(PROMPT, seed=3, num_frames=5, height=48, width=80,
+                                                               num_inference_steps=3)
+    out = tmp_path / "sp.npy"
+    assert main(["run", PROMPT, "--seed", "3", "--frames", "5", "--height", "48", "--width", "80", "--steps", "3",
+                 "--nproc-per-node", "2", "-o", str(out), "--no-progress"]) == 0
+    np.testing.assert_array_equal(np.load(out), expected)
+
+
+def test_run_refuses_a_bad_degree_before_loading(capsys):
+    from vidtrt.cli import main
+
+    assert main(["run", PROMPT, "--nproc-per-node", "3", "-o", "x.npy"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("vidtrt: error: sequence-parallel degree 3 does not divide the DiT's 2 attention heads; "
+                   "accepted degrees [1, 2]"), err
