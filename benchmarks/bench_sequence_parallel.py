@@ -81,7 +81,7 @@ def main(argv=None) -> int:
             dit = None
         else:
             dit = ParallelDenoiser(source, degree, threads=args.threads, module=module)
-            run = lambda: dit(*step_args)  # noqa: E731
+            run = lambda dit=dit: dit(*step_args)  # noqa: E731
         try:
             out = run()
             before = dit.sp.stats.all_to_all + dit.sp.stats.all_gather if dit else 0

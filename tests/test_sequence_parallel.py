@@ -130,6 +130,8 @@ def test_dead_or_hung_worker_fails_the_call_then_the_group_restarts(kill):
         assert "\n" not in msg and msg.startswith("sequence-parallel DiT failed: "), msg
         if kill:
             assert f"DiT worker rank 1 of 2 (pid {victim.pid}) killed by SIGKILL" in msg, msg
+        else:
+            assert "no answer from a DiT worker within timeout_s = 3 s (hung?)" in msg, msg
         assert "restarted the group (2 ranks)" in msg, msg
         assert victim.poll() is not None and dit.restarts == 1
         assert rel_err(dit(*args), ref) <= 1e-6  # the next call is served by the fresh group

@@ -229,7 +229,8 @@ def build_repository(
 
     manifest = {
         "vidtrt_version": __version__, "model": source.ref, "model_name": config.name, "engine": engine,
-        "device": device, "precision": precision, "sp_degree": sp_degree, "models": {k: Path(v).name for k, v in written.items()},
+        "device": device, "precision": precision, "sp_degree": sp_degree,
+        "models": {k: Path(v).name for k, v in written.items()},
         "generation_model": family.stream_model, "sync_model": family.sync_model if sync_model else None,
         "family": family.name, "model_source": source.to_record(),
         "inputs": [t.name for t in request_io.REQUEST_INPUTS], "outputs": [t.name for t in request_io.RESPONSE_OUTPUTS],

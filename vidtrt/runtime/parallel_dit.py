@@ -12,10 +12,11 @@ tokens and the velocity is all-gathered. Process group: ``torch.distributed`` wi
 ``r`` on GPU ``base + r``) or gloo on CPU, rendezvous through a ``TCPStore`` on 127.0.0.1 (a fresh
 free port per start).
 
-Supervision: workers exit when rank 0's process is gone (they watch their parent pid). A worker that dies, or a collective that
-fails or passes ``timeout_s``, fails the call with one line (:class:`ParallelGroupError` naming the
-rank, pid and exit status); rank 0 then tears the group down and starts a fresh one, so the next call
-is served. If the restart fails too, the denoiser is broken and says so in every later call.
+Supervision: workers exit when rank 0's process is gone (they watch their parent pid). A worker that
+dies, or a collective that fails or passes ``timeout_s``, fails the call with one line
+(:class:`ParallelGroupError` naming the rank, pid and exit status); rank 0 then tears the group down
+and starts a fresh one, so the next call is served. If the restart fails too, the denoiser is broken
+and says so in every later call.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -52,6 +55,28 @@ class ParallelGroupError(VidtrtError):
     generation failed, the request was fine."""
 
     exit_code = 1
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """The DiT kernels of every rank (``pipeline.KernelChoice``'s fields; not imported from there, which
+    imports this module)."""
+
+    attention: str
+    fused_rope: bool
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        from vidtrt.models.attention import use_backend
+        from vidtrt.models.rope import use_qk_norm_rope_impl
+
+        rope_impl = None
+        if self.fused_rope:
+            from vidtrt.kernels.rope import qk_norm_rope_fused
+
+            rope_impl = qk_norm_rope_fused
+        with use_backend(self.attention), use_qk_norm_rope_impl(rope_impl):
+            yield
 
 
 def _backend(device: torch.device) -> str:
@@ -96,7 +121,8 @@ class ParallelDenoiser:
         degree: ranks, dividing the DiT's head count (:func:`~vidtrt.models.sequence_parallel.check_degree`).
         device: rank 0's device; ``cuda:i`` puts rank r on GPU ``i + r``; CPU ranks use gloo.
         dtype: weights / activations, as :class:`~vidtrt.runtime.pipeline.TorchDenoiser`.
-        attention: attention backend name (None: the device's default), the same on every rank.
+        attention: attention backend name (None: ``triton`` on CUDA, ``sdpa`` on CPU), the same on every rank;
+            ``fused_rope`` (None: on CUDA): the fused QK-norm + RoPE kernel (as ``pipeline.select_kernels``).
         timeout_s: a collective (one step's slowest rank included) waiting longer fails the call.
         threads: torch intra-op threads per worker (0: torch's default).
     Raises ConfigError for a degree that does not divide the heads, ParallelGroupError when the workers
@@ -106,14 +132,14 @@ class ParallelDenoiser:
     def __init__(self, source: ModelSource, degree: int, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, attention: str | None = None,
                  timeout_s: float = DEFAULT_TIMEOUT_S, start_timeout_s: float = DEFAULT_START_TIMEOUT_S,
-                 threads: int = 0, module: torch.nn.Module | None = None):
-        from vidtrt.runtime.pipeline import select_kernels
-
+                 threads: int = 0, module: torch.nn.Module | None = None, fused_rope: bool | None = None):
         self.source = source
         self.degree = check_degree(source.config.transformer.num_attention_heads, degree)
         self.device = torch.device(device)
         self.dtype = dtype
-        self.kernels = select_kernels(self.device, attention)
+        on_cuda = self.device.type == "cuda"
+        self.kernels = Kernels(attention or ("triton" if on_cuda else "sdpa"),
+                               on_cuda if fused_rope is None else fused_rope)
         self.timeout_s, self.start_timeout_s, self.threads = float(timeout_s), float(start_timeout_s), threads
         self.module = module if module is not None else source.load_transformer(dtype).to(self.device)
         self.workers: list[subprocess.Popen] = []
@@ -134,7 +160,8 @@ class ParallelDenoiser:
         self._store = store
         args = {"port": store.port, "world": self.degree, "record": self.source.to_record(),
                 "dtype": str(self.dtype).removeprefix("torch."), "device": str(self.device),
-                "attention": self.kernels.attention, "timeout_s": self.timeout_s, "threads": self.threads,
+                "attention": self.kernels.attention, "fused_rope": self.kernels.fused_rope,
+                "timeout_s": self.timeout_s, "threads": self.threads,
                 "parent": os.getpid()}
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[2])  # the vidtrt this process runs, first on the workers' path
@@ -239,6 +266,8 @@ class ParallelDenoiser:
                 time.sleep(0.2)  # let a dying worker's exit status arrive
                 dead = self._dead_worker()
                 reason = dead or f"{type(e).__name__}: {one_line(e)}"
+                if dead is None and "timed out" in str(e).lower():
+                    reason = f"no answer from a DiT worker within timeout_s = {self.timeout_s:g} s (hung?): {reason}"
                 try:
                     self.restart()
                     after = f"restarted the group ({self.degree} ranks)"
@@ -283,8 +312,6 @@ def _die_with_parent(parent: int) -> None:
 @torch.inference_mode()
 def worker_main(rank: int, args: dict) -> int:
     """Rank ``rank`` (>= 1): load the DiT, join the group, then run every forward rank 0 broadcasts."""
-    from vidtrt.runtime.pipeline import select_kernels
-
     _die_with_parent(int(args["parent"]))
     if args.get("threads"):
         torch.set_num_threads(int(args["threads"]))
@@ -293,7 +320,7 @@ def worker_main(rank: int, args: dict) -> int:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dtype = getattr(torch, args["dtype"])
-    kernels = select_kernels(device, args["attention"])
+    kernels = Kernels(args["attention"], bool(args["fused_rope"]))
     source = ModelSource.from_record(args["record"])
     module = source.load_transformer(dtype).to(device)
     cfg = source.config.transformer

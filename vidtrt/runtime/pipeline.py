@@ -148,11 +148,11 @@ def torch_denoiser(source: ModelSource, device="cpu", dtype=torch.float32, atten
                    sp_degree: int = 1) -> TorchDenoiser:
     """The DiT of ``source`` on ``device`` in ``dtype`` as a Denoiser (``attention``: see select_kernels);
     ``sp_degree`` > 1: over that many processes (:class:`vidtrt.runtime.parallel_dit.ParallelDenoiser`)."""
+    kernels = select_kernels(device, attention)
     if sp_degree != 1:
         from vidtrt.runtime.parallel_dit import ParallelDenoiser
 
-        return ParallelDenoiser(source, sp_degree, device, dtype, attention)
-    kernels = select_kernels(device, attention)
+        return ParallelDenoiser(source, sp_degree, device, dtype, kernels.attention, fused_rope=kernels.fused_rope)
     return TorchDenoiser(source.load_transformer(dtype).to(device), device, kernels)
 
 
