@@ -260,8 +260,10 @@ class ParallelDenoiser:
             dead = self._dead_worker()
             if dead is not None:  # died between calls: a fresh group serves this call
                 self.restart()
+            watch = self._watch_call() if _backend(self.device) == "nccl" else contextlib.nullcontext()
             try:
-                return self._forward(latents, timestep, text, guidance)
+                with watch:
+                    return self._forward(latents, timestep, text, guidance)
             except Exception as e:
                 time.sleep(0.2)  # let a dying worker's exit status arrive
                 dead = self._dead_worker()
@@ -274,6 +276,28 @@ class ParallelDenoiser:
                 except VidtrtError as restart_error:
                     after = f"restart failed: {restart_error}"
                 raise ParallelGroupError(f"sequence-parallel DiT failed: {reason}; {after}") from None
+
+    @contextlib.contextmanager
+    def _watch_call(self) -> Iterator[None]:
+        """NCCL only (gloo fails the collective itself when a peer's socket closes): while the call runs,
+        a dead worker aborts the group, so rank 0's pending collectives fail now instead of at timeout_s.
+        Untested here (no multi-GPU machine)."""
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(0.5):
+                if self._dead_worker() is not None:
+                    with contextlib.suppress(Exception):
+                        dist.distributed_c10d._abort_process_group()
+                    return
+
+        t = threading.Thread(target=watch, name="vidtrt-sp-watch", daemon=True)
+        t.start()
+        try:
+            yield
+        finally:
+            done.set()
+            t.join()
 
     def _forward(self, latents, timestep, text: TextEmbeddings, guidance) -> torch.Tensor:
         d, dt = self.device, self.dtype
