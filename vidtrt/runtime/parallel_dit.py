@@ -146,6 +146,7 @@ class ParallelDenoiser:
         self.broken: str | None = None
         self.restarts = 0
         self.sp: SequenceParallel | None = None
+        self._idle = True  # no call in flight: the workers wait for a header
         self._lock = threading.Lock()
         self._store = None
         self._start()
@@ -183,6 +184,14 @@ class ParallelDenoiser:
             dist.init_process_group(_backend(self.device), store=store, rank=0, world_size=self.degree,
                                     timeout=datetime.timedelta(seconds=self.timeout_s))
             self.sp = SequenceParallel.from_world()
+            self._idle = True
+        except ParallelGroupError:
+            self._stop_workers()
+            raise
+        except Exception as e:  # store / process-group errors: one line
+            self._stop_workers()
+            raise ParallelGroupError(f"cannot start the sequence-parallel DiT group: {one_line(e, with_type=True)}"
+                                     ) from None
         except BaseException:
             self._stop_workers()
             raise
@@ -202,6 +211,9 @@ class ParallelDenoiser:
         return None
 
     def _stop_workers(self, graceful: bool = False) -> None:
+        # Ask the workers to stop only when they wait for a header: after an interrupted call (Ctrl-C) they
+        # sit in a collective that a header would not match, so they are killed instead.
+        graceful = graceful and self._idle
         if graceful and dist.is_initialized() and self._dead_worker() is None:
             with contextlib.suppress(Exception):
                 self._broadcast_header(torch.zeros(_HEADER, dtype=torch.int64))
@@ -255,8 +267,11 @@ class ParallelDenoiser:
     @torch.inference_mode()
     def __call__(self, latents, timestep, text: TextEmbeddings, guidance) -> torch.Tensor:
         with self._lock:
-            if self.broken is not None:
-                raise ParallelGroupError(f"the sequence-parallel DiT is down: {self.broken}")
+            if self.broken is not None:  # the last restart failed: try once more, else say so
+                try:
+                    self.restart()
+                except VidtrtError:
+                    raise ParallelGroupError(f"the sequence-parallel DiT is down: {self.broken}") from None
             dead = self._dead_worker()
             if dead is not None:  # died between calls: a fresh group serves this call
                 self.restart()
@@ -300,6 +315,12 @@ class ParallelDenoiser:
             t.join()
 
     def _forward(self, latents, timestep, text: TextEmbeddings, guidance) -> torch.Tensor:
+        self._idle = False
+        out = self._forward_all(latents, timestep, text, guidance)
+        self._idle = True
+        return out
+
+    def _forward_all(self, latents, timestep, text: TextEmbeddings, guidance) -> torch.Tensor:
         d, dt = self.device, self.dtype
         mask = text.attention_mask
         b, c, t, h, w = latents.shape
