@@ -52,14 +52,41 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 # Latent shapes [B, T', H', W'] (patch 2 spatially): tokens 2*3*5 = 30 (uneven for 4 ranks: 8 + 8 + 8 + 6),
 # 1 latent frame with 3*4 = 12 tokens, batch 2 with different text lengths, an odd aspect ratio (1x7).
-SHAPES = [((1, 2, 6, 10), (5,)), ((1, 1, 6, 8), (3,)), ((2, 2, 4, 6), (4, 1)), ((1, 3, 2, 14), (6,))]
+# 25 tokens (1 x 5 x 5): uneven for 2, 3 and 4 ranks.
+SHAPES = [((1, 2, 6, 10), (5,)), ((1, 1, 6, 8), (3,)), ((2, 2, 4, 6), (4, 1)), ((1, 3, 2, 14), (6,)),
+          ((1, 1, 10, 10), (2,))]
 
 
-@pytest.mark.parametrize("model, degree", [("tiny", 2), ("small", 4)])
-def test_dit_over_ranks_equals_one_rank(model, degree):
-    """2 gloo ranks (tiny: 2 heads) and 4 (small: 8 heads): fp32 velocity within 1e-6 relative of one rank,
-    on uneven token counts (padding), 1 latent frame, batch 2 with per-sample text lengths."""
-    source = ModelSource.open(model)
+@pytest.fixture(scope="module")
+def six_heads(tmp_path_factory):
+    """The tiny checkpoint with a 6-head DiT (seeded random weights), for degree 3."""
+    import dataclasses
+    import json
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from vidtrt.models.transformer import HunyuanVideoTransformer3D
+
+    folder = tmp_path_factory.mktemp("six-heads") / "model"
+    shutil.copytree(ModelSource.open("tiny").folder, folder)
+    tiny = ModelSource.open("tiny").config.transformer
+    config = dataclasses.replace(tiny, num_attention_heads=6)
+    torch.manual_seed(6)
+    dit = HunyuanVideoTransformer3D(config)
+    cfg = {"_class_name": "HunyuanVideoTransformer3DModel", **json.loads(json.dumps(dataclasses.asdict(config)))}
+    (folder / "transformer" / "config.json").write_text(json.dumps(cfg))
+    save_file({k: v.contiguous() for k, v in dit.state_dict().items()},
+              str(folder / "transformer" / "diffusion_pytorch_model.safetensors"))
+    return str(folder)
+
+
+@pytest.mark.parametrize("model, degree", [("tiny", 2), ("six_heads", 3), ("small", 4)])
+def test_dit_over_ranks_equals_one_rank(model, degree, request):
+    """2 gloo ranks (tiny: 2 heads), 3 (6 heads) and 4 (small: 8 heads): fp32 velocity within 1e-6 relative of
+    one rank, on uneven token counts (padding), 1 latent frame, batch 2 with per-sample text lengths."""
+    source = ModelSource.open(request.getfixturevalue(model) if model == "six_heads" else model)
+    assert source.config.transformer.num_attention_heads == {2: 2, 3: 6, 4: 8}[degree]
     dit = ParallelDenoiser(source, degree, threads=1, timeout_s=120)
     try:
         for i, (shape, lengths) in enumerate(SHAPES):
