@@ -78,8 +78,8 @@ def test_build_writes_the_degree_and_refuses_bad_ones(srv, tmp_path):
     assert 'key: "sp_degree" value { string_value: "2" }' in dit_config
     assert "instance_group [ { kind: KIND_CPU count: 1 } ]" in dit_config
     out = tmp_path / "x"
-    with pytest.raises(RepositoryError, match=r"degree 4 does not divide the DiT's 2 attention heads"):
-        build_repository("tiny", out, sp_degree=4)
+    with pytest.raises(RepositoryError, match=r"invalid sp_degree=0: accepted an integer >= 1"):
+        build_repository("tiny", out, sp_degree=0)
     with pytest.raises(RepositoryError, match="needs --engine torch"):
         build_repository("tiny", out, sp_degree=2, engine="onnxruntime", artifacts=tmp_path)
     with pytest.raises(RepositoryError, match="--dit-instances 2 is not accepted"):

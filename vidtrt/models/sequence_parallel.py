@@ -18,8 +18,11 @@ Uneven sequences (``T' * H' * W'`` not a multiple of ``N``): the image tokens ar
 appended, so they are never queries or keys (exact, no mask), and after the second all-to-all they
 come back as zeros and are dropped when the output is gathered.
 
-Requires ``num_attention_heads % N == 0`` (24 heads: 1, 2, 3, 4, 6, 8, 12, 24). Ring attention for
-degrees beyond the head count is not implemented.
+Degrees the heads do not allow (24 heads: anything but 1, 2, 3, 4, 6, 8, 12, 24): ``N = u * r`` with
+``u = gcd(heads, N)``; Ulysses over groups of ``u`` ranks, and each group's keys / values all-gathered
+over the ``r`` groups (:meth:`SequenceParallel._attention_kv_gather`): exact, our kernels unchanged
+(they take fewer queries than keys), more traffic and whole-sequence K / V per rank. Not ring attention,
+which would need the kernels' log-sum-exp.
 
 Activation: ``with use_sequence_parallel(SequenceParallel.from_world()): dit(...)`` on every rank with
 the same inputs; outside such a block the DiT runs exactly as before (no collective, no extra copy).
@@ -41,14 +44,18 @@ from vidtrt.models.attention import attention
 
 
 def check_degree(num_heads: int, degree: int) -> int:
-    """``degree`` if Ulysses can split ``num_heads`` heads over it, else a one-line ConfigError."""
+    """``degree`` if it is a usable number of ranks (an integer >= 1), else a one-line ConfigError."""
     if not isinstance(degree, int) or isinstance(degree, bool) or degree < 1:
         raise ConfigError(f"invalid sequence-parallel degree {degree!r}: accepted an integer >= 1")
-    if num_heads % degree:
-        accepted = [d for d in range(1, num_heads + 1) if num_heads % d == 0]
-        raise ConfigError(f"sequence-parallel degree {degree} does not divide the DiT's {num_heads} attention heads; "
-                          f"accepted degrees {accepted}")
     return degree
+
+
+def split_degree(num_heads: int, degree: int) -> tuple[int, int]:
+    """(Ulysses degree ``u``, key/value-gather degree ``r``), ``u * r = degree``: ``u = gcd(heads, degree)``,
+    the most ranks the heads can be split over. 24 heads: 8 -> (8, 1), 16 -> (8, 2), 5 -> (1, 5)."""
+    check_degree(num_heads, degree)
+    u = math.gcd(num_heads, degree)
+    return u, degree // u
 
 
 @dataclass
@@ -66,19 +73,41 @@ class CommStats:
 
 @dataclass
 class SequenceParallel:
-    """One rank's view of a Ulysses group: ``rank`` of ``world`` in ``group`` (None: the default group)."""
+    """One rank's view of the group: ``rank`` of ``world`` in ``group`` (None: the default group).
+
+    ``ring`` > 1 (the degree exceeds what the heads allow, see :func:`split_degree`): ranks
+    ``j * u .. j * u + u - 1`` form Ulysses group ``j`` (``ulysses_group``), ranks ``i, u + i, 2u + i ..``
+    the key/value group of head slice ``i`` (``kv_group``)."""
 
     rank: int
     world: int
     group: object | None = None
     stats: CommStats = field(default_factory=CommStats)
+    ulysses: int = 0  # u (0: world)
+    ring: int = 1  # r
+    ulysses_group: object | None = None
+    kv_group: object | None = None
     # Image tokens of the forward in progress (set by shard; one forward at a time per group, as its
     # collectives are ordered anyway).
     num_image_tokens: int = 0
 
     @classmethod
-    def from_world(cls, group=None) -> SequenceParallel:
-        return cls(dist.get_rank(group), dist.get_world_size(group), group)
+    def from_world(cls, num_heads: int | None = None) -> SequenceParallel:
+        """This rank of the default group; with ``num_heads`` not divisible by the world size, the
+        Ulysses x key/value-gather groups (every rank must call this, in the same order)."""
+        rank, world = dist.get_rank(), dist.get_world_size()
+        u, r = split_degree(num_heads, world) if num_heads else (world, 1)
+        sp = cls(rank, world, None, ulysses=u, ring=r)
+        if r > 1:
+            for j in range(r):
+                g = dist.new_group([j * u + i for i in range(u)])
+                if rank // u == j:
+                    sp.ulysses_group = g
+            for i in range(u):
+                g = dist.new_group([j * u + i for j in range(r)])
+                if rank % u == i:
+                    sp.kv_group = g
+        return sp
 
     # ------------------------------------------------------------------------------ token layout
     def local_len(self, num_image_tokens: int) -> int:
@@ -113,12 +142,13 @@ class SequenceParallel:
         return torch.cat(parts, dim=1)[:, :num_image_tokens]
 
     # ------------------------------------------------------------------------------ collectives
-    def _all_to_all(self, x: torch.Tensor) -> torch.Tensor:
-        """Chunk ``r`` of dim 0 goes to rank ``r``; chunk ``r`` of the result came from rank ``r``."""
+    def _all_to_all(self, x: torch.Tensor, group=None, size: int | None = None) -> torch.Tensor:
+        """Chunk ``r`` of dim 0 goes to (group) rank ``r``; chunk ``r`` of the result came from rank ``r``."""
+        size = size or self.world
         x = x.contiguous()
         out = torch.empty_like(x)
-        dist.all_to_all_single(out, x, group=self.group)
-        self.stats.all_to_all += x.numel() * x.element_size() * (self.world - 1) // self.world
+        dist.all_to_all_single(out, x, group=group if group is not None else self.group)
+        self.stats.all_to_all += x.numel() * x.element_size() * (size - 1) // size
         self.stats.calls += 1
         return out
 
@@ -133,6 +163,8 @@ class SequenceParallel:
         Returns:
             [B, S_loc + L, H, D]: the attention output of these tokens, all heads.
         """
+        if self.ring > 1:
+            return self._attention_kv_gather(q, k, v, num_local_image_tokens, num_image_tokens, key_lengths)
         n, world = num_local_image_tokens, self.world
         b, _, h, d = q.shape
         hl = h // world
@@ -155,6 +187,37 @@ class SequenceParallel:
         parts = [torch.empty_like(txt_out) for _ in range(world)]
         dist.all_gather(parts, txt_out, group=self.group)
         self.stats.all_gather += txt_out.numel() * txt_out.element_size() * (world - 1)
+        return torch.cat((img_out, torch.cat(parts, dim=2)), dim=1)
+
+
+    def _attention_kv_gather(self, q, k, v, n: int, num_image_tokens: int, key_lengths):
+        """Ulysses over ``u`` ranks, then an all-gather of keys / values over the ``r`` Ulysses groups: rank
+        ``(j, i)`` queries with image block ``j`` (``u * S_loc`` tokens, padding included: padding queries
+        only produce padding rows) against all image keys / values of head slice ``i``. Same arguments
+        and result as :meth:`attention`; our attention kernels take ``S_q != S_k`` as they are."""
+        u, r = self.ulysses, self.ring
+        b, _, h, d = q.shape
+        hl, i = h // u, self.rank % u
+        img = torch.stack((q[:, :n], k[:, :n], v[:, :n]))  # [3, B, S_loc, H, D]
+        if u > 1:
+            img = self._all_to_all(img.unflatten(3, (u, hl)).permute(3, 0, 1, 2, 4, 5), self.ulysses_group, u)
+            img = img.permute(1, 2, 0, 3, 4, 5).reshape(3, b, u * n, hl, d)  # block j, head slice i
+        kv = img[1:].contiguous()
+        parts = [torch.empty_like(kv) for _ in range(r)]
+        dist.all_gather(parts, kv, group=self.kv_group)
+        self.stats.all_gather += kv.numel() * kv.element_size() * (r - 1)
+        kv = torch.cat(parts, dim=2)[:, :, :num_image_tokens]  # [2, B, S, H/u, D]
+        txt = slice(i * hl, (i + 1) * hl)
+        out = attention(torch.cat((img[0], q[:, n:, txt]), 1), torch.cat((kv[0], k[:, n:, txt]), 1),
+                        torch.cat((kv[1], v[:, n:, txt]), 1), key_lengths)  # [B, u * S_loc + L, H/u, D]
+        img_out, txt_out = out[:, : u * n], out[:, u * n:].contiguous()
+        if u == 1:
+            return torch.cat((img_out, txt_out), dim=1)
+        img_out = self._all_to_all(img_out.unflatten(1, (u, n)).transpose(0, 1), self.ulysses_group, u)
+        img_out = img_out.permute(1, 2, 0, 3, 4).reshape(b, n, h, d)
+        parts = [torch.empty_like(txt_out) for _ in range(u)]
+        dist.all_gather(parts, txt_out, group=self.ulysses_group)
+        self.stats.all_gather += txt_out.numel() * txt_out.element_size() * (u - 1)
         return torch.cat((img_out, torch.cat(parts, dim=2)), dim=1)
 
 
@@ -189,18 +252,18 @@ def joint_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_image
 
 # ---------------------------------------------------------------------------------------------- volume
 def comm_bytes_per_step(num_image_tokens: int, text_tokens: int, dim: int, layers: int, degree: int,
-                        batch: int = 1, bytes_per_element: int = 2) -> int:
+                        batch: int = 1, bytes_per_element: int = 2, num_heads: int = 24) -> int:
     """Bytes one rank receives from the others per DiT forward (one denoising step without true CFG).
 
-    Per attention layer: two all-to-alls (q/k/v in: ``3 B S_loc C``; output back: ``B S_loc C``), each
-    keeping ``1/N`` of its data local, and the text output's all-gather (``B L C/N`` from each of the
-    other ranks), plus the final velocity gather (not counted: ``64`` channels per token, ~2% of one
-    layer). ``S_loc = ceil(S / N)``:
+    Per attention layer, with ``(u, r) = split_degree(num_heads, degree)`` and ``S_loc = ceil(S / N)``: two
+    all-to-alls over ``u`` ranks (q/k/v in: ``3 B S_loc C``; output back: ``B S_loc C``), each keeping
+    ``1/u`` of its data local; the text output's all-gather over heads (``B L C/u`` from each of ``u - 1``
+    ranks); with ``r > 1`` the key/value all-gather (``2 B u S_loc C/u`` from each of ``r - 1`` ranks). The
+    final velocity gather (``64`` channels per token, ~2% of one layer) is left out. Pure Ulysses (r = 1):
 
-        bytes = layers * bytes_per_element * B * (4 * S_loc * C * (N - 1) / N + L * C * (N - 1) / N)
+        bytes = layers * bytes_per_element * B * (u - 1) / u * (4 * S_loc * C + L * C)
     """
-    if degree == 1:
-        return 0
+    u, r = split_degree(num_heads, degree)
     s_loc = math.ceil(num_image_tokens / degree)
-    per_layer = 4 * s_loc * dim * (degree - 1) // degree + text_tokens * dim * (degree - 1) // degree
+    per_layer = (4 * s_loc * dim + text_tokens * dim) * (u - 1) // u + 2 * s_loc * dim * (r - 1)
     return layers * bytes_per_element * batch * per_layer

@@ -183,7 +183,7 @@ class ParallelDenoiser:
                 time.sleep(0.05)
             dist.init_process_group(_backend(self.device), store=store, rank=0, world_size=self.degree,
                                     timeout=datetime.timedelta(seconds=self.timeout_s))
-            self.sp = SequenceParallel.from_world()
+            self.sp = SequenceParallel.from_world(self.source.config.transformer.num_attention_heads)
             self._idle = True
         except ParallelGroupError:
             self._stop_workers()
@@ -373,7 +373,7 @@ def worker_main(rank: int, args: dict) -> int:
     store = dist.TCPStore("127.0.0.1", int(args["port"]), world, is_master=False, timeout=timeout)
     store.set(f"ready{rank}", "1")
     dist.init_process_group(_backend(device), store=store, rank=rank, world_size=world, timeout=timeout)
-    sp = SequenceParallel.from_world()
+    sp = SequenceParallel.from_world(cfg.num_attention_heads)
     header = torch.zeros(_HEADER, dtype=torch.int64, device=device)
     while True:
         dist.broadcast(header, src=0)
