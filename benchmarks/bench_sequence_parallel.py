@@ -25,15 +25,16 @@ HUNYUAN_720P = dict(image_tokens=33 * 45 * 80, text_tokens=256, dim=3072, layers
 
 def volume_table(degrees=range(2, 9)) -> str:
     """Markdown: bytes one rank receives per 720p step (formula of comm_bytes_per_step), per degree."""
-    from vidtrt.models.sequence_parallel import comm_bytes_per_step
+    from vidtrt.models.sequence_parallel import comm_bytes_per_step, split_degree
 
-    rows = ["| degree | tokens per rank | received per rank per step | all ranks per step |",
-            "|---|---|---|---|"]
+    rows = ["| degree | split (Ulysses x K/V gather) | tokens per rank | received per rank per step | "
+            "all ranks per step |", "|---|---|---|---|---|"]
     for n in degrees:
         per_rank = comm_bytes_per_step(HUNYUAN_720P["image_tokens"], HUNYUAN_720P["text_tokens"],
                                        HUNYUAN_720P["dim"], HUNYUAN_720P["layers"], n)
         s_loc = -(-HUNYUAN_720P["image_tokens"] // n)
-        rows.append(f"| {n} | {s_loc:,} | {per_rank / 2**30:.1f} GiB | {n * per_rank / 2**30:.1f} GiB |")
+        u, r = split_degree(24, n)
+        rows.append(f"| {n} | {u} x {r} | {s_loc:,} | {per_rank / 2**30:.1f} GiB | {n * per_rank / 2**30:.1f} GiB |")
     return "\n".join(rows)
 
 
@@ -103,7 +104,8 @@ def main(argv=None) -> int:
             from vidtrt.models.sequence_parallel import comm_bytes_per_step
 
             predicted = comm_bytes_per_step(tokens, int(mask.sum()), cfg.inner_dim,
-                                            cfg.num_layers + cfg.num_single_layers, degree, bytes_per_element=4)
+                                            cfg.num_layers + cfg.num_single_layers, degree, bytes_per_element=4,
+                                            num_heads=cfg.num_attention_heads)
         print(f"degree {degree}: {times[degree] * 1e3:8.1f} ms/step (median of {args.steps}), "
               f"received by rank 0 {moved / 2**20:7.2f} MiB/step (formula without the output gather: "
               f"{predicted / 2**20:.2f} MiB), max rel err vs first degree {err:.1e}")

@@ -121,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="weights/activations precision for --engine torch, as `vidtrt build --precision` "
                           "(auto: bf16 on CUDA, fp32 on CPU); --dtype and the torch names (bfloat16) still work")
     run.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
-                     help="run the DiT over N processes (Ulysses sequence parallelism: N must divide its attention "
-                          "heads; on CUDA one GPU each from --device on); default 1. See docs/sequence-parallel.md")
+                     help="run the DiT over N processes (Ulysses sequence parallelism; on CUDA one GPU each from "
+                          "--device on); default 1. See docs/sequence-parallel.md")
     run.set_defaults(func=cmd_run)
 
     _add_optional(sub, "export", "vidtrt.export.options", "add_export_arguments", _export_main,

@@ -149,13 +149,6 @@ def build_repository(
     # --artifacts leaves an existing repository as it was.
     source = ModelSource.open(model)
     config = source.config
-    if sp_degree > 1:
-        from vidtrt.models.sequence_parallel import check_degree
-
-        try:
-            check_degree(config.transformer.num_attention_heads, sp_degree)
-        except VidtrtError as e:
-            raise RepositoryError(str(e)) from None
     specs = specs_for_triton(config)
     artifact_files = _artifact_files(artifacts, source) if artifacts else {}
 
@@ -257,8 +250,8 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--dit-instances", type=int, default=1,
                         help="DiT model instances per device (each holds the weights; default 1)")
     parser.add_argument("--sp-degree", type=int, default=1, metavar="N",
-                        help="the DiT model spans N processes (Ulysses sequence parallelism, N dividing its attention "
-                             "heads; with --device cuda GPUs 0..N-1); default 1. See docs/sequence-parallel.md")
+                        help="the DiT model spans N processes (Ulysses sequence parallelism; with --device cuda "
+                             "GPUs 0..N-1); default 1. See docs/sequence-parallel.md")
     parser.add_argument("--max-concurrent", type=int, default=4,
                         help="generations the BLS model runs at once (default 4)")
     parser.add_argument("--max-queue", type=int, default=None, metavar="N",
