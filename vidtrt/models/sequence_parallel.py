@@ -44,7 +44,8 @@ from vidtrt.models.attention import attention
 
 
 def check_degree(num_heads: int, degree: int) -> int:
-    """``degree`` if it is a usable number of ranks (an integer >= 1), else a one-line ConfigError."""
+    """``degree`` if it is a usable number of ranks (an integer >= 1), else a one-line ConfigError. Any
+    degree works with any ``num_heads`` (:func:`split_degree` says how)."""
     if not isinstance(degree, int) or isinstance(degree, bool) or degree < 1:
         raise ConfigError(f"invalid sequence-parallel degree {degree!r}: accepted an integer >= 1")
     return degree

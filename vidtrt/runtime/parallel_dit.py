@@ -124,7 +124,8 @@ class ParallelDenoiser:
         attention: attention backend name (None: ``triton`` on CUDA, ``sdpa`` on CPU), the same on every rank;
             ``fused_rope`` (None: on CUDA): the fused QK-norm + RoPE kernel (as ``pipeline.select_kernels``).
         timeout_s: a collective (one step's slowest rank included) waiting longer fails the call.
-        threads: torch intra-op threads per worker (0: torch's default).
+        threads: torch intra-op threads per worker (0: on CPU the cores divided by ``degree``, so the ranks
+            do not oversubscribe the machine; on CUDA torch's default).
     Raises ConfigError for a degree that does not divide the heads, ParallelGroupError when the workers
     cannot start.
     """
@@ -140,6 +141,8 @@ class ParallelDenoiser:
         on_cuda = self.device.type == "cuda"
         self.kernels = Kernels(attention or ("triton" if on_cuda else "sdpa"),
                                on_cuda if fused_rope is None else fused_rope)
+        if not threads and self.device.type == "cpu":
+            threads = max(1, (os.cpu_count() or 1) // self.degree)
         self.timeout_s, self.start_timeout_s, self.threads = float(timeout_s), float(start_timeout_s), threads
         self.module = module if module is not None else source.load_transformer(dtype).to(self.device)
         self.workers: list[subprocess.Popen] = []
