@@ -201,3 +201,10 @@ def test_run_refuses_a_bad_degree_before_loading(capsys):
     assert main(["run", PROMPT, "--nproc-per-node", "0", "-o", "x.npy"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "vidtrt: error: invalid sequence-parallel degree 0: accepted an integer >= 1", err
+
+
+def test_one_gpu_per_rank_is_checked_before_loading():
+    have = torch.cuda.device_count()
+    want = rf"^sequence-parallel degree {have + 1} needs GPUs 0..{have} \(one per rank\); this machine has {have}$"
+    with pytest.raises(ConfigError, match=want):
+        ParallelDenoiser(ModelSource.open("tiny"), have + 1, device="cuda")

@@ -40,7 +40,7 @@ import torch
 import torch.distributed as dist
 
 from vidtrt.config.components import TextEmbeddings
-from vidtrt.errors import VidtrtError, one_line
+from vidtrt.errors import ConfigError, VidtrtError, one_line
 from vidtrt.models.sequence_parallel import SequenceParallel, check_degree, use_sequence_parallel
 from vidtrt.source.model_source import ModelSource
 
@@ -139,6 +139,10 @@ class ParallelDenoiser:
         self.device = torch.device(device)
         self.dtype = dtype
         on_cuda = self.device.type == "cuda"
+        if on_cuda and (self.device.index or 0) + self.degree > torch.cuda.device_count():
+            raise ConfigError(f"sequence-parallel degree {self.degree} needs GPUs {self.device.index or 0}.."
+                              f"{(self.device.index or 0) + self.degree - 1} (one per rank); this machine has "
+                              f"{torch.cuda.device_count()}")
         self.kernels = Kernels(attention or ("triton" if on_cuda else "sdpa"),
                                on_cuda if fused_rope is None else fused_rope)
         if not threads and self.device.type == "cpu":
