@@ -9,7 +9,7 @@ import argparse
 import sys
 import time
 
-from vidtrt.errors import InvalidRequestError, VidtrtError
+from vidtrt.errors import ConfigError, InvalidRequestError, VidtrtError
 
 EXIT_USAGE = 2  # a bad request or setting (VidtrtError.exit_code; NonFiniteError 1, TransportError 3)
 # Request fields -> the flags that set them (errors name what the user typed).
@@ -55,10 +55,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         from vidtrt.runtime.pipeline import check_run_choices
 
         check_run_choices(args.device, args.attention, source.config.transformer.attention_head_dim)
+    if args.nproc_per_node != 1:
+        from vidtrt.models.sequence_parallel import check_degree
+
+        if getattr(args, "engine", "torch") != "torch":
+            raise ConfigError("--nproc-per-node needs --engine torch")
+        check_degree(source.config.transformer.num_attention_heads, args.nproc_per_node)
     t0 = time.perf_counter()
     pipe = _load_pipeline(args, source)
     t1 = time.perf_counter()
-    frames = pipe.run(request, progress=_progress_bar(args.no_progress))
+    try:
+        frames = pipe.run(request, progress=_progress_bar(args.no_progress))
+    finally:
+        pipe.close()
     t2 = time.perf_counter()
     path = write_video(output, frames, fps=args.fps)
     print(f"wrote {path} ({frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}) "
@@ -76,7 +85,8 @@ def _load_pipeline(args, source):
         from vidtrt.config.model_config import PRECISION_DTYPES, resolve_precision
 
         dtype = getattr(torch, PRECISION_DTYPES[resolve_precision(args.precision, args.device)])
-        return HunyuanVideoPipeline.from_model(source, device=args.device, dtype=dtype, attention=args.attention)
+        return HunyuanVideoPipeline.from_model(source, device=args.device, dtype=dtype, attention=args.attention,
+                                               sp_degree=args.nproc_per_node)
     from vidtrt.runtime.engine_components import load_pipeline_with_engine
 
     return load_pipeline_with_engine(source, engine, args.artifacts, threads=args.threads)
@@ -110,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                      metavar="{auto,fp32,bf16,fp16}",
                      help="weights/activations precision for --engine torch, as `vidtrt build --precision` "
                           "(auto: bf16 on CUDA, fp32 on CPU); --dtype and the torch names (bfloat16) still work")
+    run.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
+                     help="run the DiT over N processes (Ulysses sequence parallelism; on CUDA one GPU each from "
+                          "--device on); default 1. See docs/sequence-parallel.md")
     run.set_defaults(func=cmd_run)
 
     _add_optional(sub, "export", "vidtrt.export.options", "add_export_arguments", _export_main,

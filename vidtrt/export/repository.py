@@ -89,6 +89,7 @@ def build_repository(
     work_dir: str | os.PathLike | None = None,
     timing_cache: str | os.PathLike | None = None,
     trt_profiles: str = "buckets",
+    sp_degree: int = 1,
 ) -> Path:
     """Write the repository for ``model`` ('tiny', a checkpoint folder or a ModelSource) to ``out_dir``;
     returns it. Model names come from the model's family (``hunyuan_video``, ``hunyuan_video_dit``, ...).
@@ -107,6 +108,8 @@ def build_repository(
     per generation model (default :data:`vidtrt.config.lifecycle.DEFAULT_MAX_QUEUE`, 16; 0 = no bound); more are
     answered UNAVAILABLE. ``sync_instances``: instances of the non-streaming model (it runs a
     request inside ``execute``, so this is its concurrency; each is a process without weights).
+    ``sp_degree``: the DiT model spans that many processes (Ulysses sequence parallelism; one instance,
+    rank 0, starting the others as workers; on ``cuda`` GPUs 0 .. N-1; torch engine only).
     ``fail_on_guidance``: test-only; the DiT model fails requests whose
     embedded_guidance_scale equals it. ``overwrite``: replace a repository this function wrote before (never
     a folder it did not write).
@@ -154,6 +157,13 @@ def build_repository(
                     ("max_concurrent_generations", max_concurrent_generations), ("sync_instances", sync_instances)):
         if not isinstance(n, int) or n < 1:
             raise RepositoryError(f"invalid {name}={n!r}: accepted an integer >= 1")
+    if not isinstance(sp_degree, int) or isinstance(sp_degree, bool) or sp_degree < 1:
+        raise RepositoryError(f"invalid sp_degree={sp_degree!r}: accepted an integer >= 1")
+    if sp_degree > 1 and engine != "torch":
+        raise RepositoryError(f"--sp-degree {sp_degree} needs --engine torch")
+    if sp_degree > 1 and dit_instances != 1:
+        raise RepositoryError(f"--sp-degree {sp_degree} runs one DiT instance (rank 0 of the group); "
+                              f"--dit-instances {dit_instances} is not accepted with it (accepted: 1)")
     max_queue_size = DEFAULT_MAX_QUEUE if max_queue_size is None else max_queue_size
     if not isinstance(max_queue_size, int) or isinstance(max_queue_size, bool) or max_queue_size < 0:
         raise RepositoryError(f"invalid max_queue_size={max_queue_size!r}: accepted an integer >= 0 (0 = no bound)")
@@ -238,12 +248,20 @@ def build_repository(
                      f'parameters {{ key: "fail_on_guidance" value {{ string_value: "{fail_on_guidance:g}" }} }}\n')
         instances_doc = (f"{n} instance(s) per {'GPU' if device == 'cuda' else 'server'}; calls from concurrent "
                          "generations queue here and run one at a time per instance.")
+        group_kind = kind
+        if key == "dit" and sp_degree > 1:
+            extra += f'parameters {{ key: "sp_degree" value {{ string_value: "{sp_degree}" }} }}\n'
+            instances_doc = (f"One instance: rank 0 of a {sp_degree}-process sequence-parallel DiT; it starts and "
+                             f"supervises ranks 1..{sp_degree - 1}" + (f" on GPUs 1..{sp_degree - 1}."
+                                                                       if device == "cuda" else "."))
+            if device == "cuda":
+                group_kind = "KIND_GPU gpus: [ 0 ]"
         text = _render(
             templates / f"{FAMILY}_{key}" / "config.pbtxt.in",
             template=f"{FAMILY}_{key}", name=family.component_model(key), component=key, doc=doc,
-            per_call=per_call, io=spec_io_pbtxt(key, specs[key]), kind=kind, count=n, instances_doc=instances_doc,
-            model=source.ref, fingerprint=source.fingerprint, engine="torch" if trt else engine, device=device,
-            extra_parameters=extra,
+            per_call=per_call, io=spec_io_pbtxt(key, specs[key]), kind=group_kind, count=n,
+            instances_doc=instances_doc, model=source.ref, fingerprint=source.fingerprint,
+            engine="torch" if trt else engine, device=device, extra_parameters=extra,
         )
         write(family.component_model(key), text, templates / "component" / "model.py")
         version_dir = out / family.component_model(key) / "1"
@@ -252,7 +270,8 @@ def build_repository(
 
     manifest = {
         "vidtrt_version": __version__, "model": source.ref, "model_name": config.name, "engine": engine,
-        "device": device, "precision": precision, "models": {k: Path(v).name for k, v in written.items()},
+        "device": device, "precision": precision, "sp_degree": sp_degree,
+        "models": {k: Path(v).name for k, v in written.items()},
         "generation_model": family.stream_model, "sync_model": family.sync_model if sync_model else None,
         "family": family.name, "model_source": source.to_record(),
         "inputs": [t.name for t in request_io.REQUEST_INPUTS], "outputs": [t.name for t in request_io.RESPONSE_OUTPUTS],
@@ -295,6 +314,9 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                              "whole range (less GPU memory in Triton <= 25.04, which gives each profile a context)")
     parser.add_argument("--dit-instances", type=int, default=1,
                         help="DiT model instances per device (each holds the weights; default 1)")
+    parser.add_argument("--sp-degree", type=int, default=1, metavar="N",
+                        help="the DiT model spans N processes (Ulysses sequence parallelism; with --device cuda "
+                             "GPUs 0..N-1); default 1. See docs/sequence-parallel.md")
     parser.add_argument("--max-concurrent", type=int, default=4,
                         help="generations the BLS model runs at once (default 4)")
     parser.add_argument("--max-queue", type=int, default=None, metavar="N",
@@ -316,7 +338,7 @@ def build_main(args: argparse.Namespace) -> int:
         sync_model=not args.no_sync_model, sync_instances=args.sync_instances,
         overwrite=args.force or _is_vidtrt_repo(args.out),
         quantized=args.quantized, work_dir=args.work_dir, timing_cache=args.timing_cache,
-        trt_profiles=args.trt_profiles,
+        trt_profiles=args.trt_profiles, sp_degree=args.sp_degree,
     )
     manifest = json.loads((out / MARKER).read_text())
     print(f"wrote {out}")

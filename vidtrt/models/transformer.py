@@ -25,8 +25,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vidtrt.config.model_config import TransformerConfig
+from vidtrt.models import sequence_parallel
 from vidtrt.models.attention import attention
 from vidtrt.models.rope import qk_norm_rope, rope_cos_sin
+from vidtrt.models.sequence_parallel import joint_attention
 
 _LN_EPS = 1e-6
 _TIMESTEP_CHANNELS = 256
@@ -354,7 +356,7 @@ class JointAttention(nn.Module):
         q, k = qk_norm_rope(q, k, self.norm_q, self.norm_k, cos, sin, n_img)
         tq, tk, tv = (p(txt).unflatten(-1, heads) for p in (self.add_q_proj, self.add_k_proj, self.add_v_proj))
         tq, tk = self.norm_added_q(tq), self.norm_added_k(tk)
-        out = attention(torch.cat((q, tq), 1), torch.cat((k, tk), 1), torch.cat((v, tv), 1), key_lengths)
+        out = joint_attention(torch.cat((q, tq), 1), torch.cat((k, tk), 1), torch.cat((v, tv), 1), n_img, key_lengths)
         out = out.flatten(2)
         return self.to_out[0](out[:, :n_img]), self.to_add_out(out[:, n_img:])
 
@@ -406,7 +408,7 @@ class SingleAttention(nn.Module):
         """x [B, S_img + L, C] (image first) -> attention output [B, S_img + L, C]."""
         q, k, v = (p(x).unflatten(-1, (self.heads, -1)) for p in (self.to_q, self.to_k, self.to_v))
         q, k = qk_norm_rope(q, k, self.norm_q, self.norm_k, cos, sin, num_image_tokens)
-        return attention(q, k, v, key_lengths).flatten(2)
+        return joint_attention(q, k, v, num_image_tokens, key_lengths).flatten(2)
 
 
 class SingleStreamBlock(nn.Module):
@@ -529,16 +531,22 @@ class HunyuanVideoTransformer3D(nn.Module):
         txt = self.context_embedder(text.to(dtype), timestep, text_lengths)  # [B, L', C]
         n_img = img.shape[1]
         key_lengths = None if text_lengths is None else text_lengths + n_img
+        sp = sequence_parallel.current()  # Ulysses: this rank keeps its slice of the image tokens
+        if sp is not None:
+            img, cos, sin = sp.shard(img, cos, sin)
+        n_local = img.shape[1]
 
         for block in self.transformer_blocks:
             img, txt = block(img, txt, temb, cos, sin, key_lengths)
 
         x = torch.cat((img, txt), dim=1)
         for block in self.single_transformer_blocks:
-            x = block(x, temb, cos, sin, n_img, key_lengths)
-        img = x[:, :n_img]
+            x = block(x, temb, cos, sin, n_local, key_lengths)
+        img = x[:, :n_local]
 
         out = self.proj_out(self.norm_out(img, temb))  # [B, S_img, pt * p * p * C_out]
+        if sp is not None:
+            out = sp.gather(out, n_img)
         out = out.reshape(b, t, h, w, c.out_channels, pt, p, p)
         out = out.permute(0, 4, 1, 5, 2, 6, 3, 7)
         return out.reshape(b, c.out_channels, t * pt, h * p, w * p)

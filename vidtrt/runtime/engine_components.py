@@ -363,13 +363,14 @@ COMPONENT_LOADERS = {"text_encoder": engine_text_encoder, "dit": engine_dit, "va
 
 def load_component(key: str, model: str | Path | ModelSource, engine: str = "torch", *,
                    artifacts: str | Path | None = None, device: str = "cpu", precision: str = "fp32", threads: int = 0,
-                   providers: Sequence[str] | None = None):
+                   providers: Sequence[str] | None = None, sp_degree: int = 1):
     """The callable a Triton component model serves (``key``: text_encoder, dit or vae_decoder -- the
     decoder as the tile engine), on ``engine``.
 
     ``engine="torch"``: the project's PyTorch modules (:mod:`vidtrt.runtime.pipeline` loaders), exactly what
     ``vidtrt run`` uses, in ``precision`` (fp32, bf16, fp16). ``onnxruntime`` / ``tensorrt``: the exported
-    artifacts in ``artifacts`` (fp32 only; ``threads`` / ``providers`` for onnxruntime). Raises EngineError.
+    artifacts in ``artifacts`` (fp32 only; ``threads`` / ``providers`` for onnxruntime). ``sp_degree`` > 1: the
+    torch DiT over that many processes (:mod:`vidtrt.runtime.parallel_dit`). Raises EngineError.
     """
     if key not in COMPONENT_LOADERS:
         raise EngineError(f"unknown component {key!r}; accepted {list(COMPONENT_LOADERS)}")
@@ -380,9 +381,14 @@ def load_component(key: str, model: str | Path | ModelSource, engine: str = "tor
 
         if precision not in PRECISION_DTYPES:
             raise EngineError(f"invalid precision {precision!r}: accepted {list(PRECISION_DTYPES)}")
+        dtype = getattr(torch, PRECISION_DTYPES[precision])
+        if key == "dit" and sp_degree != 1:
+            return pipeline.torch_denoiser(source, device, dtype, sp_degree=sp_degree)
         loader = {"text_encoder": pipeline.torch_text_encoder, "dit": pipeline.torch_denoiser,
                   "vae_decoder": pipeline.torch_tile_decoder}[key]
-        return loader(source, device, getattr(torch, PRECISION_DTYPES[precision]))
+        return loader(source, device, dtype)
+    if sp_degree != 1:
+        raise EngineError(f"sequence parallelism (sp_degree {sp_degree}) needs engine 'torch'")
     if precision != "fp32":
         raise EngineError(f"precision {precision!r} needs engine 'torch'; the {engine} engine runs the exported "
                           "fp32 ONNX (accepted with it: 'fp32')")

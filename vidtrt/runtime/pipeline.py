@@ -144,10 +144,15 @@ class TorchTileDecoder:
         return self.module(latents.to(self.device, self.dtype)).to("cpu", torch.float32)
 
 
-def torch_denoiser(source: ModelSource, device="cpu", dtype=torch.float32, attention: str | None = None
-                   ) -> TorchDenoiser:
-    """The DiT of ``source`` on ``device`` in ``dtype`` as a Denoiser (``attention``: see select_kernels)."""
+def torch_denoiser(source: ModelSource, device="cpu", dtype=torch.float32, attention: str | None = None,
+                   sp_degree: int = 1) -> TorchDenoiser:
+    """The DiT of ``source`` on ``device`` in ``dtype`` as a Denoiser (``attention``: see select_kernels);
+    ``sp_degree`` > 1: over that many processes (:class:`vidtrt.runtime.parallel_dit.ParallelDenoiser`)."""
     kernels = select_kernels(device, attention)
+    if sp_degree != 1:
+        from vidtrt.runtime.parallel_dit import ParallelDenoiser
+
+        return ParallelDenoiser(source, sp_degree, device, dtype, kernels.attention, fused_rope=kernels.fused_rope)
     return TorchDenoiser(source.load_transformer(dtype).to(device), device, kernels)
 
 
@@ -162,14 +167,18 @@ def torch_text_encoder(source: ModelSource, device="cpu", dtype=torch.float32):
 
 
 def load_components(model: str | Path | ModelSource = "tiny", device: str = "cpu", dtype: torch.dtype = torch.float32,
-                    attention: str | None = None) -> tuple[ModelConfig, Components]:
+                    attention: str | None = None, sp_degree: int = 1) -> tuple[ModelConfig, Components]:
     """Config and the three torch-engine components of a model ('tiny', a folder or a ModelSource).
-    ``device`` and ``attention`` are checked before any weight loads (:func:`check_run_choices`)."""
+    ``device``, ``attention`` and ``sp_degree`` (DiT processes) are checked before any weight loads
+    (:func:`check_run_choices`)."""
+    from vidtrt.models.sequence_parallel import check_degree
+
     source = ModelSource.open(model)
     check_run_choices(device, attention, source.config.transformer.attention_head_dim)
+    check_degree(source.config.transformer.num_attention_heads, sp_degree)
     components = Components(
         encode_text=torch_text_encoder(source, device, dtype),
-        dit=torch_denoiser(source, device, dtype, attention),
+        dit=torch_denoiser(source, device, dtype, attention, sp_degree),
         decode_tile=torch_tile_decoder(source, device, dtype),
     )
     return source.config, components
@@ -188,9 +197,16 @@ class HunyuanVideoPipeline:
 
     @classmethod
     def from_model(cls, model: str | Path | ModelSource = "tiny", device: str = "cpu", dtype=torch.float32,
-                   attention: str | None = None):
-        """The torch-engine pipeline of ``model`` ('tiny', 'small', a checkpoint folder or a ModelSource)."""
-        return cls(*load_components(model, device, dtype, attention))
+                   attention: str | None = None, sp_degree: int = 1):
+        """The torch-engine pipeline of ``model`` ('tiny', 'small', a checkpoint folder or a ModelSource);
+        ``sp_degree`` > 1 runs the DiT over that many processes (call :meth:`close` when done)."""
+        return cls(*load_components(model, device, dtype, attention, sp_degree))
+
+    def close(self) -> None:
+        """Stop the DiT's worker processes, if it has any (sequence parallelism)."""
+        close = getattr(self.components.dit, "close", None)
+        if close is not None:
+            close()
 
     def generate(
         self,

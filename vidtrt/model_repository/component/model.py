@@ -11,7 +11,8 @@ against the config's ``model_fingerprint``. Parameters (config.pbtxt): ``model``
 ``engine`` ('torch' or an engine from vidtrt.runtime.engine_components; onnxruntime reads the ONNX files
 ``vidtrt build`` put in this model's version folder), ``device``
 ('cpu', or 'cuda' taken from the instance's GPU with KIND_GPU), ``fail_on_guidance``
-(test-only fault injection for the DiT).
+(test-only fault injection for the DiT), ``sp_degree`` (DiT only: this process is rank 0 of that many, the
+others are worker processes it starts and restarts, see vidtrt.runtime.parallel_dit).
 
 Errors: a bad request gets an error response for that request only (INVALID_ARG for request
 content, INTERNAL otherwise); the model never takes the server down.
@@ -64,7 +65,8 @@ class TritonPythonModel:
             engine = params.get("engine") or "torch"
             artifacts = model_dir / str(args.get("model_version") or "1") if engine != "torch" else None
             fn = load_component(key, source, engine=engine, device=device, artifacts=artifacts,
-                                precision=params.get("precision") or "fp32")
+                                precision=params.get("precision") or "fp32",
+                                sp_degree=int(params.get("sp_degree") or 1))  # >1: starts DiT worker processes
         except VidtrtError as e:
             raise pb_utils.TritonModelException(f"{self.model_name}: {e}") from None
         fail = params.get("fail_on_guidance") or None
@@ -96,4 +98,7 @@ class TritonPythonModel:
         return responses
 
     def finalize(self) -> None:
+        close = getattr(self.server.fn, "close", None) if self.server is not None else None
+        if close is not None:  # a sequence-parallel DiT: stop its worker processes
+            close()
         self.server = None
