@@ -50,8 +50,10 @@ def test_same_frames_and_skip_pattern_as_in_process(srv, client, pipe):
     before = metric(srv, "vidtrt_dit_calls_skipped_total", model="hunyuan_video")
     calls_before = metric(srv, "vidtrt_dit_calls_total", model="hunyuan_video")
     saved = made = 0
-    for kwargs in (dict(seed=1, cache_threshold=0.2), dict(seed=2, cache_threshold=0.05, true_cfg_scale=2.0)):
-        request = GenerationRequest(PROMPT, **SMALL, cache_policy="easycache", cache_warmup_steps=3, **kwargs)
+    # 30 steps; then true CFG (two DiT calls per step, deciding together) at 12 steps
+    for kwargs in (dict(seed=1, cache_threshold=0.2),
+                   dict(seed=2, cache_threshold=0.1, true_cfg_scale=2.0, num_inference_steps=12)):
+        request = GenerationRequest(PROMPT, **{**SMALL, **kwargs}, cache_policy="easycache", cache_warmup_steps=3)
         expected, tally = _in_process(pipe, request)
         result = client.run(request)
         np.testing.assert_array_equal(result.frames, expected)
@@ -65,12 +67,13 @@ def test_same_frames_and_skip_pattern_as_in_process(srv, client, pipe):
 
 
 def test_threshold_zero_and_policy_none_bit_identical_to_uncached(client, pipe):
-    uncached, tally = _in_process(pipe, GenerationRequest(PROMPT, seed=3, **SMALL))
+    size = {**SMALL, "num_inference_steps": 10}
+    uncached, tally = _in_process(pipe, GenerationRequest(PROMPT, seed=3, **size))
     assert tally.skipped == 0
     for cache in (dict(cache_policy="easycache", cache_threshold=0.0), dict(cache_policy="none", cache_threshold=1.0)):
-        result = client.run(GenerationRequest(PROMPT, seed=3, **SMALL, **cache))
+        result = client.run(GenerationRequest(PROMPT, seed=3, **size, **cache))
         np.testing.assert_array_equal(result.frames, uncached)
-        assert (result.dit_calls, result.dit_calls_skipped) == (30, 0)
+        assert (result.dit_calls, result.dit_calls_skipped) == (10, 0)
         assert all(p.dit_calls == 1 and p.dit_calls_skipped == 0 for p in result.progress if p.stage == "denoise")
 
 

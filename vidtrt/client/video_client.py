@@ -43,12 +43,15 @@ TIMEOUT_GRACE_S = 10.0  # the client's own limit is timeout_s + this: the server
 class Progress:
     """One progress response: ``step`` of ``total`` finished (1-based), ``elapsed_s`` since the server
     started the request; ``stage`` ``"denoise"`` (denoising steps) or ``"decode"`` (VAE tiles, after the
-    steps). Same fields as :class:`vidtrt.runtime.orchestrator.ProgressEvent`."""
+    steps); ``dit_calls`` / ``dit_calls_skipped``: a step's DiT calls made (0: step caching reused the last
+    transformation) and saved. Same fields as :class:`vidtrt.runtime.orchestrator.ProgressEvent`."""
 
     step: int
     total: int
     elapsed_s: float
     stage: str = "denoise"
+    dit_calls: int | None = None
+    dit_calls_skipped: int | None = None
 
 
 @dataclass
