@@ -173,7 +173,7 @@ def main(argv=None) -> int:
     ap.add_argument("--width", type=int, default=960)
     ap.add_argument("--frames", type=int, default=33)
     ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--thresholds", default="0.025,0.05", help="EasyCache thresholds, comma-separated")
+    ap.add_argument("--thresholds", default="0.025,0.1", help="EasyCache thresholds, comma-separated")
     ap.add_argument("--warmup-steps", type=int, default=3)
     ap.add_argument("--attention", default="sdpa", help="sdpa (default), triton, triton-fp8, ...")
     ap.add_argument("--budget-s", type=float, default=240.0, help="no run starts that would pass this")

@@ -96,3 +96,16 @@ def test_invalid_cache_parameter_is_named_by_the_server(client, kwargs, param):
     with pytest.raises(ServerRequestError) as e:
         client.run(GenerationRequest(PROMPT, **kwargs))
     assert e.value.param == param and "\n" not in str(e.value), str(e.value)
+
+
+def test_generate_cli_sends_the_cache_flags_and_prints_the_calls(srv, pipe, tmp_path, capsys):
+    from vidtrt.cli import main
+
+    flags = ["--cache-policy", "easycache", "--cache-threshold", "0.2", "--cache-warmup-steps", "3"]
+    rc = main(["generate", PROMPT, "--url", srv.grpc_url, "-o", str(tmp_path / "v.npy"), "--seed", "5", "--frames", "1",
+               "--height", "64", "--width", "64", "--steps", "30", "--no-progress", *flags])
+    out = capsys.readouterr().out
+    expected, tally = _in_process(pipe, GenerationRequest(PROMPT, seed=5, **SMALL, cache_policy="easycache",
+                                                          cache_threshold=0.2, cache_warmup_steps=3))
+    assert rc == 0 and f"DiT calls {tally.calls} ({tally.skipped} skipped)" in out, out
+    np.testing.assert_array_equal(np.load(tmp_path / "v.npy"), expected)
