@@ -144,6 +144,14 @@ def test_true_cfg_branches_call_or_skip_together(pipe):
     assert frames.dtype == np.uint8
 
 
+def test_python_api_takes_the_cache_keywords(pipe):
+    tally = DitCallTally()
+    kw = dict(cache_policy="easycache", cache_threshold=1.0, cache_warmup_steps=2)
+    frames = pipe.generate(PROMPT, seed=8, num_inference_steps=10, progress=tally, **kw)
+    assert tally.skipped > 0 and tally.calls + tally.skipped == 10 and tally.pattern[:2] == [1, 1]
+    np.testing.assert_array_equal(frames, pipe.run(GenerationRequest(PROMPT, seed=8, num_inference_steps=10, **kw)))
+
+
 # ------------------------------------------------------------------------------------------- the harness
 def test_small_preset_calls_fall_as_threshold_rises_and_harness_prints_psnr(tmp_path, capsys):
     """`vidtrt cache-bench` on the small preset, 30 steps: DiT calls and PSNR fall as the threshold rises, every

@@ -77,6 +77,12 @@ def test_threshold_zero_and_policy_none_bit_identical_to_uncached(client, pipe):
         assert all(p.dit_calls == 1 and p.dit_calls_skipped == 0 for p in result.progress if p.stage == "denoise")
 
 
+def test_client_generate_takes_the_cache_keywords(client, pipe):
+    kw = dict(cache_policy="easycache", cache_threshold=0.2, cache_warmup_steps=3)
+    frames = client.generate(PROMPT, seed=6, **SMALL, **kw)
+    np.testing.assert_array_equal(frames, pipe.generate(PROMPT, seed=6, **SMALL, **kw))
+
+
 def test_http_final_response_reports_the_calls(srv, pipe):
     request = GenerationRequest(PROMPT, seed=4, **SMALL, cache_policy="easycache", cache_threshold=0.2,
                                 cache_warmup_steps=3)
