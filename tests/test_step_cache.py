@@ -264,3 +264,28 @@ def test_cli_run_reports_dit_calls(tmp_path, capsys):
     assert rc == 0 and out.count("\n") == 1, out
     calls, skipped = [int(v) for v in out.split("DiT calls ")[1].replace("(", "").split()[:2]]
     assert calls + skipped == 12 and skipped > 0, out
+
+
+def test_checkpoint_vidtrt_json_sets_the_cache_defaults(tmp_path, capsys):
+    """A checkpoint folder's vidtrt.json "defaults" turn caching on for every request to that model; a bad value
+    there stops at open with one line naming the field."""
+    import json
+    import shutil
+
+    from vidtrt.cli import main
+    from vidtrt.source.model_source import ModelSource
+
+    folder = tmp_path / "model"
+    shutil.copytree(ModelSource.open("tiny").folder, folder)
+    overrides = json.loads((folder / "vidtrt.json").read_text())
+    overrides["defaults"] = {**overrides.get("defaults", {}), "cache_policy": "easycache", "cache_threshold": 1.0,
+                             "cache_warmup_steps": 2}
+    (folder / "vidtrt.json").write_text(json.dumps(overrides))
+    rc = main(["run", PROMPT, "--model", str(folder), "--steps", "10", "-o", str(tmp_path / "v.npy"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "DiT calls " in out and "(0 skipped)" not in out, out
+    overrides["defaults"]["cache_policy"] = "magic"
+    (folder / "vidtrt.json").write_text(json.dumps(overrides))
+    rc = main(["run", PROMPT, "--model", str(folder), "-o", str(tmp_path / "w.npy")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "cache_policy" in err[0], err
