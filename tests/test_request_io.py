@@ -18,7 +18,7 @@ from vidtrt.errors import InvalidRequestError
 FULL = GenerationRequest(
     prompt="a cat walks on the grass", negative_prompt="blurry", height=64, width=96, num_frames=9,
     num_inference_steps=3, embedded_guidance_scale=6.0, flow_shift=7.0, seed=2**62 + 3, true_cfg_scale=1.5,
-    prompt_policy="error", output_format="mp4",
+    prompt_policy="error", output_format="mp4", cache_policy="easycache", cache_threshold=0.125, cache_warmup_steps=4,
 )
 
 
@@ -119,7 +119,8 @@ def test_config_stanzas_declare_every_tensor_once():
     assert inputs["seed"][0] == "TYPE_INT64" and inputs["embedded_guidance_scale"][0] == "TYPE_FP32"
     assert outputs["video"] == ("TYPE_UINT8", "-1, -1, -1, 3")
     assert outputs["mp4"] == ("TYPE_STRING", "1")
-    assert set(outputs) == {"step", "total_steps", "elapsed", "tile", "total_tiles", "video", "mp4"}
+    assert set(outputs) == {"step", "total_steps", "elapsed", "tile", "total_tiles", "video", "mp4", "dit_calls",
+                            "dit_calls_skipped", "dit_calls_total", "dit_calls_skipped_total"}
     assert text.count("input [") == 1 and text.count("output [") == 1
 
 

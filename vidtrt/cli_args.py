@@ -34,6 +34,14 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
                         help="true classifier-free guidance scale; 1.0 = off (default), > 1 runs two DiT passes")
     parser.add_argument("--prompt-policy", choices=["truncate", "error"], default="truncate",
                         help="what to do with a prompt longer than the text encoder's limit")
+    parser.add_argument("--cache-policy", default=None,
+                        help="step caching: none or easycache (skips DiT calls while the estimated change of its "
+                             "output stays under --cache-threshold; default: the model's, none)")
+    parser.add_argument("--cache-threshold", type=float, default=None,
+                        help="step caching: accumulated relative change that calls the DiT again; 0 = never skip "
+                             "(model default 0.025; docs/step-caching.md)")
+    parser.add_argument("--cache-warmup-steps", type=int, default=None,
+                        help="step caching: first steps that always call the DiT (model default 5)")
     parser.add_argument("--fps", type=int, default=24, help=f"mp4 frame rate, 1..{MAX_FPS} (default 24)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -51,6 +59,9 @@ def request_from_args(args: argparse.Namespace) -> GenerationRequest:
         seed=args.seed,
         true_cfg_scale=args.true_cfg_scale,
         prompt_policy=args.prompt_policy,
+        cache_policy=args.cache_policy,
+        cache_threshold=args.cache_threshold,
+        cache_warmup_steps=args.cache_warmup_steps,
     )
 
 

@@ -50,8 +50,9 @@ def generate_main(args: argparse.Namespace) -> int:
         bar.close()
     frames = result.frames
     path = write_video(output, frames, fps=args.fps)
+    calls = "" if result.dit_calls is None else f", DiT calls {result.dit_calls} ({result.dit_calls_skipped} skipped)"
     print(f"wrote {path} ({frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}) "
-          f"via {args.protocol}://{client.url} in {time.perf_counter() - t0:.1f}s")
+          f"via {args.protocol}://{client.url} in {time.perf_counter() - t0:.1f}s{calls}")
     return 0
 
 

@@ -43,23 +43,29 @@ TIMEOUT_GRACE_S = 10.0  # the client's own limit is timeout_s + this: the server
 class Progress:
     """One progress response: ``step`` of ``total`` finished (1-based), ``elapsed_s`` since the server
     started the request; ``stage`` ``"denoise"`` (denoising steps) or ``"decode"`` (VAE tiles, after the
-    steps). Same fields as :class:`vidtrt.runtime.orchestrator.ProgressEvent`."""
+    steps); ``dit_calls`` / ``dit_calls_skipped``: a step's DiT calls made (0: step caching reused the last
+    transformation) and saved. Same fields as :class:`vidtrt.runtime.orchestrator.ProgressEvent`."""
 
     step: int
     total: int
     elapsed_s: float
     stage: str = "denoise"
+    dit_calls: int | None = None
+    dit_calls_skipped: int | None = None
 
 
 @dataclass
 class GenerationResult:
     """``frames`` uint8 [F, H, W, 3]; ``mp4`` bytes when requested; ``progress`` in arrival order;
-    ``latency_s`` from sending the request to the final response."""
+    ``latency_s`` from sending the request to the final response; ``dit_calls`` / ``dit_calls_skipped``: the
+    DiT calls the generation made and those step caching saved (None from a server without them)."""
 
     frames: np.ndarray
     mp4: bytes | None = None
     progress: list[Progress] = field(default_factory=list)
     latency_s: float = 0.0
+    dit_calls: int | None = None
+    dit_calls_skipped: int | None = None
 
 
 class ServerRequestError(VidtrtError):
@@ -208,6 +214,9 @@ class VideoClient:
         progress: Callable[[Progress], None] | None = None,
         cancel: threading.Event | Callable[[], bool] | None = None,
         guidance_scale: float | None = None,
+        cache_policy: str | None = None,
+        cache_threshold: float | None = None,
+        cache_warmup_steps: int | None = None,
     ) -> np.ndarray:
         """uint8 frames [num_frames, height, width, 3]; ``None`` arguments take the served model's defaults.
 
@@ -219,7 +228,8 @@ class VideoClient:
             prompt=prompt, negative_prompt=negative_prompt, height=height, width=width, num_frames=num_frames,
             num_inference_steps=num_inference_steps,
             embedded_guidance_scale=embedded_guidance(embedded_guidance_scale, guidance_scale), flow_shift=flow_shift,
-            seed=seed, true_cfg_scale=true_cfg_scale, prompt_policy=prompt_policy,
+            seed=seed, true_cfg_scale=true_cfg_scale, prompt_policy=prompt_policy, cache_policy=cache_policy,
+            cache_threshold=cache_threshold, cache_warmup_steps=cache_warmup_steps,
         )
         return self.run(request, progress=progress, cancel=cancel).frames
 
@@ -289,6 +299,7 @@ class VideoClient:
                         result.frames = video
                         mp4 = res.as_numpy("mp4")
                         result.mp4 = bytes(mp4.reshape(-1)[0]) if mp4 is not None else None
+                        result.dit_calls, result.dit_calls_skipped = _dit_call_totals(res)
                     final = res.get_response().parameters.get("triton_final_response")
                     if final is not None and final.bool_param:
                         ended = True
@@ -338,7 +349,8 @@ class VideoClient:
 
         client = self._make_client()
         start = time.perf_counter()
-        outputs = [httpclient.InferRequestedOutput("video", binary_data=True)]
+        outputs = [httpclient.InferRequestedOutput(name, binary_data=True)
+                   for name in ("video", "dit_calls_total", "dit_calls_skipped_total")]
         if "mp4" in [v.decode() if isinstance(v, bytes) else v for v in arrays.get("output_format", [])]:
             outputs.append(httpclient.InferRequestedOutput("mp4", binary_data=True))
         try:
@@ -352,9 +364,16 @@ class VideoClient:
         finally:
             client.close()
         mp4 = res.as_numpy("mp4")
+        calls, skipped = _dit_call_totals(res)
         return GenerationResult(frames=res.as_numpy("video"),
                                 mp4=bytes(mp4.reshape(-1)[0]) if mp4 is not None else None,
-                                latency_s=time.perf_counter() - start)
+                                latency_s=time.perf_counter() - start, dit_calls=calls, dit_calls_skipped=skipped)
+
+
+def _dit_call_totals(res) -> tuple[int | None, int | None]:
+    """(DiT calls made, saved) of a final response; None for a server that does not send them."""
+    calls, skipped = res.as_numpy("dit_calls_total"), res.as_numpy("dit_calls_skipped_total")
+    return (int(calls[0]) if calls is not None else None, int(skipped[0]) if skipped is not None else None)
 
 
 def _progress_event(res) -> Progress | None:
@@ -363,5 +382,8 @@ def _progress_event(res) -> Progress | None:
     for count, total, stage in (("step", "total_steps", "denoise"), ("tile", "total_tiles", "decode")):
         value = res.as_numpy(count)
         if value is not None:
-            return Progress(int(value[0]), int(res.as_numpy(total)[0]), float(elapsed[0]), stage)
+            calls, skipped = res.as_numpy("dit_calls"), res.as_numpy("dit_calls_skipped")
+            return Progress(int(value[0]), int(res.as_numpy(total)[0]), float(elapsed[0]), stage,
+                            int(calls[0]) if calls is not None else None,
+                            int(skipped[0]) if skipped is not None else None)
     return None

@@ -15,7 +15,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from vidtrt.errors import ConfigError
+from vidtrt.config.step_cache import StepCacheParams
+from vidtrt.errors import ConfigError, InvalidRequestError
 
 VIDTRT_JSON = "vidtrt.json"  # optional overrides written next to model_index.json (text, tiling, defaults)
 
@@ -208,6 +209,11 @@ class SamplerDefaults:
     max_width: int = 1280
     max_num_frames: int = 129
     max_num_inference_steps: int = 1000
+    # Step caching (vidtrt.config.step_cache): off unless a request or the model's vidtrt.json asks for it;
+    # threshold and warm-up as EasyCache's HunyuanVideo setting (0.025, 5 of 50 steps).
+    cache_policy: str = "none"
+    cache_threshold: float = 0.025
+    cache_warmup_steps: int = 5
     negative_prompt: str = (
         "Aerial view, aerial view, overexposed, low quality, deformation, a poor composition, "
         "bad hands, bad teeth, bad eyes, bad limbs, distortion"
@@ -218,6 +224,11 @@ class SamplerDefaults:
             raise ConfigError("max_height and max_width must be multiples of 16")
         if (self.max_num_frames - 1) % 4:
             raise ConfigError("max_num_frames must be 4k + 1")
+        try:
+            StepCacheParams(self.cache_policy, self.cache_threshold, self.cache_warmup_steps).validate(
+                self.max_num_inference_steps)
+        except InvalidRequestError as e:
+            raise ConfigError(f"defaults: {e}") from None
         return self
 
     @classmethod

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 from vidtrt.config.model_config import ModelConfig
+from vidtrt.config.step_cache import StepCacheParams
 from vidtrt.errors import InvalidRequestError
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,10 @@ class GenerationRequest:
     # What to do when the prompt has more tokens than the text encoder takes.
     prompt_policy: str = "truncate"
     output_format: str = "frames"
+    # Step caching (vidtrt.config.step_cache): policy name, threshold, warm-up steps.
+    cache_policy: str | None = None
+    cache_threshold: float | None = None
+    cache_warmup_steps: int | None = None
 
     def resolved(self, config: ModelConfig) -> GenerationRequest:
         """A copy with every ``None`` replaced by the model's default (not yet validated)."""
@@ -60,6 +65,9 @@ class GenerationRequest:
             "flow_shift": d.flow_shift,
             "seed": d.seed,
             "true_cfg_scale": d.true_cfg_scale,
+            "cache_policy": d.cache_policy,
+            "cache_threshold": d.cache_threshold,
+            "cache_warmup_steps": d.cache_warmup_steps,
         }
         out = dataclasses.replace(self)
         for k, v in fill.items():
@@ -91,6 +99,7 @@ class GenerationRequest:
             raise InvalidRequestError("prompt_policy", r.prompt_policy, f"one of {list(PROMPT_POLICIES)}")
         if r.output_format not in OUTPUT_FORMATS:
             raise InvalidRequestError("output_format", r.output_format, f"one of {list(OUTPUT_FORMATS)}")
+        r.step_cache.validate(d.max_num_inference_steps)
         if r.negative_prompt is not None and not r.do_true_cfg:
             logger.warning("negative_prompt is ignored: true_cfg_scale is %g, and only true CFG (true_cfg_scale > 1, "
                            "two DiT calls per step) uses it", r.true_cfg_scale)
@@ -100,6 +109,11 @@ class GenerationRequest:
     @property
     def do_true_cfg(self) -> bool:
         return self.true_cfg_scale is not None and self.true_cfg_scale > 1.0
+
+    @property
+    def step_cache(self) -> StepCacheParams:
+        """The step cache fields as one value (of a resolved request)."""
+        return StepCacheParams(self.cache_policy, self.cache_threshold, self.cache_warmup_steps)
 
 
 def _is_int(value: object) -> bool:

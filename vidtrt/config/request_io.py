@@ -6,10 +6,11 @@ written down exactly once.
 
 Request: ``prompt`` (required) and optional knobs, every one a ``[1]`` tensor (``max_batch_size: 0``).
 Responses of the streaming (decoupled) model: one *progress* response per denoising step carrying
-``step``, ``total_steps`` and ``elapsed``, then one *decode progress* response per VAE tile carrying
-``tile``, ``total_tiles`` and ``elapsed`` (no ``step``: clients that only know steps skip them), then the
-*final* response carrying ``video`` (and ``mp4`` when ``output_format`` is ``"mp4"``). The
-non-decoupled variant sends the final response only.
+``step``, ``total_steps``, ``elapsed``, ``dit_calls`` and ``dit_calls_skipped`` (step caching), then one
+*decode progress* response per VAE tile carrying ``tile``, ``total_tiles`` and ``elapsed`` (no ``step``:
+clients that only know steps skip them), then the *final* response carrying ``video`` (and ``mp4`` when
+``output_format`` is ``"mp4"``), ``dit_calls_total`` and ``dit_calls_skipped_total``. The non-decoupled
+variant sends the final response only.
 
 The request's deadline is Triton's request timeout, not an input (:mod:`vidtrt.config.lifecycle`).
 
@@ -86,6 +87,10 @@ REQUEST_INPUTS: tuple[IOTensor, ...] = (
     IOTensor("prompt_policy", "TYPE_STRING", (1,), doc="'truncate' or 'error'"),
     IOTensor("output_format", "TYPE_STRING", (1,),
              doc="'frames' (video only) or 'mp4' (video + mp4 bytes)"),
+    IOTensor("cache_policy", "TYPE_STRING", (1,), doc="step caching: 'none' or 'easycache' (default: the model's)"),
+    IOTensor("cache_threshold", "TYPE_FP32", (1,),
+             doc="step caching: accumulated change that calls the DiT; 0 = never skip"),
+    IOTensor("cache_warmup_steps", "TYPE_INT32", (1,), doc="step caching: first steps that always call the DiT"),
 )
 
 RESPONSE_OUTPUTS: tuple[IOTensor, ...] = (
@@ -94,13 +99,17 @@ RESPONSE_OUTPUTS: tuple[IOTensor, ...] = (
     IOTensor("elapsed", "TYPE_FP32", (1,), doc="progress: seconds since the request started"),
     IOTensor("tile", "TYPE_INT32", (1,), doc="decode progress: VAE tiles decoded (1-based)"),
     IOTensor("total_tiles", "TYPE_INT32", (1,), doc="decode progress: VAE tiles of the request's decode"),
+    IOTensor("dit_calls", "TYPE_INT32", (1,), doc="progress: DiT calls this step made (0: it reused the cache)"),
+    IOTensor("dit_calls_skipped", "TYPE_INT32", (1,), doc="progress: DiT calls this step saved by step caching"),
+    IOTensor("dit_calls_total", "TYPE_INT32", (1,), doc="final: DiT calls the generation made"),
+    IOTensor("dit_calls_skipped_total", "TYPE_INT32", (1,), doc="final: DiT calls step caching saved"),
     IOTensor("video", "TYPE_UINT8", (-1, -1, -1, 3), doc="final: uint8 frames [F, H, W, 3]"),
     IOTensor("mp4", "TYPE_STRING", (1,), doc="final, output_format='mp4' only: H.264 mp4 bytes"),
 )
 
-PROGRESS_OUTPUTS = ("step", "total_steps", "elapsed")
+PROGRESS_OUTPUTS = ("step", "total_steps", "elapsed", "dit_calls", "dit_calls_skipped")
 DECODE_PROGRESS_OUTPUTS = ("tile", "total_tiles", "elapsed")
-FINAL_OUTPUTS = ("video", "mp4")
+FINAL_OUTPUTS = ("video", "mp4", "dit_calls_total", "dit_calls_skipped_total")
 
 _BY_NAME = {t.name: t for t in REQUEST_INPUTS}
 _INT32 = (-(2**31), 2**31 - 1)
@@ -196,13 +205,18 @@ def decode_value(t: IOTensor, arr: np.ndarray) -> object:
     return float(v)  # NaN / inf are GenerationRequest.validate's to reject, naming the field
 
 
-def progress_outputs(step: int, total: int, elapsed_s: float) -> dict[str, np.ndarray]:
-    """Arrays of one progress response."""
-    return {
+def progress_outputs(step: int, total: int, elapsed_s: float, dit_calls: int | None = None,
+                     dit_calls_skipped: int | None = None) -> dict[str, np.ndarray]:
+    """Arrays of one progress response (``dit_calls`` / ``dit_calls_skipped``: this step's, when known)."""
+    out = {
         "step": np.array([step], dtype=np.int32),
         "total_steps": np.array([total], dtype=np.int32),
         "elapsed": np.array([elapsed_s], dtype=np.float32),
     }
+    if dit_calls is not None:
+        out["dit_calls"] = np.array([dit_calls], dtype=np.int32)
+        out["dit_calls_skipped"] = np.array([dit_calls_skipped or 0], dtype=np.int32)
+    return out
 
 
 def decode_progress_outputs(tile: int, total: int, elapsed_s: float) -> dict[str, np.ndarray]:
@@ -214,11 +228,16 @@ def decode_progress_outputs(tile: int, total: int, elapsed_s: float) -> dict[str
     }
 
 
-def final_outputs(frames: np.ndarray, mp4: bytes | None = None) -> dict[str, np.ndarray]:
-    """Arrays of the final response: ``video`` uint8 [F, H, W, 3] (+ ``mp4`` bytes)."""
+def final_outputs(frames: np.ndarray, mp4: bytes | None = None, dit_calls: int | None = None,
+                  dit_calls_skipped: int | None = None) -> dict[str, np.ndarray]:
+    """Arrays of the final response: ``video`` uint8 [F, H, W, 3] (+ ``mp4`` bytes, + the DiT calls the
+    generation made and those step caching saved, when given)."""
     out = {"video": np.ascontiguousarray(frames, dtype=np.uint8)}
     if mp4 is not None:
         out["mp4"] = np.array([mp4], dtype=np.object_)
+    if dit_calls is not None:
+        out["dit_calls_total"] = np.array([dit_calls], dtype=np.int32)
+        out["dit_calls_skipped_total"] = np.array([dit_calls_skipped or 0], dtype=np.int32)
     return out
 
 

@@ -9,6 +9,7 @@ process, BLS requests inside Triton. Nothing here knows which.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from vidtrt.config.model_config import ModelConfig
 from vidtrt.config.request import GenerationRequest
 from vidtrt.errors import CancelledError, DeadlineExceededError, InvalidRequestError, NonFiniteError
 from vidtrt.runtime.scheduler import euler_step, flow_match_sigmas, initial_noise, timesteps_from_sigmas
+from vidtrt.runtime.step_cache import make_step_cache
 from vidtrt.video_io import to_uint8_frames
 
 
@@ -31,12 +33,16 @@ class ProgressEvent:
 
     ``stage`` says which: ``"denoise"``, a denoising step (one per step, first); ``"decode"``, a VAE tile of
     the tiled decode (one per tile, after the last step; ``total`` = tiles of the whole decode).
+    ``dit_calls`` / ``dit_calls_skipped`` (denoising steps only): DiT calls the step made (0 when step caching
+    reused its last transformation; 2 with true CFG) and those it saved.
     """
 
     step: int
     total: int
     elapsed_s: float
     stage: str = "denoise"
+    dit_calls: int | None = None
+    dit_calls_skipped: int | None = None
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
@@ -97,19 +103,31 @@ def denoise(
     guidance = torch.tensor([r.embedded_guidance_scale], dtype=torch.float32) * 1000.0
 
     total = r.num_inference_steps
+    cache = make_step_cache(r.step_cache, total)  # vidtrt.runtime.step_cache: one decision for both CFG branches
+    calls_per_step = 2 if negative is not None else 1
     for i in range(total):
         check_cancel(should_cancel, deadline, f"before step {i + 1} of {total}")
         t = timesteps[i].expand(1)
-        velocity = components.dit(latents, t, text, guidance)
-        if negative is not None:
-            uncond = components.dit(latents, t, negative, guidance)
-            velocity = uncond + r.true_cfg_scale * (velocity - uncond)
+        dit = functools.partial(_velocity, components, latents, t, text, negative, guidance, r.true_cfg_scale)
+        velocity, called = cache.velocity(i, latents, dit)
         latents = euler_step(latents, velocity, sigmas[i], sigmas[i + 1])
         if not bool(torch.isfinite(latents).all()):
             raise NonFiniteError(f"the DiT produced NaN/inf at denoising step {i + 1} of {total}{_OVERFLOW_HINT}")
         if progress is not None:
-            progress(ProgressEvent(step=i + 1, total=total, elapsed_s=time.perf_counter() - start))
+            calls = calls_per_step if called else 0
+            progress(ProgressEvent(step=i + 1, total=total, elapsed_s=time.perf_counter() - start,
+                                   dit_calls=calls, dit_calls_skipped=calls_per_step - calls))
     return latents
+
+
+def _velocity(components: Components, latents: torch.Tensor, t: torch.Tensor, text: TextEmbeddings,
+              negative: TextEmbeddings | None, guidance: torch.Tensor, true_cfg_scale: float) -> torch.Tensor:
+    """One step's DiT velocity: the conditional call, and with ``negative`` the unconditional one, combined."""
+    velocity = components.dit(latents, t, text, guidance)
+    if negative is not None:
+        uncond = components.dit(latents, t, negative, guidance)
+        velocity = uncond + true_cfg_scale * (velocity - uncond)
+    return velocity
 
 
 def decode_latents(

@@ -224,10 +224,15 @@ class HunyuanVideoPipeline:
         should_cancel: Callable[[], bool] | None = None,
         prompt_policy: str = "truncate",
         guidance_scale: float | None = None,
+        cache_policy: str | None = None,
+        cache_threshold: float | None = None,
+        cache_warmup_steps: int | None = None,
     ) -> np.ndarray:
         """uint8 frames [num_frames, height, width, 3]; ``None`` arguments take the model's defaults.
 
-        ``guidance_scale``: diffusers' name for ``embedded_guidance_scale`` (give either)."""
+        ``guidance_scale``: diffusers' name for ``embedded_guidance_scale`` (give either). ``cache_*``: step
+        caching (:mod:`vidtrt.config.step_cache`); ``progress`` events say per step whether the DiT ran
+        (``dit_calls``)."""
         embedded_guidance_scale = embedded_guidance(embedded_guidance_scale, guidance_scale)
         request = GenerationRequest(
             prompt=prompt,
@@ -241,6 +246,9 @@ class HunyuanVideoPipeline:
             seed=seed,
             true_cfg_scale=true_cfg_scale,
             prompt_policy=prompt_policy,
+            cache_policy=cache_policy,
+            cache_threshold=cache_threshold,
+            cache_warmup_steps=cache_warmup_steps,
         )
         return self.run(request, progress, should_cancel)
 

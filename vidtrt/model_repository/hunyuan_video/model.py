@@ -5,9 +5,10 @@ Thin on purpose: the generation program is :func:`vidtrt.runtime.orchestrator.ru
 component models (:func:`vidtrt.serving.component_io.remote_components`), and its progress callback sends one
 response per denoising step and per VAE tile. Request/response tensors: :mod:`vidtrt.config.request_io`.
 
-Decoupled config (``hunyuan_video``): progress responses (``step``, ``total_steps``, ``elapsed``), one per
-VAE tile (``tile``, ``total_tiles``, ``elapsed``), then the final response (``video`` [F, H, W, 3] uint8,
-``mp4`` when ``output_format`` is "mp4") with the FINAL flag. Non-decoupled config
+Decoupled config (``hunyuan_video``): progress responses (``step``, ``total_steps``, ``elapsed``, ``dit_calls``,
+``dit_calls_skipped``), one per VAE tile (``tile``, ``total_tiles``, ``elapsed``), then the final response
+(``video`` [F, H, W, 3] uint8, ``mp4`` when ``output_format`` is "mp4", ``dit_calls_total``,
+``dit_calls_skipped_total``) with the FINAL flag. Non-decoupled config
 (``hunyuan_video_sync``, same file): the final response only.
 
 Decoupled: every request runs on its own worker thread (``max_concurrent_generations``), so
@@ -61,6 +62,14 @@ class _Metrics:
                 name="vidtrt_denoising_steps_total",
                 description="Denoising steps completed (DiT velocity + Euler step), all requests",
                 kind=pb_utils.MetricFamily.COUNTER),
+            "dit_calls": pb_utils.MetricFamily(
+                name="vidtrt_dit_calls_total",
+                description="DiT calls made by denoising steps (2 per step with true CFG), all requests",
+                kind=pb_utils.MetricFamily.COUNTER),
+            "dit_calls_skipped": pb_utils.MetricFamily(
+                name="vidtrt_dit_calls_skipped_total",
+                description="DiT calls saved by step caching (a step reused the last transformation), all requests",
+                kind=pb_utils.MetricFamily.COUNTER),
             "tiles": pb_utils.MetricFamily(
                 name="vidtrt_vae_tiles_total",
                 description="VAE tiles decoded (tiled decode), all requests",
@@ -78,6 +87,8 @@ class _Metrics:
                         for o in ("success", "invalid", "cancelled", "deadline", "rejected", "error")}
         self.latency = self.families["latency"].Metric(labels=labels, buckets=LATENCY_BUCKETS_S)
         self.steps = self.families["steps"].Metric(labels=labels)
+        self.dit_calls = self.families["dit_calls"].Metric(labels=labels)
+        self.dit_calls_skipped = self.families["dit_calls_skipped"].Metric(labels=labels)
         self.tiles = self.families["tiles"].Metric(labels=labels)
         self.in_flight = self.families["in_flight"].Metric(labels=labels)
         self.queued = self.families["queued"].Metric(labels=labels)
@@ -85,6 +96,7 @@ class _Metrics:
     def release(self) -> None:
         """Metrics first, then their families."""
         self.outcome = self.latency = self.steps = self.tiles = self.in_flight = self.queued = None
+        self.dit_calls = self.dit_calls_skipped = None
         self.families = {}
 
 
@@ -251,19 +263,21 @@ class TritonPythonModel:
         from vidtrt.config import request_io
         from vidtrt.errors import CancelledError, DeadlineExceededError, InvalidRequestError, NonFiniteError
         from vidtrt.runtime.orchestrator import run_generation
+        from vidtrt.runtime.step_cache import DitCallTally
         from vidtrt.serving.component_io import ComponentFailure
 
         start = time.perf_counter()
         try:
             self._track(+1)
-            frames = run_generation(gen, self.config, self.components, progress=self._progress(sender),
+            tally = DitCallTally(self._progress(sender))
+            frames = run_generation(gen, self.config, self.components, progress=tally,
                                     should_cancel=self._should_cancel(request), deadline=deadline)
             mp4 = None
             if gen.output_format == "mp4":
                 from vidtrt.video_io import encode_mp4
 
                 mp4 = encode_mp4(frames, fps=self.fps)
-            outputs = request_io.final_outputs(frames, mp4)
+            outputs = request_io.final_outputs(frames, mp4, tally.calls, tally.skipped)
             response = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in outputs.items()])
             self._ipc(self.metrics.outcome["success"].increment, 1)
             self._ipc(self.metrics.latency.observe, time.perf_counter() - start)
@@ -288,17 +302,28 @@ class TritonPythonModel:
     def _progress(self, sender):
         from vidtrt.config import request_io
 
-        def send(event) -> None:
-            decode = event.stage == "decode"
-            counter = self.metrics.tiles if decode else self.metrics.steps
-            if sender is None:
-                self._ipc(counter.increment, 1)
+        def count(event) -> None:  # under the IPC lock
+            if event.stage == "decode":
+                self.metrics.tiles.increment(1)
                 return
-            make = request_io.decode_progress_outputs if decode else request_io.progress_outputs
-            outputs = make(event.step, event.total, event.elapsed_s)
+            self.metrics.steps.increment(1)
+            if event.dit_calls:
+                self.metrics.dit_calls.increment(event.dit_calls)
+            if event.dit_calls_skipped:
+                self.metrics.dit_calls_skipped.increment(event.dit_calls_skipped)
+
+        def send(event) -> None:
+            if sender is None:
+                self._ipc(count, event)
+                return
+            if event.stage == "decode":
+                outputs = request_io.decode_progress_outputs(event.step, event.total, event.elapsed_s)
+            else:
+                outputs = request_io.progress_outputs(event.step, event.total, event.elapsed_s, event.dit_calls,
+                                                      event.dit_calls_skipped)
             response = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in outputs.items()])
             with self._ipc_lock:
-                counter.increment(1)
+                count(event)
                 sender.send(response)
 
         return send

@@ -1,0 +1,67 @@
+"""Step caching parameters: which policy skips DiT calls, its threshold and its warm-up steps.
+
+One parameter set, carried by every transport as three request fields (``cache_policy``,
+``cache_threshold``, ``cache_warmup_steps``; :class:`~vidtrt.config.request.GenerationRequest`), defaults per
+model in :class:`~vidtrt.config.model_config.SamplerDefaults`. The policies themselves run in the
+orchestrator (:mod:`vidtrt.runtime.step_cache`), so every engine and both transports get them.
+
+Policies (``CACHE_POLICIES``):
+
+- ``none``: every step calls the DiT (the frames are bit-identical to a build without caching).
+- ``easycache``: runtime-adaptive reuse in the spirit of EasyCache (Zhou et al. 2025, arXiv 2507.02860).
+  After a computed step it keeps the DiT's transformation ``output - input`` and the rate ``k`` at which
+  the output changed relative to the input between the last two computed steps. At each later step it
+  adds ``k * mean|x_t - x_{t-1}| / mean|last output|`` (the estimated relative change of the output) to an
+  accumulator; while the accumulator stays below ``threshold`` the step reuses ``x_t + (output - input)``
+  instead of calling the DiT; once it passes, the DiT runs and the accumulator restarts at 0. The first
+  ``warmup_steps`` steps and the last step always call the DiT. ``threshold`` 0 never skips.
+
+No torch here (layer 0).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from vidtrt.errors import InvalidRequestError
+
+CACHE_POLICIES: tuple[str, ...] = ("none", "easycache")
+MAX_CACHE_THRESHOLD = 10.0  # an accumulated relative change of 10x the output's size: beyond any useful value
+# Request field names (the wire, the Python keywords and the CLI flags' dests).
+CACHE_FIELDS = ("cache_policy", "cache_threshold", "cache_warmup_steps")
+
+
+@dataclass(frozen=True)
+class StepCacheParams:
+    """The step cache of one request.
+
+    ``policy``: one of :data:`CACHE_POLICIES`. ``threshold``: the accumulated estimated relative change of
+    the DiT's output (dimensionless, mean absolute change / mean absolute output) at which the DiT is
+    called again; 0 = never skip. ``warmup_steps``: the first steps that always call the DiT (the last step
+    always does too).
+    """
+
+    policy: str = "none"
+    threshold: float = 0.0
+    warmup_steps: int = 0
+
+    @property
+    def skips(self) -> bool:
+        """Whether this setting can skip a DiT call at all (a policy other than none, threshold > 0)."""
+        return self.policy != "none" and self.threshold > 0.0
+
+    def validate(self, max_warmup_steps: int) -> StepCacheParams:
+        """Raise InvalidRequestError naming the request field (``cache_policy``, ``cache_threshold``,
+        ``cache_warmup_steps``) and what it accepts; returns self."""
+        if not isinstance(self.policy, str) or self.policy not in CACHE_POLICIES:
+            raise InvalidRequestError("cache_policy", self.policy, f"one of {list(CACHE_POLICIES)}")
+        t = self.threshold
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) \
+                or not 0.0 <= t <= MAX_CACHE_THRESHOLD:
+            raise InvalidRequestError("cache_threshold", t, f"a finite number in [0, {MAX_CACHE_THRESHOLD:g}] "
+                                      "(0 = never skip a DiT call)")
+        w = self.warmup_steps
+        if isinstance(w, bool) or not isinstance(w, int) or not 0 <= w <= max_warmup_steps:
+            raise InvalidRequestError("cache_warmup_steps", w, f"an integer in [0, {max_warmup_steps}]")
+        return self
