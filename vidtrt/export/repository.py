@@ -91,8 +91,9 @@ def build_repository(
     folder moved elsewhere is named by ``$VIDTRT_MODEL_ROOT``), and ``artifacts`` are copied (hard-linked
     where possible) into the component models' version folders, so no host path is written anywhere.
 
-    ``precision``: weights/activations of the torch-engine components: ``fp32``, ``bf16``, ``fp16`` or
-    ``auto`` (bf16 on ``cuda``, fp32 on ``cpu``); the onnxruntime engine runs the exported fp32 ONNX.
+    ``precision``: weights/activations of the torch-engine components: ``fp32``, ``bf16``, ``fp16``,
+    ``fp8`` (the DiT's GEMMs and attention in FP8, the rest bf16) or ``auto`` (bf16 on ``cuda``, fp32 on
+    ``cpu``); the onnxruntime engine runs the exported fp32 ONNX.
     ``device``: ``cpu`` (instance_group KIND_CPU) or ``cuda`` (KIND_GPU: one instance per GPU listed by
     Triton, the component on that GPU). ``*_instances``: instances per device (each holds its own
     weights, so keep the DiT at 1 on GPUs; on CPU extra instances only help with spare cores).
@@ -116,8 +117,7 @@ def build_repository(
     if device not in ("cpu", "cuda"):
         raise RepositoryError(f"invalid device {device!r}: accepted ['cpu', 'cuda']")
     if precision not in PRECISIONS:
-        raise RepositoryError(f"invalid precision {precision!r}: accepted {list(PRECISIONS)} "
-                              "(fp8 goes through the ModelOpt/TensorRT path, not built yet)")
+        raise RepositoryError(f"invalid precision {precision!r}: accepted {list(PRECISIONS)}")
     if engine != "torch" and precision not in ("auto", "fp32"):
         raise RepositoryError(f"precision {precision!r} needs --engine torch; the {engine} engine runs the "
                               "exported fp32 ONNX (accepted with it: 'auto', 'fp32')")
@@ -227,7 +227,8 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="component instances on CPU (KIND_CPU) or on each GPU (KIND_GPU); default cpu")
     parser.add_argument("--precision", default="auto", choices=list(PRECISIONS),
-                        help="torch-engine components' dtype (auto: bf16 with --device cuda, fp32 on cpu)")
+                        help="torch-engine components' dtype (auto: bf16 with --device cuda, fp32 on cpu; fp8: "
+                             "the DiT's GEMMs and attention in FP8 e4m3, the rest bf16)")
     parser.add_argument("--dit-instances", type=int, default=1,
                         help="DiT model instances per device (each holds the weights; default 1)")
     parser.add_argument("--max-concurrent", type=int, default=4,

@@ -73,16 +73,23 @@ def select_kernels(device: str | torch.device, attention: str | None = None) -> 
     return choice
 
 
-def check_run_choices(device: str | torch.device, attention: str | None, head_dim: int) -> KernelChoice:
+def check_run_choices(device: str | torch.device, attention: str | None, head_dim: int,
+                      precision: str | None = None) -> KernelChoice:
     """What ``vidtrt run`` checks before any weights load: the device exists here, the attention backend is
     known, installed, runs on that device (our kernels: CUDA, or the Triton interpreter when
-    ``TRITON_INTERPRET=1``) and supports the model's ``head_dim``; TMA flavours need Hopper. ConfigError
-    (one line) otherwise; the kernel choice when all is well."""
+    ``TRITON_INTERPRET=1``) and supports the model's ``head_dim``; TMA flavours need Hopper; precision
+    ``fp8`` needs FP8 tensor cores on CUDA and defaults to FP8 attention. ConfigError (one line)
+    otherwise; the kernel choice when all is well."""
     import os
 
     from vidtrt.models.attention import KERNEL_BACKENDS
 
     dev = check_device(device)
+    if precision == "fp8":
+        from vidtrt.runtime.fp8_engine import check_fp8_device, fp8_default_attention
+
+        check_fp8_device(dev)
+        attention = attention or fp8_default_attention(dev, head_dim)
     name = attention or ("triton" if dev.type == "cuda" else "sdpa")
     if name in KERNEL_BACKENDS and dev.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ConfigError(f"attention backend {name!r} runs on CUDA only (--device cuda); accepted on CPU: 'sdpa'")
@@ -144,9 +151,17 @@ class TorchTileDecoder:
         return self.module(latents.to(self.device, self.dtype)).to("cpu", torch.float32)
 
 
-def torch_denoiser(source: ModelSource, device="cpu", dtype=torch.float32, attention: str | None = None
-                   ) -> TorchDenoiser:
-    """The DiT of ``source`` on ``device`` in ``dtype`` as a Denoiser (``attention``: see select_kernels)."""
+def torch_denoiser(source: ModelSource, device="cpu", dtype=torch.float32, attention: str | None = None,
+                   precision: str | None = None, fp8_amax=None) -> TorchDenoiser:
+    """The DiT of ``source`` on ``device`` in ``dtype`` as a Denoiser (``attention``: see select_kernels).
+
+    ``precision="fp8"``: bf16 with FP8 GEMMs and FP8 attention (:mod:`vidtrt.runtime.fp8_engine`;
+    ``dtype`` is ignored); ``fp8_amax``: a quantization state's amax map (static input scales)."""
+    if precision == "fp8":
+        from vidtrt.runtime.fp8_engine import load_fp8_transformer
+
+        kernels = check_run_choices(device, attention, source.config.transformer.attention_head_dim, "fp8")
+        return TorchDenoiser(load_fp8_transformer(source, device, fp8_amax), device, kernels)
     kernels = select_kernels(device, attention)
     return TorchDenoiser(source.load_transformer(dtype).to(device), device, kernels)
 
@@ -162,14 +177,22 @@ def torch_text_encoder(source: ModelSource, device="cpu", dtype=torch.float32):
 
 
 def load_components(model: str | Path | ModelSource = "tiny", device: str = "cpu", dtype: torch.dtype = torch.float32,
-                    attention: str | None = None) -> tuple[ModelConfig, Components]:
+                    attention: str | None = None, precision: str | None = None, fp8_amax=None,
+                    ) -> tuple[ModelConfig, Components]:
     """Config and the three torch-engine components of a model ('tiny', a folder or a ModelSource).
-    ``device`` and ``attention`` are checked before any weight loads (:func:`check_run_choices`)."""
+    ``device``, ``attention`` and ``precision`` are checked before any weight loads (:func:`check_run_choices`).
+    ``precision`` (fp32, bf16, fp16, fp8; None: ``dtype``) wins over ``dtype``; fp8: the DiT's GEMMs and
+    attention in FP8 (``fp8_amax``: static scales from a quantization state), the rest bf16."""
+    from vidtrt.config.model_config import precision_dtype_name, resolve_precision
+
     source = ModelSource.open(model)
-    check_run_choices(device, attention, source.config.transformer.attention_head_dim)
+    if precision is not None:
+        precision = resolve_precision(precision, str(device))
+        dtype = getattr(torch, precision_dtype_name(precision))
+    check_run_choices(device, attention, source.config.transformer.attention_head_dim, precision)
     components = Components(
         encode_text=torch_text_encoder(source, device, dtype),
-        dit=torch_denoiser(source, device, dtype, attention),
+        dit=torch_denoiser(source, device, dtype, attention, precision, fp8_amax),
         decode_tile=torch_tile_decoder(source, device, dtype),
     )
     return source.config, components
@@ -188,9 +211,10 @@ class HunyuanVideoPipeline:
 
     @classmethod
     def from_model(cls, model: str | Path | ModelSource = "tiny", device: str = "cpu", dtype=torch.float32,
-                   attention: str | None = None):
-        """The torch-engine pipeline of ``model`` ('tiny', 'small', a checkpoint folder or a ModelSource)."""
-        return cls(*load_components(model, device, dtype, attention))
+                   attention: str | None = None, precision: str | None = None, fp8_amax=None):
+        """The torch-engine pipeline of ``model`` ('tiny', 'small', a checkpoint folder or a ModelSource);
+        ``precision`` ("fp8", "bf16", ...; None: ``dtype``) and ``fp8_amax``: see :func:`load_components`."""
+        return cls(*load_components(model, device, dtype, attention, precision, fp8_amax))
 
     def generate(
         self,
