@@ -18,6 +18,18 @@ from ._common import FP8_DTYPE, check_device, check_float_tensor, interpreter_ac
 
 MIN_AMAX = 1e-12  # a zero row gets a positive scale (its values quantize to 0)
 
+if hasattr(tl.math, "div_rn"):
+
+    @triton.jit
+    def _div_rn(x, y):
+        return tl.math.div_rn(x, y)  # IEEE division, as torch's
+
+else:  # pragma: no cover - a Triton without div_rn: its fp32 division (within 2 ulp)
+
+    @triton.jit
+    def _div_rn(x, y):
+        return x / y
+
 __all__ = ["MIN_AMAX", "quantize_rows_fp8"]
 
 
@@ -43,13 +55,13 @@ def _quant_rows_kernel(
             offs = k0 + tl.arange(0, BLOCK_K)
             x = tl.load(x_row + offs, mask=offs < num_cols, other=0.0).to(tl.float32)
             amax = tl.maximum(amax, tl.abs(x))
-        scale = tl.math.div_rn(tl.maximum(tl.max(amax, axis=0), 1e-12), 448.0)
+        scale = _div_rn(tl.maximum(tl.max(amax, axis=0), 1e-12), 448.0)
         tl.store(SCALE + row, scale)
     for k0 in range(0, num_cols, BLOCK_K):
         offs = k0 + tl.arange(0, BLOCK_K)
         ok = offs < num_cols
         x = tl.load(x_row + offs, mask=ok, other=0.0).to(tl.float32)
-        y = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -448.0), 448.0)
+        y = tl.minimum(tl.maximum(_div_rn(x, scale), -448.0), 448.0)
         if EXACT_FP8:
             r = round_to_e4m3(y)
             y = tl.where(r == 0.0, y * 0.0, r)  # keep the sign of zero, as the hardware conversion does

@@ -214,15 +214,26 @@ class Fp8Linear(nn.Module):
         return out.reshape(*lead, self.out_features)
 
 
+_BIAS_IN_EPILOGUE = {"tensorwise": True, "rowwise": True}  # False once a torch build refused it
+
+
 def _scaled_mm(x8, sx, w8, sw, bias, out_dtype):
-    """``torch._scaled_mm``: tensorwise when both scales are single numbers, rowwise otherwise."""
+    """``torch._scaled_mm``: tensorwise when both scales are single numbers, rowwise otherwise; the bias
+    added in its fp32 epilogue (a build that refuses that: added after, one more rounding)."""
     m, n = x8.shape[0], w8.shape[0]
     if sx.numel() == 1 and sw.numel() == 1:
-        sx, sw = sx.reshape(()), sw.reshape(())
+        kind, sx, sw = "tensorwise", sx.reshape(()), sw.reshape(())
     else:
+        kind = "rowwise"
         sx = sx.reshape(-1, 1).expand(m, 1).contiguous()
         sw = sw.reshape(1, -1).expand(1, n).contiguous()
-    return torch._scaled_mm(x8, w8.t(), scale_a=sx, scale_b=sw, bias=bias, out_dtype=out_dtype)
+    if bias is not None and _BIAS_IN_EPILOGUE[kind]:
+        try:
+            return torch._scaled_mm(x8, w8.t(), scale_a=sx, scale_b=sw, bias=bias, out_dtype=out_dtype)
+        except RuntimeError:
+            _BIAS_IN_EPILOGUE[kind] = False
+    out = torch._scaled_mm(x8, w8.t(), scale_a=sx, scale_b=sw, out_dtype=out_dtype)
+    return out if bias is None else out + bias
 
 
 # ----------------------------------------------------------------------------------------------
