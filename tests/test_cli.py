@@ -129,7 +129,7 @@ def test_help_lists_every_flag(capsys):
 
 
 @pytest.mark.parametrize("value,want", [("bf16", "bf16"), ("bfloat16", "bf16"), ("float32", "fp32"),
-                                        ("auto", "auto"), ("fp16", "fp16")])
+                                        ("auto", "auto"), ("fp16", "fp16"), ("fp8", "fp8")])
 def test_precision_is_one_vocabulary(value, want):
     """`vidtrt run --precision` takes `vidtrt build`'s names; --dtype and torch's names stay as aliases."""
     from vidtrt.config.model_config import resolve_precision
