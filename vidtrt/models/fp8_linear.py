@@ -41,15 +41,24 @@ ACTIVATION_SCALES = ("dynamic-token", "dynamic-tensor")  # without a quantizatio
 WEIGHT_SCALES = ("channel", "tensor")
 
 # Linear layers of HunyuanVideoTransformer3D that stay bf16 (fnmatch patterns over named_modules()).
-# They are tiny next to the 60 blocks' token-wise GEMMs (M = batch, or the <= 256 text tokens of the
-# refiner), so FP8 buys no time there, and they set what every token sees: the conditioning embedders,
-# the token refiner, the adaLN modulation (shift / scale / gate of all tokens at once) and the final
-# projection to the velocity. Measured on random weights in tests/test_fp8_linear.py and the GPU check.
+#  * The conditioning embedders, the token refiner, the adaLN modulation and the final projection: tiny
+#    next to the blocks' token-wise GEMMs (M = batch, or the <= 256 text tokens of the refiner), so FP8
+#    buys no time there, and they set what every token sees (the final projection in FP8 alone moved the
+#    tiny / small DiT output cosine from 0.99999 to 0.9994).
+#  * The MLPs' output projections (``ff.net.2``, ``ff_context.net.2``, the single blocks' ``proj_out``,
+#    K = 12288 / 15360): half the FP8 error of the blocks (full-width DiT, 2 + 4 blocks, random weights:
+#    cosine 0.99853 for these layers alone, 0.99689 for all), for almost no time: rowwise ``_scaled_mm``
+#    is slow at that K on Hopper (H200: 820 TFLOP/s vs bf16 725) and quantizing their wide inputs costs
+#    about what the GEMM saves. Opt in with ``Fp8LinearConfig(keep_bf16=...)`` (static per-tensor scales
+#    run them tensorwise, ~1150 TFLOP/s).
+# Measured in tests/test_fp8_linear.py, docs/fp8-gemm.md and benchmarks/gpu_fp8_gemm_check.py.
 DEFAULT_KEEP_BF16 = (
     "time_text_embed.*",
     "context_embedder.*",
     "*norm*.linear",
     "proj_out",
+    "*.net.2",
+    "single_transformer_blocks.*.proj_out",
 )
 
 
