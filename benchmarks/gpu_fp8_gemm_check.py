@@ -17,7 +17,9 @@ Phases (each recorded; a failing one does not stop the others):
     bare ``_scaled_mm``;
  4. dit_step: one full-size DiT step at 720x1280x129 (random bf16 weights): bf16 + cuDNN SDPA, then
     the same model swapped to FP8 GEMMs + FP8 attention (``--precision fp8``): s/step (target <= 16 s)
-    and output cosine vs bf16 (>= 0.995).
+    and output cosine vs bf16 (>= 0.995);
+ 5. layer_sets (if time is left): the full-depth DiT at 320x512x33 (5,760 image tokens), output cosine vs
+    bf16 for several FP8 layer sets / scale modes (what decides ``DEFAULT_KEEP_BF16``).
 The ratio (bf16 SDPA step / FP8 step) is the last line. Output: benchmarks/results/<date>-<device>-fp8-gemm.json
 and .md (copies in $OUT when set).
 """
@@ -256,6 +258,54 @@ def dit_step(device: str, smoke: bool, budget_s: float) -> dict:
     return {"rows": rows, "checks": checks}
 
 
+LAYER_SETS = {  # name -> (Fp8LinearConfig kwargs, attention backend)
+    "default": ({}, "sdpa"),
+    "default, dynamic-tensor": ({"activations": "dynamic-tensor"}, "sdpa"),
+    "every block GEMM": ({"keep_bf16": ("time_text_embed.*", "context_embedder.*", "*norm*.linear", "proj_out")},
+                         "sdpa"),
+    "default + FP8 attention": ({}, "fp8"),
+}
+
+
+def layer_sets(device: str, smoke: bool, budget_s: float) -> dict:
+    """Output cosine vs bf16 of the full-depth DiT (random weights) per FP8 layer set, at a small size."""
+    import dataclasses
+
+    from vidtrt.config.model_config import TransformerConfig, tiny_config
+    from vidtrt.models.fp8_linear import Fp8LinearConfig, swap_linears_to_fp8
+    from vidtrt.runtime.fp8_engine import fp8_default_attention
+
+    t0 = time.perf_counter()
+    config = tiny_config().transformer if smoke else TransformerConfig()
+    dtype = torch.float32 if smoke else torch.bfloat16
+    size = (5, 32, 48) if smoke else (33, 320, 512)
+    inputs = bench_dit_step.make_inputs(config, *size, 8 if smoke else 256, 5 if smoke else 200, device, dtype)
+    checks: list = []
+    rows = []
+    ref = None
+    for name, (kwargs, attention) in [("bf16", ({}, "sdpa")), *LAYER_SETS.items()]:
+        if rows and time.perf_counter() - t0 > budget_s * 0.8:
+            rows.append({"set": name, "skipped": "time budget"})
+            continue
+        model = bench_dit_step.build_model(config, device, dtype)
+        if name != "bf16":
+            swap_linears_to_fp8(model, None, Fp8LinearConfig(**dataclasses.asdict(Fp8LinearConfig()) | kwargs))
+        if attention == "fp8":
+            attention = fp8_default_attention(torch.device(device), config.attention_head_dim)
+        with torch.inference_mode(), bench_dit_step._kernels(attention).active():
+            out = model(**inputs).float().cpu()
+        del model
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        if ref is None:
+            ref = out
+            continue
+        cos = cosine_similarity(out, ref)
+        rows.append({"set": name, "attention": attention, "cos_vs_bf16": round(cos, 6)})
+        _check(checks, f"full-depth DiT {'x'.join(map(str, size))}, {name}: cosine vs bf16", cos, None)
+    return {"rows": rows, "checks": checks, "size": list(size)}
+
+
 # ----------------------------------------------------------------------------------------------
 # Report
 # ----------------------------------------------------------------------------------------------
@@ -279,7 +329,8 @@ def environment(device: str) -> dict:
 
 
 def all_checks(report: dict) -> list[dict]:
-    return [c for key in ("quantizer", "gemm_correctness", "dit_step") for c in report.get(key, {}).get("checks", [])]
+    keys = ("quantizer", "gemm_correctness", "dit_step", "layer_sets")
+    return [c for key in keys for c in report.get(key, {}).get("checks", [])]
 
 
 def to_markdown(report: dict) -> str:
@@ -313,6 +364,13 @@ def to_markdown(report: dict) -> str:
             lines.append(f"| {r['backend']} | {r.get('attention', r['backend'])} | {step} | "
                          f"{r.get('first_step_s', '')} | {r.get('peak_mem_gib', '')} | {r.get('weights_gib', '')} | "
                          f"{r.get('cos_vs_sdpa', '')} |")
+        lines.append("")
+    if report.get("layer_sets", {}).get("rows"):
+        size = "x".join(map(str, report["layer_sets"]["size"]))
+        lines += [f"## FP8 layer sets (full-depth DiT, {size}, random weights)", "",
+                  "| set | attention | cosine vs bf16 |", "|---|---|---|"]  # fmt: skip
+        lines += [f"| {r['set']} | {r.get('attention', '')} | {r.get('cos_vs_bf16', r.get('skipped', ''))} |"
+                  for r in report["layer_sets"]["rows"]]  # fmt: skip
         lines.append("")
     if report.get("errors"):
         lines += ["## Errors", ""] + [f"- {k}: {v.splitlines()[-1] if v else ''}" for k, v in report["errors"].items()]
@@ -372,6 +430,7 @@ def main(argv=None) -> int:
     phase("gemm_bench", lambda: gemm_bench(device, smoke), need_s=0 if smoke else 30)
     if not a.quick:
         phase("dit_step", lambda: dit_step(device, smoke, max(left() - 5, 0)), need_s=0 if smoke else 150)
+        phase("layer_sets", lambda: layer_sets(device, smoke, max(left() - 5, 0)), need_s=0 if smoke else 40)
     save()
     failed = [c["check"] for c in all_checks(report) if not c["ok"]]
     log(f"== done in {time.perf_counter() - t_start:.0f} s: {json_path}")

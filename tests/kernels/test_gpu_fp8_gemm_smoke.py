@@ -27,9 +27,12 @@ def test_gpu_fp8_gemm_check_smoke(tmp_path):
     report = json.loads(report_path.read_text())
     assert report["environment"]["vidtrt_from"] == str((copy / "vidtrt").resolve())
     assert report["errors"] == {}
-    checks = [c for k in ("quantizer", "gemm_correctness", "dit_step") for c in report[k]["checks"]]
+    checks = [c for k in ("quantizer", "gemm_correctness", "dit_step", "layer_sets") for c in report[k]["checks"]]
     assert len(checks) >= 20 and all(c["ok"] for c in checks)
     assert {r["backend"] for r in report["dit_step"]["rows"]} == {"sdpa", "fp8"}
     assert {r["method"] for r in report["gemm_bench"]} >= {"bf16 F.linear", "fp8 layer, per-token (rowwise)"}
     assert proc.stdout.strip().splitlines()[-1].startswith("DiT step (smoke) fp8 GEMMs + FP8 attention")
-    assert "## GEMMs at the DiT's shapes" in report_path.with_suffix(".md").read_text()
+    assert [r["set"] for r in report["layer_sets"]["rows"]] == [
+        "default", "default, dynamic-tensor", "every block GEMM", "default + FP8 attention"]  # fmt: skip
+    md = report_path.with_suffix(".md").read_text()
+    assert "## GEMMs at the DiT's shapes" in md and "## FP8 layer sets" in md
