@@ -5,8 +5,10 @@
     python benchmarks/bench_dit_step.py --smoke               # tiny DiT on CPU (interpreter), checks the script
 
 Backends: ``sdpa`` (PyTorch attention + the unfused norm/RoPE), ``triton`` (flash-attention kernel
-+ fused QK-norm/RoPE kernel), ``triton-fp8`` (FP8 attention + fused QK-norm/RoPE). The weights are
-random (normal, std 0.02; norms 1), so timings are real and outputs only compare backends.
++ fused QK-norm/RoPE kernel), ``triton-fp8`` (FP8 attention + fused QK-norm/RoPE), ``fp8`` (what
+``--precision fp8`` runs: the blocks' Linear layers as FP8 GEMMs, ``vidtrt.models.fp8_linear``, plus FP8
+attention, ``triton-fp8-tma`` on Hopper; measured last, as the model is swapped to FP8 in place). The
+weights are random (normal, std 0.02; norms 1), so timings are real and outputs only compare backends.
 The text has ``--text-valid`` real tokens of 256 (the rest is padding, given as key lengths).
 """
 
@@ -24,7 +26,8 @@ if "--smoke" in sys.argv:
 
 import torch  # noqa: E402
 
-BACKENDS = ("sdpa", "triton", "triton-fp8", "triton-tma", "triton-fp8-tma")  # the last ones go first when time is short
+BACKENDS = ("sdpa", "triton", "triton-fp8", "triton-tma", "triton-fp8-tma", "fp8")  # later ones are skipped first
+FP8 = "fp8"  # FP8 GEMMs + FP8 attention
 
 
 from _bootstrap import bootstrap  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
@@ -64,10 +67,26 @@ def make_inputs(config, frames: int, height: int, width: int, text_len: int, tex
 
 
 def _kernels(backend: str):
-    """The engine's kernel choice for one backend: the Triton backends also fuse norm + RoPE."""
+    """The engine's kernel choice for one attention backend: the Triton backends also fuse norm + RoPE."""
     from vidtrt.runtime.pipeline import KernelChoice
 
     return KernelChoice(backend, fused_rope=backend != "sdpa")
+
+
+def swap_to_fp8(model, device: str, fp8_config=None) -> dict:
+    """Swap ``model``'s Linear layers to FP8 in place (as ``--precision fp8`` does); returns what it did and
+    the attention backend the fp8 row runs with."""
+    from vidtrt.models.fp8_linear import Fp8LinearConfig, fp8_weight_bytes, swap_linears_to_fp8
+    from vidtrt.runtime.fp8_engine import fp8_default_attention
+
+    config = fp8_config or Fp8LinearConfig()
+    t0 = time.perf_counter()
+    names = swap_linears_to_fp8(model, None, config)
+    _sync(device)
+    fp8_bytes, other = fp8_weight_bytes(model)
+    return {"attention": fp8_default_attention(torch.device(device), model.config.attention_head_dim),
+            "fp8_layers": len(names), "fp8_activations": config.activations, "fp8_weights": config.weights,
+            "swap_s": round(time.perf_counter() - t0, 2), "weights_gib": round((fp8_bytes + other) / 2**30, 2)}
 
 
 def _sync(device):
@@ -77,7 +96,7 @@ def _sync(device):
 
 def run(height: int = 544, width: int = 960, frames: int = 129, text_len: int = 256, text_valid: int = 200,
         backends=BACKENDS, steps: int = 2, device: str | None = None, smoke: bool = False,
-        time_budget_s: float | None = None, log=print) -> list[dict]:
+        time_budget_s: float | None = None, log=print, fp8_config=None) -> list[dict]:
     bootstrap()
     from vidtrt.config.model_config import TransformerConfig, tiny_config
 
@@ -94,6 +113,7 @@ def run(height: int = 544, width: int = 960, frames: int = 129, text_len: int = 
     n_img = lat[2] * (lat[3] // 2) * (lat[4] // 2)
     rows: list[dict] = []
     outputs: dict[str, torch.Tensor] = {}
+    backends = [b for b in backends if b != FP8] + [b for b in backends if b == FP8]  # the swap is one-way
     for backend in backends:
         if time_budget_s is not None and rows:
             spent = time.perf_counter() - t_start
@@ -102,9 +122,16 @@ def run(height: int = 544, width: int = 960, frames: int = 129, text_len: int = 
                 log(f"  {backend}: skipped (time budget)")
                 rows.append({"backend": backend, "skipped": "time budget"})
                 continue
+        extra: dict = {}
+        attention = backend
+        if backend == FP8:
+            extra = swap_to_fp8(model, device, fp8_config)
+            attention = extra["attention"]
+            log(f"  fp8: {extra['fp8_layers']} Linear layers swapped in {extra['swap_s']} s, weights "
+                f"{extra['weights_gib']} GiB, attention {attention}")
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        with torch.inference_mode(), _kernels(backend).active():
+        with torch.inference_mode(), _kernels(attention).active():
             t0 = time.perf_counter()
             out = model(**inputs)  # warm-up: compiles / autotunes the kernels
             _sync(device)
@@ -119,7 +146,7 @@ def run(height: int = 544, width: int = 960, frames: int = 129, text_len: int = 
         row = {"backend": backend, "height": height, "width": width, "frames": frames, "image_tokens": n_img,
                "text_tokens": text_len, "text_valid": text_valid, "seq": n_img + text_len,
                "first_step_s": round(first, 3), "s_per_step": round(min(times), 4),
-               "steps_timed": steps, "finite": bool(torch.isfinite(out).all())}  # fmt: skip
+               "steps_timed": steps, "finite": bool(torch.isfinite(out).all()), **extra}  # fmt: skip
         if device == "cuda":
             row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         rows.append(row)
@@ -146,6 +173,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.smoke:
         backends = [b for b in a.backends if b != "triton-fp8"]  # the tiny DiT's head dim 16 is below FP8's 64
+        # (its fp8 row: FP8 GEMMs emulated on CPU with SDPA attention)
         rows = run(height=32, width=48, frames=5, text_len=8, text_valid=5, backends=backends, steps=1,
                    device="cpu", smoke=True)  # fmt: skip
     else:

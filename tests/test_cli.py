@@ -129,7 +129,7 @@ def test_help_lists_every_flag(capsys):
 
 
 @pytest.mark.parametrize("value,want", [("bf16", "bf16"), ("bfloat16", "bf16"), ("float32", "fp32"),
-                                        ("auto", "auto"), ("fp16", "fp16")])
+                                        ("auto", "auto"), ("fp16", "fp16"), ("fp8", "fp8")])
 def test_precision_is_one_vocabulary(value, want):
     """`vidtrt run --precision` takes `vidtrt build`'s names; --dtype and torch's names stay as aliases."""
     from vidtrt.config.model_config import resolve_precision
@@ -142,10 +142,10 @@ def test_precision_is_one_vocabulary(value, want):
 
 def test_bad_precision_is_one_line_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
-        main(["run", "a cat", "--precision", "fp8"])
+        main(["run", "a cat", "--precision", "int8"])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "invalid precision 'fp8'" in err and "['auto', 'fp32', 'bf16', 'fp16']" in err, err
+    assert "invalid precision 'int8'" in err and "['auto', 'fp32', 'bf16', 'fp16', 'fp8']" in err, err
 
 
 def _console_script() -> str:

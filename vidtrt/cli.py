@@ -54,9 +54,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     source = ModelSource.open(args.model)
     request = request.validate(source.config)  # fail fast, before loading any weights (and only once)
     if getattr(args, "engine", "torch") == "torch":
+        from vidtrt.config.model_config import resolve_precision
         from vidtrt.runtime.pipeline import check_run_choices
 
-        check_run_choices(args.device, args.attention, source.config.transformer.attention_head_dim)
+        check_run_choices(args.device, args.attention, source.config.transformer.attention_head_dim,
+                          resolve_precision(args.precision, args.device))
+    elif args.precision == "fp8":
+        raise ConfigError(f"--precision fp8 runs with --engine torch; the {args.engine} engine runs what "
+                          "`vidtrt export` wrote (accepted with it: auto, fp32)")
     if args.nproc_per_node != 1:
         from vidtrt.models.sequence_parallel import check_degree
 
@@ -85,13 +90,8 @@ def _load_pipeline(args, source):
 
     engine = getattr(args, "engine", "torch")
     if engine == "torch":
-        import torch
-
-        from vidtrt.config.model_config import PRECISION_DTYPES, resolve_precision
-
-        dtype = getattr(torch, PRECISION_DTYPES[resolve_precision(args.precision, args.device)])
-        return HunyuanVideoPipeline.from_model(source, device=args.device, dtype=dtype, attention=args.attention,
-                                               sp_degree=args.nproc_per_node)
+        return HunyuanVideoPipeline.from_model(source, device=args.device, attention=args.attention,
+                                               precision=args.precision, sp_degree=args.nproc_per_node)
     from vidtrt.runtime.engine_components import load_pipeline_with_engine
 
     return load_pipeline_with_engine(source, engine, args.artifacts, threads=args.threads)
@@ -122,9 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: triton on CUDA, sdpa on CPU)")
     run.add_argument("--device", default="cpu", help="torch device for --engine torch: cpu (default) or cuda")
     run.add_argument("--precision", "--dtype", dest="precision", default="auto", type=_precision,
-                     metavar="{auto,fp32,bf16,fp16}",
+                     metavar="{auto,fp32,bf16,fp16,fp8}",
                      help="weights/activations precision for --engine torch, as `vidtrt build --precision` "
-                          "(auto: bf16 on CUDA, fp32 on CPU); --dtype and the torch names (bfloat16) still work")
+                          "(auto: bf16 on CUDA, fp32 on CPU; fp8: the DiT's GEMMs and attention in FP8 e4m3, "
+                          "the rest bf16, CUDA 8.9+ or emulated on CPU); --dtype and the torch names "
+                          "(bfloat16) still work")
     run.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
                      help="run the DiT over N processes (Ulysses sequence parallelism; on CUDA one GPU each from "
                           "--device on); default 1. See docs/sequence-parallel.md")

@@ -21,8 +21,11 @@ from vidtrt.errors import ConfigError, InvalidRequestError
 VIDTRT_JSON = "vidtrt.json"  # optional overrides written next to model_index.json (text, tiling, defaults)
 
 # The one precision vocabulary (CLI flags, repositories, component models): name -> torch dtype name.
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp8")
 PRECISION_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+# fp8: the DiT's token-wise Linear layers as FP8 e4m3 GEMMs (vidtrt.models.fp8_linear) and FP8 attention;
+# everything else (norms, modulation, embedders, VAE, text encoders) in this dtype. Engines: torch.
+FP8_COMPUTE_DTYPE = "bfloat16"
 _PRECISION_ALIASES = {v: k for k, v in PRECISION_DTYPES.items()}  # torch spellings, as `--dtype` took them
 
 
@@ -36,11 +39,16 @@ def precision_name(value: str) -> str:
 
 
 def resolve_precision(value: str, device: str) -> str:
-    """A concrete precision ("fp32" / "bf16" / "fp16"): "auto" is bf16 on CUDA, fp32 elsewhere."""
+    """A concrete precision ("fp32" / "bf16" / "fp16" / "fp8"): "auto" is bf16 on CUDA, fp32 elsewhere."""
     name = precision_name(value)
     if name != "auto":
         return name
     return "bf16" if str(device).startswith("cuda") else "fp32"
+
+
+def precision_dtype_name(precision: str) -> str:
+    """The torch dtype name modules are built in for a concrete precision (fp8: the unquantized parts')."""
+    return FP8_COMPUTE_DTYPE if precision == "fp8" else PRECISION_DTYPES[precision]
 
 
 def _from_dict(cls, data: dict[str, Any]):

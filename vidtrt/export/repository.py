@@ -98,8 +98,9 @@ def build_repository(
     folder moved elsewhere is named by ``$VIDTRT_MODEL_ROOT``), and ``artifacts`` are copied (hard-linked
     where possible) into the component models' version folders, so no host path is written anywhere.
 
-    ``precision``: weights/activations of the torch-engine components: ``fp32``, ``bf16``, ``fp16`` or
-    ``auto`` (bf16 on ``cuda``, fp32 on ``cpu``); the onnxruntime engine runs the exported fp32 ONNX.
+    ``precision``: weights/activations of the torch-engine components: ``fp32``, ``bf16``, ``fp16``,
+    ``fp8`` (the DiT's GEMMs and attention in FP8, the rest bf16) or ``auto`` (bf16 on ``cuda``, fp32 on
+    ``cpu``); the onnxruntime engine runs the exported fp32 ONNX.
     ``device``: ``cpu`` (instance_group KIND_CPU) or ``cuda`` (KIND_GPU: one instance per GPU listed by
     Triton, the component on that GPU). ``*_instances``: instances per device (each holds its own
     weights, so keep the DiT at 1 on GPUs; on CPU extra instances only help with spare cores).
@@ -146,8 +147,7 @@ def build_repository(
     elif quantized is not None:
         raise RepositoryError("--quantized needs --engine tensorrt --precision fp8")
     elif precision not in PRECISIONS:
-        raise RepositoryError(f"invalid precision {precision!r}: accepted {list(PRECISIONS)} "
-                              "(fp8: --engine tensorrt --precision fp8)")
+        raise RepositoryError(f"invalid precision {precision!r}: accepted {list(PRECISIONS)}")
     if engine == "onnxruntime" and precision not in ("auto", "fp32"):
         raise RepositoryError(f"precision {precision!r} needs --engine torch; the {engine} engine runs the "
                               "exported fp32 ONNX (accepted with it: 'auto', 'fp32')")
@@ -298,9 +298,10 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="where to write the repository (default build/model_repository)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="component instances on CPU (KIND_CPU) or on each GPU (KIND_GPU); default cpu")
-    parser.add_argument("--precision", default="auto", choices=list(dict.fromkeys([*PRECISIONS, "fp8"])),
-                        help="torch-engine components' dtype (auto: bf16 with --device cuda, fp32 on cpu); "
-                             "--engine tensorrt: bf16 or fp8 (auto = bf16)")
+    parser.add_argument("--precision", default="auto", choices=list(PRECISIONS),
+                        help="torch-engine components' dtype (auto: bf16 with --device cuda, fp32 on cpu; fp8: "
+                             "the DiT's GEMMs and attention in FP8 e4m3, the rest bf16); --engine tensorrt: bf16 "
+                             "or fp8 (auto = bf16)")
     parser.add_argument("--quantized", default=None, metavar="DIR",
                         help="--engine tensorrt --precision fp8: the `vidtrt quantize` state to export the FP8 DiT "
                              "from (when --artifacts holds no FP8 DiT)")

@@ -464,7 +464,7 @@ class HunyuanVideoTransformer3D(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.proj_out.weight.dtype
+        return self.x_embedder.proj.weight.dtype  # a conv: never an FP8 layer (fp8_linear)
 
     def _prepare_text(
         self, text: torch.Tensor, mask: torch.Tensor | None

@@ -368,22 +368,23 @@ def load_component(key: str, model: str | Path | ModelSource, engine: str = "tor
     decoder as the tile engine), on ``engine``.
 
     ``engine="torch"``: the project's PyTorch modules (:mod:`vidtrt.runtime.pipeline` loaders), exactly what
-    ``vidtrt run`` uses, in ``precision`` (fp32, bf16, fp16). ``onnxruntime`` / ``tensorrt``: the exported
-    artifacts in ``artifacts`` (fp32 only; ``threads`` / ``providers`` for onnxruntime). ``sp_degree`` > 1: the
-    torch DiT over that many processes (:mod:`vidtrt.runtime.parallel_dit`). Raises EngineError.
+    ``vidtrt run`` uses, in ``precision`` (fp32, bf16, fp16; fp8: the DiT with FP8 GEMMs and FP8 attention,
+    the text encoder and VAE in bf16). ``onnxruntime`` / ``tensorrt``: the exported artifacts in ``artifacts``
+    (fp32 only; ``threads`` / ``providers`` for onnxruntime). ``sp_degree`` > 1: the torch DiT over that many
+    processes (:mod:`vidtrt.runtime.parallel_dit`). Raises EngineError.
     """
     if key not in COMPONENT_LOADERS:
         raise EngineError(f"unknown component {key!r}; accepted {list(COMPONENT_LOADERS)}")
     source = ModelSource.open(model)
     if engine == "torch":
-        from vidtrt.config.model_config import PRECISION_DTYPES
+        from vidtrt.config.model_config import PRECISION_DTYPES, precision_dtype_name
         from vidtrt.runtime import pipeline
 
-        if precision not in PRECISION_DTYPES:
-            raise EngineError(f"invalid precision {precision!r}: accepted {list(PRECISION_DTYPES)}")
-        dtype = getattr(torch, PRECISION_DTYPES[precision])
-        if key == "dit" and sp_degree != 1:
-            return pipeline.torch_denoiser(source, device, dtype, sp_degree=sp_degree)
+        if precision not in (*PRECISION_DTYPES, "fp8"):
+            raise EngineError(f"invalid precision {precision!r}: accepted {[*PRECISION_DTYPES, 'fp8']}")
+        dtype = getattr(torch, precision_dtype_name(precision))
+        if key == "dit" and (precision == "fp8" or sp_degree != 1):
+            return pipeline.torch_denoiser(source, device, dtype, precision=precision, sp_degree=sp_degree)
         loader = {"text_encoder": pipeline.torch_text_encoder, "dit": pipeline.torch_denoiser,
                   "vae_decoder": pipeline.torch_tile_decoder}[key]
         return loader(source, device, dtype)

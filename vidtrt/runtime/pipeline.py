@@ -73,16 +73,23 @@ def select_kernels(device: str | torch.device, attention: str | None = None) -> 
     return choice
 
 
-def check_run_choices(device: str | torch.device, attention: str | None, head_dim: int) -> KernelChoice:
+def check_run_choices(device: str | torch.device, attention: str | None, head_dim: int,
+                      precision: str | None = None) -> KernelChoice:
     """What ``vidtrt run`` checks before any weights load: the device exists here, the attention backend is
     known, installed, runs on that device (our kernels: CUDA, or the Triton interpreter when
-    ``TRITON_INTERPRET=1``) and supports the model's ``head_dim``; TMA flavours need Hopper. ConfigError
-    (one line) otherwise; the kernel choice when all is well."""
+    ``TRITON_INTERPRET=1``) and supports the model's ``head_dim``; TMA flavours need Hopper; precision
+    ``fp8`` needs FP8 tensor cores on CUDA and defaults to FP8 attention. ConfigError (one line)
+    otherwise; the kernel choice when all is well."""
     import os
 
     from vidtrt.models.attention import KERNEL_BACKENDS
 
     dev = check_device(device)
+    if precision == "fp8":
+        from vidtrt.runtime.fp8_engine import check_fp8_device, fp8_default_attention
+
+        check_fp8_device(dev)
+        attention = attention or fp8_default_attention(dev, head_dim)
     name = attention or ("triton" if dev.type == "cuda" else "sdpa")
     if name in KERNEL_BACKENDS and dev.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ConfigError(f"attention backend {name!r} runs on CUDA only (--device cuda); accepted on CPU: 'sdpa'")
@@ -145,9 +152,21 @@ class TorchTileDecoder:
 
 
 def torch_denoiser(source: ModelSource, device="cpu", dtype=torch.float32, attention: str | None = None,
-                   sp_degree: int = 1) -> TorchDenoiser:
-    """The DiT of ``source`` on ``device`` in ``dtype`` as a Denoiser (``attention``: see select_kernels);
-    ``sp_degree`` > 1: over that many processes (:class:`vidtrt.runtime.parallel_dit.ParallelDenoiser`)."""
+                   *, sp_degree: int = 1, precision: str | None = None, fp8_amax=None) -> TorchDenoiser:
+    """The DiT of ``source`` on ``device`` in ``dtype`` as a Denoiser (``attention``: see select_kernels).
+
+    ``sp_degree`` > 1: over that many processes (:class:`vidtrt.runtime.parallel_dit.ParallelDenoiser`).
+    ``precision="fp8"``: bf16 with FP8 GEMMs and FP8 attention (:mod:`vidtrt.runtime.fp8_engine`;
+    ``dtype`` is ignored); ``fp8_amax``: a quantization state's amax map (static input scales). The two do
+    not combine (ConfigError)."""
+    if precision == "fp8":
+        from vidtrt.runtime.fp8_engine import load_fp8_transformer
+
+        if sp_degree != 1:
+            raise ConfigError(f"precision fp8 runs in one process; sequence parallelism (degree {sp_degree}) "
+                              "accepts fp32, bf16 or fp16")
+        kernels = check_run_choices(device, attention, source.config.transformer.attention_head_dim, "fp8")
+        return TorchDenoiser(load_fp8_transformer(source, device, fp8_amax), device, kernels)
     kernels = select_kernels(device, attention)
     if sp_degree != 1:
         from vidtrt.runtime.parallel_dit import ParallelDenoiser
@@ -167,18 +186,29 @@ def torch_text_encoder(source: ModelSource, device="cpu", dtype=torch.float32):
 
 
 def load_components(model: str | Path | ModelSource = "tiny", device: str = "cpu", dtype: torch.dtype = torch.float32,
-                    attention: str | None = None, sp_degree: int = 1) -> tuple[ModelConfig, Components]:
+                    attention: str | None = None, precision: str | None = None, fp8_amax=None,
+                    sp_degree: int = 1) -> tuple[ModelConfig, Components]:
     """Config and the three torch-engine components of a model ('tiny', a folder or a ModelSource).
-    ``device``, ``attention`` and ``sp_degree`` (DiT processes) are checked before any weight loads
-    (:func:`check_run_choices`)."""
+    ``device``, ``attention``, ``precision`` and ``sp_degree`` (DiT processes) are checked before any weight
+    loads (:func:`check_run_choices`). ``precision`` (fp32, bf16, fp16, fp8; None: ``dtype``) wins over
+    ``dtype``; fp8: the DiT's GEMMs and attention in FP8 (``fp8_amax``: static scales from a quantization
+    state), the rest bf16."""
+    from vidtrt.config.model_config import precision_dtype_name, resolve_precision
     from vidtrt.models.sequence_parallel import check_degree
 
     source = ModelSource.open(model)
-    check_run_choices(device, attention, source.config.transformer.attention_head_dim)
+    if precision is not None:
+        precision = resolve_precision(precision, str(device))
+        dtype = getattr(torch, precision_dtype_name(precision))
+    check_run_choices(device, attention, source.config.transformer.attention_head_dim, precision)
     check_degree(source.config.transformer.num_attention_heads, sp_degree)
+    if precision == "fp8" and sp_degree != 1:
+        raise ConfigError(f"precision fp8 runs in one process; sequence parallelism (degree {sp_degree}) "
+                          "accepts fp32, bf16 or fp16")
     components = Components(
         encode_text=torch_text_encoder(source, device, dtype),
-        dit=torch_denoiser(source, device, dtype, attention, sp_degree),
+        dit=torch_denoiser(source, device, dtype, attention, sp_degree=sp_degree, precision=precision,
+                           fp8_amax=fp8_amax),
         decode_tile=torch_tile_decoder(source, device, dtype),
     )
     return source.config, components
@@ -197,10 +227,12 @@ class HunyuanVideoPipeline:
 
     @classmethod
     def from_model(cls, model: str | Path | ModelSource = "tiny", device: str = "cpu", dtype=torch.float32,
-                   attention: str | None = None, sp_degree: int = 1):
+                   attention: str | None = None, precision: str | None = None, fp8_amax=None,
+                   sp_degree: int = 1):
         """The torch-engine pipeline of ``model`` ('tiny', 'small', a checkpoint folder or a ModelSource);
+        ``precision`` ("fp8", "bf16", ...; None: ``dtype``), ``fp8_amax``: see :func:`load_components`;
         ``sp_degree`` > 1 runs the DiT over that many processes (call :meth:`close` when done)."""
-        return cls(*load_components(model, device, dtype, attention, sp_degree))
+        return cls(*load_components(model, device, dtype, attention, precision, fp8_amax, sp_degree))
 
     def close(self) -> None:
         """Stop the DiT's worker processes, if it has any (sequence parallelism)."""
