@@ -71,7 +71,7 @@ class TileGrid(NamedTuple):
 
     @property
     def tiles(self) -> Triple:
-        return tuple(math.ceil(g / t) for g, t in zip(self.grid, self.tile))  # type: ignore[return-value]
+        return tuple(math.ceil(g / t) for g, t in zip(self.grid, self.tile, strict=True))  # type: ignore[return-value]
 
     @property
     def tile_tokens(self) -> int:
@@ -89,7 +89,7 @@ class TileGrid(NamedTuple):
     def tile_valid(self, device=None) -> torch.Tensor:
         """int64 [num_tiles]: valid tokens of each tile (tiles in t -> h -> w order)."""
         ext = []
-        for g, t, n in zip(self.grid, self.tile, self.tiles):
+        for g, t, n in zip(self.grid, self.tile, self.tiles, strict=True):
             ext.append(torch.clamp(g - torch.arange(n, device=device) * t, max=t))
         return (ext[0][:, None, None] * ext[1][None, :, None] * ext[2][None, None, :]).flatten()
 
@@ -189,7 +189,7 @@ def sliding_tile_layout(
     per_head = []
     for wt, wh, ww in _windows_per_head(window, heads):
         ok = torch.ones((n_tiles, n_tiles), dtype=torch.bool, device=device)
-        for axis, (w, n) in enumerate(zip((wt, wh, ww), (nt, nh, nw))):
+        for axis, (w, n) in enumerate(zip((wt, wh, ww), (nt, nh, nw), strict=True)):
             ok &= _axis_in_window(coords[:, None, axis], coords[None, :, axis], w, n)
         # [n_tiles (query), n_tiles * bpt (key blocks)] allowed, then the text blocks
         allowed = ok[:, :, None].expand(n_tiles, n_tiles, bpt).reshape(n_tiles, kb_img)
