@@ -34,6 +34,10 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
                         help="true classifier-free guidance scale; 1.0 = off (default), > 1 runs two DiT passes")
     parser.add_argument("--prompt-policy", choices=["truncate", "error"], default="truncate",
                         help="what to do with a prompt longer than the text encoder's limit")
+    parser.add_argument("--sparse-window", default=None, metavar="T,H,W",
+                        help="sliding-tile attention window in tiles, every layer (STA backends; model default)")
+    parser.add_argument("--sparse-steps", default=None, metavar="START:STOP",
+                        help="steps that run sliding-tile attention, e.g. 10: (STA backends; model default)")
     parser.add_argument("--fps", type=int, default=24, help=f"mp4 frame rate, 1..{MAX_FPS} (default 24)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -51,6 +55,8 @@ def request_from_args(args: argparse.Namespace) -> GenerationRequest:
         seed=args.seed,
         true_cfg_scale=args.true_cfg_scale,
         prompt_policy=args.prompt_policy,
+        sparse_window=getattr(args, "sparse_window", None),
+        sparse_steps=getattr(args, "sparse_steps", None),
     )
 
 

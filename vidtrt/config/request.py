@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 from vidtrt.config.model_config import ModelConfig
+from vidtrt.config.sparse_attention import parse_steps, parse_window
 from vidtrt.errors import InvalidRequestError
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,10 @@ class GenerationRequest:
     # What to do when the prompt has more tokens than the text encoder takes.
     prompt_policy: str = "truncate"
     output_format: str = "frames"
+    # Sliding-tile attention (STA backends only; None: the model's sparse_attention config):
+    # "t,h,w" window in tiles for every layer; "start:stop" / "start:" steps that run sparse.
+    sparse_window: str | None = None
+    sparse_steps: str | None = None
 
     def resolved(self, config: ModelConfig) -> GenerationRequest:
         """A copy with every ``None`` replaced by the model's default (not yet validated)."""
@@ -91,6 +96,10 @@ class GenerationRequest:
             raise InvalidRequestError("prompt_policy", r.prompt_policy, f"one of {list(PROMPT_POLICIES)}")
         if r.output_format not in OUTPUT_FORMATS:
             raise InvalidRequestError("output_format", r.output_format, f"one of {list(OUTPUT_FORMATS)}")
+        if r.sparse_window is not None:
+            parse_window(r.sparse_window)
+        if r.sparse_steps is not None:
+            parse_steps(r.sparse_steps, r.num_inference_steps)
         if r.negative_prompt is not None and not r.do_true_cfg:
             logger.warning("negative_prompt is ignored: true_cfg_scale is %g, and only true CFG (true_cfg_scale > 1, "
                            "two DiT calls per step) uses it", r.true_cfg_scale)

@@ -86,6 +86,8 @@ REQUEST_INPUTS: tuple[IOTensor, ...] = (
     IOTensor("prompt_policy", "TYPE_STRING", (1,), doc="'truncate' or 'error'"),
     IOTensor("output_format", "TYPE_STRING", (1,),
              doc="'frames' (video only) or 'mp4' (video + mp4 bytes)"),
+    IOTensor("sparse_window", "TYPE_STRING", (1,), doc="STA backends: 't,h,w' window in tiles (model default)"),
+    IOTensor("sparse_steps", "TYPE_STRING", (1,), doc="STA backends: 'start:stop' steps run sparse"),
 )
 
 RESPONSE_OUTPUTS: tuple[IOTensor, ...] = (

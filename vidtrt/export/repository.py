@@ -83,6 +83,7 @@ def build_repository(
     sync_instances: int = 1,
     fail_on_guidance: float | None = None,
     overwrite: bool = True,
+    attention: str | None = None,
 ) -> Path:
     """Write the repository for ``model`` ('tiny', a checkpoint folder or a ModelSource) to ``out_dir``;
     returns it. Model names come from the model's family (``hunyuan_video``, ``hunyuan_video_dit``, ...).
@@ -103,7 +104,8 @@ def build_repository(
     request inside ``execute``, so this is its concurrency; each is a process without weights).
     ``fail_on_guidance``: test-only; the DiT model fails requests whose
     embedded_guidance_scale equals it. ``overwrite``: replace a repository this function wrote before (never
-    a folder it did not write).
+    a folder it did not write). ``attention``: the torch-engine DiT's attention backend (as ``vidtrt run
+    --attention``; default: triton on cuda, sdpa on cpu).
     """
     from vidtrt import __version__
     from vidtrt.config import request_io
@@ -130,6 +132,12 @@ def build_repository(
     max_queue_size = DEFAULT_MAX_QUEUE if max_queue_size is None else max_queue_size
     if not isinstance(max_queue_size, int) or isinstance(max_queue_size, bool) or max_queue_size < 0:
         raise RepositoryError(f"invalid max_queue_size={max_queue_size!r}: accepted an integer >= 0 (0 = no bound)")
+    if attention is not None:
+        from vidtrt.models.attention import KERNEL_BACKENDS
+
+        if attention not in ("sdpa", *KERNEL_BACKENDS) or engine != "torch":
+            raise RepositoryError(f"invalid attention {attention!r}: accepted with engine 'torch' "
+                                  f"{['sdpa', *KERNEL_BACKENDS]}")
     if engine != "torch" and not artifacts:
         raise RepositoryError(f"engine {engine!r} needs --artifacts (the folder `vidtrt export` wrote)")
     if artifacts and not Path(artifacts).is_dir():
@@ -186,6 +194,8 @@ def build_repository(
         doc, per_call = COMPONENT_DOCS[key]
         n = instances[key]
         extra = f'parameters {{ key: "precision" value {{ string_value: "{precision}" }} }}\n'
+        if key == "dit" and attention is not None:
+            extra += f'parameters {{ key: "attention" value {{ string_value: "{attention}" }} }}\n'
         if key == "dit" and fail_on_guidance is not None:
             extra += ('# TEST ONLY: fail requests whose embedded_guidance_scale equals this value.\n'
                      f'parameters {{ key: "fail_on_guidance" value {{ string_value: "{fail_on_guidance:g}" }} }}\n')
@@ -228,6 +238,8 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="component instances on CPU (KIND_CPU) or on each GPU (KIND_GPU); default cpu")
     parser.add_argument("--precision", default="auto", choices=list(PRECISIONS),
                         help="torch-engine components' dtype (auto: bf16 with --device cuda, fp32 on cpu)")
+    parser.add_argument("--attention", default=None,
+                        help="torch-engine DiT attention backend, as `vidtrt run --attention` (e.g. triton-fp8-sta)")
     parser.add_argument("--dit-instances", type=int, default=1,
                         help="DiT model instances per device (each holds the weights; default 1)")
     parser.add_argument("--max-concurrent", type=int, default=4,
@@ -249,7 +261,7 @@ def build_main(args: argparse.Namespace) -> int:
         dit_instances=args.dit_instances, max_concurrent_generations=args.max_concurrent,
         max_queue_size=args.max_queue,
         sync_model=not args.no_sync_model, sync_instances=args.sync_instances,
-        overwrite=args.force or _is_vidtrt_repo(args.out),
+        overwrite=args.force or _is_vidtrt_repo(args.out), attention=args.attention,
     )
     manifest = json.loads((out / MARKER).read_text())
     print(f"wrote {out}")

@@ -23,7 +23,10 @@ Layout (what the block-sparse kernels read), for ``Hl`` = 1 (all heads alike) or
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import NamedTuple
 
 import torch
@@ -34,10 +37,12 @@ __all__ = [
     "BlockSparseLayout",
     "TileGrid",
     "block_sparse_reference",
+    "current_tile_window",
     "dense_mask_from_layout",
     "sliding_tile_layout",
     "sliding_tile_mask",
     "sliding_tile_reference",
+    "tile_window",
 ]
 
 Triple = tuple[int, int, int]
@@ -207,6 +212,24 @@ def sliding_tile_layout(
     kv_idx = torch.stack([i[:, :maxk] for i, _ in per_head]).contiguous()
     kv_cnt = torch.stack([c for _, c in per_head]).contiguous()
     return BlockSparseLayout(kv_idx, kv_cnt, kv_end, block_m, block_n, seq_len)
+
+
+_window: ContextVar = ContextVar("vidtrt_sta_window", default=None)
+
+
+@contextlib.contextmanager
+def tile_window(tiles: TileGrid, window) -> Iterator[None]:
+    """Within the block, this thread's STA attention calls use ``window`` over ``tiles`` (q, k, v in tile order)."""
+    token = _window.set((tiles, window))
+    try:
+        yield
+    finally:
+        _window.reset(token)
+
+
+def current_tile_window():
+    """(TileGrid, window) set by :func:`tile_window`, or None (the STA backends then attend densely)."""
+    return _window.get()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from vidtrt.config.model_config import TransformerConfig
 from vidtrt.models.attention import attention
 from vidtrt.models.rope import qk_norm_rope, rope_cos_sin
+from vidtrt.models.sparse_tiles import block_scope, tile_plan
 
 _LN_EPS = 1e-6
 _TIMESTEP_CHANNELS = 256
@@ -527,16 +528,23 @@ class HunyuanVideoTransformer3D(nn.Module):
         temb = self.time_text_embed(timestep, pooled_projections.to(dtype), guidance)
         img = self.x_embedder(hidden_states.to(dtype))  # [B, S_img, C]
         txt = self.context_embedder(text.to(dtype), timestep, text_lengths)  # [B, L', C]
+        # Sliding-tile attention (STA backends, sparse steps): image tokens in tile order until proj_out.
+        n_dual = len(self.transformer_blocks)
+        plan = tile_plan((t, h, w), n_dual + len(self.single_transformer_blocks), img.device, _exporting())
+        if plan is not None:
+            img, cos, sin = plan.enter(img, cos, sin)
         n_img = img.shape[1]
         key_lengths = None if text_lengths is None else text_lengths + n_img
 
-        for block in self.transformer_blocks:
-            img, txt = block(img, txt, temb, cos, sin, key_lengths)
+        for i, block in enumerate(self.transformer_blocks):
+            with block_scope(plan, i):
+                img, txt = block(img, txt, temb, cos, sin, key_lengths)
 
         x = torch.cat((img, txt), dim=1)
-        for block in self.single_transformer_blocks:
-            x = block(x, temb, cos, sin, n_img, key_lengths)
-        img = x[:, :n_img]
+        for i, block in enumerate(self.single_transformer_blocks):
+            with block_scope(plan, n_dual + i):
+                x = block(x, temb, cos, sin, n_img, key_lengths)
+        img = x[:, :n_img] if plan is None else plan.leave(x[:, :n_img])
 
         out = self.proj_out(self.norm_out(img, temb))  # [B, S_img, pt * p * p * C_out]
         out = out.reshape(b, t, h, w, c.out_channels, pt, p, p)

@@ -363,13 +363,14 @@ COMPONENT_LOADERS = {"text_encoder": engine_text_encoder, "dit": engine_dit, "va
 
 def load_component(key: str, model: str | Path | ModelSource, engine: str = "torch", *,
                    artifacts: str | Path | None = None, device: str = "cpu", precision: str = "fp32", threads: int = 0,
-                   providers: Sequence[str] | None = None):
+                   providers: Sequence[str] | None = None, attention: str | None = None):
     """The callable a Triton component model serves (``key``: text_encoder, dit or vae_decoder -- the
     decoder as the tile engine), on ``engine``.
 
     ``engine="torch"``: the project's PyTorch modules (:mod:`vidtrt.runtime.pipeline` loaders), exactly what
     ``vidtrt run`` uses, in ``precision`` (fp32, bf16, fp16). ``onnxruntime`` / ``tensorrt``: the exported
-    artifacts in ``artifacts`` (fp32 only; ``threads`` / ``providers`` for onnxruntime). Raises EngineError.
+    artifacts in ``artifacts`` (fp32 only; ``threads`` / ``providers`` for onnxruntime). ``attention``: the torch
+    DiT's attention backend (checked like ``vidtrt run --attention``). Raises EngineError / ConfigError.
     """
     if key not in COMPONENT_LOADERS:
         raise EngineError(f"unknown component {key!r}; accepted {list(COMPONENT_LOADERS)}")
@@ -382,6 +383,9 @@ def load_component(key: str, model: str | Path | ModelSource, engine: str = "tor
             raise EngineError(f"invalid precision {precision!r}: accepted {list(PRECISION_DTYPES)}")
         loader = {"text_encoder": pipeline.torch_text_encoder, "dit": pipeline.torch_denoiser,
                   "vae_decoder": pipeline.torch_tile_decoder}[key]
+        if key == "dit":
+            pipeline.check_run_choices(device, attention, source.config.transformer.attention_head_dim)
+            return loader(source, device, getattr(torch, PRECISION_DTYPES[precision]), attention)
         return loader(source, device, getattr(torch, PRECISION_DTYPES[precision]))
     if precision != "fp32":
         raise EngineError(f"precision {precision!r} needs engine 'torch'; the {engine} engine runs the exported "

@@ -20,6 +20,7 @@ from vidtrt.config.components import Components, TextEmbeddings
 from vidtrt.config.lifecycle import Deadline
 from vidtrt.config.model_config import ModelConfig
 from vidtrt.config.request import GenerationRequest
+from vidtrt.config.sparse_attention import sparse_step, step_schedule
 from vidtrt.errors import CancelledError, DeadlineExceededError, InvalidRequestError, NonFiniteError
 from vidtrt.runtime.scheduler import euler_step, flow_match_sigmas, initial_noise, timesteps_from_sigmas
 from vidtrt.video_io import to_uint8_frames
@@ -97,13 +98,17 @@ def denoise(
     guidance = torch.tensor([r.embedded_guidance_scale], dtype=torch.float32) * 1000.0
 
     total = r.num_inference_steps
+    tc = config.transformer
+    sparse_at = step_schedule(config.sparse_attention, tc.num_layers + tc.num_single_layers, r.sparse_window,
+                              r.sparse_steps, total)  # used by the STA attention backends only
     for i in range(total):
         check_cancel(should_cancel, deadline, f"before step {i + 1} of {total}")
         t = timesteps[i].expand(1)
-        velocity = components.dit(latents, t, text, guidance)
-        if negative is not None:
-            uncond = components.dit(latents, t, negative, guidance)
-            velocity = uncond + r.true_cfg_scale * (velocity - uncond)
+        with sparse_step(sparse_at(i)):
+            velocity = components.dit(latents, t, text, guidance)
+            if negative is not None:
+                uncond = components.dit(latents, t, negative, guidance)
+                velocity = uncond + r.true_cfg_scale * (velocity - uncond)
         latents = euler_step(latents, velocity, sigmas[i], sigmas[i + 1])
         if not bool(torch.isfinite(latents).all()):
             raise NonFiniteError(f"the DiT produced NaN/inf at denoising step {i + 1} of {total}{_OVERFLOW_HINT}")
