@@ -208,6 +208,8 @@ class VideoClient:
         progress: Callable[[Progress], None] | None = None,
         cancel: threading.Event | Callable[[], bool] | None = None,
         guidance_scale: float | None = None,
+        sparse_window: str | None = None,
+        sparse_steps: str | None = None,
     ) -> np.ndarray:
         """uint8 frames [num_frames, height, width, 3]; ``None`` arguments take the served model's defaults.
 
@@ -219,7 +221,8 @@ class VideoClient:
             prompt=prompt, negative_prompt=negative_prompt, height=height, width=width, num_frames=num_frames,
             num_inference_steps=num_inference_steps,
             embedded_guidance_scale=embedded_guidance(embedded_guidance_scale, guidance_scale), flow_shift=flow_shift,
-            seed=seed, true_cfg_scale=true_cfg_scale, prompt_policy=prompt_policy,
+            seed=seed, true_cfg_scale=true_cfg_scale, prompt_policy=prompt_policy, sparse_window=sparse_window,
+            sparse_steps=sparse_steps,
         )
         return self.run(request, progress=progress, cancel=cancel).frames
 

@@ -208,10 +208,13 @@ class HunyuanVideoPipeline:
         should_cancel: Callable[[], bool] | None = None,
         prompt_policy: str = "truncate",
         guidance_scale: float | None = None,
+        sparse_window: str | None = None,
+        sparse_steps: str | None = None,
     ) -> np.ndarray:
         """uint8 frames [num_frames, height, width, 3]; ``None`` arguments take the model's defaults.
 
-        ``guidance_scale``: diffusers' name for ``embedded_guidance_scale`` (give either)."""
+        ``guidance_scale``: diffusers' name for ``embedded_guidance_scale`` (give either).
+        ``sparse_window`` / ``sparse_steps``: sliding-tile attention (STA backends), see GenerationRequest."""
         embedded_guidance_scale = embedded_guidance(embedded_guidance_scale, guidance_scale)
         request = GenerationRequest(
             prompt=prompt,
@@ -225,6 +228,8 @@ class HunyuanVideoPipeline:
             seed=seed,
             true_cfg_scale=true_cfg_scale,
             prompt_policy=prompt_policy,
+            sparse_window=sparse_window,
+            sparse_steps=sparse_steps,
         )
         return self.run(request, progress, should_cancel)
 
