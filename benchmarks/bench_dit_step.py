@@ -5,7 +5,9 @@
     python benchmarks/bench_dit_step.py --smoke               # tiny DiT on CPU (interpreter), checks the script
 
 Backends: ``sdpa`` (PyTorch attention + the unfused norm/RoPE), ``triton`` (flash-attention kernel
-+ fused QK-norm/RoPE kernel), ``triton-fp8`` (FP8 attention + fused QK-norm/RoPE). The weights are
++ fused QK-norm/RoPE kernel), ``triton-fp8`` (FP8 attention + fused QK-norm/RoPE), ``triton-sta`` /
+``triton-fp8-sta`` (sliding-tile attention at the model config's tile and window, or ``--sparse-window``;
+every block sparse, as in a sparse step; ``cos_vs_sdpa`` is the output cosine vs dense). The weights are
 random (normal, std 0.02; norms 1), so timings are real and outputs only compare backends.
 The text has ``--text-valid`` real tokens of 256 (the rest is padding, given as key lengths).
 """
@@ -25,6 +27,7 @@ if "--smoke" in sys.argv:
 import torch  # noqa: E402
 
 BACKENDS = ("sdpa", "triton", "triton-fp8", "triton-tma", "triton-fp8-tma")  # the last ones go first when time is short
+SPARSE_BACKENDS = ("triton-sta", "triton-fp8-sta")
 
 
 from _bootstrap import bootstrap  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
@@ -75,11 +78,24 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+def _sparse_step(backend: str, config, sparse_window):
+    """The step every block of a sparse backend runs with (the model config's defaults, or one window)."""
+    from vidtrt.config.sparse_attention import SparseAttentionConfig, SparseStep
+
+    if backend not in SPARSE_BACKENDS:
+        return None
+    cfg = SparseAttentionConfig(**({"tile": (1, 4, 4)} if config.num_attention_heads <= 2 else {}))
+    n = config.num_layers + config.num_single_layers
+    window = tuple(sparse_window) if sparse_window else tuple(cfg.window)
+    return SparseStep(tuple(cfg.tile), (window,) * n)
+
+
 def run(height: int = 544, width: int = 960, frames: int = 129, text_len: int = 256, text_valid: int = 200,
         backends=BACKENDS, steps: int = 2, device: str | None = None, smoke: bool = False,
-        time_budget_s: float | None = None, log=print) -> list[dict]:
+        time_budget_s: float | None = None, log=print, sparse_window=None) -> list[dict]:
     bootstrap()
     from vidtrt.config.model_config import TransformerConfig, tiny_config
+    from vidtrt.config.sparse_attention import sparse_step
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     t_start = time.perf_counter()
@@ -104,7 +120,8 @@ def run(height: int = 544, width: int = 960, frames: int = 129, text_len: int = 
                 continue
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        with torch.inference_mode(), _kernels(backend).active():
+        step = _sparse_step(backend, config, sparse_window)
+        with torch.inference_mode(), _kernels(backend).active(), sparse_step(step):
             t0 = time.perf_counter()
             out = model(**inputs)  # warm-up: compiles / autotunes the kernels
             _sync(device)
@@ -120,6 +137,8 @@ def run(height: int = 544, width: int = 960, frames: int = 129, text_len: int = 
                "text_tokens": text_len, "text_valid": text_valid, "seq": n_img + text_len,
                "first_step_s": round(first, 3), "s_per_step": round(min(times), 4),
                "steps_timed": steps, "finite": bool(torch.isfinite(out).all())}  # fmt: skip
+        if step is not None:
+            row.update(tile=list(step.tile), window=list(step.windows[0]))
         if device == "cuda":
             row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         rows.append(row)
@@ -139,17 +158,19 @@ def main(argv=None) -> int:
     ap.add_argument("--width", type=int, default=960)
     ap.add_argument("--frames", type=int, default=129)
     ap.add_argument("--text-valid", type=int, default=200, help="real text tokens of 256")
-    ap.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    ap.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS + SPARSE_BACKENDS)
+    ap.add_argument("--sparse-window", type=int, nargs=3, default=None, metavar=("T", "H", "W"),
+                    help="window in tiles of the STA backends (default: the model config's)")
     ap.add_argument("--steps", type=int, default=2, help="timed steps per backend (after one warm-up step)")
     ap.add_argument("--smoke", action="store_true", help="tiny DiT on CPU through the Triton interpreter")
     ap.add_argument("--json", help="write the rows here")
     a = ap.parse_args(argv)
     if a.smoke:
-        backends = [b for b in a.backends if b != "triton-fp8"]  # the tiny DiT's head dim 16 is below FP8's 64
-        rows = run(height=32, width=48, frames=5, text_len=8, text_valid=5, backends=backends, steps=1,
-                   device="cpu", smoke=True)  # fmt: skip
+        backends = [b for b in a.backends if "fp8" not in b]  # the tiny DiT's head dim 16 is below FP8's 64
+        rows = run(height=64, width=64, frames=5, text_len=8, text_valid=5, backends=backends, steps=1,
+                   device="cpu", smoke=True, sparse_window=a.sparse_window)  # fmt: skip
     else:
-        rows = run(a.height, a.width, a.frames, 256, a.text_valid, a.backends, a.steps)
+        rows = run(a.height, a.width, a.frames, 256, a.text_valid, a.backends, a.steps, sparse_window=a.sparse_window)
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
     return 0

@@ -18,7 +18,7 @@ from vidtrt.errors import InvalidRequestError
 FULL = GenerationRequest(
     prompt="a cat walks on the grass", negative_prompt="blurry", height=64, width=96, num_frames=9,
     num_inference_steps=3, embedded_guidance_scale=6.0, flow_shift=7.0, seed=2**62 + 3, true_cfg_scale=1.5,
-    prompt_policy="error", output_format="mp4",
+    prompt_policy="error", output_format="mp4", sparse_window="1,1,2", sparse_steps="1:",
 )
 
 

@@ -189,6 +189,11 @@ def sliding_tile_layout(
     kclass = torch.where(kv_valid == block_n, 0, torch.where(kv_valid == 0, 2, 1))
     text_blocks = torch.arange(kb_img, nkb, device=device)
 
+    # query blocks holding only padding rows (tiles cut by the grid's edge) visit nothing
+    qb = torch.arange(nqb, device=device)
+    qpt = tt // block_m
+    q_valid = valid[torch.clamp(qb // qpt, max=n_tiles - 1)] - (qb % qpt) * block_m
+    q_live = ((qb >= n_tiles * qpt) | (q_valid > 0)).long()
     coords = torch.stack(torch.meshgrid(torch.arange(nt, device=device), torch.arange(nh, device=device),
                                         torch.arange(nw, device=device), indexing="ij"), -1).reshape(-1, 3)
     per_head = []
@@ -204,8 +209,8 @@ def sliding_tile_layout(
         rows = torch.cat((rows, torch.ones((nqb, len(text_blocks)), dtype=torch.bool, device=device)), 1)
         key = torch.where(rows, kclass[None, :], 3)  # 3: not in the window
         order = torch.sort(key, dim=1, stable=True)
-        n_full = (key == 0).sum(1)
-        n_all = ((key == 0) | (key == 1)).sum(1)
+        n_full = (key == 0).sum(1) * q_live
+        n_all = ((key == 0) | (key == 1)).sum(1) * q_live
         per_head.append((order.indices.to(torch.int32), torch.stack((n_full, n_all), 1).to(torch.int32)))
     maxk = max(int(c[:, 1].max()) for _, c in per_head) if nqb else 0
     maxk = max(maxk, 1)
