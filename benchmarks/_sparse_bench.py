@@ -56,51 +56,58 @@ def sparse_rows(seq: int, grid, n_text: int, batch: int, heads: int, head_dim: i
                 tile=DEFAULT_TILE, tma: bool = True) -> list[dict]:
     """Rows for every (window name, flavour): ms, TFLOP/s on visited blocks, density, speedup vs ``dense_ms``
     (flavour -> ms of the dense kernel at ``seq``: ``bf16``, ``bf16-tma``, ``fp8``, ``fp8-tma``)."""
+    rows = []
+    for wname, window in windows.items():
+        rows += _window_rows(seq, grid, n_text, batch, heads, head_dim, dtype, device, text_valid, dense_ms,
+                             bench_ms, log, wname, window, tile, tma)
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def _window_rows(seq, grid, n_text, batch, heads, head_dim, dtype, device, text_valid, dense_ms, bench_ms, log,
+                 wname, window, tile, tma) -> list[dict]:
     from vidtrt.kernels.attention_fp8 import quantize_qkv_fp8
     from vidtrt.kernels.block_sparse import block_sparse_attention, block_sparse_attention_fp8
 
     rows = []
     n_img = grid[0] * grid[1] * grid[2]
     dense_flops = 4.0 * batch * heads * head_dim * seq * seq
-    for wname, window in windows.items():
-        tiles, layout, s_pad = sparse_case(grid, n_text, window, tile, device)
-        pairs = visited_pairs(layout) * (heads if layout.kv_idx.shape[0] == 1 else 1)
-        flops = 4.0 * batch * head_dim * layout.block_m * layout.block_n * pairs
-        density = flops / dense_flops
-        torch.manual_seed(0)
-        q, k, v = (torch.randn(batch, s_pad, heads, head_dim, device=device, dtype=dtype) for _ in range(3))
-        kl = torch.full((batch,), tiles.padded_tokens + text_valid, dtype=torch.int32, device=device)
-        ops = quantize_qkv_fp8(q, k, v)
-        kw = dict(q_scale=ops.q_scale, k_scale=ops.k_scale, v_scale=ops.v_scale, quant_block=ops.quant_block,
-                  out_dtype=dtype)  # fmt: skip
-        flavours = {
-            "bf16": lambda: block_sparse_attention(q, k, v, layout, kl),
-            "fp8": lambda: block_sparse_attention_fp8(ops.q8, ops.k8, ops.v8, layout, kl, **kw),
-        }
-        if tma:
-            flavours["bf16-tma"] = lambda: block_sparse_attention(q, k, v, layout, kl, tma=True)
-            flavours["fp8-tma"] = lambda: block_sparse_attention_fp8(ops.q8, ops.k8, ops.v8, layout, kl, **kw, tma=True)
-        for flavour, fn in flavours.items():
-            method = f"sta-{flavour} {wname}"
-            try:
-                fn()
-                ms = bench_ms(fn, device, device == "cuda")
-            except Exception as e:  # noqa: BLE001 - one failing flavour must not hide the others
-                rows.append({"seq": seq, "method": method, "error": str(e).splitlines()[0][:200]})
-                log(f"  S={seq:>7} {method:<28} failed: {str(e).splitlines()[0][:100]}")
-                continue
-            base = dense_ms.get(flavour)
-            row = {"seq": seq, "method": method, "ms": round(ms, 4),
-                   "tflops": round(flops / (ms * 1e-3) / 1e12, 2), "density": round(density, 4),
-                   "window": [list(w) for w in window] if isinstance(window[0], tuple) else list(window),
-                   "tile": list(tile), "padded_seq": s_pad, "image_tokens": n_img,
-                   "speedup_vs_dense": round(base / ms, 3) if base else None}  # fmt: skip
-            rows.append(row)
-            log(f"  S={seq:>7} {method:<28} {ms:10.3f} ms  {row['tflops']:8.1f} TFLOP/s (visited)  "
-                f"density {density:.3f}  speedup {row['speedup_vs_dense']}x")
-        del q, k, v, ops
-        if device == "cuda":
-            torch.cuda.empty_cache()
+    tiles, layout, s_pad = sparse_case(grid, n_text, window, tile, device)
+    pairs = visited_pairs(layout) * (heads if layout.kv_idx.shape[0] == 1 else 1)
+    flops = 4.0 * batch * head_dim * layout.block_m * layout.block_n * pairs
+    density = flops / dense_flops
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(batch, s_pad, heads, head_dim, device=device, dtype=dtype) for _ in range(3))
+    kl = torch.full((batch,), tiles.padded_tokens + text_valid, dtype=torch.int32, device=device)
+    ops = quantize_qkv_fp8(q, k, v)
+    kw = dict(q_scale=ops.q_scale, k_scale=ops.k_scale, v_scale=ops.v_scale, quant_block=ops.quant_block,
+              out_dtype=dtype)  # fmt: skip
+    flavours = {
+        "bf16": lambda: block_sparse_attention(q, k, v, layout, kl),
+        "fp8": lambda: block_sparse_attention_fp8(ops.q8, ops.k8, ops.v8, layout, kl, **kw),
+    }
+    if tma:
+        flavours["bf16-tma"] = lambda: block_sparse_attention(q, k, v, layout, kl, tma=True)
+        flavours["fp8-tma"] = lambda: block_sparse_attention_fp8(ops.q8, ops.k8, ops.v8, layout, kl, **kw, tma=True)
+    for flavour, fn in flavours.items():
+        method = f"sta-{flavour} {wname}"
+        try:
+            fn()
+            ms = bench_ms(fn, device, device == "cuda")
+        except Exception as e:  # noqa: BLE001 - one failing flavour must not hide the others
+            rows.append({"seq": seq, "method": method, "error": str(e).splitlines()[0][:200]})
+            log(f"  S={seq:>7} {method:<28} failed: {str(e).splitlines()[0][:100]}")
+            continue
+        base = dense_ms.get(flavour)
+        row = {"seq": seq, "method": method, "ms": round(ms, 4),
+               "tflops": round(flops / (ms * 1e-3) / 1e12, 2), "density": round(density, 4),
+               "window": [list(w) for w in window] if isinstance(window[0], tuple) else list(window),
+               "tile": list(tile), "padded_seq": s_pad, "image_tokens": n_img,
+               "speedup_vs_dense": round(base / ms, 3) if base else None}  # fmt: skip
+        rows.append(row)
+        log(f"  S={seq:>7} {method:<28} {ms:10.3f} ms  {row['tflops']:8.1f} TFLOP/s (visited)  "
+            f"density {density:.3f}  speedup {row['speedup_vs_dense']}x")
     return rows
 
 

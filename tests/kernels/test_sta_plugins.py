@@ -43,7 +43,7 @@ def test_launch_scalars_are_the_wrappers():
     layout = sliding_tile_layout(tiles, [(3, 1, 1), (1, 1, 1)], s, 128, 64, heads=2)
     spec = aot.spec_from_request(REQS[0])
     dims = {"q": (1, s, 2, 128), "k": (1, s, 2, 128), "v": (1, s, 2, 128), "key_lengths": (1,),
-            "kv_idx": tuple(layout.kv_idx.shape), "kv_cnt": tuple(layout.kv_cnt.shape), "kv_end": tuple(layout.kv_end.shape)}
+            **{n: tuple(getattr(layout, n).shape) for n in ("kv_idx", "kv_cnt", "kv_end")}}
     grid, scalars = spec.launch(dims, aot.py_cdiv)
     assert grid == (layout.kv_idx.shape[1], 2, 1)
     named = dict(zip(spec.scalars, scalars, strict=True))
