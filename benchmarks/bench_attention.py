@@ -58,7 +58,7 @@ SMOKE_SPARSE = {80: ((2, 4, 8), 16)}  # CPU: 64 image tokens in tiles of 1 x 4 x
 
 
 def run(seqs=HUNYUAN_SEQS, batch: int = 1, heads: int = 24, head_dim: int = 128, dtype=torch.bfloat16,
-        device: str | None = None, text_pad: int = 56, log=print, sparse: bool = True) -> list[dict]:
+        device: str | None = None, text_pad: int = 56, log=print, sparse: bool = False) -> list[dict]:
     """One row per (S, method): ms, TFLOP/s; accuracy vs the best SDPA output (cosine)."""
     bootstrap()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -92,7 +92,8 @@ def _sparse_step(backend: str, config, sparse_window):
 
 def run(height: int = 544, width: int = 960, frames: int = 129, text_len: int = 256, text_valid: int = 200,
         backends=BACKENDS, steps: int = 2, device: str | None = None, smoke: bool = False,
-        time_budget_s: float | None = None, log=print, sparse_window=None) -> list[dict]:
+        time_budget_s: float | None = None, log=print, sparse_window=None, cos_ref: str = "sdpa") -> list[dict]:
+    """One row per backend; ``cos_vs_<cos_ref>``: output cosine vs that backend's (when it ran)."""
     bootstrap()
     from vidtrt.config.model_config import TransformerConfig, tiny_config
     from vidtrt.config.sparse_attention import sparse_step
@@ -144,11 +145,11 @@ def run(height: int = 544, width: int = 960, frames: int = 129, text_len: int = 
         rows.append(row)
         log(f"  {backend:<11} {row['s_per_step']:8.3f} s/step (first {first:.1f} s)"
             + (f"  peak {row.get('peak_mem_gib')} GiB" if device == "cuda" else ""))  # fmt: skip
-    base = outputs.get("sdpa")
+    base = outputs.get(cos_ref)
     for r in rows:
-        if base is not None and r.get("backend") in outputs and r["backend"] != "sdpa":
+        if base is not None and r.get("backend") in outputs and r["backend"] != cos_ref:
             a, b = outputs[r["backend"]].double().flatten(), base.double().flatten()
-            r["cos_vs_sdpa"] = round(float((a @ b) / (a.norm() * b.norm()).clamp_min(1e-300)), 6)
+            r[f"cos_vs_{cos_ref}"] = round(float((a @ b) / (a.norm() * b.norm()).clamp_min(1e-300)), 6)
     return rows
 
 

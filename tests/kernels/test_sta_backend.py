@@ -24,10 +24,13 @@ GRID = (3, 4, 6)
 TILE = (1, 4, 4)  # 16 tokens: 3 x 1 x 2 tiles, the w axis cut (6 = 4 + 2: padding rows)
 
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    m = HunyuanVideoTransformer3D(TransformerConfig(**CFG)).eval()
+    m = HunyuanVideoTransformer3D(TransformerConfig(**CFG)).eval().to(DEVICE)
     with torch.no_grad():  # adaLN / gates far from zero, so attention moves the output
         for p in m.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -39,9 +42,10 @@ def _inputs(seed=0):
     mask = torch.zeros(2, 8, dtype=torch.int64)
     mask[0, :7] = 1
     mask[1, :3] = 1
-    return dict(hidden_states=torch.randn(2, 16, *LATENT, generator=g), timestep=torch.tensor([500.0, 800.0]),
-                encoder_hidden_states=torch.randn(2, 8, 32, generator=g), encoder_attention_mask=mask,
-                pooled_projections=torch.randn(2, 16, generator=g), guidance=torch.tensor([6000.0, 6000.0]))
+    inputs = dict(hidden_states=torch.randn(2, 16, *LATENT, generator=g), timestep=torch.tensor([500.0, 800.0]),
+                  encoder_hidden_states=torch.randn(2, 8, 32, generator=g), encoder_attention_mask=mask,
+                  pooled_projections=torch.randn(2, 16, generator=g), guidance=torch.tensor([6000.0, 6000.0]))
+    return {k: v.to(DEVICE) for k, v in inputs.items()}
 
 
 def _run(model, backend, step=None):
