@@ -69,6 +69,7 @@ def _sparse_fwd_kernel(
     QK_SCALE: tl.constexpr,
     DOT_F32: tl.constexpr,
     KV_DESC: tl.constexpr = False,
+    WARP_SPEC: tl.constexpr = False,  # tl.range(warp_specialize=True) on the unmasked loop (Triton >= 3.4)
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -109,7 +110,7 @@ def _sparse_fwd_kernel(
         else:
             lo = n_full
             hi = n_all
-        for i in range(lo, hi):
+        for i in tl.range(lo, hi, warp_specialize=WARP_SPEC and stage == 0):
             start_n = tl.load(idx_base + i) * BLOCK_N
             if stage == 1:
                 n_ok = (start_n + offs_n) < tl.minimum(tl.load(KV_END + start_n // BLOCK_N), kl)
@@ -205,6 +206,7 @@ def _sparse_fwd_fp8_kernel(
     QK_SCALE: tl.constexpr,
     EXACT_FP8: tl.constexpr = False,
     KV_DESC: tl.constexpr = False,
+    WARP_SPEC: tl.constexpr = False,  # tl.range(warp_specialize=True) on the unmasked loop (Triton >= 3.4)
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -250,7 +252,7 @@ def _sparse_fwd_fp8_kernel(
         else:
             lo = n_full
             hi = n_all
-        for i in range(lo, hi):
+        for i in tl.range(lo, hi, warp_specialize=WARP_SPEC and stage == 0):
             start_n = tl.load(idx_base + i) * BLOCK_N
             if stage == 1:
                 n_ok = (start_n + offs_n) < tl.minimum(tl.load(KV_END + start_n // BLOCK_N), kl)
