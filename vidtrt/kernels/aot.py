@@ -158,7 +158,8 @@ def attention_spec(dtype: str = "bf16", head_dim: int = 128, tactic: int = 0, ar
         args += [_i(f"stride_{t}b", True), _i(f"stride_{t}s", True), _i(f"stride_{t}h", True)]
     args += [_p("out", "output", dtype)]
     const = {"HEAD_DIM": head_dim, "BLOCK_M": bm, "BLOCK_N": cfg["BLOCK_N"],
-             "QK_SCALE": LOG2E / math.sqrt(head_dim), "DOT_F32": False, "KV_DESC": False, "WARP_SPEC": False}  # fmt: skip
+             "QK_SCALE": LOG2E / math.sqrt(head_dim), "DOT_F32": False, "KV_DESC": False,
+             "WARP_SPEC": False}  # fmt: skip
 
     def launch(dims: Dims, cdiv=py_cdiv):
         b, sq, h, d = dims["q"]
@@ -253,7 +254,8 @@ def attention_sta_spec(dtype: str = "bf16", head_dim: int = 128, block_m: int = 
         args += [_i(f"stride_{t}b", True), _i(f"stride_{t}s", True), _i(f"stride_{t}h", True)]
     args += [_i("stride_ih"), _i("stride_iq"), _i("stride_ch"), _p("out", "output", dtype)]
     const = {"HEAD_DIM": head_dim, "BLOCK_M": block_m, "BLOCK_N": block_n,
-             "QK_SCALE": LOG2E / math.sqrt(head_dim), "DOT_F32": False, "KV_DESC": False, "WARP_SPEC": False}  # fmt: skip
+             "QK_SCALE": LOG2E / math.sqrt(head_dim), "DOT_F32": False, "KV_DESC": False,
+             "WARP_SPEC": False}  # fmt: skip
 
     def launch(dims: Dims, cdiv=py_cdiv):
         b, sq, h, d = dims["q"]
