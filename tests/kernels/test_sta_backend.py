@@ -97,3 +97,18 @@ def test_wrong_number_of_layer_windows_is_named(model):
 
     with pytest.raises(ConfigError, match="3 layer windows: accepted one per block \\(2\\)"):
         _run(model, "triton-sta", SparseStep(TILE, ((1, 1, 1),) * 3))
+
+
+def test_fp8_sta_backend_in_the_dit():
+    """triton-fp8-sta (head dim 64): close to the exact sliding-tile DiT (cosine as the dense FP8 backend's bound)."""
+    cfg = dict(CFG, attention_head_dim=64, rope_axes_dim=(16, 24, 24))
+    torch.manual_seed(1)
+    m = HunyuanVideoTransformer3D(TransformerConfig(**cfg)).eval().to(DEVICE)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    windows = ((1, 1, 1), (1, 1, 2))
+    exact = _run(m, "triton-sta", SparseStep(TILE, windows))
+    fp8 = _run(m, "triton-fp8-sta", SparseStep(TILE, windows))
+    cos = torch.nn.functional.cosine_similarity(fp8.flatten().double(), exact.flatten().double(), dim=0).item()
+    assert cos >= 0.995
