@@ -53,6 +53,9 @@ STA_CASES = [
     ((3, 5, 6), (2, 4, 4), (2, 1, 2), 10, [10, 0], 1),
     ((3, 3, 9), (1, 4, 8), [(1, 1, 1), (9, 9, 9)], 20, [20, 13], 2),
     ((2, 4, 4), (2, 4, 4), (1, 1, 1), 7, None, 1),
+    # 64-token tiles, 32-row query blocks: the edge tile (1, 1, 0) holds 6 tokens, its second query block
+    # none (skipped: counts 0) and its key blocks 6 and 0 valid keys
+    ((3, 5, 6), (2, 4, 8), (1, 2, 1), 10, [7, 3], 1),
 ]
 
 

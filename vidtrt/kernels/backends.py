@@ -48,7 +48,7 @@ def sta_blocks(tile_tokens: int, on_gpu: bool) -> tuple[int, int]:
     return (min(128, p), min(64, p)) if on_gpu else (min(32, p), min(32, p))
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=128)  # 720p: ~8 MB of int32 per layout; 60 blocks may each have their own window
 def sta_layout(tiles: TileGrid, window, seq_len: int, heads: int, device: str) -> BlockSparseLayout:
     """The sliding-tile layout of one (grid, window, sequence length), cached (a few per step)."""
     bm, bn = sta_blocks(tiles.tile_tokens, torch.device(device).type == "cuda")
