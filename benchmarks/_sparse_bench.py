@@ -53,20 +53,21 @@ def sparse_case(grid, n_text: int, window, tile=DEFAULT_TILE, device="cuda", hea
 
 def sparse_rows(seq: int, grid, n_text: int, batch: int, heads: int, head_dim: int, dtype, device: str,
                 text_valid: int, dense_ms: dict[str, float], bench_ms, log, windows: dict[str, tuple],
-                tile=DEFAULT_TILE, tma: bool = True) -> list[dict]:
+                tile=DEFAULT_TILE, tma: bool = True, flavours=None) -> list[dict]:
     """Rows for every (window name, flavour): ms, TFLOP/s on visited blocks, density, speedup vs ``dense_ms``
-    (flavour -> ms of the dense kernel at ``seq``: ``bf16``, ``bf16-tma``, ``fp8``, ``fp8-tma``)."""
+    (flavour -> ms of the dense kernel at ``seq``: ``bf16``, ``bf16-tma``, ``fp8``, ``fp8-tma``).
+    ``flavours``: which to run (default all four, the TMA ones only with ``tma``)."""
     rows = []
     for wname, window in windows.items():
         rows += _window_rows(seq, grid, n_text, batch, heads, head_dim, dtype, device, text_valid, dense_ms,
-                             bench_ms, log, wname, window, tile, tma)
+                             bench_ms, log, wname, window, tile, tma, flavours)
         if device == "cuda":
             torch.cuda.empty_cache()
     return rows
 
 
 def _window_rows(seq, grid, n_text, batch, heads, head_dim, dtype, device, text_valid, dense_ms, bench_ms, log,
-                 wname, window, tile, tma) -> list[dict]:
+                 wname, window, tile, tma, wanted=None) -> list[dict]:
     from vidtrt.kernels.attention_fp8 import quantize_qkv_fp8
     from vidtrt.kernels.block_sparse import block_sparse_attention, block_sparse_attention_fp8
 
@@ -91,6 +92,8 @@ def _window_rows(seq, grid, n_text, batch, heads, head_dim, dtype, device, text_
         flavours["bf16-tma"] = lambda: block_sparse_attention(q, k, v, layout, kl, tma=True)
         flavours["fp8-tma"] = lambda: block_sparse_attention_fp8(ops.q8, ops.k8, ops.v8, layout, kl, **kw, tma=True)
     for flavour, fn in flavours.items():
+        if wanted is not None and flavour not in wanted:
+            continue
         method = f"sta-{flavour} {wname}"
         try:
             fn()

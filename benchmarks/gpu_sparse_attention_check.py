@@ -10,12 +10,13 @@ recorded; a failing one does not stop the others; a phase that would not fit the
     permutation) vs natural-order STA attention from 3D coordinates (float64 reference), fp32 IEEE
     products (rel err <= 1e-5), bf16 (<= 0.02), FP8 (cosine >= 0.995), pointer and TMA flavours,
     unequal key lengths, a grid off the tile grid; a window covering everything vs the dense kernels;
- 2. attention at S = 119,056 (720x1280x129) and 67,576 (544x960x129), 24 heads x 128: cuDNN SDPA and
-    our dense kernels, then the sparse kernels at the config's default window and windows near 25 % /
-    50 % density (tile 4x8x8), and the default density with tile 1x8x16 (less padding at 45 rows);
-    TFLOP/s counted on visited blocks, speedup vs our dense kernel of the same flavour;
+ 2. attention at S = 119,056 (720x1280x129), 24 heads x 128: cuDNN SDPA and our dense kernels (FP8
+    pointer / TMA, BF16), then the sparse kernels at the config's default window and windows near 25 % /
+    50 % density (tile 4x8x8), and ~15 % density with tile 1x8x16 (less padding at 45 rows); TFLOP/s
+    counted on visited blocks, speedup vs our dense kernel of the same flavour;
  3. one full-size DiT step at 720x1280x129 (random bf16 weights): triton-fp8-tma (dense) vs
-    triton-fp8-sta (default window, every block sparse), output cosine vs dense.
+    triton-fp8-sta (default window, every block sparse), output cosine vs dense;
+ 4. if the budget allows: FP8 dense vs sparse (default window) at S = 67,576 (544x960x129).
 The last line: sparse FP8 speedup vs dense FP8 at S = 119,056 and the DiT step ratio.
 """
 
@@ -126,31 +127,79 @@ def correctness(device: str, smoke: bool) -> list[dict]:
     return checks
 
 
-def attention(device: str, smoke: bool, left) -> list[dict]:
-    rows: list[dict] = []
+def dense_rows(s: int, dtype, device: str, log, flavours=("fp8", "fp8-tma", "bf16")) -> list[dict]:
+    """Lean dense rows at S (B=1, 24 x 128): cuDNN SDPA and our dense kernels (autotuned)."""
+    import torch.nn.functional as F
+
+    from vidtrt.kernels.attention import flash_attention
+    from vidtrt.kernels.attention_fp8 import flash_attention_fp8, quantize_qkv_fp8
+
+    heads, d = (24, 128) if device == "cuda" else (2, 64)
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, s, heads, d, device=device, dtype=dtype) for _ in range(3))
+    flops = 4.0 * heads * s * s * d
+    rows = []
+
+    def add(method, fn):
+        try:
+            fn()
+            ms = bench_attention.bench_ms(fn, device, device == "cuda")
+        except Exception as e:  # noqa: BLE001
+            rows.append({"seq": s, "method": method, "error": str(e).splitlines()[0][:200]})
+            log(f"  S={s:>7} {method:<28} failed: {str(e).splitlines()[0][:100]}")
+            return
+        rows.append({"seq": s, "method": method, "ms": round(ms, 4), "tflops": round(flops / (ms * 1e-3) / 1e12, 2)})
+        log(f"  S={s:>7} {method:<28} {ms:10.3f} ms  {rows[-1]['tflops']:8.1f} TFLOP/s")
+
+    if device == "cuda":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        qt, kt, vt = (x.transpose(1, 2).contiguous() for x in (q, k, v))
+        if hasattr(SDPBackend, "CUDNN_ATTENTION"):
+            def cudnn():
+                with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+                    return F.scaled_dot_product_attention(qt, kt, vt)
+
+            add("sdpa-cudnn", cudnn)
+        del qt, kt, vt
+    ops = quantize_qkv_fp8(q, k, v)
+    kw = dict(q_scale=ops.q_scale, k_scale=ops.k_scale, v_scale=ops.v_scale, quant_block=ops.quant_block,
+              out_dtype=dtype)  # fmt: skip
+    if "fp8" in flavours:
+        add("triton-fp8 (kernel)", lambda: flash_attention_fp8(ops.q8, ops.k8, ops.v8, **kw))
+    if "fp8-tma" in flavours:
+        add("triton-fp8-tma (kernel)", lambda: flash_attention_fp8(ops.q8, ops.k8, ops.v8, **kw, tma=True))
+    if "bf16" in flavours:
+        add("triton-bf16", lambda: flash_attention(q, k, v))
+    return rows
+
+
+def attention(device: str, smoke: bool, seq: int, windows=None, flavours=("fp8", "fp8-tma", "bf16")) -> list[dict]:
+    """Dense rows, then the sparse ones (default window; ~25 % / 50 % density) at one sequence length."""
     if smoke:
-        cases = {80: ((2, 4, 8), 16)}
-        for s, case in cases.items():
-            seq_rows = bench_attention._bench_seq(s, 1, 2, 64, torch.float32, device, 8, log)
-            rows += seq_rows + bench_attention._sparse_seq(s, case, seq_rows, 1, 2, 64, torch.float32, device, 8, log)
-        return rows
-    for s in (119_056, 67_576):
-        if left() < 60:
-            rows.append({"seq": s, "skipped": "time budget"})
-            continue
-        grid, n_text = _sparse_bench.HUNYUAN_CASES[s]
-        seq_rows = bench_attention._bench_seq(s, 1, 24, 128, torch.bfloat16, device, 56, log)
-        rows += seq_rows
-        rows += bench_attention._sparse_seq(s, (grid, n_text), seq_rows, 1, 24, 128, torch.bfloat16, device, 56, log)
-        if s == 119_056 and left() > 60:  # less padding: 1-frame tiles, 8 x 16 tokens
-            ms = {r["method"]: r["ms"] for r in seq_rows if "ms" in r}
-            tile = (1, 8, 16)
-            tiles = _sparse_bench.sparse_case(grid, n_text, (1, 1, 1), tile, device)[0]
-            w = _sparse_bench.window_for_density(tiles, 0.15)
-            rows += _sparse_bench.sparse_rows(
-                s, grid, n_text, 1, 24, 128, torch.bfloat16, device, 200,
-                {"fp8": ms.get("triton-fp8 (kernel)"), "fp8-tma": ms.get("triton-fp8-tma (kernel)")},
-                bench_attention.bench_ms, log, {"tile1x8x16-d15": w}, tile=tile)
+        grid, n_text, tile, dtype = (2, 4, 8), 16, (1, 4, 8), torch.float32
+        windows = windows or {"default": (1, 1, 1), "d50": (2, 1, 1)}
+    else:
+        (grid, n_text), tile, dtype = _sparse_bench.HUNYUAN_CASES[seq], (4, 8, 8), torch.bfloat16
+        windows = windows or _sparse_bench.default_windows(grid, n_text, tile)
+    rows = dense_rows(seq, dtype, device, log, flavours)
+    ms = {r["method"]: r["ms"] for r in rows if "ms" in r}
+    dense = {"bf16": ms.get("triton-bf16"), "fp8": ms.get("triton-fp8 (kernel)"),
+             "fp8-tma": ms.get("triton-fp8-tma (kernel)")}
+    heads, d = (24, 128) if device == "cuda" else (2, 64)
+    for name, window in windows.items():
+        rows += _sparse_bench.sparse_rows(seq, grid, n_text, 1, heads, d, dtype, device, n_text - 56 if not smoke
+                                          else n_text // 2, {f: dense[f] for f in flavours if dense.get(f)},
+                                          bench_attention.bench_ms, log, {name: window}, tile=tile,
+                                          tma=any(f.endswith("tma") for f in flavours),
+                                          flavours=flavours)  # fmt: skip
+    if seq == 119_056 and not smoke:  # less padding at 45 rows: 1-frame tiles of 8 x 16 tokens
+        tiles = _sparse_bench.sparse_case(grid, n_text, (1, 1, 1), (1, 8, 16), device)[0]
+        rows += _sparse_bench.sparse_rows(seq, grid, n_text, 1, heads, d, dtype, device, 200,
+                                          {"fp8": dense["fp8"]}, bench_attention.bench_ms, log,
+                                          {"tile1x8x16-d15": _sparse_bench.window_for_density(tiles, 0.15)},
+                                          tile=(1, 8, 16), tma=False, flavours=("fp8",))  # fmt: skip
+    if device == "cuda":
         torch.cuda.empty_cache()
     return rows
 
@@ -181,10 +230,11 @@ def to_markdown(report: dict) -> str:
         lines += [f"| {c['check']} | {c['value']:.4g} | {c['op']} {c['limit']:g} | {'yes' if c['ok'] else 'NO'} |"
                   for c in report["correctness"]]
         lines.append("")
-    if report.get("attention"):
+    att_rows = (report.get("attention") or []) + (report.get("attention_67k") or [])
+    if att_rows:
         lines += ["## Attention", "", "| S | method | ms | TFLOP/s | density | speedup vs dense | note |",
                   "|---|---|---|---|---|---|---|"]  # fmt: skip
-        for r in report["attention"]:
+        for r in att_rows:
             note = r.get("error") or r.get("skipped") or (f"window {r['window']} tile {r['tile']}" if "window" in r
                                                           else r.get("of", ""))
             lines.append(f"| {r.get('seq')} | {r.get('method', '')} | {r.get('ms', '')} | {r.get('tflops', '')} | "
@@ -204,7 +254,8 @@ def to_markdown(report: dict) -> str:
 
 def summary(report: dict) -> str:
     parts = []
-    att = {(r.get("seq"), r.get("method")): r for r in report.get("attention") or []}
+    att = {(r.get("seq"), r.get("method")): r for r in (report.get("attention") or [])
+           + (report.get("attention_67k") or [])}
     for flav in ("fp8", "fp8-tma"):
         r = att.get((119_056, f"sta-{flav} default"))
         if r and r.get("speedup_vs_dense"):
@@ -266,9 +317,12 @@ def main(argv=None) -> int:
         save()
 
     phase("correctness", lambda: correctness(device, smoke))
-    phase("attention", lambda: attention(device, smoke, left), need_s=0 if smoke else 90)
+    phase("attention", lambda: attention(device, smoke, 80 if smoke else 119_056), need_s=0 if smoke else 90)
     if not a.no_dit:
         phase("dit_step", lambda: dit_step(device, smoke), need_s=0 if smoke else 100)
+    if not smoke:  # 544x960x129 lengths, FP8 only, if the budget allows
+        phase("attention_67k", lambda: attention(device, smoke, 67_576, flavours=("fp8", "fp8-tma"),
+                                                 windows={"default": (5, 3, 5)}), need_s=45)
     save()
     log(f"results: {json_path}")
     log(report["summary"])
