@@ -71,7 +71,8 @@ def _sparse_fwd_kernel(
     KV_DESC: tl.constexpr = False,
     WARP_SPEC: tl.constexpr = False,  # tl.range(warp_specialize=True) on the unmasked loop (Triton >= 3.4)
 ):
-    pid_m = tl.program_id(0)
+    # last query blocks first: the text rows attend to every block (the longest programs), so they start early
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // num_heads
     h = pid_bh % num_heads
@@ -208,7 +209,8 @@ def _sparse_fwd_fp8_kernel(
     KV_DESC: tl.constexpr = False,
     WARP_SPEC: tl.constexpr = False,  # tl.range(warp_specialize=True) on the unmasked loop (Triton >= 3.4)
 ):
-    pid_m = tl.program_id(0)
+    # last query blocks first: the text rows attend to every block (the longest programs), so they start early
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // num_heads
     h = pid_bh % num_heads
