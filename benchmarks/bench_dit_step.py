@@ -27,7 +27,7 @@ if "--smoke" in sys.argv:
 import torch  # noqa: E402
 
 BACKENDS = ("sdpa", "triton", "triton-fp8", "triton-tma", "triton-fp8-tma")  # the last ones go first when time is short
-SPARSE_BACKENDS = ("triton-sta", "triton-fp8-sta")
+SPARSE_BACKENDS = ("triton-sta", "triton-fp8-sta", "triton-sta-tma", "triton-fp8-sta-tma")
 
 
 from _bootstrap import bootstrap  # noqa: E402  (benchmarks/ is on sys.path when run as a script)

@@ -71,11 +71,14 @@ def _rel(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
-@pytest.mark.parametrize("windows", [((1, 1, 1), (1, 1, 1)), ((1, 1, 2), ((3, 1, 1), (1, 1, 1)))],
-                         ids=["own-tile", "per-layer-per-head"])
-def test_dit_with_triton_sta_equals_natural_order_reference(model, windows):
+@pytest.mark.parametrize(("backend", "windows"), [
+    ("triton-sta", ((1, 1, 1), (1, 1, 1))),
+    ("triton-sta", ((1, 1, 2), ((3, 1, 1), (1, 1, 1)))),
+    ("triton-sta-tma", ((1, 1, 2), (1, 1, 1))),
+], ids=["own-tile", "per-layer-per-head", "tma"])
+def test_dit_with_triton_sta_equals_natural_order_reference(model, backend, windows):
     step = SparseStep(TILE, windows)
-    out = _run(model, "triton-sta", step)
+    out = _run(model, backend, step)
     attn_api.register_backend("test-sta-reference", _reference_backend(windows))
     ref = _run(model, "test-sta-reference")
     dense = _run(model, "sdpa")

@@ -1,5 +1,6 @@
 """The kernels as attention backends of the DiT: "triton", "triton-fp8" and their TMA flavours
-"triton-tma", "triton-fp8-tma", and the sliding-tile backends "triton-sta" / "triton-fp8-sta", each
+"triton-tma", "triton-fp8-tma", and the sliding-tile backends "triton-sta" / "triton-fp8-sta" (and their
+TMA flavours "triton-sta-tma" / "triton-fp8-sta-tma"), each
 ``backend(q, k, v, key_lengths) -> out`` ([B, S, H, D]).
 
 :mod:`vidtrt.models.attention` imports this module when such a backend is first asked for
@@ -56,8 +57,9 @@ def sta_layout(tiles: TileGrid, window, seq_len: int, heads: int, device: str) -
     return sliding_tile_layout(tiles, window, seq_len, bm, bn, heads=heads if per_head else None, device=device)
 
 
-def _sta(fp8: bool):
-    dense = _triton_fp8 if fp8 else _triton
+def _sta(fp8: bool, tma: bool = False):
+    dense = {(False, False): _triton, (False, True): _triton_tma, (True, False): _triton_fp8,
+             (True, True): _triton_fp8_tma}[fp8, tma]  # fmt: skip
     sparse = block_sparse_attention_fp8 if fp8 else block_sparse_attention
 
     def run(q, k, v, key_lengths):
@@ -65,11 +67,13 @@ def _sta(fp8: bool):
         if current is None:
             return dense(q, k, v, key_lengths)
         tiles, window = current
-        return sparse(q, k, v, sta_layout(tiles, window, q.shape[1], q.shape[2], str(q.device)), key_lengths)
+        layout = sta_layout(tiles, window, q.shape[1], q.shape[2], str(q.device))
+        return sparse(q, k, v, layout, key_lengths, tma=tma)
 
     return run
 
 
 ATTENTION_BACKENDS = {"triton": _triton, "triton-tma": _triton_tma, "triton-fp8": _triton_fp8,
                       "triton-fp8-tma": _triton_fp8_tma, "triton-sta": _sta(False),
-                      "triton-fp8-sta": _sta(True)}  # fmt: skip
+                      "triton-fp8-sta": _sta(True), "triton-sta-tma": _sta(False, True),
+                      "triton-fp8-sta-tma": _sta(True, True)}  # fmt: skip

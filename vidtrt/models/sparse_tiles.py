@@ -20,7 +20,7 @@ from vidtrt.config.sparse_attention import LayerWindow, current_sparse_step
 from vidtrt.errors import ConfigError
 from vidtrt.kernels.sparse_layout import TileGrid, tile_window
 
-TILED_BACKENDS = ("triton-sta", "triton-fp8-sta")
+TILED_BACKENDS = ("triton-sta", "triton-fp8-sta", "triton-sta-tma", "triton-fp8-sta-tma")
 
 
 class TilePlan:
