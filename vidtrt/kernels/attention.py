@@ -281,7 +281,7 @@ def flash_attention(
             mbarriers) instead of per-thread async copies; needs 16-byte aligned k / v with strides
             that are multiples of 16 bytes. Off by default until measured faster on a GPU.
         warp_specialize: mark the unmasked key loop ``tl.range(..., warp_specialize=True)`` (Triton's
-            automatic warp specialization). With Triton 3.6-3.9 this changes nothing on Hopper (sm_90a:
+            automatic warp specialization). With Triton 3.6 and 3.9 this changes nothing on Hopper (sm_90a:
             same SASS; the pass partitions loops on Blackwell only), so it is off by default.
     Returns:
         [B, S_q, H, D] in q's dtype, contiguous.
