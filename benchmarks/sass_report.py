@@ -13,7 +13,7 @@ Run under another Triton (e.g. the GPU machines' 3.6) with ``PYTHONPATH=<dir wit
 
 Automatic warp specialization (``flash_attention(..., warp_specialize=True)``: ``tl.range(...,
 warp_specialize=True)`` on the key loop) reaches the TTGIR as ``tt.warp_specialize`` but leaves the
-sm_90a SASS unchanged with Triton 3.9 (no ``USETMAXREG``, same instruction mix, pointer and TMA
+sm_90a SASS unchanged with Triton 3.6 and 3.9 (no ``USETMAXREG``, same instruction mix, pointer and TMA
 flavours): Triton's partitioning pass runs for Blackwell only, so FA3-style producer / consumer
 warpgroups on Hopper need Gluon's ``warp_specialize`` or Meta's TLX, not plain Triton.
 """
