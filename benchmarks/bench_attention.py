@@ -7,7 +7,10 @@ end with the quantization).
     python benchmarks/bench_attention.py --smoke         # CPU interpreter, tiny shapes (checks the script)
 
 FLOPs counted as 4 * B * H * S_q * S_k * D (two matmuls, non-causal), or with the valid keys only
-for the key-length rows.
+for the key-length rows. At the HunyuanVideo lengths the sliding-tile kernels follow (``sta-*`` rows,
+``benchmarks/_sparse_bench.py``): the config's default window and windows near 25 % / 50 % density,
+TFLOP/s counted on the visited key blocks, speedup vs the dense kernel of the same flavour
+(``--no-sparse`` skips them).
 """
 
 from __future__ import annotations
@@ -51,14 +54,21 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a @ b) / (a.norm() * b.norm()).clamp_min(1e-300))
 
 
+SMOKE_SPARSE = {80: ((2, 4, 8), 16)}  # CPU: 64 image tokens in tiles of 1 x 4 x 8, 16 text tokens
+
+
 def run(seqs=HUNYUAN_SEQS, batch: int = 1, heads: int = 24, head_dim: int = 128, dtype=torch.bfloat16,
-        device: str | None = None, text_pad: int = 56, log=print) -> list[dict]:
+        device: str | None = None, text_pad: int = 56, log=print, sparse: bool = False) -> list[dict]:
     """One row per (S, method): ms, TFLOP/s; accuracy vs the best SDPA output (cosine)."""
     bootstrap()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     rows: list[dict] = []
     for s in seqs:
-        rows += _bench_seq(s, batch, heads, head_dim, dtype, device, text_pad, log)
+        seq_rows = _bench_seq(s, batch, heads, head_dim, dtype, device, text_pad, log)
+        rows += seq_rows
+        cases = _sparse_cases(device)
+        if sparse and s in cases:
+            rows += _sparse_seq(s, cases[s], seq_rows, batch, heads, head_dim, dtype, device, text_pad, log)
         if device == "cuda":
             torch.cuda.empty_cache()
     return rows
@@ -147,6 +157,28 @@ def _bench_seq(s: int, batch: int, heads: int, head_dim: int, dtype, device: str
     return rows
 
 
+def _sparse_cases(device: str) -> dict:
+    from _sparse_bench import HUNYUAN_CASES
+
+    return HUNYUAN_CASES if device == "cuda" else SMOKE_SPARSE
+
+
+def _sparse_seq(s, case, seq_rows, batch, heads, head_dim, dtype, device, text_pad, log) -> list[dict]:
+    from _sparse_bench import default_windows, sparse_rows
+
+    grid, n_text = case
+    ms = {r["method"]: r["ms"] for r in seq_rows if "ms" in r}
+    dense = {"bf16": ms.get("triton-bf16"), "bf16-tma": ms.get("triton-bf16-tma"),
+             "fp8": ms.get("triton-fp8 (kernel)"), "fp8-tma": ms.get("triton-fp8-tma (kernel)")}
+    if device == "cuda":
+        tile, windows = (4, 8, 8), default_windows(grid, n_text)
+    else:
+        tile, windows = (1, 4, 8), {"default": (1, 1, 1), "d50": (2, 1, 1)}
+    tma = device != "cuda" or torch.cuda.get_device_capability() >= (9, 0)
+    return sparse_rows(s, grid, n_text, batch, heads, head_dim, dtype, device, n_text - min(text_pad, n_text // 2),
+                       dense, bench_ms, log, windows, tile=tile, tma=tma)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seqs", type=int, nargs="+", default=None, help="sequence lengths (default HunyuanVideo's)")
@@ -154,12 +186,15 @@ def main(argv=None) -> int:
     ap.add_argument("--heads", type=int, default=24)
     ap.add_argument("--head-dim", type=int, default=128, choices=(64, 128))
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on CPU through the Triton interpreter")
+    ap.add_argument("--no-sparse", action="store_true", help="skip the sliding-tile (sta-*) rows")
     ap.add_argument("--json", help="write the rows here")
     a = ap.parse_args(argv)
     if a.smoke:
-        rows = run(seqs=a.seqs or (80,), batch=1, heads=2, head_dim=a.head_dim, device="cpu", text_pad=8)
+        rows = run(seqs=a.seqs or (80,), batch=1, heads=2, head_dim=a.head_dim, device="cpu", text_pad=8,
+                   sparse=not a.no_sparse)
     else:
-        rows = run(seqs=a.seqs or HUNYUAN_SEQS, batch=a.batch, heads=a.heads, head_dim=a.head_dim)
+        rows = run(seqs=a.seqs or HUNYUAN_SEQS, batch=a.batch, heads=a.heads, head_dim=a.head_dim,
+                   sparse=not a.no_sparse)
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
     print(summary(rows))
@@ -177,7 +212,9 @@ def summary(rows: list[dict]) -> str:
             continue
         ours = [m for m in ("triton-bf16", "triton-bf16-tma", "triton-fp8 (kernel)", "triton-fp8-tma (kernel)")
                 if m in by]
-        parts.append(f"S={s}: " + ", ".join(f"{m} {by[m]['tflops'] / base['tflops']:.2f}x" for m in ours))
+        sta = [m for m in by if m.startswith("sta-fp8") and by[m].get("speedup_vs_dense")]
+        parts.append(f"S={s}: " + ", ".join(f"{m} {by[m]['tflops'] / base['tflops']:.2f}x" for m in ours)
+                     + "".join(f", {m} {by[m]['speedup_vs_dense']:.2f}x vs dense" for m in sta))
     return "ratio vs best SDPA (" + base_name(rows) + "): " + "; ".join(parts)
 
 

@@ -5,10 +5,12 @@
     python benchmarks/bench_dit_step.py --smoke               # tiny DiT on CPU (interpreter), checks the script
 
 Backends: ``sdpa`` (PyTorch attention + the unfused norm/RoPE), ``triton`` (flash-attention kernel
-+ fused QK-norm/RoPE kernel), ``triton-fp8`` (FP8 attention + fused QK-norm/RoPE), ``fp8`` (what
-``--precision fp8`` runs: the blocks' Linear layers as FP8 GEMMs, ``vidtrt.models.fp8_linear``, plus FP8
-attention, ``triton-fp8-tma`` on Hopper; measured last, as the model is swapped to FP8 in place). The
-weights are random (normal, std 0.02; norms 1), so timings are real and outputs only compare backends.
++ fused QK-norm/RoPE kernel), ``triton-fp8`` (FP8 attention + fused QK-norm/RoPE), ``triton-sta`` /
+``triton-fp8-sta`` (sliding-tile attention at the model config's tile and window, or ``--sparse-window``;
+every block sparse, as in a sparse step), ``fp8`` (what ``--precision fp8`` runs: the blocks' Linear layers
+as FP8 GEMMs, ``vidtrt.models.fp8_linear``, plus FP8 attention, ``triton-fp8-tma`` on Hopper; measured last,
+as the model is swapped to FP8 in place). ``cos_vs_sdpa`` is the output cosine vs dense SDPA. The weights
+are random (normal, std 0.02; norms 1), so timings are real and outputs only compare backends.
 The text has ``--text-valid`` real tokens of 256 (the rest is padding, given as key lengths).
 """
 
@@ -27,6 +29,7 @@ if "--smoke" in sys.argv:
 import torch  # noqa: E402
 
 BACKENDS = ("sdpa", "triton", "triton-fp8", "triton-tma", "triton-fp8-tma", "fp8")  # later ones are skipped first
+SPARSE_BACKENDS = ("triton-sta", "triton-fp8-sta", "triton-sta-tma", "triton-fp8-sta-tma")
 FP8 = "fp8"  # FP8 GEMMs + FP8 attention
 
 
@@ -94,11 +97,26 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+def _sparse_step(backend: str, config, sparse_window):
+    """The step every block of a sparse backend runs with (the model config's defaults, or one window)."""
+    from vidtrt.config.sparse_attention import SparseAttentionConfig, SparseStep
+
+    if backend not in SPARSE_BACKENDS:
+        return None
+    cfg = SparseAttentionConfig(**({"tile": (1, 4, 4)} if config.num_attention_heads <= 2 else {}))
+    n = config.num_layers + config.num_single_layers
+    window = tuple(sparse_window) if sparse_window else tuple(cfg.window)
+    return SparseStep(tuple(cfg.tile), (window,) * n)
+
+
 def run(height: int = 544, width: int = 960, frames: int = 129, text_len: int = 256, text_valid: int = 200,
         backends=BACKENDS, steps: int = 2, device: str | None = None, smoke: bool = False,
-        time_budget_s: float | None = None, log=print, fp8_config=None) -> list[dict]:
+        time_budget_s: float | None = None, log=print, fp8_config=None, sparse_window=None,
+        cos_ref: str = "sdpa") -> list[dict]:
+    """One row per backend; ``cos_vs_<cos_ref>``: output cosine vs that backend's (when it ran)."""
     bootstrap()
     from vidtrt.config.model_config import TransformerConfig, tiny_config
+    from vidtrt.config.sparse_attention import sparse_step
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     t_start = time.perf_counter()
@@ -131,7 +149,8 @@ def run(height: int = 544, width: int = 960, frames: int = 129, text_len: int = 
                 f"{extra['weights_gib']} GiB, attention {attention}")
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        with torch.inference_mode(), _kernels(attention).active():
+        step = _sparse_step(attention, config, sparse_window)
+        with torch.inference_mode(), _kernels(attention).active(), sparse_step(step):
             t0 = time.perf_counter()
             out = model(**inputs)  # warm-up: compiles / autotunes the kernels
             _sync(device)
@@ -147,16 +166,18 @@ def run(height: int = 544, width: int = 960, frames: int = 129, text_len: int = 
                "text_tokens": text_len, "text_valid": text_valid, "seq": n_img + text_len,
                "first_step_s": round(first, 3), "s_per_step": round(min(times), 4),
                "steps_timed": steps, "finite": bool(torch.isfinite(out).all()), **extra}  # fmt: skip
+        if step is not None:
+            row.update(tile=list(step.tile), window=list(step.windows[0]))
         if device == "cuda":
             row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         rows.append(row)
         log(f"  {backend:<11} {row['s_per_step']:8.3f} s/step (first {first:.1f} s)"
             + (f"  peak {row.get('peak_mem_gib')} GiB" if device == "cuda" else ""))  # fmt: skip
-    base = outputs.get("sdpa")
+    base = outputs.get(cos_ref)
     for r in rows:
-        if base is not None and r.get("backend") in outputs and r["backend"] != "sdpa":
+        if base is not None and r.get("backend") in outputs and r["backend"] != cos_ref:
             a, b = outputs[r["backend"]].double().flatten(), base.double().flatten()
-            r["cos_vs_sdpa"] = round(float((a @ b) / (a.norm() * b.norm()).clamp_min(1e-300)), 6)
+            r[f"cos_vs_{cos_ref}"] = round(float((a @ b) / (a.norm() * b.norm()).clamp_min(1e-300)), 6)
     return rows
 
 
@@ -166,18 +187,20 @@ def main(argv=None) -> int:
     ap.add_argument("--width", type=int, default=960)
     ap.add_argument("--frames", type=int, default=129)
     ap.add_argument("--text-valid", type=int, default=200, help="real text tokens of 256")
-    ap.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    ap.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS + SPARSE_BACKENDS)
+    ap.add_argument("--sparse-window", type=int, nargs=3, default=None, metavar=("T", "H", "W"),
+                    help="window in tiles of the STA backends (default: the model config's)")
     ap.add_argument("--steps", type=int, default=2, help="timed steps per backend (after one warm-up step)")
     ap.add_argument("--smoke", action="store_true", help="tiny DiT on CPU through the Triton interpreter")
     ap.add_argument("--json", help="write the rows here")
     a = ap.parse_args(argv)
     if a.smoke:
-        backends = [b for b in a.backends if b != "triton-fp8"]  # the tiny DiT's head dim 16 is below FP8's 64
-        # (its fp8 row: FP8 GEMMs emulated on CPU with SDPA attention)
-        rows = run(height=32, width=48, frames=5, text_len=8, text_valid=5, backends=backends, steps=1,
-                   device="cpu", smoke=True)  # fmt: skip
+        # the tiny DiT's head dim 16 is below FP8 attention's 64 (its fp8 row: FP8 GEMMs emulated on CPU, SDPA)
+        backends = [b for b in a.backends if b == FP8 or "fp8" not in b]
+        rows = run(height=64, width=64, frames=5, text_len=8, text_valid=5, backends=backends, steps=1,
+                   device="cpu", smoke=True, sparse_window=a.sparse_window)  # fmt: skip
     else:
-        rows = run(a.height, a.width, a.frames, 256, a.text_valid, a.backends, a.steps)
+        rows = run(a.height, a.width, a.frames, 256, a.text_valid, a.backends, a.steps, sparse_window=a.sparse_window)
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
     return 0

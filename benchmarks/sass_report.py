@@ -10,6 +10,12 @@ timings: a GPU run of ``gpu_kernels_check.py`` measures.
     python benchmarks/sass_report.py [--head-dims 128 64] [--out results/<date>-sm90a-sass.md]
 
 Run under another Triton (e.g. the GPU machines' 3.6) with ``PYTHONPATH=<dir with that triton>``.
+
+Automatic warp specialization (``flash_attention(..., warp_specialize=True)``: ``tl.range(...,
+warp_specialize=True)`` on the key loop) reaches the TTGIR as ``tt.warp_specialize`` but leaves the
+sm_90a SASS unchanged with Triton 3.6 and 3.9 (no ``USETMAXREG``, same instruction mix, pointer and TMA
+flavours): Triton's partitioning pass runs for Blackwell only, so FA3-style producer / consumer
+warpgroups on Hopper need Gluon's ``warp_specialize`` or Meta's TLX, not plain Triton.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ def run(head_dims=(128,), log=print) -> list[dict]:
     from vidtrt.kernels import aot
 
     reqs = aot.default_requests(head_dims=tuple(head_dims), all_tactics=True)
+    # the block-sparse (sliding-tile) kernels, 128 x 64 blocks
+    reqs += [{"kind": k, "head_dim": d, **({"dtype": "bf16"} if k == "attention_sta" else {})}
+             for d in head_dims for k in ("attention_sta", "attention_sta_fp8") if d in (64, 128)]
     payloads = aot.build_payloads_subprocess(reqs, jobs=2)
     rows = []
     for p in payloads:

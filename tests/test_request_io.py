@@ -19,6 +19,7 @@ FULL = GenerationRequest(
     prompt="a cat walks on the grass", negative_prompt="blurry", height=64, width=96, num_frames=9,
     num_inference_steps=3, embedded_guidance_scale=6.0, flow_shift=7.0, seed=2**62 + 3, true_cfg_scale=1.5,
     prompt_policy="error", output_format="mp4", cache_policy="easycache", cache_threshold=0.125, cache_warmup_steps=4,
+    sparse_window="1,1,2", sparse_steps="1:",
 )
 
 

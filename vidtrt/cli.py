@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=int, default=0,
                      help="onnxruntime intra-op threads (0 = onnxruntime's default)")
     run.add_argument("--attention", default=None,
-                     help="attention backend: sdpa, triton, triton-fp8, triton-tma / triton-fp8-tma (Hopper) "
+                     help="attention backend: sdpa, triton, triton-fp8, triton-tma / triton-fp8-tma (Hopper), "
+                          "triton-sta / triton-fp8-sta (sliding-tile sparse: --sparse-window, --sparse-steps) "
                           "(default: triton on CUDA, sdpa on CPU)")
     run.add_argument("--device", default="cpu", help="torch device for --engine torch: cpu (default) or cuda")
     run.add_argument("--precision", "--dtype", dest="precision", default="auto", type=_precision,

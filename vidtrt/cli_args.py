@@ -42,6 +42,10 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
                              "(model default 0.025; docs/step-caching.md)")
     parser.add_argument("--cache-warmup-steps", type=int, default=None,
                         help="step caching: first steps that always call the DiT (model default 5)")
+    parser.add_argument("--sparse-window", default=None, metavar="T,H,W",
+                        help="sliding-tile attention window in tiles, every layer (STA backends; model default)")
+    parser.add_argument("--sparse-steps", default=None, metavar="START:STOP",
+                        help="steps that run sliding-tile attention, e.g. 10: (STA backends; model default)")
     parser.add_argument("--fps", type=int, default=24, help=f"mp4 frame rate, 1..{MAX_FPS} (default 24)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -62,6 +66,8 @@ def request_from_args(args: argparse.Namespace) -> GenerationRequest:
         cache_policy=args.cache_policy,
         cache_threshold=args.cache_threshold,
         cache_warmup_steps=args.cache_warmup_steps,
+        sparse_window=getattr(args, "sparse_window", None),
+        sparse_steps=getattr(args, "sparse_steps", None),
     )
 
 

@@ -128,7 +128,7 @@ def fake_trt(monkeypatch):
 def test_plugin_callbacks(fake_trt, seeded_payloads):
     trt, trtp, mod = fake_trt
     ids = mod.register_plugins()
-    assert ids == [f"vidtrt::{n}" for n in mod.PLUGINS] and set(trtp.registry) == set(ids)
+    assert ids == [f"vidtrt::{n}" for n in mod.ALL_PLUGINS] and set(trtp.registry) == set(ids)
     assert mod.register_plugins() == ids  # idempotent
     b, s, h, d, n = 2, 4096, 24, 128, 4000
     TD = trtp.TensorDesc

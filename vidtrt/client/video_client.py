@@ -217,6 +217,8 @@ class VideoClient:
         cache_policy: str | None = None,
         cache_threshold: float | None = None,
         cache_warmup_steps: int | None = None,
+        sparse_window: str | None = None,
+        sparse_steps: str | None = None,
     ) -> np.ndarray:
         """uint8 frames [num_frames, height, width, 3]; ``None`` arguments take the served model's defaults.
 
@@ -229,7 +231,8 @@ class VideoClient:
             num_inference_steps=num_inference_steps,
             embedded_guidance_scale=embedded_guidance(embedded_guidance_scale, guidance_scale), flow_shift=flow_shift,
             seed=seed, true_cfg_scale=true_cfg_scale, prompt_policy=prompt_policy, cache_policy=cache_policy,
-            cache_threshold=cache_threshold, cache_warmup_steps=cache_warmup_steps,
+            cache_threshold=cache_threshold, cache_warmup_steps=cache_warmup_steps, sparse_window=sparse_window,
+            sparse_steps=sparse_steps,
         )
         return self.run(request, progress=progress, cancel=cancel).frames
 

@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from vidtrt.config.sparse_attention import SparseAttentionConfig
 from vidtrt.config.step_cache import StepCacheParams
 from vidtrt.errors import ConfigError, InvalidRequestError
 
@@ -254,9 +255,12 @@ class ModelConfig:
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     tiling: TilingConfig = field(default_factory=TilingConfig)
     defaults: SamplerDefaults = field(default_factory=SamplerDefaults)
+    sparse_attention: SparseAttentionConfig = field(default_factory=SparseAttentionConfig)  # STA backends only
 
     def validate(self) -> ModelConfig:
         self.transformer.validate()
+        t = self.transformer
+        self.sparse_attention.validate(t.num_layers + t.num_single_layers, t.num_attention_heads)
         self.vae.validate()
         self.text.validate()
         self.tiling.validate()
@@ -268,7 +272,8 @@ class ModelConfig:
         return self
 
     SECTIONS = {"transformer": TransformerConfig, "vae": VAEConfig, "text": TextEncoderConfig,
-                "tiling": TilingConfig, "defaults": SamplerDefaults}
+                "tiling": TilingConfig, "defaults": SamplerDefaults, "sparse_attention": SparseAttentionConfig}
+    OPTIONAL_SECTIONS = ("sparse_attention",)  # absent from records written before it existed: the default
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: ``{"name": ..., "transformer": {...}, ...}`` (tuples as lists)."""
@@ -278,15 +283,21 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """Inverse of :meth:`to_dict`; ConfigError naming a missing or unknown section."""
         unknown = sorted(set(data) - set(cls.SECTIONS) - {"name"})
-        missing = sorted(set(cls.SECTIONS) - set(data))
+        missing = sorted(set(cls.SECTIONS) - set(data) - set(cls.OPTIONAL_SECTIONS))
         if unknown or missing or not isinstance(data.get("name"), str):
             raise ConfigError(f"model config dict: sections {sorted(data)}; accepted 'name' and exactly "
                               f"{sorted(cls.SECTIONS)}")
-        return cls(name=data["name"], **{k: c.from_dict(data[k]) for k, c in cls.SECTIONS.items()}).validate()
+        return cls(name=data["name"], **{k: c.from_dict(data[k]) for k, c in cls.SECTIONS.items() if k in data}
+                   ).validate()
 
     def fingerprint(self) -> str:
-        """sha256 (hex) of every field: what artifacts, repositories and model processes match a model by."""
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True, default=list)
+        """sha256 (hex) of every field: what artifacts, repositories and model processes match a model by
+        (an optional section at its default is left out, so older fingerprints stay valid)."""
+        d = dataclasses.asdict(self)
+        for k in self.OPTIONAL_SECTIONS:
+            if getattr(self, k) == self.SECTIONS[k]():
+                del d[k]
+        blob = json.dumps(d, sort_keys=True, default=list)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     @property
@@ -337,6 +348,8 @@ def tiny_config() -> ModelConfig:
             height=64, width=96, num_frames=9, num_inference_steps=4,
             max_height=256, max_width=256, max_num_frames=33, max_num_inference_steps=200,
         ),
+        # 16-token tiles: the default 64x96x9 video is 3 x 1 x 2 tiles, the window 2 of them.
+        sparse_attention=SparseAttentionConfig(tile=(1, 4, 4), window=(1, 1, 1), start_step=1),
     ).validate()
 
 

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 from vidtrt.config.model_config import ModelConfig
+from vidtrt.config.sparse_attention import parse_steps, parse_window
 from vidtrt.config.step_cache import StepCacheParams
 from vidtrt.errors import InvalidRequestError
 
@@ -52,6 +53,10 @@ class GenerationRequest:
     cache_policy: str | None = None
     cache_threshold: float | None = None
     cache_warmup_steps: int | None = None
+    # Sliding-tile attention (STA backends only; None: the model's sparse_attention config):
+    # "t,h,w" window in tiles for every layer; "start:stop" / "start:" steps that run sparse.
+    sparse_window: str | None = None
+    sparse_steps: str | None = None
 
     def resolved(self, config: ModelConfig) -> GenerationRequest:
         """A copy with every ``None`` replaced by the model's default (not yet validated)."""
@@ -100,6 +105,10 @@ class GenerationRequest:
         if r.output_format not in OUTPUT_FORMATS:
             raise InvalidRequestError("output_format", r.output_format, f"one of {list(OUTPUT_FORMATS)}")
         r.step_cache.validate(d.max_num_inference_steps)
+        if r.sparse_window is not None:
+            parse_window(r.sparse_window)
+        if r.sparse_steps is not None:
+            parse_steps(r.sparse_steps, r.num_inference_steps)
         if r.negative_prompt is not None and not r.do_true_cfg:
             logger.warning("negative_prompt is ignored: true_cfg_scale is %g, and only true CFG (true_cfg_scale > 1, "
                            "two DiT calls per step) uses it", r.true_cfg_scale)

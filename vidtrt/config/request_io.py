@@ -91,6 +91,8 @@ REQUEST_INPUTS: tuple[IOTensor, ...] = (
     IOTensor("cache_threshold", "TYPE_FP32", (1,),
              doc="step caching: accumulated change that calls the DiT; 0 = never skip"),
     IOTensor("cache_warmup_steps", "TYPE_INT32", (1,), doc="step caching: first steps that always call the DiT"),
+    IOTensor("sparse_window", "TYPE_STRING", (1,), doc="STA backends: 't,h,w' window in tiles (model default)"),
+    IOTensor("sparse_steps", "TYPE_STRING", (1,), doc="STA backends: 'start:stop' steps run sparse"),
 )
 
 RESPONSE_OUTPUTS: tuple[IOTensor, ...] = (

@@ -90,6 +90,7 @@ def build_repository(
     timing_cache: str | os.PathLike | None = None,
     trt_profiles: str = "buckets",
     sp_degree: int = 1,
+    attention: str | None = None,
 ) -> Path:
     """Write the repository for ``model`` ('tiny', a checkpoint folder or a ModelSource) to ``out_dir``;
     returns it. Model names come from the model's family (``hunyuan_video``, ``hunyuan_video_dit``, ...).
@@ -113,7 +114,8 @@ def build_repository(
     rank 0, starting the others as workers; on ``cuda`` GPUs 0 .. N-1; torch engine only).
     ``fail_on_guidance``: test-only; the DiT model fails requests whose
     embedded_guidance_scale equals it. ``overwrite``: replace a repository this function wrote before (never
-    a folder it did not write).
+    a folder it did not write). ``attention``: the torch-engine DiT's attention backend (as ``vidtrt run
+    --attention``; default: triton on cuda, sdpa on cpu).
 
     ``engine="tensorrt"`` (``precision`` bf16 or fp8, ``auto`` = bf16; always on GPUs): TensorRT must import
     (checked before anything is exported or written); the DiT and VAE-tile plans are built in ``work_dir``
@@ -167,6 +169,12 @@ def build_repository(
     max_queue_size = DEFAULT_MAX_QUEUE if max_queue_size is None else max_queue_size
     if not isinstance(max_queue_size, int) or isinstance(max_queue_size, bool) or max_queue_size < 0:
         raise RepositoryError(f"invalid max_queue_size={max_queue_size!r}: accepted an integer >= 0 (0 = no bound)")
+    if attention is not None:
+        from vidtrt.models.attention import KERNEL_BACKENDS
+
+        if attention not in ("sdpa", *KERNEL_BACKENDS) or engine != "torch":
+            raise RepositoryError(f"invalid attention {attention!r}: accepted with engine 'torch' "
+                                  f"{['sdpa', *KERNEL_BACKENDS]}")
     if engine == "onnxruntime" and not artifacts:
         raise RepositoryError(f"engine {engine!r} needs --artifacts (the folder `vidtrt export` wrote)")
     if artifacts and not Path(artifacts).is_dir():
@@ -243,6 +251,8 @@ def build_repository(
             _link_or_copy(manifest_path(plan_set.plans[key]), manifest_path(version_dir / PLAN_FILE))
             continue
         extra = f'parameters {{ key: "precision" value {{ string_value: "{"bf16" if trt else precision}" }} }}\n'
+        if key == "dit" and attention is not None:
+            extra += f'parameters {{ key: "attention" value {{ string_value: "{attention}" }} }}\n'
         if key == "dit" and fail_on_guidance is not None:
             extra += ('# TEST ONLY: fail requests whose embedded_guidance_scale equals this value.\n'
                      f'parameters {{ key: "fail_on_guidance" value {{ string_value: "{fail_on_guidance:g}" }} }}\n')
@@ -302,6 +312,8 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="torch-engine components' dtype (auto: bf16 with --device cuda, fp32 on cpu; fp8: "
                              "the DiT's GEMMs and attention in FP8 e4m3, the rest bf16); --engine tensorrt: bf16 "
                              "or fp8 (auto = bf16)")
+    parser.add_argument("--attention", default=None,
+                        help="torch-engine DiT attention backend, as `vidtrt run --attention` (e.g. triton-fp8-sta)")
     parser.add_argument("--quantized", default=None, metavar="DIR",
                         help="--engine tensorrt --precision fp8: the `vidtrt quantize` state to export the FP8 DiT "
                              "from (when --artifacts holds no FP8 DiT)")
@@ -339,7 +351,7 @@ def build_main(args: argparse.Namespace) -> int:
         sync_model=not args.no_sync_model, sync_instances=args.sync_instances,
         overwrite=args.force or _is_vidtrt_repo(args.out),
         quantized=args.quantized, work_dir=args.work_dir, timing_cache=args.timing_cache,
-        trt_profiles=args.trt_profiles, sp_degree=args.sp_degree,
+        trt_profiles=args.trt_profiles, sp_degree=args.sp_degree, attention=args.attention,
     )
     manifest = json.loads((out / MARKER).read_text())
     print(f"wrote {out}")

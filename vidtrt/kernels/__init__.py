@@ -8,8 +8,12 @@ Modules (import them explicitly; this package imports nothing, so CPU installs n
                  lengths (``tma=True``: K / V by Hopper TMA descriptors).
   attention_fp8  ``flash_attention_fp8`` / ``quantize_qkv_fp8``: FP8 e4m3 attention (per-block q/k,
                  per-channel v, smooth K, P quantized for the PV product; ``tma=True`` as above).
-  backends       the DiT's attention backends "triton", "triton-fp8" and their TMA flavours
-                 "triton-tma", "triton-fp8-tma" (vidtrt.models.attention registers them on first use).
+  block_sparse   ``block_sparse_attention(_fp8)``: flash attention visiting only the key blocks a
+                 per-query-block list allows (BF16 / FP8, pointer and TMA flavours).
+  sparse_layout  (no triton) block-sparse layouts, the sliding-tile token order and their references.
+  backends       the DiT's attention backends "triton", "triton-fp8", their TMA flavours
+                 "triton-tma", "triton-fp8-tma", and the sliding-tile "triton-sta", "triton-fp8-sta"
+                 (vidtrt.models.attention registers them on first use).
   reference      torch references (no triton): the definitions the kernels are tested against.
   aot            ahead-of-time payloads (PTX for sm_90, launch grid / scalars) for TensorRT plugins,
                  with their ptxas / SASS facts (registers, spills, instruction mix).

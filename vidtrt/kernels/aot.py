@@ -158,7 +158,8 @@ def attention_spec(dtype: str = "bf16", head_dim: int = 128, tactic: int = 0, ar
         args += [_i(f"stride_{t}b", True), _i(f"stride_{t}s", True), _i(f"stride_{t}h", True)]
     args += [_p("out", "output", dtype)]
     const = {"HEAD_DIM": head_dim, "BLOCK_M": bm, "BLOCK_N": cfg["BLOCK_N"],
-             "QK_SCALE": LOG2E / math.sqrt(head_dim), "DOT_F32": False, "KV_DESC": False}  # fmt: skip
+             "QK_SCALE": LOG2E / math.sqrt(head_dim), "DOT_F32": False, "KV_DESC": False,
+             "WARP_SPEC": False}  # fmt: skip
 
     def launch(dims: Dims, cdiv=py_cdiv):
         b, sq, h, d = dims["q"]
@@ -202,7 +203,7 @@ def attention_fp8_spec(head_dim: int = 128, out_dtype: str = "bf16", tactic: int
     ]  # fmt: skip
     const = {"HEAD_DIM": head_dim, "BLOCK_M": bm, "BLOCK_N": cfg["BLOCK_N"], "Q_QBLOCK": 128, "K_QBLOCK": 128,
              "QK_SCALE": LOG2E / math.sqrt(head_dim), "EXACT_FP8": False, "stride_vs": 1,
-             "KV_DESC": False}  # fmt: skip
+             "KV_DESC": False, "WARP_SPEC": False}  # fmt: skip
 
     def launch(dims: Dims, cdiv=py_cdiv):
         b, sq, h, d = dims["q8"]
@@ -225,7 +226,102 @@ def attention_fp8_spec(head_dim: int = 128, out_dtype: str = "bf16", tactic: int
     )  # fmt: skip
 
 
-SPEC_BUILDERS = {"rope": rope_spec, "attention": attention_spec, "attention_fp8": attention_fp8_spec}
+_LAYOUT_IO = {"kv_idx": "[H,ceil(Sq/BM),MAXK] int32", "kv_cnt": "[H,ceil(Sq/BM),2] int32",
+              "kv_end": "[ceil(Sk/BN)] int32"}
+
+
+def _layout_args() -> list[KernelArg]:
+    return [_p("kv_idx", "input", "i32"), _p("kv_cnt", "input", "i32"), _p("kv_end", "input", "i32")]
+
+
+def _layout_scalars(dims: Dims) -> list[Any]:
+    """stride_ih, stride_iq, stride_ch of a per-head layout (kv_idx [H, NQB, MAXK], kv_cnt [H, NQB, 2])."""
+    _, nqb, maxk = dims["kv_idx"]
+    return [nqb * maxk, maxk, nqb * 2]
+
+
+def attention_sta_spec(dtype: str = "bf16", head_dim: int = 128, block_m: int = 128, block_n: int = 64,
+                       num_warps: int = 8, num_stages: int = 3) -> KernelSpec:
+    """vidtrt::attention_sta: block-sparse attention (``kernels/block_sparse.py``): q [B, Sq, H, D], k, v
+    [B, Sk, H, D], key_lengths int32 [B] and a BlockSparseLayout as three int32 tensors, per head
+    (kv_idx [H, NQB, MAXK], kv_cnt [H, NQB, 2], kv_end [NKB]) made with ``block_m`` x ``block_n`` blocks
+    (compiled in: a layout of other block sizes is wrong for this payload) -> out [B, Sq, H, D]."""
+    if dtype not in ("bf16", "fp16"):
+        raise ValueError(f"dtype={dtype!r}: accepted bf16, fp16")
+    args = [_p(t, "input", dtype) for t in ("q", "k", "v")] + [_p("key_lengths", "input", "i32"), *_layout_args()]
+    args += [_i("seq_q"), _i("seq_k"), _i("num_heads")]
+    for t in "qkvo":
+        args += [_i(f"stride_{t}b", True), _i(f"stride_{t}s", True), _i(f"stride_{t}h", True)]
+    args += [_i("stride_ih"), _i("stride_iq"), _i("stride_ch"), _p("out", "output", dtype)]
+    const = {"HEAD_DIM": head_dim, "BLOCK_M": block_m, "BLOCK_N": block_n,
+             "QK_SCALE": LOG2E / math.sqrt(head_dim), "DOT_F32": False, "KV_DESC": False,
+             "WARP_SPEC": False}  # fmt: skip
+
+    def launch(dims: Dims, cdiv=py_cdiv):
+        b, sq, h, d = dims["q"]
+        sk = dims["k"][1]
+        q_str = [sq * h * d, h * d, d]
+        k_str = [sk * h * d, h * d, d]
+        return (cdiv(sq, block_m), b * h, 1), [sq, sk, h, *q_str, *k_str, *k_str, *q_str, *_layout_scalars(dims)]
+
+    return KernelSpec(
+        plugin="vidtrt::attention_sta", kernel_ref="vidtrt.kernels.block_sparse:_sparse_fwd_kernel", args=args,
+        constexprs=const, num_warps=num_warps, num_stages=num_stages, launch=launch,
+        io={"q": "[B,Sq,H,D]", "k": "[B,Sk,H,D]", "v": "[B,Sk,H,D]", "key_lengths": "[B] int32", **_LAYOUT_IO,
+            "out": "[B,Sq,H,D]"},
+        request={"kind": "attention_sta", "dtype": dtype, "head_dim": head_dim, "block_m": block_m,
+                 "block_n": block_n, "num_warps": num_warps, "num_stages": num_stages},
+    )  # fmt: skip
+
+
+def attention_sta_fp8_spec(head_dim: int = 128, out_dtype: str = "bf16", block_m: int = 128, block_n: int = 64,
+                           num_warps: int = 8, num_stages: int = 3) -> KernelSpec:
+    """vidtrt::attention_sta_fp8: the FP8 block-sparse kernel with the tensors of vidtrt::attention_fp8
+    (q8, k8, v8t, [B, H] q / k scales, [B, H, D] v scales, key_lengths) plus the layout of
+    vidtrt::attention_sta."""
+    args = [
+        _p("q8", "input", "fp8"), _p("k8", "input", "fp8"), _p("v8t", "input", "fp8"),
+        _p("q_scale", "input", "fp32"), _p("k_scale", "input", "fp32"), _p("v_scale", "input", "fp32"),
+        _p("key_lengths", "input", "i32"), *_layout_args(),
+        _i("seq_q"), _i("seq_k"), _i("num_heads"),
+        _i("stride_qb", True), _i("stride_qs", True), _i("stride_qh", True),
+        _i("stride_kb", True), _i("stride_ks", True), _i("stride_kh", True),
+        _i("stride_vb", True), _i("stride_vh", True), _i("stride_vd", True),  # stride_vs: constexpr 1
+        _i("stride_qsb"), _i("stride_qsh"), _i("stride_qsn"),
+        _i("stride_ksb"), _i("stride_ksh"), _i("stride_ksn"),
+        _i("stride_vsb", True), _i("stride_vsh", True),
+        _i("stride_ob", True), _i("stride_os", True), _i("stride_oh", True),
+        _i("stride_ih"), _i("stride_iq"), _i("stride_ch"),
+        _p("out", "output", out_dtype),
+    ]  # fmt: skip
+    const = {"HEAD_DIM": head_dim, "BLOCK_M": block_m, "BLOCK_N": block_n, "Q_QBLOCK": 128, "K_QBLOCK": 128,
+             "QK_SCALE": LOG2E / math.sqrt(head_dim), "EXACT_FP8": False, "stride_vs": 1,
+             "KV_DESC": False, "WARP_SPEC": False}  # fmt: skip
+
+    def launch(dims: Dims, cdiv=py_cdiv):
+        b, sq, h, d = dims["q8"]
+        sk = dims["k8"][1]
+        sk16 = dims["v8t"][3]
+        q_str = [sq * h * d, h * d, d]
+        k_str = [sk * h * d, h * d, d]
+        v_str = [h * d * sk16, d * sk16, sk16]
+        per_bh = [h, 1, 0]
+        return (cdiv(sq, block_m), b * h, 1), [sq, sk, h, *q_str, *k_str, *v_str, *per_bh, *per_bh, h * d, d,
+                                               *q_str, *_layout_scalars(dims)]
+
+    return KernelSpec(
+        plugin="vidtrt::attention_sta_fp8", kernel_ref="vidtrt.kernels.block_sparse:_sparse_fwd_fp8_kernel",
+        args=args, constexprs=const, num_warps=num_warps, num_stages=num_stages, launch=launch,
+        io={"q8": "[B,Sq,H,D] e4m3", "k8": "[B,Sk,H,D] e4m3", "v8t": "[B,H,D,Sk16] e4m3", "q_scale": "[B,H] fp32",
+            "k_scale": "[B,H] fp32", "v_scale": "[B,H,D] fp32", "key_lengths": "[B] int32", **_LAYOUT_IO,
+            "out": "[B,Sq,H,D]"},
+        request={"kind": "attention_sta_fp8", "head_dim": head_dim, "out_dtype": out_dtype, "block_m": block_m,
+                 "block_n": block_n, "num_warps": num_warps, "num_stages": num_stages},
+    )  # fmt: skip
+
+
+SPEC_BUILDERS = {"rope": rope_spec, "attention": attention_spec, "attention_fp8": attention_fp8_spec,
+                 "attention_sta": attention_sta_spec, "attention_sta_fp8": attention_sta_fp8_spec}
 
 
 def spec_from_request(request: dict[str, Any]) -> KernelSpec:

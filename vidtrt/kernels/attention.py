@@ -71,6 +71,7 @@ def _attn_fwd_kernel(
     QK_SCALE: tl.constexpr,  # softmax scale * log2(e)
     DOT_F32: tl.constexpr,  # products in fp32 (fp32 inputs; bf16 in the interpreter, which lacks bf16 dots)
     KV_DESC: tl.constexpr = False,  # K, V are TMA tensor descriptors [B, S, H, D] (block [1, BLOCK_N, 1, D])
+    WARP_SPEC: tl.constexpr = False,  # tl.range(warp_specialize=True) on the unmasked loop (Triton >= 3.4)
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -108,7 +109,7 @@ def _attn_fwd_kernel(
         else:
             lo = n_full
             hi = kl
-        for start_n in range(lo, hi, BLOCK_N):
+        for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WARP_SPEC and stage == 0):
             if stage == 1:
                 n_ok = (start_n + offs_n) < kl
             if KV_DESC:  # bulk tensor copies; rows past S_k arrive as zeros, rows past kl are masked below
@@ -264,6 +265,7 @@ def flash_attention(
     num_warps: int | None = None,
     num_stages: int | None = None,
     tma: bool = False,
+    warp_specialize: bool = False,
 ) -> torch.Tensor:
     """softmax(q k^T * sm_scale) v over each sample's first key_lengths[b] keys.
 
@@ -278,6 +280,9 @@ def flash_attention(
         tma: load K / V through TMA tensor descriptors (Hopper's bulk tensor copies, completing on
             mbarriers) instead of per-thread async copies; needs 16-byte aligned k / v with strides
             that are multiples of 16 bytes. Off by default until measured faster on a GPU.
+        warp_specialize: mark the unmasked key loop ``tl.range(..., warp_specialize=True)`` (Triton's
+            automatic warp specialization). With Triton 3.6 and 3.9 this changes nothing on Hopper (sm_90a:
+            same SASS; the pass partitions loops on Blackwell only), so it is off by default.
     Returns:
         [B, S_q, H, D] in q's dtype, contiguous.
     """
@@ -307,7 +312,8 @@ def flash_attention(
         out,
     )  # fmt: skip
     dot_f32 = q.dtype == torch.float32 or (q.device.type == "cpu" and q.dtype == torch.bfloat16)
-    const = {"HEAD_DIM": dim, "QK_SCALE": scale * LOG2E, "DOT_F32": dot_f32, "KV_DESC": tma}
+    const = {"HEAD_DIM": dim, "QK_SCALE": scale * LOG2E, "DOT_F32": dot_f32, "KV_DESC": tma,
+             "WARP_SPEC": bool(warp_specialize)}
     forced = block_m is not None or block_n is not None or q.device.type != "cuda"
     dbm, dbn = default_blocks(seq_q, seq_k)
     bm, bn = block_m or dbm, block_n or dbn

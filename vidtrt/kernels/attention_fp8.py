@@ -183,6 +183,7 @@ def _attn_fwd_fp8_kernel(
     QK_SCALE: tl.constexpr,  # softmax scale * log2(e)
     EXACT_FP8: tl.constexpr = False,  # interpreter: round P in fp32 first (see round_to_e4m3)
     KV_DESC: tl.constexpr = False,  # K: TMA descriptor [B, S, H, D]; V: over the transposed [B, H, D, S] buffer
+    WARP_SPEC: tl.constexpr = False,  # tl.range(warp_specialize=True) on the unmasked loop (Triton >= 3.4)
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -225,7 +226,7 @@ def _attn_fwd_fp8_kernel(
         else:
             lo = n_full
             hi = kl
-        for start_n in range(lo, hi, BLOCK_N):
+        for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WARP_SPEC and stage == 0):
             if stage == 1:
                 n_ok = (start_n + offs_n) < kl
             if KV_DESC:  # bulk tensor copies; rows past S_k arrive as zeros, rows past kl are masked below
@@ -423,6 +424,7 @@ def flash_attention_fp8(
     num_warps: int | None = None,
     num_stages: int | None = None,
     tma: bool = False,
+    warp_specialize: bool = False,
 ) -> torch.Tensor:
     """Attention with FP8 e4m3 QK^T and PV products (fp32 softmax and accumulation).
 
@@ -436,6 +438,7 @@ def flash_attention_fp8(
     key_lengths, sm_scale and the block arguments as in ``flash_attention``; block_n must divide
     quant_block when k has per-block scales. ``tma=True``: K and V through TMA descriptors (Hopper);
     v8 must then have tokens contiguous with 16-byte aligned rows (``quantize_v_per_channel``'s layout).
+    ``warp_specialize``: as in ``flash_attention`` (no effect on Hopper with Triton 3.6-3.9).
     """
     if not isinstance(q, torch.Tensor):
         raise TypeError(f"q must be a torch.Tensor, got {type(q).__name__}")
@@ -499,6 +502,7 @@ def flash_attention_fp8(
     }
     check_tma(tma, q.device)
     const["KV_DESC"] = tma
+    const["WARP_SPEC"] = bool(warp_specialize)
     forced = block_m is not None or block_n is not None or q.device.type != "cuda"
     small_qblock = quant_block < 128 and ksn != 0  # key blocks must not straddle k-scale blocks
     if forced:

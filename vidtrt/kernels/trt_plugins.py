@@ -9,6 +9,9 @@ Plugins (namespace ``vidtrt``; ONNX nodes: op_type = name, ``plugin_namespace="v
   attention_fp8     q8, k8 [B,S,H,D] fp8; v8t [B,H,D,S16] fp8 (S16: S rounded up to a multiple
                     of 16, 16-byte rows); q_scale, k_scale [B,H] fp32; v_scale [B,H,D] fp32;
                     key_lengths [B] int32 -> out [B,S,H,D] bf16
+  attention_sta     attention's inputs + the block-sparse layout (sliding-tile windows):
+                    kv_idx [H,NQB,MAXK], kv_cnt [H,NQB,2], kv_end [NKB] int32 (128 x 64 blocks)
+  attention_sta_fp8 attention_fp8's inputs + the same layout
 
 Each plugin has an ``aot_impl`` returning the Triton kernel compiled to PTX (``kernels/aot.py``):
 the engine embeds the PTX and launches it with the symbolic grid and int32 scalars given here, so
@@ -57,12 +60,28 @@ PLUGINS: dict[str, dict[str, list[str]]] = {
     },
 }
 
+# Block-sparse (sliding-tile) attention: the layout arrives as three int32 tensors made on the host
+# (``kernels/sparse_layout.sliding_tile_layout`` per head, 128 x 64 blocks: the block sizes are compiled
+# into the payload); not in the ONNX flavour yet (its DiT export would need the layout as graph inputs).
+_LAYOUT = ["kv_idx", "kv_cnt", "kv_end"]
+STA_PLUGINS: dict[str, dict[str, list[str]]] = {
+    "attention_sta": {"inputs": ["q", "k", "v", "key_lengths", *_LAYOUT], "attrs": [], "outputs": ["out"]},
+    "attention_sta_fp8": {
+        "inputs": ["q8", "k8", "v8t", "q_scale", "k_scale", "v_scale", "key_lengths", *_LAYOUT],
+        "attrs": [],
+        "outputs": ["out"],
+    },
+}
+ALL_PLUGINS = {**PLUGINS, **STA_PLUGINS}
+
 # TensorRT type strings of each plugin's I/O (AutoTuneCombination: inputs then outputs).
 IO_TYPES = {
     "qk_norm_rope": "BF16|FP16, BF16|FP16, FP32, FP32, FP32, FP32, BF16|FP16, BF16|FP16",
     "qk_norm_rope_fp8": "BF16|FP16, BF16|FP16, FP32, FP32, FP32, FP32, FP32, FP32, FP8, FP8",
     "attention": "BF16|FP16, BF16|FP16, BF16|FP16, INT32, BF16|FP16",
     "attention_fp8": "FP8, FP8, FP8, FP32, FP32, FP32, INT32, BF16",
+    "attention_sta": "BF16|FP16, BF16|FP16, BF16|FP16, INT32, INT32, INT32, INT32, BF16|FP16",
+    "attention_sta_fp8": "FP8, FP8, FP8, FP32, FP32, FP32, INT32, INT32, INT32, INT32, BF16",
 }
 
 
@@ -76,7 +95,11 @@ def plugin_requests(name: str, dtype: str, head_dim: int, eps: float = 1e-6, tac
         return {"kind": "attention", "dtype": dtype, "head_dim": head_dim, "tactic": tactic}
     if name == "attention_fp8":
         return {"kind": "attention_fp8", "head_dim": head_dim, "tactic": tactic}
-    raise ValueError(f"unknown plugin {name!r}: accepted {', '.join(PLUGINS)}")
+    if name == "attention_sta":
+        return {"kind": "attention_sta", "dtype": dtype, "head_dim": head_dim}
+    if name == "attention_sta_fp8":
+        return {"kind": "attention_sta_fp8", "head_dim": head_dim}
+    raise ValueError(f"unknown plugin {name!r}: accepted {', '.join(ALL_PLUGINS)}")
 
 
 def _const_int(x) -> int:
@@ -100,7 +123,7 @@ def plugin_tactics(name: str, head_dim: int = 128) -> list[int]:
 def aot_launch(name: str, dtype: str, dims: dict[str, Any], *, eps: float = 1e-6, tactic: int = 0,
                cdiv=aot.py_cdiv) -> tuple[aot.AotPayload, tuple[Any, Any, Any], list[Any]]:
     """(payload, grid, int32 scalars) of one plugin for input dims (ints, or TensorRT shape exprs)."""
-    head_dim = _const_int(dims[PLUGINS[name]["inputs"][0]][3])
+    head_dim = _const_int(dims[ALL_PLUGINS[name]["inputs"][0]][3])
     req = plugin_requests(name, dtype, head_dim, eps, tactic)
     payload = aot.get_payload(req)
     grid, scalars = aot.spec_from_request(req).launch(dims, cdiv)
@@ -131,7 +154,7 @@ def register_plugins() -> list[str]:
     if not _REGISTERED:
         _define_plugins(trt, trtp)
         _REGISTERED = True
-    return [f"{NAMESPACE}::{n}" for n in PLUGINS]
+    return [f"{NAMESPACE}::{n}" for n in ALL_PLUGINS]
 
 
 def _define_plugins(trt, trtp) -> None:  # noqa: C901 - one block per plugin, kept together
@@ -140,10 +163,10 @@ def _define_plugins(trt, trtp) -> None:  # noqa: C901 - one block per plugin, ke
             outputs = kwargs.pop("outputs", None)
             tactic = kwargs.pop("tactic", 0) or 0
             eps = kwargs.get("eps", 1e-6)
-            inputs = dict(zip(PLUGINS[name]["inputs"], args, strict=False))
+            inputs = dict(zip(ALL_PLUGINS[name]["inputs"], args, strict=False))
             dims = {k: v.shape_expr for k, v in inputs.items()}
-            first = inputs[PLUGINS[name]["inputs"][0]]
-            dtype = _trt_dtype_name(first.dtype) if name != "attention_fp8" else "bf16"
+            first = inputs[ALL_PLUGINS[name]["inputs"][0]]
+            dtype = _trt_dtype_name(first.dtype) if name not in ("attention_fp8", "attention_sta_fp8") else "bf16"
             payload, grid, scalars = aot_launch(name, dtype, dims, eps=eps, tactic=tactic, cdiv=trtp.cdiv)
             launch = trtp.KernelLaunchParams()
             launch.grid_x, launch.grid_y, launch.grid_z = grid
@@ -227,3 +250,38 @@ def _define_plugins(trt, trtp) -> None:  # noqa: C901 - one block per plugin, ke
     def _attn8_aot(q8, k8, v8t, q_scale, k_scale, v_scale, key_lengths, outputs, tactic):
         return attn8_aot(q8, k8, v8t, q_scale, k_scale, v_scale, key_lengths, outputs=outputs,
                          tactic=max(int(tactic or 1) - 1, 0))  # fmt: skip
+
+    # --- attention_sta / attention_sta_fp8 (block-sparse, one tactic: the layout fixes the blocks) ----------
+    @trtp.register(f"{NAMESPACE}::attention_sta")
+    def _sta_desc(q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc, key_lengths: trtp.TensorDesc,
+                  kv_idx: trtp.TensorDesc, kv_cnt: trtp.TensorDesc, kv_end: trtp.TensorDesc) -> trtp.TensorDesc:
+        return q.like()
+
+    @trtp.autotune(f"{NAMESPACE}::attention_sta")
+    def _sta_tune(q, k, v, key_lengths, kv_idx, kv_cnt, kv_end, outputs):
+        return [trtp.AutoTuneCombination(IO_TYPES["attention_sta"])]
+
+    sta_aot = make_aot("attention_sta")
+
+    @trtp.aot_impl(f"{NAMESPACE}::attention_sta")
+    def _sta_aot(q, k, v, key_lengths, kv_idx, kv_cnt, kv_end, outputs, tactic):
+        return sta_aot(q, k, v, key_lengths, kv_idx, kv_cnt, kv_end, outputs=outputs, tactic=0)
+
+    @trtp.register(f"{NAMESPACE}::attention_sta_fp8")
+    def _sta8_desc(
+        q8: trtp.TensorDesc, k8: trtp.TensorDesc, v8t: trtp.TensorDesc, q_scale: trtp.TensorDesc,
+        k_scale: trtp.TensorDesc, v_scale: trtp.TensorDesc, key_lengths: trtp.TensorDesc, kv_idx: trtp.TensorDesc,
+        kv_cnt: trtp.TensorDesc, kv_end: trtp.TensorDesc,
+    ) -> trtp.TensorDesc:
+        return trtp.from_shape_expr(q8.shape_expr, dtype=trt.bfloat16)
+
+    @trtp.autotune(f"{NAMESPACE}::attention_sta_fp8")
+    def _sta8_tune(q8, k8, v8t, q_scale, k_scale, v_scale, key_lengths, kv_idx, kv_cnt, kv_end, outputs):
+        return [trtp.AutoTuneCombination(IO_TYPES["attention_sta_fp8"])]
+
+    sta8_aot = make_aot("attention_sta_fp8")
+
+    @trtp.aot_impl(f"{NAMESPACE}::attention_sta_fp8")
+    def _sta8_aot(q8, k8, v8t, q_scale, k_scale, v_scale, key_lengths, kv_idx, kv_cnt, kv_end, outputs, tactic):
+        return sta8_aot(q8, k8, v8t, q_scale, k_scale, v_scale, key_lengths, kv_idx, kv_cnt, kv_end, outputs=outputs,
+                        tactic=0)

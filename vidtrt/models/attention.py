@@ -31,7 +31,8 @@ def register_backend(name: str, fn: AttentionBackend) -> None:
 
 
 # Backends of vidtrt.kernels.backends, registered here when one is first asked for (needs triton).
-KERNEL_BACKENDS = ("triton", "triton-tma", "triton-fp8", "triton-fp8-tma")
+KERNEL_BACKENDS = ("triton", "triton-tma", "triton-fp8", "triton-fp8-tma", "triton-sta", "triton-fp8-sta",
+                   "triton-sta-tma", "triton-fp8-sta-tma")
 
 
 def available_backends() -> list[str]:

@@ -29,6 +29,7 @@ from vidtrt.models import sequence_parallel
 from vidtrt.models.attention import attention
 from vidtrt.models.rope import qk_norm_rope, rope_cos_sin
 from vidtrt.models.sequence_parallel import joint_attention
+from vidtrt.models.sparse_tiles import block_scope, tile_plan
 
 _LN_EPS = 1e-6
 _TIMESTEP_CHANNELS = 256
@@ -529,20 +530,30 @@ class HunyuanVideoTransformer3D(nn.Module):
         temb = self.time_text_embed(timestep, pooled_projections.to(dtype), guidance)
         img = self.x_embedder(hidden_states.to(dtype))  # [B, S_img, C]
         txt = self.context_embedder(text.to(dtype), timestep, text_lengths)  # [B, L', C]
+        # Sliding-tile attention (STA backends, sparse steps): image tokens in tile order until proj_out.
+        n_dual = len(self.transformer_blocks)
+        plan = tile_plan((t, h, w), n_dual + len(self.single_transformer_blocks), img.device, _exporting())
+        if plan is not None:
+            img, cos, sin = plan.enter(img, cos, sin)
         n_img = img.shape[1]
         key_lengths = None if text_lengths is None else text_lengths + n_img
         sp = sequence_parallel.current()  # Ulysses: this rank keeps its slice of the image tokens
         if sp is not None:
+            if plan is not None:
+                raise ValueError("sliding-tile attention does not combine with sequence parallelism (its tiles span "
+                                 "every rank's tokens): use a dense attention backend with sp_degree > 1")
             img, cos, sin = sp.shard(img, cos, sin)
         n_local = img.shape[1]
 
-        for block in self.transformer_blocks:
-            img, txt = block(img, txt, temb, cos, sin, key_lengths)
+        for i, block in enumerate(self.transformer_blocks):
+            with block_scope(plan, i):
+                img, txt = block(img, txt, temb, cos, sin, key_lengths)
 
         x = torch.cat((img, txt), dim=1)
-        for block in self.single_transformer_blocks:
-            x = block(x, temb, cos, sin, n_local, key_lengths)
-        img = x[:, :n_local]
+        for i, block in enumerate(self.single_transformer_blocks):
+            with block_scope(plan, n_dual + i):
+                x = block(x, temb, cos, sin, n_local, key_lengths)
+        img = x[:, :n_local] if plan is None else plan.leave(x[:, :n_local])
 
         out = self.proj_out(self.norm_out(img, temb))  # [B, S_img, pt * p * p * C_out]
         if sp is not None:

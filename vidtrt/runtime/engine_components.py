@@ -363,7 +363,7 @@ COMPONENT_LOADERS = {"text_encoder": engine_text_encoder, "dit": engine_dit, "va
 
 def load_component(key: str, model: str | Path | ModelSource, engine: str = "torch", *,
                    artifacts: str | Path | None = None, device: str = "cpu", precision: str = "fp32", threads: int = 0,
-                   providers: Sequence[str] | None = None, sp_degree: int = 1):
+                   providers: Sequence[str] | None = None, sp_degree: int = 1, attention: str | None = None):
     """The callable a Triton component model serves (``key``: text_encoder, dit or vae_decoder -- the
     decoder as the tile engine), on ``engine``.
 
@@ -371,7 +371,8 @@ def load_component(key: str, model: str | Path | ModelSource, engine: str = "tor
     ``vidtrt run`` uses, in ``precision`` (fp32, bf16, fp16; fp8: the DiT with FP8 GEMMs and FP8 attention,
     the text encoder and VAE in bf16). ``onnxruntime`` / ``tensorrt``: the exported artifacts in ``artifacts``
     (fp32 only; ``threads`` / ``providers`` for onnxruntime). ``sp_degree`` > 1: the torch DiT over that many
-    processes (:mod:`vidtrt.runtime.parallel_dit`). Raises EngineError.
+    processes (:mod:`vidtrt.runtime.parallel_dit`). ``attention``: the torch DiT's attention backend (checked
+    like ``vidtrt run --attention``). Raises EngineError / ConfigError.
     """
     if key not in COMPONENT_LOADERS:
         raise EngineError(f"unknown component {key!r}; accepted {list(COMPONENT_LOADERS)}")
@@ -383,10 +384,11 @@ def load_component(key: str, model: str | Path | ModelSource, engine: str = "tor
         if precision not in (*PRECISION_DTYPES, "fp8"):
             raise EngineError(f"invalid precision {precision!r}: accepted {[*PRECISION_DTYPES, 'fp8']}")
         dtype = getattr(torch, precision_dtype_name(precision))
-        if key == "dit" and (precision == "fp8" or sp_degree != 1):
-            return pipeline.torch_denoiser(source, device, dtype, precision=precision, sp_degree=sp_degree)
-        loader = {"text_encoder": pipeline.torch_text_encoder, "dit": pipeline.torch_denoiser,
-                  "vae_decoder": pipeline.torch_tile_decoder}[key]
+        loader = {"text_encoder": pipeline.torch_text_encoder, "vae_decoder": pipeline.torch_tile_decoder}.get(key)
+        if key == "dit":
+            pipeline.check_run_choices(device, attention, source.config.transformer.attention_head_dim, precision)
+            return pipeline.torch_denoiser(source, device, dtype, attention, precision=precision,
+                                           sp_degree=sp_degree)
         return loader(source, device, dtype)
     if sp_degree != 1:
         raise EngineError(f"sequence parallelism (sp_degree {sp_degree}) needs engine 'torch'")

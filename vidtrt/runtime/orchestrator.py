@@ -21,6 +21,7 @@ from vidtrt.config.components import Components, TextEmbeddings
 from vidtrt.config.lifecycle import Deadline
 from vidtrt.config.model_config import ModelConfig
 from vidtrt.config.request import GenerationRequest
+from vidtrt.config.sparse_attention import sparse_step, step_schedule
 from vidtrt.errors import CancelledError, DeadlineExceededError, InvalidRequestError, NonFiniteError
 from vidtrt.runtime.scheduler import euler_step, flow_match_sigmas, initial_noise, timesteps_from_sigmas
 from vidtrt.runtime.step_cache import make_step_cache
@@ -105,11 +106,15 @@ def denoise(
     total = r.num_inference_steps
     cache = make_step_cache(r.step_cache, total)  # vidtrt.runtime.step_cache: one decision for both CFG branches
     calls_per_step = 2 if negative is not None else 1
+    tc = config.transformer
+    sparse_at = step_schedule(config.sparse_attention, tc.num_layers + tc.num_single_layers, r.sparse_window,
+                              r.sparse_steps, total)  # used by the STA attention backends only
     for i in range(total):
         check_cancel(should_cancel, deadline, f"before step {i + 1} of {total}")
         t = timesteps[i].expand(1)
         dit = functools.partial(_velocity, components, latents, t, text, negative, guidance, r.true_cfg_scale)
-        velocity, called = cache.velocity(i, latents, dit)
+        with sparse_step(sparse_at(i)):
+            velocity, called = cache.velocity(i, latents, dit)
         latents = euler_step(latents, velocity, sigmas[i], sigmas[i + 1])
         if not bool(torch.isfinite(latents).all()):
             raise NonFiniteError(f"the DiT produced NaN/inf at denoising step {i + 1} of {total}{_OVERFLOW_HINT}")

@@ -169,6 +169,9 @@ def torch_denoiser(source: ModelSource, device="cpu", dtype=torch.float32, atten
         return TorchDenoiser(load_fp8_transformer(source, device, fp8_amax), device, kernels)
     kernels = select_kernels(device, attention)
     if sp_degree != 1:
+        if "sta" in kernels.attention.split("-"):
+            raise ConfigError(f"attention {kernels.attention!r} (sliding-tile) does not combine with sequence "
+                              "parallelism: use a dense backend with sp_degree > 1")
         from vidtrt.runtime.parallel_dit import ParallelDenoiser
 
         return ParallelDenoiser(source, sp_degree, device, dtype, kernels.attention, fused_rope=kernels.fused_rope)
@@ -259,12 +262,15 @@ class HunyuanVideoPipeline:
         cache_policy: str | None = None,
         cache_threshold: float | None = None,
         cache_warmup_steps: int | None = None,
+        sparse_window: str | None = None,
+        sparse_steps: str | None = None,
     ) -> np.ndarray:
         """uint8 frames [num_frames, height, width, 3]; ``None`` arguments take the model's defaults.
 
         ``guidance_scale``: diffusers' name for ``embedded_guidance_scale`` (give either). ``cache_*``: step
         caching (:mod:`vidtrt.config.step_cache`); ``progress`` events say per step whether the DiT ran
-        (``dit_calls``)."""
+        (``dit_calls``). ``sparse_window`` / ``sparse_steps``: sliding-tile attention (STA backends), see
+        GenerationRequest."""
         embedded_guidance_scale = embedded_guidance(embedded_guidance_scale, guidance_scale)
         request = GenerationRequest(
             prompt=prompt,
@@ -281,6 +287,8 @@ class HunyuanVideoPipeline:
             cache_policy=cache_policy,
             cache_threshold=cache_threshold,
             cache_warmup_steps=cache_warmup_steps,
+            sparse_window=sparse_window,
+            sparse_steps=sparse_steps,
         )
         return self.run(request, progress, should_cancel)
 

@@ -23,6 +23,7 @@ turns a component callable into ``feeds -> outputs`` for the component's ``model
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ import torch
 
 from vidtrt.config.components import Components, TextEmbeddings
 from vidtrt.config.model_config import ModelConfig
+from vidtrt.config.sparse_attention import SparseStep, current_sparse_step, sparse_step
 from vidtrt.config.specs import TRITON_DTYPES, AxisRange, ComponentSpec, TensorSpec, dit_spec, vae_decoder_spec
 from vidtrt.errors import EngineError, VidtrtError
 
@@ -66,14 +68,18 @@ def text_encoder_spec(config: ModelConfig) -> ComponentSpec:
     )
 
 
-OPTIONAL_INPUTS = {"text_encoder": ("prompt_policy",)}
+OPTIONAL_INPUTS = {"text_encoder": ("prompt_policy",), "dit": ("sparse_attention",)}
+# The DiT model's extra input (not part of the exported DiT): this step's sliding-tile windows, JSON
+# (vidtrt.config.sparse_attention.SparseStep); absent = dense. Used by the STA attention backends only.
+SPARSE_INPUT = TensorSpec("sparse_attention", STRING, (1,), "sliding-tile step (JSON), absent = dense")
 
 
 def specs_for_triton(config: ModelConfig) -> dict[str, ComponentSpec]:
     """The spec of each component model, by key."""
+    dit = dit_spec(config)
     return {
         "text_encoder": text_encoder_spec(config),
-        "dit": dit_spec(config),
+        "dit": dataclasses.replace(dit, inputs=(*dit.inputs, SPARSE_INPUT)),
         "vae_decoder": vae_decoder_spec(config, tile=True),
     }
 
@@ -133,6 +139,9 @@ def remote_components(infer: InferFn, model_names: Mapping[str, str], config: Mo
         }
         if "guidance" in dit_inputs:
             feeds["guidance"] = _np(guidance.reshape(-1), np.float32)
+        step = current_sparse_step()
+        if step is not None:
+            feeds["sparse_attention"] = np.array([step.to_json().encode("utf-8")], dtype=np.object_)
         return torch.from_numpy(infer(model_names["dit"], feeds, ["velocity"])["velocity"])
 
     def decode_tile(latents: torch.Tensor) -> torch.Tensor:
@@ -198,7 +207,10 @@ class ComponentServer:
                 raise RuntimeError(f"injected DiT failure (embedded_guidance_scale == {self.fail_on_guidance:g})")
             text = TextEmbeddings(prompt_embeds=t("encoder_hidden_states"), attention_mask=t("encoder_attention_mask"),
                                   pooled=t("pooled_projections"))
-            velocity = self.fn(latents, t("timestep"), text, guidance)
+            sparse = feeds.get("sparse_attention")
+            step = SparseStep.from_json(_decode_strings(sparse, "sparse_attention")[0]) if sparse is not None else None
+            with sparse_step(step):
+                velocity = self.fn(latents, t("timestep"), text, guidance)
             if self._injected(guidance, 1):
                 velocity = torch.full_like(velocity, float("nan"))
             return {"velocity": _np(velocity, np.float32)}

@@ -36,6 +36,7 @@ from vidtrt.config.model_config import (
     VAEConfig,
     hunyuan_video_config,
 )
+from vidtrt.config.sparse_attention import SparseAttentionConfig
 from vidtrt.counters import count
 from vidtrt.errors import CheckpointError, ConfigError, one_line
 
@@ -407,6 +408,9 @@ def _apply_overrides(config: ModelConfig, data: dict) -> ModelConfig:
                 raise CheckpointError(f"{VIDTRT_JSON}: unknown field {section}.{key}")
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
         changes[section] = dataclasses.replace(target, **values)
+    if "sparse_attention" in data:  # sliding-tile attention windows of this checkpoint (STA backends)
+        current = dataclasses.asdict(config.sparse_attention)
+        changes["sparse_attention"] = SparseAttentionConfig.from_dict({**current, **data["sparse_attention"]})
     if "name" in data:
         changes["name"] = data["name"]
     return dataclasses.replace(config, **changes)

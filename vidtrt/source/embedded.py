@@ -94,6 +94,7 @@ def write_tiny_checkpoint(folder: str | Path, seed: int = TINY_SEED, name: str =
         "text": _config_dict(config.text),
         "tiling": _config_dict(config.tiling),
         "defaults": _config_dict(config.defaults),
+        "sparse_attention": json.loads(json.dumps(dataclasses.asdict(config.sparse_attention), default=list)),
     }
     (folder / VIDTRT_JSON).write_text(json.dumps(overrides, indent=2))
     return folder

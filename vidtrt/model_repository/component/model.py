@@ -10,9 +10,9 @@ The model comes from the repository's ``vidtrt-repository.json`` record
 against the config's ``model_fingerprint``. Parameters (config.pbtxt): ``model`` (for readers),
 ``engine`` ('torch' or an engine from vidtrt.runtime.engine_components; onnxruntime reads the ONNX files
 ``vidtrt build`` put in this model's version folder), ``device``
-('cpu', or 'cuda' taken from the instance's GPU with KIND_GPU), ``fail_on_guidance``
-(test-only fault injection for the DiT), ``sp_degree`` (DiT only: this process is rank 0 of that many, the
-others are worker processes it starts and restarts, see vidtrt.runtime.parallel_dit).
+('cpu', or 'cuda' taken from the instance's GPU with KIND_GPU), ``attention`` (the torch DiT's attention
+backend), ``fail_on_guidance`` (test-only fault injection for the DiT), ``sp_degree`` (DiT only: this process
+is rank 0 of that many, the others are worker processes it starts and restarts, see vidtrt.runtime.parallel_dit).
 
 Errors: a bad request gets an error response for that request only (INVALID_ARG for request
 content, INTERNAL otherwise); the model never takes the server down.
@@ -65,7 +65,7 @@ class TritonPythonModel:
             engine = params.get("engine") or "torch"
             artifacts = model_dir / str(args.get("model_version") or "1") if engine != "torch" else None
             fn = load_component(key, source, engine=engine, device=device, artifacts=artifacts,
-                                precision=params.get("precision") or "fp32",
+                                precision=params.get("precision") or "fp32", attention=params.get("attention") or None,
                                 sp_degree=int(params.get("sp_degree") or 1))  # >1: starts DiT worker processes
         except VidtrtError as e:
             raise pb_utils.TritonModelException(f"{self.model_name}: {e}") from None
