@@ -196,7 +196,7 @@ def test_plugin_nodes_register_the_aot_plugins(surface, tmp_path, standin):
     man = tb.build_plan(path, TOY, tmp_path / "t.plan", tb.TensorRTBuildConfig("fp8"), **args)
     from vidtrt.kernels import trt_plugins
 
-    ids = [f"vidtrt::{n}" for n in trt_plugins.PLUGINS]
+    ids = [f"vidtrt::{n}" for n in trt_plugins.ALL_PLUGINS]
     assert man["plugins"] == ids and sorted(trt.plugin_registry) == sorted(ids)
     assert all({"desc", "autotune", "aot"} <= set(trt.plugin_registry[i]) for i in ids)
     first_parse = next(i for i, (n, _) in enumerate(trt.calls) if n == "parse_from_file")
@@ -353,7 +353,7 @@ def test_tensorrt_repository(surface, tmp_path, monkeypatch, standin):
                str(artifacts), "--out", str(out), "--timing-cache", str(tmp_path / "t.cache")])
     assert rc == 0
     source = ModelSource.open("tiny")
-    specs = specs_for_triton(source.config)
+    specs = specs_for_triton(source.config, sparse_input=False)
     record = json.loads((out / "vidtrt-repository.json").read_text())
     assert record["engine"] == "tensorrt" and record["precision"] == "bf16" and record["device"] == "cuda"
     assert record["tensorrt"]["tensorrt_version"] == trt.__version__

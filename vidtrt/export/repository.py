@@ -214,7 +214,8 @@ def build_repository(
                   vae_decoder_name=family.component_model("vae_decoder"), max_concurrent=max_concurrent_generations,
                   max_queue=max_queue_size,
                   fps=config.defaults.fps, stream_name=family.stream_model, sync_name=family.sync_model,
-                  sync_instances=sync_instances)
+                  sync_instances=sync_instances,
+                  dit_sparse="true" if attention is not None and "sta" in attention.split("-") else "false")
 
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, str] = {}
@@ -244,7 +245,8 @@ def build_repository(
 
             write(family.component_model(key), tensorrt_build.plan_config_pbtxt(
                 templates / "tensorrt_plan" / "config.pbtxt.in", key=key, name=family.component_model(key),
-                spec=specs[key], manifest=plan_set.manifests[key], doc=doc, per_call=per_call, count=n,
+                spec=specs_for_triton(config, sparse_input=False)[key], manifest=plan_set.manifests[key],
+                doc=doc, per_call=per_call, count=n,
                 model=source.ref, fingerprint=source.fingerprint), None)
             version_dir = out / family.component_model(key) / "1"
             _link_or_copy(plan_set.plans[key], version_dir / PLAN_FILE)

@@ -74,12 +74,13 @@ OPTIONAL_INPUTS = {"text_encoder": ("prompt_policy",), "dit": ("sparse_attention
 SPARSE_INPUT = TensorSpec("sparse_attention", STRING, (1,), "sliding-tile step (JSON), absent = dense")
 
 
-def specs_for_triton(config: ModelConfig) -> dict[str, ComponentSpec]:
-    """The spec of each component model, by key."""
+def specs_for_triton(config: ModelConfig, sparse_input: bool = True) -> dict[str, ComponentSpec]:
+    """The spec of each component model, by key. ``sparse_input``: the DiT takes the optional
+    ``sparse_attention`` input (Python-backend DiT models; a TensorRT plan does not)."""
     dit = dit_spec(config)
     return {
         "text_encoder": text_encoder_spec(config),
-        "dit": dataclasses.replace(dit, inputs=(*dit.inputs, SPARSE_INPUT)),
+        "dit": dataclasses.replace(dit, inputs=(*dit.inputs, SPARSE_INPUT)) if sparse_input else dit,
         "vae_decoder": vae_decoder_spec(config, tile=True),
     }
 
@@ -108,10 +109,13 @@ def _np(x: torch.Tensor, dtype: np.dtype) -> np.ndarray:
     return np.ascontiguousarray(x.detach().to("cpu").numpy(), dtype=dtype)
 
 
-def remote_components(infer: InferFn, model_names: Mapping[str, str], config: ModelConfig) -> Components:
+def remote_components(infer: InferFn, model_names: Mapping[str, str], config: ModelConfig,
+                      dit_sparse: bool = False) -> Components:
     """Components whose calls go through ``infer`` to the component models named in ``model_names``
     (keys ``text_encoder``, ``dit``, ``vae_decoder``). Tensors cross as float32 / int64 numpy arrays, the
-    dtypes the in-process engines receive, so the same request gives the same bits either way."""
+    dtypes the in-process engines receive, so the same request gives the same bits either way.
+    ``dit_sparse``: the DiT model runs a sliding-tile backend, so each sparse step's ``sparse_attention``
+    input is sent (other DiT models, TensorRT plans included, never get it)."""
     specs = specs_for_triton(config)
     dit_inputs = specs["dit"].input_names
 
@@ -139,7 +143,7 @@ def remote_components(infer: InferFn, model_names: Mapping[str, str], config: Mo
         }
         if "guidance" in dit_inputs:
             feeds["guidance"] = _np(guidance.reshape(-1), np.float32)
-        step = current_sparse_step()
+        step = current_sparse_step() if dit_sparse else None
         if step is not None:
             feeds["sparse_attention"] = np.array([step.to_json().encode("utf-8")], dtype=np.object_)
         return torch.from_numpy(infer(model_names["dit"], feeds, ["velocity"])["velocity"])

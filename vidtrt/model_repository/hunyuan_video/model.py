@@ -133,7 +133,8 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"{self.model_name}: {e}") from None
         names = {"text_encoder": params["text_encoder_model"], "dit": params["dit_model"],
                  "vae_decoder": params["vae_decoder_model"]}
-        self.components = remote_components(self._infer, names, self.config)
+        self.components = remote_components(self._infer, names, self.config,
+                                            dit_sparse=params.get("dit_sparse_attention") == "true")
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{self.model_name}-gen")
         self.metrics = _Metrics(self.model_name)
         self._lock = threading.Lock()
