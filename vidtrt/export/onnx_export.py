@@ -44,7 +44,14 @@ import torch
 from vidtrt.config.model_config import EMBEDDED_PRESETS
 from vidtrt.config.specs import COMPONENTS, ComponentSpec
 from vidtrt.errors import VidtrtError, one_line
-from vidtrt.export.options import DEFAULT_OPSET, EXTERNAL_DATA_BYTES, EXTERNAL_DATA_CHOICES, MAX_OPSET, MIN_OPSET
+from vidtrt.export.options import (
+    DEFAULT_OPSET,
+    EXTERNAL_DATA_BYTES,
+    EXTERNAL_DATA_CHOICES,
+    FP8_OPSET,
+    MAX_OPSET,
+    MIN_OPSET,
+)
 from vidtrt.source.model_source import ModelSource
 
 
@@ -229,11 +236,12 @@ def optimize_graph(model) -> None:
 
 
 def trace_onnx(module: torch.nn.Module, spec: ComponentSpec, opset: int = DEFAULT_OPSET, optimize: bool = True,
-               weights: Mapping[str, torch.Tensor] | None = None):
+               weights: Mapping[str, torch.Tensor] | None = None, custom_translation_table: dict | None = None):
     """Steps 1-3 of the module docstring: the checked ``onnx_ir`` model of ``module`` (not yet saved).
 
     ``weights``: ``module`` lives on the meta device (no RAM for weights) and its parameters come from
     this mapping (e.g. the memory-mapped checkpoint), converted lazily when the file is written.
+    ``custom_translation_table``: the exporter's, for custom ops (e.g. FP8 Q/DQ, ``onnx_fp8``).
     """
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ExportError(f"--opset {opset} is not supported; accepted: {MIN_OPSET}..{MAX_OPSET} (18 is the dynamo "
@@ -247,6 +255,7 @@ def trace_onnx(module: torch.nn.Module, spec: ComponentSpec, opset: int = DEFAUL
             program = torch.onnx.export(
                 module, args, input_names=spec.input_names, output_names=spec.output_names, dynamo=True,
                 dynamic_shapes=torch_dynamic_shapes(spec), opset_version=opset, optimize=False, verbose=False,
+                custom_translation_table=custom_translation_table,
             )
     except Exception as e:  # the exporter raises many types; one line, the cause chained for debugging
         raise ExportError(f"{spec.name}: ONNX export failed: {one_line(e, with_type=True)}") from e
@@ -365,7 +374,7 @@ def export_components(model: str | Path | ModelSource = "tiny", out: str | Path 
                       components: Sequence[str] | None = None, opset: int = DEFAULT_OPSET,
                       external_data: str = "auto", optimize: bool = True,
                       verify: bool = False, log: Callable[[str], None] | None = print,
-                      stream_weights: bool = True) -> dict:
+                      stream_weights: bool = True, quantized: str | Path | None = None) -> dict:
     """Export ``components`` (default: all) of ``model`` into ``out``; returns the manifest written.
 
     A manifest already in ``out`` from the same model and opset keeps its other components' entries.
@@ -374,6 +383,9 @@ def export_components(model: str | Path | ModelSource = "tiny", out: str | Path 
     ``stream_weights``: the DiT is traced on the meta device and its weights are streamed from the
     memory-mapped checkpoint into the file (:func:`streamed_dit`): RAM stays at the graph plus one
     tensor whatever the model size. Otherwise it is loaded in float32 first (weights-size RAM).
+    ``quantized``: a quantization state folder (``vidtrt quantize``) made for this checkpoint: the DiT is
+    written as FP8 Q/DQ ONNX, ``dit_fp8.onnx`` (:mod:`vidtrt.export.onnx_fp8`; opset >= 19), its manifest
+    entry carrying ``quantization``; ``verify`` compares it with the torch fake-quant DiT (1e-3).
     """
     from vidtrt.runtime.engine_components import MANIFEST_FORMAT, MANIFEST_NAME, component_module, text_encoder_modules
 
@@ -388,6 +400,14 @@ def export_components(model: str | Path | ModelSource = "tiny", out: str | Path 
         raise ExportError(f"cannot create --out folder {out}: {one_line(e)}") from None
     source = ModelSource.open(model)
     config = source.config
+    state = None
+    if quantized is not None and "dit" in names:
+        from vidtrt.export.onnx_fp8 import FP8_MIN_OPSET
+        from vidtrt.source.quant_state import QuantState
+
+        if opset < FP8_MIN_OPSET:
+            raise ExportError(f"--opset {opset}: --quantized (FP8 Q/DQ, float8e4m3fn) needs opset >= {FP8_MIN_OPSET}")
+        state = QuantState.load(quantized, source)  # refused here (one line) before any export work
     specs = source.specs(names)
     fingerprint = source.fingerprint
     manifest = {
@@ -423,14 +443,15 @@ def export_components(model: str | Path | ModelSource = "tiny", out: str | Path 
             return cache["text"][name]
         return component_module(source, name)
 
-    def record(name: str, result: ExportResult, module: torch.nn.Module | None) -> None:
-        manifest["components"][name] = result.manifest_entry(specs[name])
+    def record(name: str, result: ExportResult, module: torch.nn.Module | None, extra: dict | None = None,
+               tol: float = 1e-4) -> None:
+        manifest["components"][name] = {**result.manifest_entry(specs[name]), **(extra or {})}
         note = f", external data {result.external_data.name}" if result.external_data else ""
         if log:
             log(f"{name}: {result.path} ({result.file_bytes / 1e6:.1f} MB{note}, {result.num_nodes} nodes) "
                 f"in {result.seconds:.1f}s")
         if verify:
-            err = verify_onnx(module or component_module(source, name), specs[name], result.path)
+            err = verify_onnx(module or component_module(source, name), specs[name], result.path, tol)
             if log:
                 log(f"{name}: onnxruntime vs torch max relative error {err:.2e}")
         _write_json(old_path, manifest)
@@ -457,6 +478,15 @@ def export_components(model: str | Path | ModelSource = "tiny", out: str | Path 
                        module)
                 done.add("vae_decoder_tile")
             del model_ir
+        elif name == "dit" and state is not None:
+            from vidtrt.export.onnx_fp8 import FP8_DIT_FILE, export_fp8_dit, quantization_record
+
+            result, counts = export_fp8_dit(source, state, spec, out / FP8_DIT_FILE, opset, optimize, metadata,
+                                            stream_weights)
+            fake_quant = state.apply(component_module(source, "dit")) if verify else None
+            record(name, result, fake_quant, {"quantization": quantization_record(state, counts)}, tol=1e-3)
+            del fake_quant
+            done.add(name)
         elif name == "dit" and stream_weights:
             meta, weights = streamed_dit(source)
             result = export_onnx(meta, spec, out / "dit.onnx", opset, external_data, optimize, metadata, weights)
@@ -558,10 +588,12 @@ def verify_onnx(module: torch.nn.Module, spec: ComponentSpec, path: Path, tol: f
 
 
 def export_main(args: argparse.Namespace) -> int:
-    manifest = export_components(args.model, args.out, args.components, args.opset, args.external_data,
+    quantized = getattr(args, "quantized", None)
+    opset = args.opset if args.opset is not None else (FP8_OPSET if quantized else DEFAULT_OPSET)
+    manifest = export_components(args.model, args.out, args.components, opset, args.external_data,
                                  optimize=not args.no_optimize, verify=args.verify,
                                  stream_weights=not args.no_stream_weights,
-                                 log=lambda line: print(line, file=sys.stdout, flush=True))
+                                 log=lambda line: print(line, file=sys.stdout, flush=True), quantized=quantized)
     print(f"wrote {Path(args.out) / 'manifest.json'} ({len(manifest['components'])} components, "
           f"model {manifest['model']['name']}, opset {manifest['opset']})")
     return 0

@@ -93,7 +93,8 @@ class FP8Quantizer(nn.Module):
         return fp8_qdq(x, self.scale.to(x.device), axis)
 
     def extra_repr(self) -> str:
-        return f"amax={self.amax.tolist() if self.amax.ndim == 0 else list(self.amax.shape)}, axis={self.axis}"
+        per = "per tensor" if self.amax.ndim == 0 else f"per channel [{self.amax.numel()}] along axis {self.axis}"
+        return f"fp8 e4m3, {per}, enabled={self.enabled}"
 
 
 class FP8Linear(nn.Linear):
