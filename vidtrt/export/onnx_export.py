@@ -44,14 +44,7 @@ import torch
 from vidtrt.config.model_config import EMBEDDED_PRESETS
 from vidtrt.config.specs import COMPONENTS, ComponentSpec
 from vidtrt.errors import VidtrtError, one_line
-from vidtrt.export.options import (
-    DEFAULT_OPSET,
-    EXTERNAL_DATA_BYTES,
-    EXTERNAL_DATA_CHOICES,
-    FP8_OPSET,
-    MAX_OPSET,
-    MIN_OPSET,
-)
+from vidtrt.export.options import DEFAULT_OPSET, EXTERNAL_DATA_BYTES, EXTERNAL_DATA_CHOICES, MAX_OPSET, MIN_OPSET
 from vidtrt.source.model_source import ModelSource
 
 
@@ -384,8 +377,8 @@ def export_components(model: str | Path | ModelSource = "tiny", out: str | Path 
     memory-mapped checkpoint into the file (:func:`streamed_dit`): RAM stays at the graph plus one
     tensor whatever the model size. Otherwise it is loaded in float32 first (weights-size RAM).
     ``quantized``: a quantization state folder (``vidtrt quantize``) made for this checkpoint: the DiT is
-    written as FP8 Q/DQ ONNX, ``dit_fp8.onnx`` (:mod:`vidtrt.export.onnx_fp8`; opset >= 19), its manifest
-    entry carrying ``quantization``; ``verify`` compares it with the torch fake-quant DiT (1e-3).
+    written as FP8 Q/DQ ONNX, ``dit_fp8.onnx`` (:mod:`vidtrt.export.onnx_fp8`; at opset max(opset, 19),
+    recorded in its manifest entry with ``quantization``); ``verify`` compares it with the torch fake-quant DiT (1e-3).
     """
     from vidtrt.runtime.engine_components import MANIFEST_FORMAT, MANIFEST_NAME, component_module, text_encoder_modules
 
@@ -402,11 +395,8 @@ def export_components(model: str | Path | ModelSource = "tiny", out: str | Path 
     config = source.config
     state = None
     if quantized is not None and "dit" in names:
-        from vidtrt.export.onnx_fp8 import FP8_MIN_OPSET
         from vidtrt.source.quant_state import QuantState
 
-        if opset < FP8_MIN_OPSET:
-            raise ExportError(f"--opset {opset}: --quantized (FP8 Q/DQ, float8e4m3fn) needs opset >= {FP8_MIN_OPSET}")
         state = QuantState.load(quantized, source)  # refused here (one line) before any export work
     specs = source.specs(names)
     fingerprint = source.fingerprint
@@ -479,12 +469,14 @@ def export_components(model: str | Path | ModelSource = "tiny", out: str | Path 
                 done.add("vae_decoder_tile")
             del model_ir
         elif name == "dit" and state is not None:
-            from vidtrt.export.onnx_fp8 import FP8_DIT_FILE, export_fp8_dit, quantization_record
+            from vidtrt.export.onnx_fp8 import FP8_DIT_FILE, FP8_MIN_OPSET, export_fp8_dit, quantization_record
 
-            result, counts = export_fp8_dit(source, state, spec, out / FP8_DIT_FILE, opset, optimize, metadata,
+            dit_opset = max(opset, FP8_MIN_OPSET)
+            result, counts = export_fp8_dit(source, state, spec, out / FP8_DIT_FILE, dit_opset, optimize, metadata,
                                             stream_weights)
             fake_quant = state.apply(component_module(source, "dit")) if verify else None
-            record(name, result, fake_quant, {"quantization": quantization_record(state, counts)}, tol=1e-3)
+            record(name, result, fake_quant, {"opset": dit_opset, "quantization": quantization_record(state, counts)},
+                   tol=1e-3)
             del fake_quant
             done.add(name)
         elif name == "dit" and stream_weights:
@@ -589,8 +581,7 @@ def verify_onnx(module: torch.nn.Module, spec: ComponentSpec, path: Path, tol: f
 
 def export_main(args: argparse.Namespace) -> int:
     quantized = getattr(args, "quantized", None)
-    opset = args.opset if args.opset is not None else (FP8_OPSET if quantized else DEFAULT_OPSET)
-    manifest = export_components(args.model, args.out, args.components, opset, args.external_data,
+    manifest = export_components(args.model, args.out, args.components, args.opset, args.external_data,
                                  optimize=not args.no_optimize, verify=args.verify,
                                  stream_weights=not args.no_stream_weights,
                                  log=lambda line: print(line, file=sys.stdout, flush=True), quantized=quantized)

@@ -12,7 +12,6 @@ MIN_OPSET = 18  # the dynamo exporter's floor
 MAX_OPSET = 22  # opset 23 turns attention into an Attention op, which onnxruntime CPU runs only with dense masks
 EXTERNAL_DATA_BYTES = 1 << 30  # "auto": weights above 1 GiB go to external data (protobuf's limit is 2 GiB)
 EXTERNAL_DATA_CHOICES = ("auto", "always", "never")
-FP8_OPSET = 19  # the default with --quantized: QuantizeLinear/DequantizeLinear take float8e4m3fn from opset 19
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,9 +20,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder for <component>.onnx and manifest.json")
     parser.add_argument("--components", nargs="+", choices=list(COMPONENTS), default=None, metavar="NAME",
                         help=f"components to export (default: all of {', '.join(COMPONENTS)})")
-    parser.add_argument("--opset", type=int, default=None,
-                        help=f"ONNX opset (default {DEFAULT_OPSET}, {FP8_OPSET} with --quantized; "
-                             f"{MIN_OPSET}..{MAX_OPSET})")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                        help=f"ONNX opset (default {DEFAULT_OPSET}; {MIN_OPSET}..{MAX_OPSET}; the FP8 DiT of "
+                             "--quantized uses at least 19)")
     parser.add_argument("--external-data", choices=EXTERNAL_DATA_CHOICES, default="auto",
                         help="weights in <file>.onnx.data: auto (when above 1 GiB), always, never")
     parser.add_argument("--no-optimize", action="store_true", help="skip the exporter's graph optimisation")
@@ -34,4 +33,5 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run each file in onnxruntime on two spec shapes and compare with torch")
     parser.add_argument("--quantized", default=None, metavar="DIR",
                         help="FP8 quantization state (`vidtrt quantize --out DIR`): the DiT is written as dit_fp8.onnx "
-                             "with float8e4m3fn QuantizeLinear/DequantizeLinear (opset >= 19, external data)")
+                             "with float8e4m3fn QuantizeLinear/DequantizeLinear (opset >= 19, external data); other "
+                             "components as without it")

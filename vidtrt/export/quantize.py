@@ -120,8 +120,12 @@ def modelopt_config(cfg: FP8QuantConfig) -> dict:
 
 
 def _import_modelopt():
+    import warnings
+
     try:
-        import modelopt.torch.quantization as mtq
+        with warnings.catch_warnings():  # "transformers X is not tested with modelopt": not used for our DiT
+            warnings.simplefilter("ignore")
+            import modelopt.torch.quantization as mtq
     except ImportError as e:
         raise QuantizeError("vidtrt quantize needs NVIDIA ModelOpt: pip install 'vidtrt[quantize]' "
                             f"(nvidia-modelopt; {one_line(e)})") from None
