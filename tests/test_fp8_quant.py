@@ -313,9 +313,15 @@ def test_server_serves_the_fp8_artifacts(fp8_artifacts, tmp_path):
 
 # ------------------------------------------------------------------------------------- diffusers folder
 def test_diffusers_folder_quantize_export_frames(tmp_path, capsys):
-    """A diffusers-layout checkpoint written by diffusers itself (sharded): `vidtrt quantize` (the CLI, with
-    its printed report), the FP8 DiT ONNX checked against the fake-quant DiT, and frames with the DiT
-    in onnxruntime equal to the torch FP8 pipeline's."""
+    """A diffusers-layout checkpoint written by diffusers itself (sharded; 2 x 128 heads, 2 + 2 blocks):
+    `vidtrt quantize` (the CLI, with its printed report), the FP8 DiT ONNX (`--verify`: norm error vs the
+    fake-quant DiT), and frames with the DiT in onnxruntime.
+
+    Unlike tiny (bit-exact), here onnxruntime and torch round float32 sums and transcendentals
+    differently upstream of the quantizers, which flips single FP8 roundings (onnxruntime differs from
+    itself between batch 1 and 2 by as much); measured: norm error 2e-4 / 1.3e-2 vs an FP8 effect of
+    0.12 / 0.07, frames 41.5 dB from the torch FP8 pipeline's, which are 34.5 dB from float32's. So the
+    frames must be much closer to the torch FP8 pipeline's than FP8 moves them."""
     diffusers = pytest.importorskip("diffusers")
     from test_checkpoints import DIT, SHIFT
 
@@ -348,7 +354,7 @@ def test_diffusers_folder_quantize_export_frames(tmp_path, capsys):
     assert "final frames PSNR" in printed and f"wrote {state}" in printed
     source = ModelSource.open(folder)
     art = tmp_path / "onnx"
-    manifest = export_components(source, art, ["dit"], quantized=state, verify=True, log=None)
+    manifest = export_components(source, art, ["dit"], quantized=state, verify=True, log=None)  # raises > 5e-2
     assert manifest["components"]["dit"]["quantization"]["weights_fingerprint"] == \
         QuantState.load(state, source).weights_fingerprint
 
@@ -356,7 +362,12 @@ def test_diffusers_folder_quantize_export_frames(tmp_path, capsys):
     ort = HunyuanVideoPipeline(source.config, Components(
         encode_text=source.load_text_encoder(), dit=engine_dit(source, "onnxruntime", art, device="cpu"),
         decode_tile=torch_tile_decoder(source)))
+    from skimage.metrics import peak_signal_noise_ratio as psnr
+
     got = ort.generate(**request)
     want = _torch_fp8_pipeline(source, state).generate(**request)
-    assert got.shape == want.shape == (5, 64, 96, 3)
-    assert np.abs(got.astype(int) - want.astype(int)).max() <= 2
+    plain = HunyuanVideoPipeline.from_model(source).generate(**request)
+    assert got.shape == want.shape == plain.shape == (5, 64, 96, 3)
+    ort_vs_fq, fp8_effect = psnr(want, got, data_range=255), psnr(plain, want, data_range=255)
+    print(f"diffusers folder: onnxruntime FP8 vs torch FP8 {ort_vs_fq:.1f} dB, torch FP8 vs fp32 {fp8_effect:.1f} dB")
+    assert ort_vs_fq > max(fp8_effect + 3, 30), (ort_vs_fq, fp8_effect)

@@ -3,7 +3,7 @@ from a quantization state (``vidtrt quantize``).
 
     vidtrt export --model M --quantized STATE --out DIR
 
-How ``dit_fp8.onnx`` is made (:func:`export_fp8_dit`):
+How ``dit_fp8.onnx`` is made (``vidtrt.export.onnx_export.export_components`` with ``quantized``):
 
 1. The DiT becomes its fake-quant twin (:meth:`QuantState.apply`): every FP8 rounding point is one
    ``vidtrt::fp8_qdq`` op. The dynamo exporter turns each into a marker node ``vidtrt.fp8::FP8QDQ``
@@ -24,22 +24,22 @@ tensors, which it then rejects); it matches the torch fake-quant model to float3
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from vidtrt.config.specs import ComponentSpec
-from vidtrt.export.onnx_export import ExportError, ExportResult, save_onnx, trace_onnx
-from vidtrt.source.model_source import ModelSource
+from vidtrt.errors import VidtrtError
 from vidtrt.source.quant_state import QuantState
 
 FP8_DOMAIN = "vidtrt.fp8"
 MARKER = "FP8QDQ"
 FP8_MIN_OPSET = 19  # QuantizeLinear / DequantizeLinear with float8e4m3fn
 FP8_DIT_FILE = "dit_fp8.onnx"
+
+
+class FP8ExportError(VidtrtError):
+    """The FP8 graph cannot be lowered to standard Q/DQ (a non-constant scale, an opset below 19)."""
 
 
 def register_marker_schema() -> None:
@@ -104,7 +104,7 @@ def lower_fp8_markers(model) -> dict[str, int]:
         x, scale_value = node.inputs
         scale = _const_numpy(scale_value)
         if scale is None:
-            raise ExportError(f"FP8 scale {scale_value.name!r} is not a constant")
+            raise FP8ExportError(f"FP8 scale {scale_value.name!r} is not a constant")
         axis_attr = node.attributes.get("axis")
         axis = None if scale.ndim == 0 or axis_attr is None or axis_attr.value < 0 else int(axis_attr.value)
         zp = ir.Value(name=f"{node.name}_zero_point", shape=ir.Shape(list(scale.shape)),
@@ -161,39 +161,21 @@ def lower_fp8_markers(model) -> dict[str, int]:
     graph.opset_imports.pop(FP8_DOMAIN, None)
     model.opset_imports.pop(FP8_DOMAIN, None)
     if model.opset_imports.get("", 0) < FP8_MIN_OPSET:
-        raise ExportError(f"FP8 Q/DQ needs opset >= {FP8_MIN_OPSET}; the graph has {model.opset_imports.get('')}")
+        raise FP8ExportError(f"FP8 Q/DQ needs opset >= {FP8_MIN_OPSET}; the graph has {model.opset_imports.get('')}")
     return counts
 
 
-def fp8_dit_module(source: ModelSource, state: QuantState, stream_weights: bool = True
-                   ) -> tuple[torch.nn.Module, dict[str, torch.Tensor] | None]:
-    """The FP8 fake-quant DiT to trace: (meta module, weights + scales by initializer name) when
-    streaming, else (float32 module with its weights, None)."""
-    if not stream_weights:
-        return state.apply(source.load_transformer(torch.float32)).eval(), None
-    from vidtrt.export.onnx_export import streamed_dit
-
-    meta, weights = streamed_dit(source)
-    state.apply(meta)
+def fp8_dit_weights(state: QuantState, module: torch.nn.Module,
+                    weights: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+    """Make ``module`` (our DiT; on the meta device when ``weights`` are streamed) the FP8 fake-quant twin
+    to trace, in place; with ``weights`` (initializer name -> tensor), add every quantizer's scale to
+    them (the scales are buffers, meta too) and return them."""
+    state.apply(module)
+    if weights is None:
+        return None
     for name, scale in state.scales().items():
         weights[f"{name}.scale"] = scale
-    return meta, weights
-
-
-def export_fp8_dit(source: ModelSource, state: QuantState, spec: ComponentSpec, path: str | Path,
-                   opset: int = FP8_MIN_OPSET, optimize: bool = True, metadata: Mapping[str, str] | None = None,
-                   stream_weights: bool = True) -> tuple[ExportResult, dict[str, int]]:
-    """Write the FP8 DiT to ``path`` (external data always); returns the result and the lowering counts."""
-    if opset < FP8_MIN_OPSET:
-        raise ExportError(f"--opset {opset}: FP8 Q/DQ (float8e4m3fn) needs opset >= {FP8_MIN_OPSET}")
-    t0 = time.perf_counter()
-    module, weights = fp8_dit_module(source, state, stream_weights)
-    model = trace_onnx(module, spec, opset, optimize, weights, custom_translation_table=translation_table())
-    counts = lower_fp8_markers(model)
-    meta = dict(metadata or {})
-    meta.update({"vidtrt.quantization": "fp8_e4m3", "vidtrt.quant_weights_sha256": state.weights_fingerprint})
-    result = save_onnx(model, spec, path, "always", meta, time.perf_counter() - t0)
-    return result, counts
+    return weights
 
 
 def quantization_record(state: QuantState, counts: Mapping[str, int] | None = None) -> dict:
