@@ -312,6 +312,7 @@ def test_server_serves_the_fp8_artifacts(fp8_artifacts, tmp_path):
 
 
 # ------------------------------------------------------------------------------------- diffusers folder
+@pytest.mark.slow
 def test_diffusers_folder_quantize_export_frames(tmp_path, capsys):
     """A diffusers-layout checkpoint written by diffusers itself (sharded; 2 x 128 heads, 2 + 2 blocks):
     `vidtrt quantize` (the CLI, with its printed report), the FP8 DiT ONNX (`--verify`: norm error vs the
