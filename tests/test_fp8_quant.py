@@ -372,3 +372,45 @@ def test_diffusers_folder_quantize_export_frames(tmp_path, capsys):
     ort_vs_fq, fp8_effect = psnr(want, got, data_range=255), psnr(plain, want, data_range=255)
     print(f"diffusers folder: onnxruntime FP8 vs torch FP8 {ort_vs_fq:.1f} dB, torch FP8 vs fp32 {fp8_effect:.1f} dB")
     assert ort_vs_fq > max(fp8_effect + 3, 30), (ort_vs_fq, fp8_effect)
+
+
+def test_per_channel_weights_lower_to_axis_qdq_and_match(tmp_path):
+    """Per-output-channel weight scales through the exporter and the lowering: FP8 weight initializers
+    (transposed for MatMul, axis 0 -> 1), DequantizeLinear with an axis, onnxruntime = torch fake quant."""
+    import onnx_ir as ir
+
+    from vidtrt.export.onnx_fp8 import lower_fp8_markers, translation_table
+
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(24, 40), torch.nn.GELU(), torch.nn.Linear(40, 8)).eval()
+    amax = {}
+    for i in (0, 2):
+        amax[f"{i}.input_quantizer"] = torch.tensor(3.0)
+        w_max = mlp[i].weight.detach().abs().amax(dim=1)  # some channels saturate, some do not
+        amax[f"{i}.weight_quantizer"] = w_max * torch.linspace(0.6, 1.2, mlp[i].out_features)
+    apply_fp8(mlp, amax)
+    x = torch.randn(2, 5, 24)
+    with torch.no_grad():
+        program = torch.onnx.export(mlp, (x,), input_names=["x"], output_names=["y"], dynamo=True, opset_version=19,
+                                    custom_translation_table=translation_table(), optimize=False, verbose=False)
+    model = program.model
+    counts = lower_fp8_markers(model)
+    assert counts == {"weights": 2, "activations": 2, "transposes_folded": 2}  # MatMul on 3-D inputs
+    path = tmp_path / "mlp_fp8.onnx"
+    ir.save(model, path)
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    fp8_inits = {i.name for i in proto.graph.initializer if i.data_type == onnx.TensorProto.FLOAT8E4M3FN}
+    dq_w = [n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in fp8_inits]
+    assert len(dq_w) == 2 and all(any(a.name == "axis" for a in n.attribute) for n in dq_w)
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    for seed in (1, 2):
+        xs = torch.randn(2, 5, 24, generator=torch.Generator().manual_seed(seed))  # traced static
+        got = session.run(None, {"x": xs.numpy()})[0]
+        with torch.no_grad():
+            want = mlp(xs).numpy()
+        assert relative_error(got, want) <= 1e-6
