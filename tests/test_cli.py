@@ -187,7 +187,7 @@ t0 = time.process_time()
 from vidtrt.cli import build_parser, main
 parser = build_parser()
 for argv in (["--help"], ["generate", "--help"], ["run", "--help"], ["export", "--help"], ["build", "--help"],
-             ["serve", "--help"], ["cache-bench", "--help"]):
+             ["serve", "--help"], ["cache-bench", "--help"], ["quantize", "--help"]):
     with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
         parser.parse_args(argv)
 help_s = time.process_time() - t0

@@ -135,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_optional(sub, "export", "vidtrt.export.options", "add_export_arguments", _export_main,
                   "export components to ONNX")
+    _add_optional(sub, "quantize", "vidtrt.export.quant_options", "add_quantize_arguments", _quantize_main,
+                  "FP8 post-training quantization of the DiT (ModelOpt calibration + quality report)")
     _add_optional(sub, "build", "vidtrt.export.repository", "add_build_arguments", "build_main",
                   "build a Triton model repository")
     _add_optional(sub, "serve", "vidtrt.serving.server", "add_serve_arguments", "serve_main",
@@ -160,6 +162,12 @@ def _export_main(args: argparse.Namespace) -> int:
     from vidtrt.export.onnx_export import export_main  # torch and onnx: only when exporting
 
     return export_main(args)
+
+
+def _quantize_main(args: argparse.Namespace) -> int:
+    from vidtrt.export.quantize import quantize_main  # torch and ModelOpt: only when quantizing
+
+    return quantize_main(args)
 
 
 def _add_optional(sub, name: str, module: str, add_fn: str, main_fn, help_text: str) -> None:

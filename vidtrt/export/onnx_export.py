@@ -47,6 +47,10 @@ from vidtrt.errors import VidtrtError, one_line
 from vidtrt.export.options import DEFAULT_OPSET, EXTERNAL_DATA_BYTES, EXTERNAL_DATA_CHOICES, MAX_OPSET, MIN_OPSET
 from vidtrt.source.model_source import ModelSource
 
+# `--verify` of an FP8 DiT: ||onnxruntime - torch fake quant|| / ||torch fake quant||. Measured 0 on tiny,
+# 2e-4 / 1.3e-2 on a 2 x 128-head, 2 + 2-block DiT (whose FP8 noise vs float32 is 7-12e-2).
+FP8_VERIFY_TOL = 5e-2
+
 
 class ExportError(VidtrtError):
     """An ONNX export failed or produced a model that does not match its spec."""
@@ -235,11 +239,12 @@ def optimize_graph(model) -> None:
 
 
 def trace_onnx(module: torch.nn.Module, spec: ComponentSpec, opset: int = DEFAULT_OPSET, optimize: bool = True,
-               weights: Mapping[str, torch.Tensor] | None = None):
+               weights: Mapping[str, torch.Tensor] | None = None, custom_translation_table: dict | None = None):
     """Steps 1-3 of the module docstring: the checked ``onnx_ir`` model of ``module`` (not yet saved).
 
     ``weights``: ``module`` lives on the meta device (no RAM for weights) and its parameters come from
     this mapping (e.g. the memory-mapped checkpoint), converted lazily when the file is written.
+    ``custom_translation_table``: the exporter's, for custom ops (e.g. FP8 Q/DQ, ``onnx_fp8``).
     """
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ExportError(f"--opset {opset} is not supported; accepted: {MIN_OPSET}..{MAX_OPSET} (18 is the dynamo "
@@ -253,6 +258,7 @@ def trace_onnx(module: torch.nn.Module, spec: ComponentSpec, opset: int = DEFAUL
             program = torch.onnx.export(
                 module, args, input_names=spec.input_names, output_names=spec.output_names, dynamo=True,
                 dynamic_shapes=torch_dynamic_shapes(spec), opset_version=opset, optimize=False, verbose=False,
+                custom_translation_table=custom_translation_table,
             )
     except Exception as e:  # the exporter raises many types; one line, the cause chained for debugging
         raise ExportError(f"{spec.name}: ONNX export failed: {one_line(e, with_type=True)}") from e
@@ -371,7 +377,7 @@ def export_components(model: str | Path | ModelSource = "tiny", out: str | Path 
                       components: Sequence[str] | None = None, opset: int = DEFAULT_OPSET,
                       external_data: str = "auto", optimize: bool = True,
                       verify: bool = False, log: Callable[[str], None] | None = print,
-                      stream_weights: bool = True) -> dict:
+                      stream_weights: bool = True, quantized: str | Path | None = None) -> dict:
     """Export ``components`` (default: all) of ``model`` into ``out``; returns the manifest written.
 
     A manifest already in ``out`` from the same model and opset keeps its other components' entries.
@@ -380,6 +386,10 @@ def export_components(model: str | Path | ModelSource = "tiny", out: str | Path 
     ``stream_weights``: the DiT is traced on the meta device and its weights are streamed from the
     memory-mapped checkpoint into the file (:func:`streamed_dit`): RAM stays at the graph plus one
     tensor whatever the model size. Otherwise it is loaded in float32 first (weights-size RAM).
+    ``quantized``: a quantization state folder (``vidtrt quantize``) made for this checkpoint: the DiT is
+    written as FP8 Q/DQ ONNX, ``dit_fp8.onnx`` (:mod:`vidtrt.export.onnx_fp8`; at opset max(opset, 19),
+    recorded in its manifest entry with ``quantization``); ``verify`` compares it with the torch fake-quant
+    DiT (norm relative error <= FP8_VERIFY_TOL).
     """
     from vidtrt.runtime.engine_components import MANIFEST_FORMAT, MANIFEST_NAME, component_module, text_encoder_modules
 
@@ -394,6 +404,11 @@ def export_components(model: str | Path | ModelSource = "tiny", out: str | Path 
         raise ExportError(f"cannot create --out folder {out}: {one_line(e)}") from None
     source = ModelSource.open(model)
     config = source.config
+    state = None
+    if quantized is not None and "dit" in names:
+        from vidtrt.source.quant_state import QuantState
+
+        state = QuantState.load(quantized, source)  # refused here (one line) before any export work
     specs = source.specs(names)
     fingerprint = source.fingerprint
     manifest = {
@@ -429,16 +444,21 @@ def export_components(model: str | Path | ModelSource = "tiny", out: str | Path 
             return cache["text"][name]
         return component_module(source, name)
 
-    def record(name: str, result: ExportResult, module: torch.nn.Module | None) -> None:
-        manifest["components"][name] = result.manifest_entry(specs[name])
+    def record(name: str, result: ExportResult, module: torch.nn.Module | None, extra: dict | None = None,
+               fp8: bool = False) -> None:
+        manifest["components"][name] = {**result.manifest_entry(specs[name]), **(extra or {})}
         note = f", external data {result.external_data.name}" if result.external_data else ""
         if log:
             log(f"{name}: {result.path} ({result.file_bytes / 1e6:.1f} MB{note}, {result.num_nodes} nodes) "
                 f"in {result.seconds:.1f}s")
         if verify:
-            err = verify_onnx(module or component_module(source, name), specs[name], result.path)
+            if fp8:  # vs the torch fake-quant DiT; FP8 rounding flips bound the norm error only
+                err = verify_onnx(module, specs[name], result.path, FP8_VERIFY_TOL, norm_relative_error, fp8=True)
+            else:
+                err = verify_onnx(module or component_module(source, name), specs[name], result.path)
             if log:
-                log(f"{name}: onnxruntime vs torch max relative error {err:.2e}")
+                what = "norm relative error vs the fake-quant DiT" if fp8 else "max relative error"
+                log(f"{name}: onnxruntime vs torch {what} {err:.2e}")
         _write_json(old_path, manifest)
 
     done: set[str] = set()
@@ -463,6 +483,17 @@ def export_components(model: str | Path | ModelSource = "tiny", out: str | Path 
                        module)
                 done.add("vae_decoder_tile")
             del model_ir
+        elif name == "dit" and state is not None:
+            from vidtrt.export.onnx_fp8 import FP8_DIT_FILE, FP8_MIN_OPSET, quantization_record
+
+            dit_opset = max(opset, FP8_MIN_OPSET)
+            result, counts = export_fp8_dit(source, state, spec, out / FP8_DIT_FILE, dit_opset, optimize, metadata,
+                                            stream_weights)
+            fake_quant = state.apply(component_module(source, "dit")) if verify else None
+            record(name, result, fake_quant, {"opset": dit_opset, "quantization": quantization_record(state, counts)},
+                   fp8=True)
+            del fake_quant
+            done.add(name)
         elif name == "dit" and stream_weights:
             meta, weights = streamed_dit(source)
             result = export_onnx(meta, spec, out / "dit.onnx", opset, external_data, optimize, metadata, weights)
@@ -476,6 +507,37 @@ def export_components(model: str | Path | ModelSource = "tiny", out: str | Path 
         del module
         gc.collect()
     return manifest
+
+
+def export_fp8_dit(source: ModelSource, state, spec: ComponentSpec, path: str | Path, opset: int = 19,
+                   optimize: bool = True, metadata: dict[str, str] | None = None,
+                   stream_weights: bool = True) -> tuple[ExportResult, dict[str, int]]:
+    """The FP8 DiT of ``state`` (a QuantState) as ``path`` (external data always; see
+    :mod:`vidtrt.export.onnx_fp8`); returns the result and the Q/DQ lowering counts."""
+    from vidtrt.export.onnx_fp8 import (
+        FP8_MIN_OPSET,
+        FP8ExportError,
+        fp8_dit_weights,
+        lower_fp8_markers,
+        translation_table,
+    )
+
+    if opset < FP8_MIN_OPSET:
+        raise ExportError(f"--opset {opset}: FP8 Q/DQ (float8e4m3fn) needs opset >= {FP8_MIN_OPSET}")
+    t0 = time.perf_counter()
+    if stream_weights:
+        module, weights = streamed_dit(source)
+    else:
+        module, weights = source.load_transformer(torch.float32), None
+    weights = fp8_dit_weights(state, module, weights)
+    model = trace_onnx(module.eval(), spec, opset, optimize, weights, custom_translation_table=translation_table())
+    try:
+        counts = lower_fp8_markers(model)
+    except FP8ExportError as e:
+        raise ExportError(f"{spec.name}: {e}") from None
+    meta = {**(metadata or {}), "vidtrt.quantization": "fp8_e4m3",
+            "vidtrt.quant_weights_sha256": state.weights_fingerprint}
+    return save_onnx(model, spec, path, "always", meta, time.perf_counter() - t0), counts
 
 
 def ensure_exported(model: str | Path | ModelSource, out: str | Path, components: Sequence[str] | None = None,
@@ -539,11 +601,20 @@ def relative_error(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.abs(got.astype(np.float64) - want).max()) / scale
 
 
-def verify_onnx(module: torch.nn.Module, spec: ComponentSpec, path: Path, tol: float = 1e-4) -> float:
-    """Run ``path`` in onnxruntime and ``module`` in torch on :func:`verification_axes`; the worst error."""
+def norm_relative_error(got: np.ndarray, want: np.ndarray) -> float:
+    """||got - want|| / ||want|| (float64): the error of FP8 graphs, where float32 rounding differences
+    upstream of a quantizer flip single FP8 roundings (see ``onnx_fp8``), so the max error is no bound."""
+    want64 = want.astype(np.float64)
+    return float(np.linalg.norm(got.astype(np.float64) - want64) / (np.linalg.norm(want64) or 1.0))
+
+
+def verify_onnx(module: torch.nn.Module, spec: ComponentSpec, path: Path, tol: float = 1e-4,
+                metric: Callable[[np.ndarray, np.ndarray], float] = relative_error, fp8: bool | None = None) -> float:
+    """Run ``path`` in onnxruntime and ``module`` in torch on :func:`verification_axes`; the worst error
+    (``metric``, default :func:`relative_error`). ``fp8``: a Q/DQ graph (see OnnxRuntimeEngine)."""
     from vidtrt.runtime.engines import OnnxRuntimeEngine
 
-    engine = OnnxRuntimeEngine(path, spec)
+    engine = OnnxRuntimeEngine(path, spec, fp8=fp8)
     worst = 0.0
     for i, axes in enumerate(verification_axes(spec)):
         feeds = spec.example_inputs(axes, seed=100 + i)
@@ -552,7 +623,7 @@ def verify_onnx(module: torch.nn.Module, spec: ComponentSpec, path: Path, tol: f
             want = module(*(torch.from_numpy(feeds[n]) for n in spec.input_names))
         want = want if isinstance(want, tuple) else (want,)
         for name, w in zip(spec.output_names, want, strict=True):
-            err = relative_error(got[name], w.float().numpy())
+            err = metric(got[name], w.float().numpy())
             worst = max(worst, err)
             if not err <= tol:
                 raise ExportError(f"{spec.name}: onnxruntime differs from torch by {err:.2e} (> {tol:g}) on "
@@ -564,10 +635,11 @@ def verify_onnx(module: torch.nn.Module, spec: ComponentSpec, path: Path, tol: f
 
 
 def export_main(args: argparse.Namespace) -> int:
+    quantized = getattr(args, "quantized", None)
     manifest = export_components(args.model, args.out, args.components, args.opset, args.external_data,
                                  optimize=not args.no_optimize, verify=args.verify,
                                  stream_weights=not args.no_stream_weights,
-                                 log=lambda line: print(line, file=sys.stdout, flush=True))
+                                 log=lambda line: print(line, file=sys.stdout, flush=True), quantized=quantized)
     print(f"wrote {Path(args.out) / 'manifest.json'} ({len(manifest['components'])} components, "
           f"model {manifest['model']['name']}, opset {manifest['opset']})")
     return 0

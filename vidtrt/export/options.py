@@ -21,7 +21,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--components", nargs="+", choices=list(COMPONENTS), default=None, metavar="NAME",
                         help=f"components to export (default: all of {', '.join(COMPONENTS)})")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
-                        help=f"ONNX opset (default {DEFAULT_OPSET}; {MIN_OPSET}..{MAX_OPSET})")
+                        help=f"ONNX opset (default {DEFAULT_OPSET}; {MIN_OPSET}..{MAX_OPSET}; the FP8 DiT of "
+                             "--quantized uses at least 19)")
     parser.add_argument("--external-data", choices=EXTERNAL_DATA_CHOICES, default="auto",
                         help="weights in <file>.onnx.data: auto (when above 1 GiB), always, never")
     parser.add_argument("--no-optimize", action="store_true", help="skip the exporter's graph optimisation")
@@ -30,3 +31,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                              "stream its weights from the checkpoint, RAM ~ graph + one tensor)")
     parser.add_argument("--verify", action="store_true",
                         help="run each file in onnxruntime on two spec shapes and compare with torch")
+    parser.add_argument("--quantized", default=None, metavar="DIR",
+                        help="FP8 quantization state (`vidtrt quantize --out DIR`): the DiT is written as dit_fp8.onnx "
+                             "with float8e4m3fn QuantizeLinear/DequantizeLinear (opset >= 19, external data); other "
+                             "components as without it")

@@ -287,6 +287,8 @@ def build_repository(
         "generation_model": family.stream_model, "sync_model": family.sync_model if sync_model else None,
         "family": family.name, "model_source": source.to_record(),
         "inputs": [t.name for t in request_io.REQUEST_INPUTS], "outputs": [t.name for t in request_io.RESPONSE_OUTPUTS],
+        # An FP8 (Q/DQ) DiT from `vidtrt export --quantized`: what was calibrated, for whoever reads the repository.
+        "dit_quantization": _dit_quantization(artifacts) if artifacts else None,
     }
     if plan_set is not None:
         plans = {family.component_model(k): m["component"] for k, m in plan_set.manifests.items()}
@@ -399,6 +401,13 @@ def _artifact_files(artifacts, source) -> dict[str, list[str]]:
             raise RepositoryError(f"--artifacts {artifacts}: {missing[0]} is listed in its manifest but missing")
         out[key] = files
     return out
+
+
+def _dit_quantization(artifacts) -> dict | None:
+    """The ``quantization`` record of the artifacts' DiT (FP8 ONNX), or None for a float one."""
+    from vidtrt.runtime.engine_components import read_manifest
+
+    return read_manifest(artifacts).get("components", {}).get("dit", {}).get("quantization")
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

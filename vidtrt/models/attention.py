@@ -8,10 +8,12 @@ as a dense S x S mask.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from vidtrt.errors import ConfigError
@@ -123,3 +125,39 @@ def attention(
         [B, S, H, D] in q's dtype.
     """
     return _BACKENDS[get_backend()](q, k, v, key_lengths)
+
+
+# Names of the quantizers an FP8 attention carries (ModelOpt's MHA quantization: the BMM inputs).
+ATTENTION_QUANTIZERS = ("q_quantizer", "k_quantizer", "v_quantizer", "softmax_quantizer")
+
+
+def quantized_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_lengths: torch.Tensor | None,
+                        q_quantizer: Callable, k_quantizer: Callable, v_quantizer: Callable,
+                        softmax_quantizer: Callable) -> torch.Tensor:
+    """Attention with fake-quantized BMM inputs, in float32, written out (no fused kernel):
+    ``S = Q8 K8^T / sqrt(D) (+ key bias)``, ``P = softmax(S)``, ``O = P8 V8`` where ``X8`` is a
+    quantizer's output. Shapes and key lengths as :func:`attention`; returns q's dtype."""
+    dtype = q.dtype
+    qt, kt, vt = (x.transpose(1, 2).to(torch.float32) for x in (q, k, v))  # [B, H, S, D]
+    qt, kt, vt = q_quantizer(qt), k_quantizer(kt), v_quantizer(vt)
+    scores = torch.matmul(qt, kt.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
+    if key_lengths is not None:
+        scores = scores + key_length_bias(key_lengths, k.shape[1], scores.dtype)
+    probs = softmax_quantizer(torch.softmax(scores, dim=-1))
+    return torch.matmul(probs, vt).transpose(1, 2).to(dtype)
+
+
+class QuantizableAttention(nn.Module):
+    """Base of the modules that run attention: :meth:`attend` is :func:`attention`, unless q / k / v /
+    softmax quantizers (:data:`ATTENTION_QUANTIZERS`) are attached as child modules (FP8 fake quant,
+    ``vidtrt.models.fp8``, or ModelOpt's calibration), then :func:`quantized_attention`. Without them
+    (or with all of them disabled, ModelOpt's ``is_enabled``) the output is exactly the plain one."""
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_lengths: torch.Tensor | None,
+               plain: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
+        """``plain(q, k, v, key_lengths=...)`` (default :func:`attention`) runs unquantized attention (the DiT
+        passes its sequence-parallel wrapper)."""
+        quantizers = [getattr(self, name, None) for name in ATTENTION_QUANTIZERS]
+        if any(qz is None for qz in quantizers) or not any(getattr(qz, "is_enabled", True) for qz in quantizers):
+            return attention(q, k, v, key_lengths) if plain is None else plain(q, k, v, key_lengths=key_lengths)
+        return quantized_attention(q, k, v, key_lengths, *quantizers)

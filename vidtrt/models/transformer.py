@@ -18,6 +18,7 @@ patching, L text tokens.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 
 from vidtrt.config.model_config import TransformerConfig
 from vidtrt.models import sequence_parallel
-from vidtrt.models.attention import attention
+from vidtrt.models.attention import QuantizableAttention
 from vidtrt.models.rope import qk_norm_rope, rope_cos_sin
 from vidtrt.models.sequence_parallel import joint_attention
 from vidtrt.models.sparse_tiles import block_scope, tile_plan
@@ -217,7 +218,7 @@ class ConditionEmbedding(nn.Module):
 # ----------------------------------------------------------------------------------------------
 
 
-class RefinerAttention(nn.Module):
+class RefinerAttention(QuantizableAttention):
     """Plain multi-head self-attention over text (no QK norm, no RoPE). [B, L, C] -> [B, L, C]."""
 
     def __init__(self, heads: int, head_dim: int):
@@ -231,7 +232,7 @@ class RefinerAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, key_lengths: torch.Tensor | None) -> torch.Tensor:
         q, k, v = (proj(x).unflatten(-1, (self.heads, -1)) for proj in (self.to_q, self.to_k, self.to_v))
-        return self.to_out[0](attention(q, k, v, key_lengths).flatten(2))
+        return self.to_out[0](self.attend(q, k, v, key_lengths).flatten(2))
 
 
 class RefinerGate(nn.Module):
@@ -325,7 +326,7 @@ class RefinerConditionEmbedding(nn.Module):
 # ----------------------------------------------------------------------------------------------
 
 
-class JointAttention(nn.Module):
+class JointAttention(QuantizableAttention):
     """Dual-stream attention: separate image/text projections, joint softmax over concat(image, text).
 
     Image q/k get per-head RMSNorm + RoPE; text q/k get their own RMSNorm (no RoPE).
@@ -357,7 +358,8 @@ class JointAttention(nn.Module):
         q, k = qk_norm_rope(q, k, self.norm_q, self.norm_k, cos, sin, n_img)
         tq, tk, tv = (p(txt).unflatten(-1, heads) for p in (self.add_q_proj, self.add_k_proj, self.add_v_proj))
         tq, tk = self.norm_added_q(tq), self.norm_added_k(tk)
-        out = joint_attention(torch.cat((q, tq), 1), torch.cat((k, tk), 1), torch.cat((v, tv), 1), n_img, key_lengths)
+        out = self.attend(torch.cat((q, tq), 1), torch.cat((k, tk), 1), torch.cat((v, tv), 1), key_lengths,
+                          plain=functools.partial(joint_attention, num_image_tokens=n_img))
         out = out.flatten(2)
         return self.to_out[0](out[:, :n_img]), self.to_add_out(out[:, n_img:])
 
@@ -391,7 +393,7 @@ class DualStreamBlock(nn.Module):
         return img, txt
 
 
-class SingleAttention(nn.Module):
+class SingleAttention(QuantizableAttention):
     """Single-stream attention projections (no output projection: ``proj_out`` of the block does it)."""
 
     def __init__(self, heads: int, head_dim: int):
@@ -409,7 +411,8 @@ class SingleAttention(nn.Module):
         """x [B, S_img + L, C] (image first) -> attention output [B, S_img + L, C]."""
         q, k, v = (p(x).unflatten(-1, (self.heads, -1)) for p in (self.to_q, self.to_k, self.to_v))
         q, k = qk_norm_rope(q, k, self.norm_q, self.norm_k, cos, sin, num_image_tokens)
-        return joint_attention(q, k, v, num_image_tokens, key_lengths).flatten(2)
+        return self.attend(q, k, v, key_lengths,
+                           plain=functools.partial(joint_attention, num_image_tokens=num_image_tokens)).flatten(2)
 
 
 class SingleStreamBlock(nn.Module):

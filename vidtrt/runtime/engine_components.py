@@ -280,7 +280,8 @@ class _Loader:
 
     def onnx_engine(self, name: str, spec: ComponentSpec) -> OnnxRuntimeEngine:
         path = artifact_path(self.artifacts, name, self.config, spec, self.manifest)
-        return OnnxRuntimeEngine(path, spec, threads=self.threads, providers=self.providers)
+        fp8 = bool(self.manifest.get("components", {}).get(name, {}).get("quantization"))  # Q/DQ: basic graph opts
+        return OnnxRuntimeEngine(path, spec, threads=self.threads, providers=self.providers, fp8=fp8)
 
 
 def engine_text_encoder(model: str | Path | ModelSource, engine: str = "onnxruntime",
