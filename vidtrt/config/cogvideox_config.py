@@ -353,3 +353,62 @@ class CogVideoXModelConfig:
         if r.flow_shift != d.flow_shift:
             raise InvalidRequestError("flow_shift", r.flow_shift,
                                       "unset: CogVideoX samples with its DDIM / DPM scheduler, not flow matching")
+
+
+# ------------------------------------------------------------------------------------------------ presets
+TINY_T5_HIDDEN = 32
+
+
+def cogvideox_2b_config() -> CogVideoXModelConfig:
+    """THUDM/CogVideoX-2b: 30 x 64 heads, 30 layers, 3D sin-cos positions, DDIM (SNR shift 3)."""
+    return CogVideoXModelConfig(name="cogvideox-2b").validate()
+
+
+def cogvideox_5b_config() -> CogVideoXModelConfig:
+    """THUDM/CogVideoX-5b: 48 x 64 heads, 42 layers, 3D RoPE, DPM (SNR shift 1), VAE scale 0.7."""
+    return CogVideoXModelConfig(
+        name="cogvideox-5b",
+        transformer=CogVideoXTransformerConfig(num_attention_heads=48, num_layers=42,
+                                               use_rotary_positional_embeddings=True),
+        vae=CogVideoXVAEConfig(scaling_factor=0.7),
+        scheduler=CogVideoXSchedulerConfig(solver="dpm", snr_shift_scale=1.0),
+    ).validate()
+
+
+def cogvideox15_5b_config() -> CogVideoXModelConfig:
+    """THUDM/CogVideoX1.5-5B: as 5B with time patched by 2, 1360x768 (and other sizes), 16N + 1 frames
+    (N in [3, 10]) at 16 fps; RoPE on an integer grid of at most 150 x 150 tokens."""
+    return CogVideoXModelConfig(
+        name="cogvideox1.5-5b",
+        transformer=CogVideoXTransformerConfig(num_attention_heads=48, num_layers=42, sample_height=300,
+                                               sample_width=300, sample_frames=81, patch_size_t=2, patch_bias=False,
+                                               use_rotary_positional_embeddings=True),
+        vae=CogVideoXVAEConfig(scaling_factor=0.7, invert_scale_latents=True),
+        scheduler=CogVideoXSchedulerConfig(solver="dpm", snr_shift_scale=1.0),
+        defaults=CogVideoXDefaults(height=768, width=1360, num_frames=81, fps=16, frame_step=16, min_num_frames=49,
+                                   max_num_frames=161, max_height=1360, max_width=1360),
+    ).validate()
+
+
+def tiny_cogvideox_config() -> CogVideoXModelConfig:
+    """CogVideoX-5B architecture (3D RoPE, DPM) at toy width: the whole path runs on a CPU in seconds.
+    Small VAE tiles (32 x 64 pixels, overlap 1/4) so the default 64 x 96 video exercises the tiled decode."""
+    vae = CogVideoXVAEConfig(block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4,
+                             sample_height=64, sample_width=128, scaling_factor=0.7)
+    return CogVideoXModelConfig(
+        name="tiny-cogvideox",
+        transformer=CogVideoXTransformerConfig(num_attention_heads=2, attention_head_dim=16, num_layers=2,
+                                               time_embed_dim=32, text_embed_dim=TINY_T5_HIDDEN, sample_height=8,
+                                               sample_width=12, sample_frames=9, max_text_seq_length=32,
+                                               use_rotary_positional_embeddings=True),
+        vae=vae,
+        text=CogVideoXTextConfig(max_sequence_length=32),
+        scheduler=CogVideoXSchedulerConfig(solver="dpm", snr_shift_scale=1.0),
+        tiling=tiling_for_vae(vae, 0.25, 0.25),
+        defaults=CogVideoXDefaults(height=64, width=96, num_frames=9, num_inference_steps=4, frame_step=8,
+                                   min_num_frames=1, max_num_frames=33, max_height=256, max_width=256),
+    ).validate()
+
+
+COGVIDEOX_PRESETS = {"cogvideox-2b": cogvideox_2b_config, "cogvideox-5b": cogvideox_5b_config,
+                     "cogvideox1.5-5b": cogvideox15_5b_config, "tiny-cogvideox": tiny_cogvideox_config}

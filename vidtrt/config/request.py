@@ -47,6 +47,8 @@ class GenerationRequest:
     # What to do when the prompt has more tokens than the text encoder takes.
     prompt_policy: str = "truncate"
     output_format: str = "frames"
+    # CogVideoX: diffusers' use_dynamic_cfg (the CFG scale follows a cosine schedule over the steps).
+    use_dynamic_cfg: bool = False
 
     def resolved(self, config: ModelConfig) -> GenerationRequest:
         """A copy with every ``None`` replaced by the model's default (not yet validated)."""
@@ -81,7 +83,8 @@ class GenerationRequest:
             _check_text("negative_prompt", r.negative_prompt, required=False)
         _check_int("height", r.height, 16, d.max_height, multiple=16)
         _check_int("width", r.width, 16, d.max_width, multiple=16)
-        _check_frames(r.num_frames, d.max_num_frames, config.vae.temporal_compression_ratio)
+        _check_frames(r.num_frames, d.max_num_frames, getattr(d, "frame_step", config.vae.temporal_compression_ratio),
+                      getattr(d, "min_num_frames", 1))
         _check_int("num_inference_steps", r.num_inference_steps, 1, d.max_num_inference_steps)
         _check_float("embedded_guidance_scale", r.embedded_guidance_scale, 0.0, MAX_GUIDANCE)
         _check_float("flow_shift", r.flow_shift, 0.0, MAX_FLOW_SHIFT, low_open=True)
@@ -91,6 +94,11 @@ class GenerationRequest:
             raise InvalidRequestError("prompt_policy", r.prompt_policy, f"one of {list(PROMPT_POLICIES)}")
         if r.output_format not in OUTPUT_FORMATS:
             raise InvalidRequestError("output_format", r.output_format, f"one of {list(OUTPUT_FORMATS)}")
+        family_rules = getattr(config, "check_request", None)  # a family's own rules (CogVideoX)
+        if not isinstance(r.use_dynamic_cfg, bool) or (r.use_dynamic_cfg and family_rules is None):
+            raise InvalidRequestError("use_dynamic_cfg", r.use_dynamic_cfg, "false (true only for CogVideoX models)")
+        if family_rules is not None:
+            family_rules(r)
         if r.negative_prompt is not None and not r.do_true_cfg:
             logger.warning("negative_prompt is ignored: true_cfg_scale is %g, and only true CFG (true_cfg_scale > 1, "
                            "two DiT calls per step) uses it", r.true_cfg_scale)
@@ -112,9 +120,10 @@ def _check_int(name: str, value: object, low: int, high: int, multiple: int = 1)
         raise InvalidRequestError(name, value, accepted)
 
 
-def _check_frames(value: object, max_frames: int, ratio: int) -> None:
-    accepted = f"{ratio}k + 1 frames in [1, {max_frames}] (e.g. 1, {ratio + 1}, {2 * ratio + 1}, ..., {max_frames})"
-    if not _is_int(value) or not 1 <= value <= max_frames or (value - 1) % ratio:
+def _check_frames(value: object, max_frames: int, ratio: int, min_frames: int = 1) -> None:
+    lo = min_frames
+    accepted = f"{ratio}k + 1 frames in [{lo}, {max_frames}] (e.g. {lo}, {lo + ratio}, {lo + 2 * ratio}, ..., {max_frames})"
+    if not _is_int(value) or not lo <= value <= max_frames or (value - 1) % ratio:
         raise InvalidRequestError("num_frames", value, accepted)
 
 

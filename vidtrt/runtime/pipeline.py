@@ -148,7 +148,7 @@ def torch_denoiser(source: ModelSource, device="cpu", dtype=torch.float32, atten
                    ) -> TorchDenoiser:
     """The DiT of ``source`` on ``device`` in ``dtype`` as a Denoiser (``attention``: see select_kernels)."""
     kernels = select_kernels(device, attention)
-    return TorchDenoiser(source.load_transformer(dtype).to(device), device, kernels)
+    return source.family.load("torch_denoiser")(source.load_transformer(dtype).to(device), device, kernels)
 
 
 def torch_tile_decoder(source: ModelSource, device="cpu", dtype=torch.float32) -> TorchTileDecoder:
