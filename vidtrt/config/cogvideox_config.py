@@ -192,7 +192,8 @@ class CogVideoXSchedulerConfig:
         data = dict(data)
         if "_class_name" in data and "solver" not in data:
             if data["_class_name"] not in SCHEDULER_CLASSES:
-                raise ConfigError(f"scheduler _class_name {data['_class_name']!r}; accepted {sorted(SCHEDULER_CLASSES)}")
+                raise ConfigError(f"scheduler _class_name {data['_class_name']!r}; "
+                                  f"accepted {sorted(SCHEDULER_CLASSES)}")
             data["solver"] = SCHEDULER_CLASSES[data["_class_name"]]
         return _from_dict(cls, data).validate()
 
@@ -216,7 +217,7 @@ class CogVideoXDefaults:
     seed: int = 0
     fps: int = 8
     frame_step: int = 8
-    min_num_frames: int = 9
+    min_num_frames: int = 1
     max_num_frames: int = 49
     max_height: int = 1360
     max_width: int = 1360
@@ -245,7 +246,8 @@ def default_tiling() -> TilingConfig:
     return tiling_for_vae(CogVideoXVAEConfig())
 
 
-def tiling_for_vae(vae: CogVideoXVAEConfig, overlap_height: float = 1 / 6, overlap_width: float = 1 / 5) -> TilingConfig:
+def tiling_for_vae(vae: CogVideoXVAEConfig, overlap_height: float = 1 / 6,
+                   overlap_width: float = 1 / 5) -> TilingConfig:
     """The TilingConfig equal to ``AutoencoderKLCogVideoX.enable_tiling()`` for ``vae``'s sample size."""
     s = vae.spatial_compression_ratio
     tile_h, tile_w = vae.sample_height // 2, vae.sample_width // 2

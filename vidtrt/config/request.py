@@ -122,7 +122,8 @@ def _check_int(name: str, value: object, low: int, high: int, multiple: int = 1)
 
 def _check_frames(value: object, max_frames: int, ratio: int, min_frames: int = 1) -> None:
     lo = min_frames
-    accepted = f"{ratio}k + 1 frames in [{lo}, {max_frames}] (e.g. {lo}, {lo + ratio}, {lo + 2 * ratio}, ..., {max_frames})"
+    examples = f"{lo}, {lo + ratio}, {lo + 2 * ratio}, ..., {max_frames}"
+    accepted = f"{ratio}k + 1 frames in [{lo}, {max_frames}] (e.g. {examples})"
     if not _is_int(value) or not lo <= value <= max_frames or (value - 1) % ratio:
         raise InvalidRequestError("num_frames", value, accepted)
 

@@ -54,7 +54,8 @@ class T5TextEncoder:
         if not tok_dir.is_dir():
             raise CheckpointError(f"the T5 tokenizer folder {tok_dir} is missing")
         tokenizer = load_t5_tokenizer(tok_dir)
-        model = _load_model(T5EncoderModel, model_dir, "the T5 text encoder", **{_transformers_dtype_kwarg(): torch_dtype})
+        dtype_kw = {_transformers_dtype_kwarg(): torch_dtype}
+        model = _load_model(T5EncoderModel, model_dir, "the T5 text encoder", **dtype_kw)
         return cls(model.to(device), tokenizer, config)
 
     @property

@@ -232,7 +232,8 @@ class FeedForward(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.net = nn.ModuleList([GELUTanhProj(dim, 4 * dim), nn.Dropout(0.0), nn.Linear(4 * dim, dim), nn.Dropout(0.0)])
+        self.net = nn.ModuleList([GELUTanhProj(dim, 4 * dim), nn.Dropout(0.0), nn.Linear(4 * dim, dim),
+                                  nn.Dropout(0.0)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net[2](self.net[0](x))

@@ -27,7 +27,8 @@ class CogVideoXTorchDenoiser:
     batched by the sampler). Output float32 on CPU. ``kernels``: attention backend (our Triton kernels serve
     head dim 64); the fused QK-norm + RoPE kernel is HunyuanVideo's RMSNorm flavour and does not apply."""
 
-    def __init__(self, module: torch.nn.Module, device: str | torch.device = "cpu", kernels: KernelChoice | None = None):
+    def __init__(self, module: torch.nn.Module, device: str | torch.device = "cpu",
+                 kernels: KernelChoice | None = None):
         self.module = module
         self.device = torch.device(device)
         self.dtype = next(module.parameters()).dtype

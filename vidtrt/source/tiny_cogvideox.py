@@ -12,6 +12,7 @@ corpus plus every printable ASCII character, built in process (no download, iden
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -59,13 +60,26 @@ def build_tiny_t5(seed: int, vocab_size: int):
     return model.eval()
 
 
+def _config_dict(obj) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(obj), default=list))
+
+
+def _save_component(folder: Path, module: torch.nn.Module, class_name: str, config) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = {"_class_name": class_name, "_diffusers_version": "0.32.0", **_config_dict(config)}
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2))
+    save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()},
+              str(folder / "diffusion_pytorch_model.safetensors"))
+
+
 def write_tiny_cogvideox_checkpoint(folder: str | os.PathLike, config: CogVideoXModelConfig, seed: int = 0) -> Path:
     """Write ``config`` (the tiny preset) with seeded weights in the diffusers layout (+ ``vidtrt.json``)."""
     from vidtrt.config.model_config import VIDTRT_JSON
     from vidtrt.models.cogvideox_transformer import CogVideoXTransformer3D
     from vidtrt.models.cogvideox_vae import CogVideoXVAEDecoder
     from vidtrt.models.text_encoders import quiet_transformers
-    from vidtrt.source.embedded import _config_dict, _save_component
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
