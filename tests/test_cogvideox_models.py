@@ -134,3 +134,20 @@ def test_presets_validate_and_differ():
     t = configs["cogvideox-2b"].tiling
     assert (t.tile_sample_min_height, t.tile_sample_min_width, t.tile_sample_stride_height,
             t.tile_sample_stride_width) == (240, 360, 200, 288)
+
+
+def test_transformer_with_our_triton_attention_kernel():
+    """The DiT through the backend switch with our flash-attention kernel (Triton interpreter on CPU; head dim
+    64 as the released models) equals the PyTorch SDPA path."""
+    pytest.importorskip("triton")
+    from vidtrt.models.attention import use_backend
+
+    torch.manual_seed(3)
+    cfg = dataclasses.replace(tiny_dit_config("5b"), num_attention_heads=1, attention_head_dim=64, num_layers=1)
+    dit = CogVideoXTransformer3D(cfg).eval()
+    x, text, t = torch.randn(1, 1, 16, 4, 6), torch.randn(1, 7, 24), torch.tensor([700])
+    with torch.no_grad():
+        want = dit(x, text, t)
+        with use_backend("triton"):
+            got = dit(x, text, t)
+    assert rel(want, got) <= 1e-4

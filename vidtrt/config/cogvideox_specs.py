@@ -48,8 +48,8 @@ def dit_spec(config: CogVideoXModelConfig) -> ComponentSpec:
     return ComponentSpec(
         name="dit",
         inputs=(TensorSpec("hidden_states", "float32", lat, "noisy latents, frames before channels"),
-                TensorSpec("timestep", "float32", ("batch",), "integer DDIM / DPM timestep", "int", 0, 1000),
-                TensorSpec("encoder_hidden_states", "float32", ("batch", n, tc.text_embed_dim), "T5 states")),
+                TensorSpec("encoder_hidden_states", "float32", ("batch", n, tc.text_embed_dim), "T5 states"),
+                TensorSpec("timestep", "float32", ("batch",), "integer DDIM / DPM timestep", "int", 0, 1000)),
         outputs=(TensorSpec("velocity", "float32", lat, "v-prediction"),),
         axes=axes,
         buckets=buckets,
