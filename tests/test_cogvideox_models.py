@@ -136,11 +136,16 @@ def test_presets_validate_and_differ():
             t.tile_sample_stride_width) == (240, 360, 200, 288)
 
 
-def test_transformer_with_our_triton_attention_kernel():
+def test_transformer_with_our_triton_attention_kernel(monkeypatch):
     """The DiT through the backend switch with our flash-attention kernel (Triton interpreter on CPU; head dim
     64 as the released models) equals the PyTorch SDPA path."""
     pytest.importorskip("triton")
-    from vidtrt.models.attention import use_backend
+    from vidtrt.models import attention as attn
+    from vidtrt.models.attention import check_backend, use_backend
+
+    check_backend("triton")
+    kernel, calls = attn._BACKENDS["triton"], []
+    monkeypatch.setitem(attn._BACKENDS, "triton", lambda *a: calls.append(1) or kernel(*a))
 
     torch.manual_seed(3)
     cfg = dataclasses.replace(tiny_dit_config("5b"), num_attention_heads=1, attention_head_dim=64, num_layers=1)
@@ -150,4 +155,4 @@ def test_transformer_with_our_triton_attention_kernel():
         want = dit(x, text, t)
         with use_backend("triton"):
             got = dit(x, text, t)
-    assert rel(want, got) <= 1e-4
+    assert len(calls) == cfg.num_layers and rel(want, got) <= 1e-4
