@@ -163,7 +163,7 @@ def write(info: dict) -> list[Path]:
              f"S = {info['sequence']}, {info['layers']} layers, {info['heads']} x {info['head_dim']}", "",
              "| backend | step (s) | first call (s) | peak GiB | rel err vs sdpa | note |", "|---|---|---|---|---|---|"]
     for b, e in info["backends"].items():
-        fmt = lambda k, f: (f.format(e[k]) if k in e else "")  # noqa: E731
+        fmt = lambda k, f, e=e: (f.format(e[k]) if k in e else "")  # noqa: E731
         note = e.get("skipped") or e.get("error", "")
         lines.append(f"| {b} | {fmt('step_s', '{:.3f}')} | {fmt('first_call_s', '{:.1f}')} | "
                      f"{fmt('peak_gib', '{:.1f}')} | {fmt('rel_err_vs_sdpa', '{:.2e}')} | {note} |")
