@@ -77,6 +77,33 @@ def _crop_region(grid_h: int, grid_w: int, base_w: int, base_h: int) -> tuple[tu
     return (top, left), (top + rh, left + rw)
 
 
+def _exporting() -> bool:
+    return torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
+def _linspace(start: torch.Tensor, stop: torch.Tensor, n) -> torch.Tensor:
+    """torch.linspace with tensor end points (float32 [n]); equal to it up to float rounding."""
+    i = torch.arange(n, dtype=torch.float64, device=start.device)
+    count = i[-1:] + 1
+    step = torch.where(count > 1, (stop - start) / (count - 1).clamp(min=1), torch.zeros_like(count))
+    return (start + i * step).to(torch.float32)
+
+
+def _traceable_crop_positions(frames, grid_h, grid_w, base_h: int, base_w: int, device):
+    """The 1.0 RoPE positions of :func:`rope_3d` from tensor arithmetic on the (symbolic) grid sizes, so an
+    ONNX export keeps the latent axes dynamic (Python rounding of the sizes would fix them)."""
+    gh = torch.arange(grid_h, dtype=torch.float64, device=device)[-1:] + 1
+    gw = torch.arange(grid_w, dtype=torch.float64, device=device)[-1:] + 1
+    tall = gh / gw > base_h / base_w
+    rh = torch.where(tall, torch.full_like(gh, base_h), torch.round(base_w / gw * gh))
+    rw = torch.where(tall, torch.round(base_h / gh * gw), torch.full_like(gw, base_w))
+    top, left = torch.round((base_h - rh) / 2.0), torch.round((base_w - rw) / 2.0)
+    pos_h = _linspace(top, (top + rh) * (gh - 1) / gh, grid_h)
+    pos_w = _linspace(left, (left + rw) * (gw - 1) / gw, grid_w)
+    pos_t = torch.arange(frames, dtype=torch.float32, device=device)
+    return pos_t, pos_h, pos_w
+
+
 def rope_3d(config: CogVideoXTransformerConfig, frames: int, grid_h: int, grid_w: int, device=None
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """3D RoPE tables of the video tokens: cos, sin float32 [frames * grid_h * grid_w, head_dim].
@@ -89,7 +116,9 @@ def rope_3d(config: CogVideoXTransformerConfig, frames: int, grid_h: int, grid_w
     dim_t, dim_s = d // 4, d // 8 * 3
     p = config.patch_size
     base_h, base_w = config.sample_height // p, config.sample_width // p
-    if config.patch_size_t is None:
+    if config.patch_size_t is None and _exporting():
+        pos_t, pos_h, pos_w = _traceable_crop_positions(frames, grid_h, grid_w, base_h, base_w, device)
+    elif config.patch_size_t is None:
         (top, left), (bottom, right) = _crop_region(grid_h, grid_w, base_w, base_h)
         kw = {"dtype": torch.float32, "device": device}
         pos_h = torch.linspace(top, bottom * (grid_h - 1) / grid_h, grid_h, **kw)
