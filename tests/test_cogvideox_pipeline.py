@@ -60,7 +60,7 @@ def write_diffusers_folder(folder: Path, variant: str, seed: int = 0) -> Path:
     pipe.save_pretrained(folder)
     # request defaults and limits for toy sizes (the variant's own: 720x480 or 1360x768, 1.5: 16N + 1 >= 49 frames)
     (folder / "vidtrt.json").write_text(json.dumps({"defaults": {
-        "height": 64, "width": 96, "num_frames": 9, "frame_step": 8, "min_num_frames": 1, "max_num_frames": 33}}))
+        "height": 64, "width": 80, "num_frames": 9, "frame_step": 8, "min_num_frames": 1, "max_num_frames": 33}}))
     return folder
 
 
@@ -153,7 +153,7 @@ def test_tiny_cogvideox_transformer_loads_in_diffusers():
     assert float((want - got).norm() / want.norm()) <= 1e-5
 
 
-def test_family_request_rules():
+def test_family_request_rules(folders):
     config = ModelSource.open("tiny-cogvideox").config
 
     def check(**kw):
@@ -171,6 +171,9 @@ def test_family_request_rules():
         with pytest.raises(InvalidRequestError, match=re.escape(accepted)) as e:
             check(**bad)
         assert e.value.param == param
+    one5 = ModelSource.open(folders["1.5"]).config  # RoPE grid of 10 x 10 latents: at most 80 pixels
+    with pytest.raises(InvalidRequestError, match=re.escape("an integer in [16, 80]")):
+        GenerationRequest(prompt="a cat", width=96).validate(one5)
     with pytest.raises(InvalidRequestError, match="use_dynamic_cfg"):
         GenerationRequest(prompt="a cat", use_dynamic_cfg=True).validate(ModelSource.open("tiny").config)
 
@@ -255,3 +258,13 @@ def test_cli_run_tiny_cogvideox(tmp_path, capsys):
         assert code == 2, (args, err)
         lines = err.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], (args, err)
+
+
+def test_cli_run_diffusers_folder(folders, tmp_path, capsys):
+    from vidtrt.cli import main
+
+    out = tmp_path / "v.npy"
+    code = main(["run", "a cat", "--model", str(folders["1.5"]), "-o", str(out), "--steps", "1", "--frames", "1",
+                 "--height", "32", "--width", "48", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    assert np.load(out).shape == (1, 32, 48, 3)

@@ -339,9 +339,12 @@ class CogVideoXModelConfig:
         d, t = self.defaults, self.transformer
         multiple = self.vae.spatial_compression_ratio * t.patch_size
         limits = {"height": d.max_height, "width": d.max_width}
+        s = self.vae.spatial_compression_ratio
         if t.use_learned_positional_embeddings:
-            limits = {"height": t.sample_height * self.vae.spatial_compression_ratio,
-                      "width": t.sample_width * self.vae.spatial_compression_ratio}
+            limits = {"height": t.sample_height * s, "width": t.sample_width * s}
+        elif t.use_rotary_positional_embeddings and t.patch_size_t:  # 1.5's RoPE grid: at most the sample grid
+            limits = {"height": min(d.max_height, t.sample_height * s // multiple * multiple),
+                      "width": min(d.max_width, t.sample_width * s // multiple * multiple)}
         for name, high in limits.items():
             value = getattr(r, name)
             if t.use_learned_positional_embeddings and value != high:
