@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -167,7 +168,9 @@ def write(info: dict) -> list[Path]:
         note = e.get("skipped") or e.get("error", "")
         lines.append(f"| {b} | {fmt('step_s', '{:.3f}')} | {fmt('first_call_s', '{:.1f}')} | "
                      f"{fmt('peak_gib', '{:.1f}')} | {fmt('rel_err_vs_sdpa', '{:.2e}')} | {note} |")
-    targets = [HERE / "results"] + ([Path(os.environ["OUT"])] if os.environ.get("OUT") else [])
+    # --smoke results are not measurements: a temporary folder, not benchmarks/results/
+    home = Path(tempfile.gettempdir()) / "vidtrt-smoke" if info["smoke"] else HERE / "results"
+    targets = [home] + ([Path(os.environ["OUT"])] if os.environ.get("OUT") else [])
     written = []
     for folder in targets:
         folder.mkdir(parents=True, exist_ok=True)
