@@ -128,9 +128,9 @@ def test_another_pipeline_class_is_named_before_any_shape_error(tiny, tmp_path):
     folder = tmp_path / "cogvideox"
     shutil.copytree(tiny.folder, folder)
     index = json.loads((folder / "model_index.json").read_text())
-    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "CogVideoXPipeline"}))
-    with pytest.raises(CheckpointError, match=r"_class_name 'CogVideoXPipeline' is not a supported pipeline; "
-                                              r"accepted \['HunyuanVideoPipeline'\]"):
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "LTXPipeline"}))
+    with pytest.raises(CheckpointError, match=r"_class_name 'LTXPipeline' is not a supported pipeline; "
+                                              r"accepted \['HunyuanVideoPipeline', 'CogVideoXPipeline'\]"):
         ModelSource.open(folder)
     (folder / "model_index.json").write_text('{"_class_name": "HunyuanVideoPipeline",')  # corrupt
     with pytest.raises(CheckpointError, match="model_index.json is not valid JSON"):

@@ -159,7 +159,7 @@ def test_small_preset_is_cpu_sized_and_embedded():
     from vidtrt.models.transformer import HunyuanVideoTransformer3D
     from vidtrt.source.checkpoints import build_on_meta
 
-    assert EMBEDDED_PRESETS == ("tiny", "small")
+    assert EMBEDDED_PRESETS == ("tiny", "small", "tiny-cogvideox")
     small = preset("small")
     dit = build_on_meta(lambda: HunyuanVideoTransformer3D(small.transformer))
     params = sum(p.numel() for p in dit.parameters())

@@ -79,7 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         pipe.close()
     t2 = time.perf_counter()
-    path = write_video(output, frames, fps=args.fps)
+    path = write_video(output, frames, fps=args.fps or source.config.defaults.fps)
     print(f"wrote {path} ({frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}) "
           f"load {t1 - t0:.1f}s generate {t2 - t1:.1f}s, DiT calls {tally.calls} ({tally.skipped} skipped)")
     return 0

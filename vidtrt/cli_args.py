@@ -21,7 +21,7 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, default=None, help="pixels, multiple of 16 (model default)")
     parser.add_argument("--width", type=int, default=None, help="pixels, multiple of 16 (model default)")
     parser.add_argument("--frames", type=int, default=None, dest="num_frames",
-                        help="video frames, 4k + 1 (e.g. 1, 5, ..., 129; model default)")
+                        help="video frames, 4k + 1 (e.g. 1, 5, ..., 129; CogVideoX: 8k + 1; model default)")
     parser.add_argument("--steps", type=int, default=None, dest="num_inference_steps",
                         help="denoising steps (model default: 50 for HunyuanVideo)")
     parser.add_argument("--guidance", type=float, default=None, dest="embedded_guidance_scale",
@@ -31,7 +31,8 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--negative-prompt", default=None,
                         help="negative prompt for true CFG (default: the official negative prompt)")
     parser.add_argument("--true-cfg-scale", type=float, default=None,
-                        help="true classifier-free guidance scale; 1.0 = off (default), > 1 runs two DiT passes")
+                        help="true classifier-free guidance scale; 1.0 = off (HunyuanVideo's default), > 1 runs two "
+                             "DiT passes (CogVideoX: its guidance scale, default 6)")
     parser.add_argument("--prompt-policy", choices=["truncate", "error"], default="truncate",
                         help="what to do with a prompt longer than the text encoder's limit")
     parser.add_argument("--cache-policy", default=None,
@@ -46,7 +47,8 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sliding-tile attention window in tiles, every layer (STA backends; model default)")
     parser.add_argument("--sparse-steps", default=None, metavar="START:STOP",
                         help="steps that run sliding-tile attention, e.g. 10: (STA backends; model default)")
-    parser.add_argument("--fps", type=int, default=24, help=f"mp4 frame rate, 1..{MAX_FPS} (default 24)")
+    parser.add_argument("--fps", type=int, default=None,
+                        help=f"mp4 frame rate, 1..{MAX_FPS} (default: the model's, 24 HunyuanVideo, 8 CogVideoX)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -93,6 +95,6 @@ def output_from_args(args: argparse.Namespace) -> str:
         raise VidtrtError(f"invalid --output {output!r}: folder {str(folder)!r} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise VidtrtError(f"invalid --output {output!r}: folder {str(folder)!r} is not writable")
-    if not 1 <= args.fps <= MAX_FPS:
+    if args.fps is not None and not 1 <= args.fps <= MAX_FPS:
         raise VidtrtError(f"invalid --fps {args.fps}: accepted 1..{MAX_FPS}")
     return output

@@ -49,7 +49,7 @@ def generate_main(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     frames = result.frames
-    path = write_video(output, frames, fps=args.fps)
+    path = write_video(output, frames, fps=args.fps or _family_fps(args.model_name))
     calls = "" if result.dit_calls is None else f", DiT calls {result.dit_calls} ({result.dit_calls_skipped} skipped)"
     print(f"wrote {path} ({frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}) "
           f"via {args.protocol}://{client.url} in {time.perf_counter() - t0:.1f}s{calls}")
@@ -84,3 +84,13 @@ class _ProgressBar:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def _family_fps(model_name: str) -> int:
+    """The frame rate of the family serving ``model_name`` (24 HunyuanVideo, 8 CogVideoX; 24 if unknown)."""
+    from vidtrt.config.families import FAMILIES
+
+    for family in FAMILIES.values():
+        if model_name in (family.stream_model, family.sync_model):
+            return family.default_config().defaults.fps
+    return 24

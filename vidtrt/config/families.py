@@ -17,6 +17,7 @@ import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from vidtrt.config.cogvideox_config import COGVIDEOX_PRESETS, cogvideox_5b_config
 from vidtrt.config.model_config import PRESETS, ModelConfig, hunyuan_video_config
 from vidtrt.errors import ConfigError
 
@@ -42,6 +43,12 @@ class ModelFamily:
     text_encoder: str
     scheduler: str
     components: tuple[str, ...] = field(default=TRITON_COMPONENTS)
+    # Its config class (``from_dict``), what reads a checkpoint folder's config (``(folder, name) -> config``)
+    # and its sampling loop (:func:`vidtrt.runtime.orchestrator.denoise`'s signature), as "module:attribute".
+    config_type: str = "vidtrt.config.model_config:ModelConfig"
+    config_reader: str = "vidtrt.source.checkpoints:read_model_config"
+    sampler: str = "vidtrt.runtime.orchestrator:denoise"
+    torch_denoiser: str = "vidtrt.runtime.pipeline:TorchDenoiser"  # the DiT module as a Denoiser
 
     def load(self, what: str):
         """The class named by field ``what`` ("transformer", "vae_decoder", ...), imported now."""
@@ -82,7 +89,27 @@ HUNYUAN_VIDEO = ModelFamily(
     scheduler="vidtrt.runtime.scheduler:flow_match_sigmas",
 )
 
-FAMILIES: dict[str, ModelFamily] = {HUNYUAN_VIDEO.name: HUNYUAN_VIDEO}
+COGVIDEOX = ModelFamily(
+    name="cogvideox",
+    pipeline_classes=("CogVideoXPipeline",),
+    default_config=cogvideox_5b_config,
+    presets=COGVIDEOX_PRESETS,
+    transformer="vidtrt.models.cogvideox_transformer:CogVideoXTransformer3D",
+    vae_decoder="vidtrt.models.cogvideox_vae:CogVideoXVAEDecoder",
+    text_encoder="vidtrt.models.cogvideox_text:T5TextEncoder",
+    scheduler="vidtrt.runtime.cogvideox_scheduler:CogVideoXSampler",
+    config_type="vidtrt.config.cogvideox_config:CogVideoXModelConfig",
+    config_reader="vidtrt.source.cogvideox_source:read_cogvideox_config",
+    sampler="vidtrt.runtime.cogvideox_sampler:denoise",
+    torch_denoiser="vidtrt.runtime.cogvideox_pipeline:CogVideoXTorchDenoiser",
+)
+
+FAMILIES: dict[str, ModelFamily] = {HUNYUAN_VIDEO.name: HUNYUAN_VIDEO, COGVIDEOX.name: COGVIDEOX}
+
+
+def family_of_config(config) -> ModelFamily:
+    """The family a resolved config belongs to (CogVideoX configs say so; others are HunyuanVideo)."""
+    return FAMILIES[getattr(config, "family", HUNYUAN_VIDEO.name)]
 
 
 def family_for_pipeline_class(class_name: str, where: str = "model_index.json") -> ModelFamily:

@@ -366,7 +366,7 @@ def small_config() -> ModelConfig:
 
 PRESETS = {"hunyuan-video": hunyuan_video_config, "tiny": tiny_config, "small": small_config}
 # Presets generated from a fixed seed on first use (no download): `--model tiny` / `--model small`.
-EMBEDDED_PRESETS = ("tiny", "small")
+EMBEDDED_PRESETS = ("tiny", "small", "tiny-cogvideox")
 
 
 def preset(name: str) -> ModelConfig:

@@ -57,6 +57,8 @@ class GenerationRequest:
     # "t,h,w" window in tiles for every layer; "start:stop" / "start:" steps that run sparse.
     sparse_window: str | None = None
     sparse_steps: str | None = None
+    # CogVideoX: diffusers' use_dynamic_cfg (the CFG scale follows a cosine schedule over the steps).
+    use_dynamic_cfg: bool = False
 
     def resolved(self, config: ModelConfig) -> GenerationRequest:
         """A copy with every ``None`` replaced by the model's default (not yet validated)."""
@@ -70,9 +72,10 @@ class GenerationRequest:
             "flow_shift": d.flow_shift,
             "seed": d.seed,
             "true_cfg_scale": d.true_cfg_scale,
-            "cache_policy": d.cache_policy,
-            "cache_threshold": d.cache_threshold,
-            "cache_warmup_steps": d.cache_warmup_steps,
+            # families without step caching (CogVideoX, so far): policy none
+            "cache_policy": getattr(d, "cache_policy", "none"),
+            "cache_threshold": getattr(d, "cache_threshold", 0.0),
+            "cache_warmup_steps": getattr(d, "cache_warmup_steps", 0),
         }
         out = dataclasses.replace(self)
         for k, v in fill.items():
@@ -94,7 +97,8 @@ class GenerationRequest:
             _check_text("negative_prompt", r.negative_prompt, required=False)
         _check_int("height", r.height, 16, d.max_height, multiple=16)
         _check_int("width", r.width, 16, d.max_width, multiple=16)
-        _check_frames(r.num_frames, d.max_num_frames, config.vae.temporal_compression_ratio)
+        _check_frames(r.num_frames, d.max_num_frames, getattr(d, "frame_step", config.vae.temporal_compression_ratio),
+                      getattr(d, "min_num_frames", 1))
         _check_int("num_inference_steps", r.num_inference_steps, 1, d.max_num_inference_steps)
         _check_float("embedded_guidance_scale", r.embedded_guidance_scale, 0.0, MAX_GUIDANCE)
         _check_float("flow_shift", r.flow_shift, 0.0, MAX_FLOW_SHIFT, low_open=True)
@@ -109,6 +113,19 @@ class GenerationRequest:
             parse_window(r.sparse_window)
         if r.sparse_steps is not None:
             parse_steps(r.sparse_steps, r.num_inference_steps)
+        family_rules = getattr(config, "check_request", None)  # a family's own rules (CogVideoX)
+        if not isinstance(r.use_dynamic_cfg, bool) or (r.use_dynamic_cfg and family_rules is None):
+            raise InvalidRequestError("use_dynamic_cfg", r.use_dynamic_cfg, "false (true only for CogVideoX models)")
+        if not hasattr(d, "cache_policy"):  # a family whose sampler has no step cache / sliding-tile schedule yet
+            if r.cache_policy != "none":
+                raise InvalidRequestError("cache_policy", r.cache_policy, f"'none' for {config.name} (step caching "
+                                          "runs in the HunyuanVideo sampler only, so far)")
+            for name in ("sparse_window", "sparse_steps"):
+                if getattr(r, name) is not None:
+                    raise InvalidRequestError(name, getattr(r, name), f"none for {config.name} (sliding-tile "
+                                              "attention is HunyuanVideo's, so far)")
+        if family_rules is not None:
+            family_rules(r)
         if r.negative_prompt is not None and not r.do_true_cfg:
             logger.warning("negative_prompt is ignored: true_cfg_scale is %g, and only true CFG (true_cfg_scale > 1, "
                            "two DiT calls per step) uses it", r.true_cfg_scale)
@@ -135,9 +152,11 @@ def _check_int(name: str, value: object, low: int, high: int, multiple: int = 1)
         raise InvalidRequestError(name, value, accepted)
 
 
-def _check_frames(value: object, max_frames: int, ratio: int) -> None:
-    accepted = f"{ratio}k + 1 frames in [1, {max_frames}] (e.g. 1, {ratio + 1}, {2 * ratio + 1}, ..., {max_frames})"
-    if not _is_int(value) or not 1 <= value <= max_frames or (value - 1) % ratio:
+def _check_frames(value: object, max_frames: int, ratio: int, min_frames: int = 1) -> None:
+    lo = min_frames
+    examples = f"{lo}, {lo + ratio}, {lo + 2 * ratio}, ..., {max_frames}"
+    accepted = f"{ratio}k + 1 frames in [{lo}, {max_frames}] (e.g. {examples})"
+    if not _is_int(value) or not lo <= value <= max_frames or (value - 1) % ratio:
         raise InvalidRequestError("num_frames", value, accepted)
 
 

@@ -403,6 +403,9 @@ def export_components(model: str | Path | ModelSource = "tiny", out: str | Path 
     except OSError as e:
         raise ExportError(f"cannot create --out folder {out}: {one_line(e)}") from None
     source = ModelSource.open(model)
+    if source.family.name == "cogvideox":
+        raise ExportError("CogVideoX: only the DiT exports to ONNX yet, through "
+                          "vidtrt.export.cogvideox_export.export_cogvideox_dit (the VAE tile decoder does not)")
     config = source.config
     state = None
     if quantized is not None and "dit" in names:

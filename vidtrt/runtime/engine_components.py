@@ -269,6 +269,9 @@ class _Loader:
     def __init__(self, source: ModelSource, engine: str, artifacts, threads: int, providers,
                  device: str | None = None):
         _check_engine_kind(engine, artifacts)
+        if engine != "torch" and source.family.name == "cogvideox":
+            raise EngineError(f"engine {engine!r} does not serve CogVideoX models yet (only their DiT exports to "
+                              "ONNX, and the VAE does not); accepted for CogVideoX: 'torch'")
         self.source, self.engine, self.artifacts = source, engine, artifacts
         self.device = str(device) if device is not None else "cpu"
         self.threads = threads

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from vidtrt.config.components import Components, TextEmbeddings
+from vidtrt.config.families import family_of_config
 from vidtrt.config.lifecycle import Deadline
 from vidtrt.config.model_config import ModelConfig
 from vidtrt.config.request import GenerationRequest
@@ -190,6 +191,7 @@ def run_generation(
     """
     start = time.perf_counter()
     r = request.validate(config)
+    sample = denoise if getattr(config, "family", None) is None else family_of_config(config).load("sampler")
     with torch.inference_mode():
-        latents = denoise(r, config, components, progress, should_cancel, start, deadline)
+        latents = sample(r, config, components, progress, should_cancel, start, deadline)
         return decode_latents(latents, config, components, progress, should_cancel, start, deadline)

@@ -172,10 +172,12 @@ def torch_denoiser(source: ModelSource, device="cpu", dtype=torch.float32, atten
         if "sta" in kernels.attention.split("-"):
             raise ConfigError(f"attention {kernels.attention!r} (sliding-tile) does not combine with sequence "
                               "parallelism: use a dense backend with sp_degree > 1")
+        if source.family.name != "hunyuan_video":
+            raise ConfigError(f"sequence parallelism runs HunyuanVideo's DiT only, so far (not {source.family.name})")
         from vidtrt.runtime.parallel_dit import ParallelDenoiser
 
         return ParallelDenoiser(source, sp_degree, device, dtype, kernels.attention, fused_rope=kernels.fused_rope)
-    return TorchDenoiser(source.load_transformer(dtype).to(device), device, kernels)
+    return source.family.load("torch_denoiser")(source.load_transformer(dtype).to(device), device, kernels)
 
 
 def torch_tile_decoder(source: ModelSource, device="cpu", dtype=torch.float32) -> TorchTileDecoder:

@@ -75,8 +75,13 @@ SPARSE_INPUT = TensorSpec("sparse_attention", STRING, (1,), "sliding-tile step (
 
 
 def specs_for_triton(config: ModelConfig, sparse_input: bool = True) -> dict[str, ComponentSpec]:
-    """The spec of each component model, by key. ``sparse_input``: the DiT takes the optional
-    ``sparse_attention`` input (Python-backend DiT models; a TensorRT plan does not)."""
+    """The spec of each component model, by key (a CogVideoX config: :mod:`vidtrt.config.cogvideox_specs`).
+    ``sparse_input``: the HunyuanVideo DiT takes the optional ``sparse_attention`` input (Python-backend DiT
+    models; a TensorRT plan does not)."""
+    if getattr(config, "family", None) == "cogvideox":
+        from vidtrt.config import cogvideox_specs
+
+        return cogvideox_specs.specs_for_triton(config)
     dit = dit_spec(config)
     return {
         "text_encoder": text_encoder_spec(config),
@@ -118,6 +123,7 @@ def remote_components(infer: InferFn, model_names: Mapping[str, str], config: Mo
     input is sent (other DiT models, TensorRT plans included, never get it)."""
     specs = specs_for_triton(config)
     dit_inputs = specs["dit"].input_names
+    text_outputs = specs["text_encoder"].output_names
 
     def encode_text(prompts: list[str], prompt_policy: str = "truncate") -> TextEmbeddings:
         if isinstance(prompts, str):
@@ -126,11 +132,13 @@ def remote_components(infer: InferFn, model_names: Mapping[str, str], config: Mo
             "prompts": np.array([p.encode("utf-8") for p in prompts], dtype=np.object_),
             "prompt_policy": np.array([prompt_policy.encode("utf-8")], dtype=np.object_),
         }
-        out = infer(model_names["text_encoder"], feeds, ["prompt_embeds", "attention_mask", "pooled"])
+        out = infer(model_names["text_encoder"], feeds, text_outputs)
+        embeds = torch.from_numpy(out["prompt_embeds"])
+        pooled = out.get("pooled")  # CogVideoX has none
         return TextEmbeddings(
-            prompt_embeds=torch.from_numpy(out["prompt_embeds"]),
+            prompt_embeds=embeds,
             attention_mask=torch.from_numpy(out["attention_mask"]),
-            pooled=torch.from_numpy(out["pooled"]),
+            pooled=torch.from_numpy(pooled) if pooled is not None else torch.zeros(embeds.shape[0], 0),
         )
 
     def dit(latents: torch.Tensor, timestep: torch.Tensor, text: TextEmbeddings, guidance: torch.Tensor):
@@ -146,6 +154,7 @@ def remote_components(infer: InferFn, model_names: Mapping[str, str], config: Mo
         step = current_sparse_step() if dit_sparse else None
         if step is not None:
             feeds["sparse_attention"] = np.array([step.to_json().encode("utf-8")], dtype=np.object_)
+        feeds = {k: v for k, v in feeds.items() if k in dit_inputs}  # CogVideoX: no mask, no pooled
         return torch.from_numpy(infer(model_names["dit"], feeds, ["velocity"])["velocity"])
 
     def decode_tile(latents: torch.Tensor) -> torch.Tensor:
@@ -198,19 +207,23 @@ class ComponentServer:
             policy_arr = feeds.get("prompt_policy")
             policy = _decode_strings(policy_arr, "prompt_policy")[0] if policy_arr is not None else "truncate"
             emb = self.fn(prompts, policy)
-            return {
-                "prompt_embeds": _np(emb.prompt_embeds, np.float32),
-                "attention_mask": _np(emb.attention_mask, np.int64),
-                "pooled": _np(emb.pooled, np.float32),
-            }
+            out = {"prompt_embeds": _np(emb.prompt_embeds, np.float32),
+                   "attention_mask": _np(emb.attention_mask, np.int64)}
+            if emb.pooled.shape[-1]:  # CogVideoX's T5 has no pooled output
+                out["pooled"] = _np(emb.pooled, np.float32)
+            return out
         if self.key == "dit":
             t = lambda name: torch.from_numpy(_writable(feeds[name]))  # noqa: E731
             latents = t("hidden_states")
             guidance = t("guidance") if feeds.get("guidance") is not None else torch.zeros(latents.shape[0])
             if self._injected(guidance, 0):
                 raise RuntimeError(f"injected DiT failure (embedded_guidance_scale == {self.fail_on_guidance:g})")
-            text = TextEmbeddings(prompt_embeds=t("encoder_hidden_states"), attention_mask=t("encoder_attention_mask"),
-                                  pooled=t("pooled_projections"))
+            embeds = t("encoder_hidden_states")
+            mask = t("encoder_attention_mask") if feeds.get("encoder_attention_mask") is not None else \
+                torch.ones(embeds.shape[:2], dtype=torch.int64)
+            pooled = t("pooled_projections") if feeds.get("pooled_projections") is not None else \
+                torch.zeros(embeds.shape[0], 0)
+            text = TextEmbeddings(prompt_embeds=embeds, attention_mask=mask, pooled=pooled)
             sparse = feeds.get("sparse_attention")
             step = SparseStep.from_json(_decode_strings(sparse, "sparse_attention")[0]) if sparse is not None else None
             with sparse_step(step):

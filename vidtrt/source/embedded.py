@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from vidtrt import __version__
+from vidtrt.config.cogvideox_config import COGVIDEOX_PRESETS
 from vidtrt.config.model_config import EMBEDDED_PRESETS, VIDTRT_JSON, ModelConfig, preset
 from vidtrt.paths import cache_dir
 
@@ -33,6 +34,8 @@ def _config_dict(obj) -> dict:
 # The modules whose code decides the generated weights (parameter creation order, initialisation,
 # tokenizer files): editing any of them must not reuse a cache folder written by the old code.
 WEIGHT_CODE_MODULES = ("vidtrt.models.transformer", "vidtrt.models.vae", "vidtrt.source.tiny", "vidtrt.source.embedded")
+COGVIDEOX_WEIGHT_CODE_MODULES = ("vidtrt.models.cogvideox_transformer", "vidtrt.models.cogvideox_vae",
+                                 "vidtrt.source.tiny", "vidtrt.source.tiny_cogvideox", "vidtrt.source.embedded")
 
 
 def weight_code_digest(modules: tuple[str, ...] | None = None) -> str:
@@ -49,7 +52,8 @@ def weight_code_digest(modules: tuple[str, ...] | None = None) -> str:
 
 
 def _fingerprint(config: ModelConfig) -> str:
-    blob = json.dumps([__version__, TINY_SEED, config.fingerprint(), weight_code_digest()])
+    modules = COGVIDEOX_WEIGHT_CODE_MODULES if getattr(config, "family", None) == "cogvideox" else None
+    blob = json.dumps([__version__, TINY_SEED, config.fingerprint(), weight_code_digest(modules)])
     return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
 
@@ -108,17 +112,26 @@ def _save_component(folder: Path, module: torch.nn.Module, class_name: str, conf
     save_file(state, str(folder / "diffusion_pytorch_model.safetensors"))
 
 
+def _embedded_config(name: str):
+    return COGVIDEOX_PRESETS[name]() if name in COGVIDEOX_PRESETS else preset(name)
+
+
 def tiny_checkpoint(name: str = "tiny") -> Path:
     """An embedded model's folder, generated on first use (atomically, safe for concurrent callers)."""
     if name not in EMBEDDED_PRESETS:
         raise ValueError(f"unknown embedded model {name!r}; accepted: {list(EMBEDDED_PRESETS)}")
-    target = cache_dir() / f"{name}-{_fingerprint(preset(name))}"
+    target = cache_dir() / f"{name}-{_fingerprint(_embedded_config(name))}"
     if (target / "model_index.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
-        write_tiny_checkpoint(tmp, name=name)
+        if name in COGVIDEOX_PRESETS:
+            from vidtrt.source.tiny_cogvideox import write_tiny_cogvideox_checkpoint
+
+            write_tiny_cogvideox_checkpoint(tmp, _embedded_config(name), seed=TINY_SEED)
+        else:
+            write_tiny_checkpoint(tmp, name=name)
         try:
             tmp.rename(target)
         except OSError:  # another process won the race

@@ -35,7 +35,6 @@ from vidtrt.source.checkpoints import (
     load_text_encoder,
     load_transformer,
     load_vae_decoder,
-    read_model_config,
     text_encoder_root,
 )
 
@@ -85,7 +84,7 @@ class ModelSource:
         layout = detect_layout(folder)
         family = _family_of(folder, layout)
         count("config_load", ref)
-        config = read_model_config(folder, name)
+        config = family.load("config_reader")(folder, name)
         return cls(ref=ref, folder=folder, layout=layout, family=family, config=config,
                    fingerprint=config.fingerprint())
 
@@ -111,8 +110,8 @@ class ModelSource:
         ref = str(record.get("ref"))
         count("resolve", f"record:{ref}")
         try:
-            config = ModelConfig.from_dict(record["config"])
             family = FAMILIES[record["family"]]
+            config = family.load("config_type").from_dict(record["config"])
         except (ConfigError, KeyError, TypeError) as e:
             raise CheckpointError(f"{where}: malformed model record ({e})") from None
         count("config_load", f"record:{ref}")

@@ -1,0 +1,39 @@
+"""The tiny CogVideoX model through a real tritonserver: the repository names its models by the family
+(cogvideox, cogvideox_sync, cogvideox_text_encoder, cogvideox_dit, cogvideox_vae_decoder) and the same request
+gives the same frames as in process (CFG with a negative prompt, tiled decode)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from vidtrt.client import VideoClient
+from vidtrt.config.request import GenerationRequest
+from vidtrt.export.repository import build_repository
+from vidtrt.serving.server import TritonServer
+
+pytestmark = pytest.mark.server
+
+
+def test_same_frames_as_in_process(tmp_path):
+    from vidtrt.runtime.cogvideox_pipeline import CogVideoXPipeline
+
+    repo = build_repository("tiny-cogvideox", tmp_path / "repo")
+    record = json.loads((repo / "vidtrt-repository.json").read_text())
+    assert record["family"] == "cogvideox" and record["generation_model"] == "cogvideox"
+    assert {p.name for p in repo.iterdir() if p.is_dir()} == {
+        "cogvideox", "cogvideox_sync", "cogvideox_text_encoder", "cogvideox_dit", "cogvideox_vae_decoder"}
+    pipe = CogVideoXPipeline.from_model("tiny-cogvideox")
+    requests = [GenerationRequest("a cat walks on the grass", seed=5, num_inference_steps=2, negative_prompt="blurry"),
+                GenerationRequest("a dog", seed=6, num_frames=1, height=48, width=80, num_inference_steps=2,
+                                  true_cfg_scale=3.0)]
+    with TritonServer(repo, log_file=tmp_path / "tritonserver.log", exit_timeout_s=5, ready_timeout_s=600) as srv:
+        client = VideoClient(srv.grpc_url, model_name=record["generation_model"])
+        for request in requests:
+            steps = []
+            result = client.run(request, progress=steps.append)
+            expected = pipe.run(request)
+            assert result.frames.dtype == np.uint8 and result.frames.shape == expected.shape
+            np.testing.assert_array_equal(result.frames, expected)
