@@ -81,5 +81,6 @@ def denoise(
         if not bool(torch.isfinite(latents).all()):
             raise NonFiniteError(f"the DiT produced NaN/inf at denoising step {i + 1} of {total}{_OVERFLOW_HINT}")
         if progress is not None:
-            progress(ProgressEvent(step=i + 1, total=total, elapsed_s=time.perf_counter() - start))
+            progress(ProgressEvent(step=i + 1, total=total, elapsed_s=time.perf_counter() - start,
+                                   dit_calls=1, dit_calls_skipped=0))  # CFG batched: one call per step
     return latents[:, extra:].permute(0, 2, 1, 3, 4).contiguous()
