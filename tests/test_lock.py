@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,9 +17,14 @@ def _check(tmp_path, lines: list[str]) -> subprocess.CompletedProcess:
 
 
 def _installed() -> list[str]:
-    skip = {"vidtrt", "pip", "setuptools", "wheel"}
-    return sorted(f"{d.metadata['Name']}=={d.version.split('+')[0]}" for d in metadata.distributions()
-                  if d.metadata["Name"] and d.metadata["Name"].lower() not in skip)  # fmt: skip
+    """What a fresh interpreter of this venv sees (this process's sys.path may hold more: importing some
+    packages puts setuptools' vendored distributions on it)."""
+    code = ("from importlib import metadata\n"
+            "skip = {'vidtrt', 'pip', 'setuptools', 'wheel'}\n"
+            "print('\\n'.join(sorted(f\"{d.metadata['Name']}=={d.version.split('+')[0]}\" for d in "
+            "metadata.distributions() if d.metadata['Name'] and d.metadata['Name'].lower() not in skip)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    return out.stdout.split()
 
 
 def test_exact_set_passes_and_every_difference_is_named(tmp_path):

@@ -288,7 +288,8 @@ def build_repository(
         "family": family.name, "model_source": source.to_record(),
         "inputs": [t.name for t in request_io.REQUEST_INPUTS], "outputs": [t.name for t in request_io.RESPONSE_OUTPUTS],
         # An FP8 (Q/DQ) DiT from `vidtrt export --quantized`: what was calibrated, for whoever reads the repository.
-        "dit_quantization": _dit_quantization(artifacts) if artifacts else None,
+        # (TensorRT: the plan manifests record the FP8 Q/DQ of the ONNX they were built from)
+        "dit_quantization": _dit_quantization(artifacts) if artifacts and engine != "tensorrt" else None,
     }
     if plan_set is not None:
         plans = {family.component_model(k): m["component"] for k, m in plan_set.manifests.items()}

@@ -123,15 +123,16 @@ def _load(args, source):
     return load_pipeline_with_engine(source, args.engine, args.artifacts)
 
 
-def run_benchmark(args, out=sys.stdout) -> list[Run]:
-    """Validate every request, load the model once, run and print; returns the runs (reference first per
-    prompt)."""
+def run_benchmark(args, out=None) -> list[Run]:
+    """Validate every request, load the model once, run and print (to ``out``, default the current
+    ``sys.stdout``); returns the runs (reference first per prompt)."""
     import dataclasses
 
     from vidtrt.config.request import GenerationRequest
     from vidtrt.runtime.step_cache import DitCallTally
     from vidtrt.source.model_source import ModelSource
 
+    out = sys.stdout if out is None else out
     if args.prompts is not None:
         try:
             prompts = [ln.strip() for ln in Path(args.prompts).read_text().splitlines() if ln.strip()]
