@@ -196,6 +196,32 @@ class VideoClient:
             msg = _server_message(e)[0]
             raise TransportError(f"cannot connect to {self.protocol} server at {self.url}: {msg}") from None
 
+    def served_generation_model(self) -> str:
+        """The one vidtrt generation model the server has ready (its streaming name, e.g. ``hunyuan_video`` or
+        ``cogvideox``), from the server's repository index: the READY models named as a model family's
+        generation model (:mod:`vidtrt.config.families`). Raises VidtrtError (one line) when there is none or
+        several, TransportError when the server cannot be asked."""
+        from vidtrt.config.families import FAMILIES
+
+        client = self._make_client()
+        try:
+            index = client.get_model_repository_index(**({"as_json": True} if self.protocol == "grpc" else {}))
+        except Exception as e:
+            raise TransportError(f"cannot list the models of {self.protocol} server at {self.url}: "
+                                 f"{_server_message(e)[0]}") from None
+        finally:
+            client.close()
+        entries = index.get("models", []) if isinstance(index, dict) else index
+        ready = {m.get("name") for m in entries if m.get("state") == "READY"}
+        names = {f.stream_model: f for f in FAMILIES.values()}
+        wanted = "stream_model" if self.protocol == "grpc" else "sync_model"
+        found = sorted(name for name, f in names.items() if getattr(f, wanted) in ready)
+        if len(found) != 1:
+            what = f"several ({', '.join(found)})" if found else "none"
+            raise VidtrtError(f"the server at {self.url} serves {what} of the vidtrt generation models "
+                              f"{sorted(names)}: name one with --model-name")
+        return found[0]
+
     # -- generation --------------------------------------------------------------------------------
     def generate(
         self,
@@ -219,6 +245,7 @@ class VideoClient:
         cache_warmup_steps: int | None = None,
         sparse_window: str | None = None,
         sparse_steps: str | None = None,
+        use_dynamic_cfg: bool | None = None,
     ) -> np.ndarray:
         """uint8 frames [num_frames, height, width, 3]; ``None`` arguments take the served model's defaults.
 
@@ -232,7 +259,7 @@ class VideoClient:
             embedded_guidance_scale=embedded_guidance(embedded_guidance_scale, guidance_scale), flow_shift=flow_shift,
             seed=seed, true_cfg_scale=true_cfg_scale, prompt_policy=prompt_policy, cache_policy=cache_policy,
             cache_threshold=cache_threshold, cache_warmup_steps=cache_warmup_steps, sparse_window=sparse_window,
-            sparse_steps=sparse_steps,
+            sparse_steps=sparse_steps, use_dynamic_cfg=use_dynamic_cfg,
         )
         return self.run(request, progress=progress, cancel=cancel).frames
 

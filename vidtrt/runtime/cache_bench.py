@@ -123,9 +123,10 @@ def _load(args, source):
     return load_pipeline_with_engine(source, args.engine, args.artifacts)
 
 
-def run_benchmark(args, out=sys.stdout) -> list[Run]:
-    """Validate every request, load the model once, run and print; returns the runs (reference first per
-    prompt)."""
+def run_benchmark(args, out=None) -> list[Run]:
+    """Validate every request, load the model once, run and print (to ``out``, default the current
+    ``sys.stdout``); returns the runs (reference first per prompt)."""
+    out = sys.stdout if out is None else out
     import dataclasses
 
     from vidtrt.config.request import GenerationRequest

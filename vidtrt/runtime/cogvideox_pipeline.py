@@ -62,7 +62,7 @@ class CogVideoXPipeline(HunyuanVideoPipeline):
         num_frames: int | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
-        use_dynamic_cfg: bool = False,
+        use_dynamic_cfg: bool | None = None,
         seed: int | None = None,
         progress: ProgressCallback | None = None,
         should_cancel: Callable[[], bool] | None = None,
