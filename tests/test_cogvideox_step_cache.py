@@ -91,3 +91,31 @@ def test_sparse_attention_fields_still_refused(pipe):
     with pytest.raises(InvalidRequestError) as e:
         GenerationRequest(PROMPT, cache_policy="teacache").validate(pipe.config)
     assert e.value.param == "cache_policy"
+
+
+def test_cache_bench_runs_tiny_cogvideox(tmp_path, capsys):
+    from vidtrt.cli import main
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(PROMPT + "\n")
+    rc = main(["cache-bench", "--model", "tiny-cogvideox", "--prompts", str(prompts), "--steps", "12", "--frames", "1",
+               "--height", "32", "--width", "48", "--cache-threshold", "0.8", "--cache-warmup-steps", "2"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "model tiny-cogvideox, 12 steps" in out and "true CFG 6" in out
+    total = [line.split() for line in out.splitlines() if line.startswith("total")]
+    assert [row[3:5] for row in total] == [["uncached", "12"], ["0.8", total[1][4]]] and int(total[1][4]) < 12, out
+
+
+def test_run_cli_use_dynamic_cfg(pipe, tmp_path, capsys):
+    from vidtrt.cli import main
+
+    flags = ["--frames", "1", "--height", "32", "--width", "48", "--steps", "3", "--seed", "7", "--no-progress"]
+    rc = main(["run", PROMPT, "--model", "tiny-cogvideox", "-o", str(tmp_path / "v.npy"), "--use-dynamic-cfg", *flags])
+    assert rc == 0, capsys.readouterr().err
+    kw = dict(height=32, width=48, num_frames=1, num_inference_steps=3, seed=7)
+    np.testing.assert_array_equal(np.load(tmp_path / "v.npy"), pipe.generate(PROMPT, use_dynamic_cfg=True, **kw))
+    assert not np.array_equal(np.load(tmp_path / "v.npy"), pipe.generate(PROMPT, **kw))
+    rc = main(["run", PROMPT, "--model", "tiny", "-o", str(tmp_path / "h.npy"), "--use-dynamic-cfg", *flags])
+    err = capsys.readouterr().err
+    assert rc == 2 and "use_dynamic_cfg" in err and len(err.strip().splitlines()) == 1, err

@@ -198,28 +198,28 @@ class VideoClient:
 
     def served_generation_model(self) -> str:
         """The one vidtrt generation model the server has ready (its streaming name, e.g. ``hunyuan_video`` or
-        ``cogvideox``), from the server's repository index: the READY models named as a model family's
-        generation model (:mod:`vidtrt.config.families`). Raises VidtrtError (one line) when there is none or
-        several, TransportError when the server cannot be asked."""
+        ``cogvideox``): asks the server's model-readiness API (open to clients; ``vidtrt serve`` restricts the
+        repository index) about each model family's generation model (:mod:`vidtrt.config.families`; over HTTP
+        its ``_sync`` variant). Raises VidtrtError (one line) when none or several are ready, TransportError when
+        the server cannot be asked."""
         from vidtrt.config.families import FAMILIES
 
         client = self._make_client()
         try:
-            index = client.get_model_repository_index(**({"as_json": True} if self.protocol == "grpc" else {}))
+            found = []
+            for family in FAMILIES.values():
+                name = family.stream_model if self.protocol == "grpc" else family.sync_model
+                if client.is_model_ready(name):
+                    found.append(family.stream_model)
         except Exception as e:
-            raise TransportError(f"cannot list the models of {self.protocol} server at {self.url}: "
+            raise TransportError(f"cannot ask the {self.protocol} server at {self.url} for its models: "
                                  f"{_server_message(e)[0]}") from None
         finally:
             client.close()
-        entries = index.get("models", []) if isinstance(index, dict) else index
-        ready = {m.get("name") for m in entries if m.get("state") == "READY"}
-        names = {f.stream_model: f for f in FAMILIES.values()}
-        wanted = "stream_model" if self.protocol == "grpc" else "sync_model"
-        found = sorted(name for name, f in names.items() if getattr(f, wanted) in ready)
         if len(found) != 1:
-            what = f"several ({', '.join(found)})" if found else "none"
-            raise VidtrtError(f"the server at {self.url} serves {what} of the vidtrt generation models "
-                              f"{sorted(names)}: name one with --model-name")
+            what = f"several vidtrt generation models ({', '.join(sorted(found))})" if found else \
+                f"no vidtrt generation model ({', '.join(f.stream_model for f in FAMILIES.values())})"
+            raise VidtrtError(f"the server at {self.url} has {what} ready: name one with --model-name")
         return found[0]
 
     # -- generation --------------------------------------------------------------------------------
