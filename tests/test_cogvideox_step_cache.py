@@ -119,3 +119,18 @@ def test_run_cli_use_dynamic_cfg(pipe, tmp_path, capsys):
     rc = main(["run", PROMPT, "--model", "tiny", "-o", str(tmp_path / "h.npy"), "--use-dynamic-cfg", *flags])
     err = capsys.readouterr().err
     assert rc == 2 and "use_dynamic_cfg" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_run_cli_cache_flags_equal_generate_keywords(pipe, tmp_path, capsys):
+    from vidtrt.cli import main
+
+    rc = main(["run", PROMPT, "--model", "tiny-cogvideox", "-o", str(tmp_path / "v.npy"), "--frames", "1", "--height",
+               "32", "--width", "48", "--steps", "10", "--seed", "8", "--no-progress", "--cache-policy", "easycache",
+               "--cache-threshold", "0.8", "--cache-warmup-steps", "2"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    tally = DitCallTally()
+    frames = pipe.generate(PROMPT, height=32, width=48, num_frames=1, num_inference_steps=10, seed=8, progress=tally,
+                           cache_policy="easycache", cache_threshold=0.8, cache_warmup_steps=2)
+    np.testing.assert_array_equal(np.load(tmp_path / "v.npy"), frames)
+    assert 0 < tally.skipped and f"DiT calls {tally.calls} ({tally.skipped} skipped)" in out.out, out.out
