@@ -66,3 +66,15 @@ def test_generate_cli_finds_the_served_model(srv, pipe, tmp_path, capsys, protoc
                              num_inference_steps=3, seed=4, use_dynamic_cfg=True)
     np.testing.assert_array_equal(np.load(tmp_path / "v.npy"), expected)
     assert VideoClient(url, protocol=protocol).served_generation_model() == "cogvideox"
+
+
+def test_generate_cli_without_a_ready_generation_model_is_one_line(srv, tmp_path, capsys):
+    """Last in the module: unloads the sync model, so HTTP has no generation model left to find."""
+    from vidtrt.cli import main
+
+    status, body = srv._admin("/v2/repository/models/cogvideox_sync/unload")
+    assert status == 200, body
+    rc = main(["generate", PROMPT, "--url", srv.http_url, "--protocol", "http", "-o", str(tmp_path / "v.npy")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "no vidtrt generation model" in err[0] and "--model-name" in err[0], err
+    assert not (tmp_path / "v.npy").exists()
