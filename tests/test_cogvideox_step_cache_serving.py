@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from server_metrics import metric
 
 from vidtrt.client import VideoClient
 from vidtrt.config.request import GenerationRequest
@@ -36,6 +37,8 @@ def pipe():
 
 def test_same_frames_and_skip_pattern_as_in_process(srv, pipe):
     client = VideoClient(srv.grpc_url, model_name="cogvideox")
+    skipped_before = metric(srv, "vidtrt_dit_calls_skipped_total", model="cogvideox")
+    saved = 0
     # random tiny weights change a lot from step to step: 0.8 skips about 9 of 20 steps
     for kwargs in (dict(seed=1, cache_threshold=0.8), dict(seed=2, cache_threshold=1.5, use_dynamic_cfg=True)):
         request = GenerationRequest(PROMPT, **SMALL, **kwargs, num_inference_steps=20, cache_policy="easycache",
@@ -47,6 +50,8 @@ def test_same_frames_and_skip_pattern_as_in_process(srv, pipe):
         steps = [p for p in result.progress if p.stage == "denoise"]
         assert [1 if p.dit_calls else 0 for p in steps] == tally.pattern
         assert 0 < tally.skipped and (result.dit_calls, result.dit_calls_skipped) == (tally.calls, tally.skipped)
+        saved += tally.skipped
+    assert metric(srv, "vidtrt_dit_calls_skipped_total", model="cogvideox") - skipped_before == saved
     # the wire carries use_dynamic_cfg: with it the frames differ from the same request without it
     assert not np.array_equal(pipe.run(GenerationRequest(PROMPT, **SMALL, seed=2, num_inference_steps=3)),
                               client.generate(PROMPT, **SMALL, seed=2, num_inference_steps=3, use_dynamic_cfg=True))
