@@ -219,7 +219,7 @@ def test_non_finite_generation_is_exit_1_one_line_nothing_written(tmp_path, caps
     pipe = HunyuanVideoPipeline.from_model("tiny")
     dit = pipe.components.dit
     pipe.components = dataclasses.replace(pipe.components, dit=lambda *args: dit(*args) * float("nan"))
-    monkeypatch.setattr(cli, "_load_pipeline", lambda args, source: pipe)
+    monkeypatch.setattr(cli, "_load_pipeline", lambda args, source, *_: pipe)
     out_path = tmp_path / "out.mp4"
     code, out, err = _run(capsys, ["run", PROMPT, "-o", str(out_path), *ARGS, "--no-progress"])
     assert code == 1 and out == "", (code, out, err)

@@ -414,3 +414,70 @@ def test_per_channel_weights_lower_to_axis_qdq_and_match(tmp_path):
         with torch.no_grad():
             want = mlp(xs).numpy()
         assert relative_error(got, want) <= 1e-6
+
+
+# ------------------------------------------------------------------- the state as the torch FP8 engine's scales
+def _fp8_dit_output(source: ModelSource, amax) -> torch.Tensor:
+    from vidtrt.runtime.fp8_engine import load_fp8_transformer
+
+    c = source.config.transformer
+    g = torch.Generator().manual_seed(3)
+    inputs = dict(hidden_states=torch.randn(1, c.in_channels, 2, 8, 12, generator=g).bfloat16(),
+                  timestep=torch.tensor([500.0]), encoder_attention_mask=torch.ones(1, 9, dtype=torch.int64),
+                  encoder_hidden_states=torch.randn(1, 9, c.text_embed_dim, generator=g).bfloat16(),
+                  pooled_projections=torch.randn(1, c.pooled_projection_dim, generator=g).bfloat16(),
+                  guidance=torch.tensor([6000.0]).bfloat16())
+    with torch.inference_mode():
+        return load_fp8_transformer(source, "cpu", amax)(**inputs).float()
+
+
+def test_torch_fp8_takes_static_scales_from_the_state(tiny_state, tmp_path, capsys):
+    """`vidtrt run --precision fp8 --quantized DIR`: the FP8 GEMMs' scales come from the state (the DiT's output
+    differs from dynamic scales) and the frames are HunyuanVideoPipeline.from_model(fp8_amax=state.amax)'s;
+    --quantized without --precision fp8, or with another engine, is one line and exit 2."""
+    from vidtrt.runtime.pipeline import HunyuanVideoPipeline
+
+    state = tiny_state[0]
+    source = ModelSource.open("tiny")
+    amax = QuantState.load(state, source).amax
+    static, dynamic = _fp8_dit_output(source, amax), _fp8_dit_output(source, None)
+    assert torch.isfinite(static).all() and (static - dynamic).abs().max() > 0
+
+    out = tmp_path / "cat.npy"
+    argv = ["run", "a cat walks on the grass", "--precision", "fp8", "--quantized", str(state),
+            "--frames", "5", "--steps", "2", "--seed", "4", "-o", str(out), "--no-progress"]
+    assert cli_main(argv) == 0, capsys.readouterr().err
+    want = HunyuanVideoPipeline.from_model(source, precision="fp8", fp8_amax=amax).generate(
+        "a cat walks on the grass", num_frames=5, num_inference_steps=2, seed=4)
+    assert np.array_equal(np.load(out), want)
+
+    for bad in (["--precision", "bf16"], ["--engine", "onnxruntime", "--artifacts", str(tmp_path)]):
+        assert cli_main(["run", "a cat", "--quantized", str(state), "-o", str(out), *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "--quantized" in err and "\n" not in err, err
+    assert cli_main(["build", "--engine", "onnxruntime", "--artifacts", str(tmp_path), "--quantized", str(state),
+                     "--out", str(tmp_path / "repo")]) == 2
+    assert "--quantized needs --precision fp8" in capsys.readouterr().err
+    assert not (tmp_path / "repo").exists()
+
+
+@pytest.mark.server
+def test_server_torch_fp8_dit_uses_the_state(tiny_state, tmp_path):
+    """`vidtrt build --precision fp8 --quantized DIR` (torch engine): the state is linked into the DiT model and
+    the real tritonserver gives the in-process frames of the same state."""
+    from vidtrt.client import VideoClient
+    from vidtrt.export.repository import QUANT_SUBDIR, build_repository
+    from vidtrt.runtime.pipeline import HunyuanVideoPipeline
+    from vidtrt.serving.server import TritonServer
+
+    state = tiny_state[0]
+    repo = build_repository("tiny", tmp_path / "repo", precision="fp8", quantized=state)
+    assert (repo / "hunyuan_video_dit" / "1" / QUANT_SUBDIR / AMAX_FILE).is_file()
+    source = ModelSource.open("tiny")
+    request = dict(num_frames=5, num_inference_steps=2, seed=5)
+    want = HunyuanVideoPipeline.from_model(source, precision="fp8", fp8_amax=QuantState.load(state, source).amax
+                                           ).generate("a red car", **request)
+    with TritonServer(repo, log_file=tmp_path / "server.log", exit_timeout_s=5, ready_timeout_s=600) as srv:
+        got = VideoClient(srv.grpc_url).generate("a red car", **request)
+    assert got.shape == want.shape
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1  # thread counts may differ

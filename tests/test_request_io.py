@@ -19,7 +19,7 @@ FULL = GenerationRequest(
     prompt="a cat walks on the grass", negative_prompt="blurry", height=64, width=96, num_frames=9,
     num_inference_steps=3, embedded_guidance_scale=6.0, flow_shift=7.0, seed=2**62 + 3, true_cfg_scale=1.5,
     prompt_policy="error", output_format="mp4", cache_policy="easycache", cache_threshold=0.125, cache_warmup_steps=4,
-    sparse_window="1,1,2", sparse_steps="1:",
+    sparse_window="1,1,2", sparse_steps="1:", use_dynamic_cfg=True,
 )
 
 
@@ -31,6 +31,14 @@ def test_round_trip_every_field():
         assert arrays[t.name].dtype == t.numpy_dtype
     assert arrays["embedded_guidance_scale"].dtype == np.float32 and arrays["seed"].dtype == np.int64
     assert request_io.inputs_to_request(arrays) == FULL
+
+
+def test_dynamic_cfg_round_trip_as_bool():
+    for value in (True, False):
+        arrays = request_io.request_to_inputs(GenerationRequest("a cat", use_dynamic_cfg=value))
+        assert arrays["use_dynamic_cfg"].dtype == np.bool_ and arrays["use_dynamic_cfg"].tolist() == [value]
+        assert request_io.inputs_to_request(arrays).use_dynamic_cfg is value
+    assert request_io.perf_analyzer_inputs(GenerationRequest("a", use_dynamic_cfg=True))["use_dynamic_cfg"] == [True]
 
 
 def test_unset_fields_are_not_sent_and_parse_back_as_none():
@@ -62,6 +70,7 @@ def test_diffusers_guidance_name_is_an_alias():
     ("prompt", np.array([b"\xff\xfe"], np.object_), "UTF-8"),
     ("embedded_guidance_scale", np.array([b"6"], np.object_), "FP32"),
     ("prompt", np.array([], np.object_), "[1] BYTES"),
+    ("use_dynamic_cfg", np.array([1], np.int32), "[1] BOOL"),
 ])
 def test_wire_errors_name_the_input(name, array, fragment):
     arrays = {"prompt": np.array([b"ok"], np.object_), name: array}
@@ -80,6 +89,7 @@ def test_missing_prompt_is_named():
 @pytest.mark.parametrize("field, value, name", [
     ("height", 2**40, "height"), ("height", 64.5, "height"), ("num_frames", True, "num_frames"),
     ("seed", 2**64, "seed"), ("embedded_guidance_scale", "6", "embedded_guidance_scale"), ("prompt", 5, "prompt"),
+    ("use_dynamic_cfg", 1, "use_dynamic_cfg"),
 ])
 def test_client_side_encoding_errors(field, value, name):
     kwargs = {"prompt": "ok", field: value}

@@ -62,6 +62,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     elif args.precision == "fp8":
         raise ConfigError(f"--precision fp8 runs with --engine torch; the {args.engine} engine runs what "
                           "`vidtrt export` wrote (accepted with it: auto, fp32)")
+    fp8_amax = None
+    if args.quantized is not None:
+        from vidtrt.source.quant_state import QuantState
+
+        if args.precision != "fp8" or getattr(args, "engine", "torch") != "torch":
+            raise ConfigError("--quantized DIR gives the static FP8 scales of --engine torch --precision fp8 (for "
+                              "--engine onnxruntime, export them: `vidtrt export --quantized DIR`)")
+        fp8_amax = QuantState.load(args.quantized, source).amax  # checked against this checkpoint, no weights read
     if args.nproc_per_node != 1:
         from vidtrt.models.sequence_parallel import check_degree
 
@@ -71,7 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from vidtrt.runtime.step_cache import DitCallTally
 
     t0 = time.perf_counter()
-    pipe = _load_pipeline(args, source)
+    pipe = _load_pipeline(args, source, fp8_amax)
     t1 = time.perf_counter()
     tally = DitCallTally(_progress_bar(args.no_progress))
     try:
@@ -85,13 +93,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_pipeline(args, source):
+def _load_pipeline(args, source, fp8_amax=None):
     from vidtrt.runtime.pipeline import HunyuanVideoPipeline
 
     engine = getattr(args, "engine", "torch")
     if engine == "torch":
         return HunyuanVideoPipeline.from_model(source, device=args.device, attention=args.attention,
-                                               precision=args.precision, sp_degree=args.nproc_per_node)
+                                               precision=args.precision, fp8_amax=fp8_amax,
+                                               sp_degree=args.nproc_per_node)
     from vidtrt.runtime.engine_components import load_pipeline_with_engine
 
     return load_pipeline_with_engine(source, engine, args.artifacts, threads=args.threads)
@@ -128,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "(auto: bf16 on CUDA, fp32 on CPU; fp8: the DiT's GEMMs and attention in FP8 e4m3, "
                           "the rest bf16, CUDA 8.9+ or emulated on CPU); --dtype and the torch names "
                           "(bfloat16) still work")
+    run.add_argument("--quantized", default=None, metavar="DIR",
+                     help="--precision fp8: static activation / weight scales from a `vidtrt quantize` state "
+                          "(default: dynamic per-token scales)")
     run.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
                      help="run the DiT over N processes (Ulysses sequence parallelism; on CUDA one GPU each from "
                           "--device on); default 1. See docs/sequence-parallel.md")

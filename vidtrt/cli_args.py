@@ -47,6 +47,9 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sliding-tile attention window in tiles, every layer (STA backends; model default)")
     parser.add_argument("--sparse-steps", default=None, metavar="START:STOP",
                         help="steps that run sliding-tile attention, e.g. 10: (STA backends; model default)")
+    parser.add_argument("--use-dynamic-cfg", action="store_true", default=None,
+                        help="CogVideoX: the CFG scale follows diffusers' cosine schedule over the steps "
+                             "(default: the model's, off)")
     parser.add_argument("--fps", type=int, default=None,
                         help=f"mp4 frame rate, 1..{MAX_FPS} (default: the model's, 24 HunyuanVideo, 8 CogVideoX)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -70,6 +73,7 @@ def request_from_args(args: argparse.Namespace) -> GenerationRequest:
         cache_warmup_steps=args.cache_warmup_steps,
         sparse_window=getattr(args, "sparse_window", None),
         sparse_steps=getattr(args, "sparse_steps", None),
+        use_dynamic_cfg=getattr(args, "use_dynamic_cfg", None),
     )
 
 

@@ -23,8 +23,9 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--protocol", choices=["grpc", "http"], default="grpc",
                         help="grpc (default): streams progress from the decoupled model, Ctrl-C cancels on "
                              "the server; http: the non-streaming <model>_sync model, no progress")
-    parser.add_argument("--model-name", default="hunyuan_video",
-                        help="generation model in the repository (default hunyuan_video)")
+    parser.add_argument("--model-name", default=None,
+                        help="generation model in the repository, e.g. hunyuan_video or cogvideox (default: the "
+                             "one the server has ready; an error if it serves several)")
     parser.add_argument("--timeout", type=float, default=None,
                         help="the request's deadline in seconds: the server stops the generation at its next "
                              "denoising step or VAE tile once it passed and answers 'deadline exceeded' "
@@ -36,12 +37,16 @@ def generate_main(args: argparse.Namespace) -> int:
     import time
 
     from vidtrt.cli_args import output_from_args, request_from_args
-    from vidtrt.client.video_client import VideoClient
+    from vidtrt.client.video_client import DEFAULT_MODEL, VideoClient
     from vidtrt.video_io import write_video
 
     output = output_from_args(args)  # before the server does any work
     request = request_from_args(args)
-    client = VideoClient(args.url, protocol=args.protocol, model_name=args.model_name, timeout_s=args.timeout)
+    client = VideoClient(args.url, protocol=args.protocol, model_name=args.model_name or DEFAULT_MODEL,
+                         timeout_s=args.timeout)
+    if args.model_name is None:
+        model_name = client.served_generation_model()
+        client = VideoClient(args.url, protocol=args.protocol, model_name=model_name, timeout_s=args.timeout)
     bar = _ProgressBar(disabled=args.no_progress or args.protocol == "http")
     t0 = time.perf_counter()
     try:
@@ -49,7 +54,7 @@ def generate_main(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     frames = result.frames
-    path = write_video(output, frames, fps=args.fps or _family_fps(args.model_name))
+    path = write_video(output, frames, fps=args.fps or _family_fps(client.model_name))
     calls = "" if result.dit_calls is None else f", DiT calls {result.dit_calls} ({result.dit_calls_skipped} skipped)"
     print(f"wrote {path} ({frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}) "
           f"via {args.protocol}://{client.url} in {time.perf_counter() - t0:.1f}s{calls}")

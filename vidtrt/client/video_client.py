@@ -196,6 +196,32 @@ class VideoClient:
             msg = _server_message(e)[0]
             raise TransportError(f"cannot connect to {self.protocol} server at {self.url}: {msg}") from None
 
+    def served_generation_model(self) -> str:
+        """The one vidtrt generation model the server has ready (its streaming name, e.g. ``hunyuan_video`` or
+        ``cogvideox``): asks the server's model-readiness API (open to clients; ``vidtrt serve`` restricts the
+        repository index) about each model family's generation model (:mod:`vidtrt.config.families`; over HTTP
+        its ``_sync`` variant). Raises VidtrtError (one line) when none or several are ready, TransportError when
+        the server cannot be asked."""
+        from vidtrt.config.families import FAMILIES
+
+        client = self._make_client()
+        try:
+            found = []
+            for family in FAMILIES.values():
+                name = family.stream_model if self.protocol == "grpc" else family.sync_model
+                if client.is_model_ready(name):
+                    found.append(family.stream_model)
+        except Exception as e:
+            raise TransportError(f"cannot ask the {self.protocol} server at {self.url} for its models: "
+                                 f"{_server_message(e)[0]}") from None
+        finally:
+            client.close()
+        if len(found) != 1:
+            what = f"several vidtrt generation models ({', '.join(sorted(found))})" if found else \
+                f"no vidtrt generation model ({', '.join(f.stream_model for f in FAMILIES.values())})"
+            raise VidtrtError(f"the server at {self.url} has {what} ready: name one with --model-name")
+        return found[0]
+
     # -- generation --------------------------------------------------------------------------------
     def generate(
         self,
@@ -219,6 +245,7 @@ class VideoClient:
         cache_warmup_steps: int | None = None,
         sparse_window: str | None = None,
         sparse_steps: str | None = None,
+        use_dynamic_cfg: bool | None = None,
     ) -> np.ndarray:
         """uint8 frames [num_frames, height, width, 3]; ``None`` arguments take the served model's defaults.
 
@@ -232,7 +259,7 @@ class VideoClient:
             embedded_guidance_scale=embedded_guidance(embedded_guidance_scale, guidance_scale), flow_shift=flow_shift,
             seed=seed, true_cfg_scale=true_cfg_scale, prompt_policy=prompt_policy, cache_policy=cache_policy,
             cache_threshold=cache_threshold, cache_warmup_steps=cache_warmup_steps, sparse_window=sparse_window,
-            sparse_steps=sparse_steps,
+            sparse_steps=sparse_steps, use_dynamic_cfg=use_dynamic_cfg,
         )
         return self.run(request, progress=progress, cancel=cancel).frames
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vidtrt.config.model_config import TilingConfig, _from_dict
+from vidtrt.config.step_cache import StepCacheParams
 from vidtrt.errors import ConfigError, InvalidRequestError
 
 FAMILY = "cogvideox"
@@ -225,10 +226,23 @@ class CogVideoXDefaults:
     negative_prompt: str = ""
     embedded_guidance_scale: float = 0.0
     flow_shift: float = 1.0
+    # Step caching (vidtrt.config.step_cache): off unless a request or the model's vidtrt.json asks for it.
+    # The sampler feeds the cache the flow-matching form of the v-prediction (vidtrt.runtime.cogvideox_sampler),
+    # so EasyCache's own setting (0.025, 5 of 50 warm-up steps, as HunyuanVideo's) means the same relative
+    # change here. TeaCache's public CogVideoX1.5 thresholds (0.1 / 0.2 / 0.3: 1.4x / 1.8x / 2.3x) measure a
+    # different quantity (the first block's modulated input, polynomial-rescaled) and do not transfer.
+    cache_policy: str = "none"
+    cache_threshold: float = 0.025
+    cache_warmup_steps: int = 5
 
     def validate(self) -> CogVideoXDefaults:
         if self.max_height % 16 or self.max_width % 16:
             raise ConfigError("max_height and max_width must be multiples of 16")
+        try:
+            StepCacheParams(self.cache_policy, self.cache_threshold, self.cache_warmup_steps).validate(
+                self.max_num_inference_steps)
+        except InvalidRequestError as e:
+            raise ConfigError(f"defaults: {e}") from None
         if self.frame_step % 8 or (self.min_num_frames - 1) % self.frame_step or (self.max_num_frames - 1) % 8:
             raise ConfigError(f"frames rule {self.frame_step}N + 1 in [{self.min_num_frames}, {self.max_num_frames}]: "
                               "the step must be a multiple of 8 (odd latent frame counts) and both ends on the rule")

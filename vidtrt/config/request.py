@@ -57,8 +57,9 @@ class GenerationRequest:
     # "t,h,w" window in tiles for every layer; "start:stop" / "start:" steps that run sparse.
     sparse_window: str | None = None
     sparse_steps: str | None = None
-    # CogVideoX: diffusers' use_dynamic_cfg (the CFG scale follows a cosine schedule over the steps).
-    use_dynamic_cfg: bool = False
+    # CogVideoX: diffusers' use_dynamic_cfg (the CFG scale follows a cosine schedule over the steps);
+    # None: the model's default (false; HunyuanVideo has no such default and accepts only false).
+    use_dynamic_cfg: bool | None = None
 
     def resolved(self, config: ModelConfig) -> GenerationRequest:
         """A copy with every ``None`` replaced by the model's default (not yet validated)."""
@@ -72,10 +73,10 @@ class GenerationRequest:
             "flow_shift": d.flow_shift,
             "seed": d.seed,
             "true_cfg_scale": d.true_cfg_scale,
-            # families without step caching (CogVideoX, so far): policy none
-            "cache_policy": getattr(d, "cache_policy", "none"),
-            "cache_threshold": getattr(d, "cache_threshold", 0.0),
-            "cache_warmup_steps": getattr(d, "cache_warmup_steps", 0),
+            "cache_policy": d.cache_policy,
+            "cache_threshold": d.cache_threshold,
+            "cache_warmup_steps": d.cache_warmup_steps,
+            "use_dynamic_cfg": getattr(d, "use_dynamic_cfg", False),
         }
         out = dataclasses.replace(self)
         for k, v in fill.items():
@@ -116,10 +117,7 @@ class GenerationRequest:
         family_rules = getattr(config, "check_request", None)  # a family's own rules (CogVideoX)
         if not isinstance(r.use_dynamic_cfg, bool) or (r.use_dynamic_cfg and family_rules is None):
             raise InvalidRequestError("use_dynamic_cfg", r.use_dynamic_cfg, "false (true only for CogVideoX models)")
-        if not hasattr(d, "cache_policy"):  # a family whose sampler has no step cache / sliding-tile schedule yet
-            if r.cache_policy != "none":
-                raise InvalidRequestError("cache_policy", r.cache_policy, f"'none' for {config.name} (step caching "
-                                          "runs in the HunyuanVideo sampler only, so far)")
+        if not hasattr(config, "sparse_attention"):  # a family without a sliding-tile schedule (CogVideoX)
             for name in ("sparse_window", "sparse_steps"):
                 if getattr(r, name) is not None:
                     raise InvalidRequestError(name, getattr(r, name), f"none for {config.name} (sliding-tile "

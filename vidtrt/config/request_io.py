@@ -34,6 +34,7 @@ _TYPES: dict[str, tuple[type, str]] = {
     "TYPE_INT64": (np.int64, "INT64"),
     "TYPE_FP32": (np.float32, "FP32"),
     "TYPE_UINT8": (np.uint8, "UINT8"),
+    "TYPE_BOOL": (np.bool_, "BOOL"),
 }
 
 
@@ -93,6 +94,8 @@ REQUEST_INPUTS: tuple[IOTensor, ...] = (
     IOTensor("cache_warmup_steps", "TYPE_INT32", (1,), doc="step caching: first steps that always call the DiT"),
     IOTensor("sparse_window", "TYPE_STRING", (1,), doc="STA backends: 't,h,w' window in tiles (model default)"),
     IOTensor("sparse_steps", "TYPE_STRING", (1,), doc="STA backends: 'start:stop' steps run sparse"),
+    IOTensor("use_dynamic_cfg", "TYPE_BOOL", (1,),
+             doc="CogVideoX: CFG scale on diffusers' cosine schedule (default: the model's, false)"),
 )
 
 RESPONSE_OUTPUTS: tuple[IOTensor, ...] = (
@@ -139,6 +142,10 @@ def encode_value(t: IOTensor, value: object) -> np.ndarray:
             raise InvalidRequestError(t.name, value, "a string")
         data = value.encode("utf-8") if isinstance(value, str) else value
         return np.array([data], dtype=np.object_)
+    if t.triton_type == "TYPE_BOOL":
+        if not isinstance(value, (bool, np.bool_)):
+            raise InvalidRequestError(t.name, value, "true or false")
+        return np.array([bool(value)], dtype=np.bool_)
     if t.triton_type in ("TYPE_INT32", "TYPE_INT64"):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise InvalidRequestError(t.name, value, "an integer")
@@ -185,7 +192,7 @@ def inputs_to_request(get: Callable[[str], np.ndarray | None] | Mapping[str, np.
 
 
 def decode_value(t: IOTensor, arr: np.ndarray) -> object:
-    """The Python value of a ``[1]`` input array (str, int or float)."""
+    """The Python value of a ``[1]`` input array (str, bool, int or float)."""
     if arr.shape != (1,):
         raise InvalidRequestError(t.name, f"<tensor of shape {list(arr.shape)}>", f"a [1] {t.datatype} tensor")
     v = arr.reshape(-1)[0]
@@ -198,6 +205,10 @@ def decode_value(t: IOTensor, arr: np.ndarray) -> object:
         if isinstance(v, str):
             return v
         raise InvalidRequestError(t.name, v, f"a [1] {t.datatype} tensor")
+    if t.triton_type == "TYPE_BOOL":
+        if arr.dtype.kind != "b":
+            raise InvalidRequestError(t.name, f"<{arr.dtype} tensor>", f"a [1] {t.datatype} tensor")
+        return bool(v)
     if t.triton_type in ("TYPE_INT32", "TYPE_INT64"):
         if arr.dtype.kind not in "iu":
             raise InvalidRequestError(t.name, f"<{arr.dtype} tensor>", f"a [1] {t.datatype} tensor")

@@ -68,6 +68,9 @@ def _render(template_path: Path, **values: object) -> str:
 
 
 
+QUANT_SUBDIR = "quant"  # torch fp8 DiT models: the `vidtrt quantize` state, in the version folder
+
+
 def build_repository(
     model: str | os.PathLike = "tiny",
     out_dir: str | os.PathLike = "build/model_repository",
@@ -146,8 +149,9 @@ def build_repository(
             raise RepositoryError("--quantized needs --precision fp8")
         trt = tensorrt_build.require_tensorrt()  # one line, before anything is exported or written
         device = "cuda"
-    elif quantized is not None:
-        raise RepositoryError("--quantized needs --engine tensorrt --precision fp8")
+    elif quantized is not None and (engine != "torch" or precision != "fp8"):
+        raise RepositoryError("--quantized needs --precision fp8 with --engine torch (static FP8 scales) or "
+                              "tensorrt (the FP8 DiT plan)")
     elif precision not in PRECISIONS:
         raise RepositoryError(f"invalid precision {precision!r}: accepted {list(PRECISIONS)}")
     if engine == "onnxruntime" and precision not in ("auto", "fp32"):
@@ -186,6 +190,10 @@ def build_repository(
     config = source.config
     specs = specs_for_triton(config)
     artifact_files = _artifact_files(artifacts, source) if artifacts and engine != "tensorrt" else {}
+    if quantized is not None and engine == "torch":  # checked against this checkpoint before anything is written
+        from vidtrt.source.quant_state import QuantState
+
+        QuantState.load(quantized, source)
 
     templates = templates_dir()
     out = Path(out_dir).resolve()
@@ -255,6 +263,8 @@ def build_repository(
         extra = f'parameters {{ key: "precision" value {{ string_value: "{"bf16" if trt else precision}" }} }}\n'
         if key == "dit" and attention is not None:
             extra += f'parameters {{ key: "attention" value {{ string_value: "{attention}" }} }}\n'
+        if key == "dit" and quantized is not None:  # torch fp8: the state's files go into 1/quant
+            extra += f'parameters {{ key: "quantized" value {{ string_value: "{QUANT_SUBDIR}" }} }}\n'
         if key == "dit" and fail_on_guidance is not None:
             extra += ('# TEST ONLY: fail requests whose embedded_guidance_scale equals this value.\n'
                      f'parameters {{ key: "fail_on_guidance" value {{ string_value: "{fail_on_guidance:g}" }} }}\n')
@@ -279,6 +289,12 @@ def build_repository(
         version_dir = out / family.component_model(key) / "1"
         for name in artifact_files.get(key, ()):
             _link_or_copy(Path(artifacts) / name, version_dir / name)
+        if key == "dit" and quantized is not None:
+            from vidtrt.source.quant_state import AMAX_FILE, STATE_FILE
+
+            (version_dir / QUANT_SUBDIR).mkdir()
+            for name in (STATE_FILE, AMAX_FILE):
+                _link_or_copy(Path(quantized) / name, version_dir / QUANT_SUBDIR / name)
 
     manifest = {
         "vidtrt_version": __version__, "model": source.ref, "model_name": config.name, "engine": engine,
@@ -320,8 +336,9 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--attention", default=None,
                         help="torch-engine DiT attention backend, as `vidtrt run --attention` (e.g. triton-fp8-sta)")
     parser.add_argument("--quantized", default=None, metavar="DIR",
-                        help="--engine tensorrt --precision fp8: the `vidtrt quantize` state to export the FP8 DiT "
-                             "from (when --artifacts holds no FP8 DiT)")
+                        help="--precision fp8: the `vidtrt quantize` state; --engine torch: the DiT's static FP8 "
+                             "scales (linked into the DiT model); tensorrt: exported to the FP8 DiT plan (when "
+                             "--artifacts holds no FP8 DiT)")
     parser.add_argument("--work-dir", default=None, metavar="DIR",
                         help="--engine tensorrt: where ONNX exports and plans are made (default <out>.tensorrt)")
     parser.add_argument("--timing-cache", default=None, metavar="FILE",

@@ -51,7 +51,7 @@ WEIGHT_SCALES = ("channel", "tensor")
 #    is slow at that K on Hopper (H200: 820 TFLOP/s vs bf16 725) and quantizing their wide inputs costs
 #    about what the GEMM saves. Opt in with ``Fp8LinearConfig(keep_bf16=...)`` (static per-tensor scales
 #    run them tensorwise, ~1150 TFLOP/s).
-# Measured in tests/test_fp8_linear.py, docs/fp8-gemm.md and benchmarks/gpu_fp8_gemm_check.py.
+# Measured in tests/test_fp8_linear.py, docs/fp8.md and benchmarks/gpu_fp8_gemm_check.py.
 DEFAULT_KEEP_BF16 = (
     "time_text_embed.*",
     "context_embedder.*",

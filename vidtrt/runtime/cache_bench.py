@@ -48,7 +48,7 @@ def _thresholds(text: str) -> list[float]:
 
 def add_cache_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="small",
-                        help="'small' (default, generated, CPU-sized), 'tiny', or a checkpoint folder")
+                        help="'small' (default, generated, CPU-sized), 'tiny', 'tiny-cogvideox', or a model folder")
     parser.add_argument("--prompts", default=None,
                         help="text file, one prompt per line (default: three built-in prompts)")
     parser.add_argument("--cache-policy", default="easycache", choices=[p for p in CACHE_POLICIES if p != "none"],

@@ -62,17 +62,22 @@ class CogVideoXPipeline(HunyuanVideoPipeline):
         num_frames: int | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
-        use_dynamic_cfg: bool = False,
+        use_dynamic_cfg: bool | None = None,
         seed: int | None = None,
         progress: ProgressCallback | None = None,
         should_cancel: Callable[[], bool] | None = None,
         prompt_policy: str = "truncate",
+        cache_policy: str | None = None,
+        cache_threshold: float | None = None,
+        cache_warmup_steps: int | None = None,
     ) -> np.ndarray:
         """uint8 frames [num_frames, height, width, 3]; ``None`` takes the model's defaults (guidance 6,
-        empty negative prompt). ``guidance_scale``: classifier-free guidance (<= 1: one DiT pass per step)."""
+        empty negative prompt). ``guidance_scale``: classifier-free guidance (<= 1: one DiT pass per step).
+        ``cache_*``: step caching (:mod:`vidtrt.config.step_cache`; default: the model's, policy none)."""
         request = GenerationRequest(
             prompt=prompt, negative_prompt=negative_prompt, height=height, width=width, num_frames=num_frames,
             num_inference_steps=num_inference_steps, seed=seed, true_cfg_scale=guidance_scale,
-            prompt_policy=prompt_policy, use_dynamic_cfg=use_dynamic_cfg,
+            prompt_policy=prompt_policy, use_dynamic_cfg=use_dynamic_cfg, cache_policy=cache_policy,
+            cache_threshold=cache_threshold, cache_warmup_steps=cache_warmup_steps,
         )
         return self.run(request, progress, should_cancel)

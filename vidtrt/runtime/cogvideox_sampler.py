@@ -4,11 +4,25 @@
     [uncond; cond] (CFG, scale optionally dynamic), DDIM / DPM step) -> latents [1, C, F, h, w]
 
 Same signature and the same cancellation / deadline / progress / NaN rules as the HunyuanVideo loop
-(:func:`vidtrt.runtime.orchestrator.denoise`), so :func:`~vidtrt.runtime.orchestrator.run_generation` and the
-tiled decode are shared. As diffusers' ``CogVideoXPipeline``: one CPU generator seeded with the request's seed
-draws the initial latents and then the DPM solver's noise; CogVideoX1.5 samples
-``patch_size_t``-padded latent frames and drops the leading extra ones before decoding. The CFG scale is the
-request's ``true_cfg_scale`` (CFG is on when it is > 1, diffusers' ``guidance_scale``).
+(:func:`vidtrt.runtime.orchestrator.denoise`) and the same step cache (:mod:`vidtrt.runtime.step_cache`), so
+:func:`~vidtrt.runtime.orchestrator.run_generation` and the tiled decode are shared. As diffusers'
+``CogVideoXPipeline``: one CPU generator seeded with the request's seed draws the initial latents and then the
+DPM solver's noise; CogVideoX1.5 samples ``patch_size_t``-padded latent frames and drops the leading extra
+ones before decoding. The CFG scale is the request's ``true_cfg_scale`` (CFG is on when it is > 1, diffusers'
+``guidance_scale``).
+
+Step caching: the batched CFG call is one decision (1 DiT call or 0 per step). EasyCache is defined for
+flow-matching models, whose DiT maps x = (1 - s) x0 + s eps to the velocity eps - x0. CogVideoX's DiT is a
+v-prediction model on the variance-preserving path x_t = a x0 + b eps (a = sqrt(alpha_bar_t), b =
+sqrt(1 - alpha_bar_t)), v = a eps - b x0; the same point in flow-matching terms is x_t / (a + b) with
+s = b / (a + b), and its velocity is eps - x0 = (a + b) v + (b - a) x_t (the sampler's ``flow_input`` /
+``flow_velocity`` / ``model_output``). The cache sees that pair (input
+x_t / (a + b), output eps - x0), so its transformation and change estimates mean what they mean for
+HunyuanVideo; a reused step's flow velocity is mapped back to v for the DDIM / DPM step. A step that calls
+the DiT hands the sampler the DiT's own (guided) v, so policy none and threshold 0 are bit-identical to the
+uncached loop. The DPM solver's state follows: its previous x0 is the one of the v the step used (computed
+or reused), and every step draws its Gaussian noise from the generator whether or not it called the DiT,
+so the noise stream of a cached run is the uncached run's.
 """
 
 from __future__ import annotations
@@ -30,6 +44,7 @@ from vidtrt.runtime.orchestrator import (
     _encode_negative,
     check_cancel,
 )
+from vidtrt.runtime.step_cache import make_step_cache
 
 
 def _batch(a: TextEmbeddings, b: TextEmbeddings) -> TextEmbeddings:
@@ -67,20 +82,29 @@ def denoise(
     unused = torch.zeros(2 if cfg else 1, dtype=torch.float32)  # the Denoiser protocol's guidance slot
 
     total = r.num_inference_steps
+    cache = make_step_cache(r.step_cache, total)
     for i, t in enumerate(sampler.timesteps):
         check_cancel(should_cancel, deadline, f"before step {i + 1} of {total}")
-        model_in = torch.cat([latents, latents]) if cfg else latents
-        v = components.dit(model_in, t.expand(model_in.shape[0]), text, unused).float()
-        if cfg:
-            scale = r.true_cfg_scale
-            if r.use_dynamic_cfg:
-                scale = dynamic_cfg_scale(scale, int(t), total)
-            uncond, cond = v.chunk(2)
-            v = uncond + scale * (cond - uncond)
+        computed: list[torch.Tensor] = []
+
+        def flow_velocity(i=i, latents=latents, t=t, computed=computed) -> torch.Tensor:
+            model_in = torch.cat([latents, latents]) if cfg else latents
+            v = components.dit(model_in, t.expand(model_in.shape[0]), text, unused).float()
+            if cfg:
+                scale = r.true_cfg_scale
+                if r.use_dynamic_cfg:
+                    scale = dynamic_cfg_scale(scale, int(t), total)
+                uncond, cond = v.chunk(2)
+                v = uncond + scale * (cond - uncond)
+            computed.append(v)
+            return sampler.flow_velocity(v, i, latents)
+
+        flow, called = cache.velocity(i, sampler.flow_input(i, latents), flow_velocity)
+        v = computed[0] if called else sampler.model_output(flow, i, latents)
         latents = sampler.step(v, i, latents, generator)
         if not bool(torch.isfinite(latents).all()):
             raise NonFiniteError(f"the DiT produced NaN/inf at denoising step {i + 1} of {total}{_OVERFLOW_HINT}")
-        if progress is not None:
+        if progress is not None:  # CFG batched: one DiT call per step
             progress(ProgressEvent(step=i + 1, total=total, elapsed_s=time.perf_counter() - start,
-                                   dit_calls=1, dit_calls_skipped=0))  # CFG batched: one call per step
+                                   dit_calls=int(called), dit_calls_skipped=int(not called)))
     return latents[:, extra:].permute(0, 2, 1, 3, 4).contiguous()

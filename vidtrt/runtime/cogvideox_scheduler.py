@@ -68,6 +68,32 @@ class CogVideoXSampler:
         self.timesteps = inference_timesteps(config, num_inference_steps)
         self._old_x0: torch.Tensor | None = None
 
+    def _path(self, i: int) -> tuple[float, float]:
+        ac = float(self.alphas_cumprod[int(self.timesteps[i])])
+        return ac**0.5, (1.0 - ac) ** 0.5
+
+    def flow_input(self, i: int, sample: torch.Tensor) -> torch.Tensor:
+        """``sample`` x_t = a x0 + b eps (a = sqrt(alpha_bar), b = sqrt(1 - alpha_bar) at ``timesteps[i]``) as
+        the point of the flow-matching path x = (1 - s) x0 + s eps, s = b / (a + b): x_t / (a + b)
+        (a + b >= 1, also at zero terminal SNR where a = 0)."""
+        a, b = self._path(i)
+        return sample / (a + b)
+
+    def flow_velocity(self, model_output: torch.Tensor, i: int, sample: torch.Tensor) -> torch.Tensor:
+        """The model output at ``timesteps[i]`` as the flow-matching velocity eps - x0:
+        (a + b) v + (b - a) x_t for v-prediction, ((a + b) eps - x_t) / a for epsilon prediction."""
+        a, b = self._path(i)
+        if self.config.prediction_type == "v_prediction":
+            return (a + b) * model_output + (b - a) * sample
+        return ((a + b) * model_output - sample) / a
+
+    def model_output(self, flow_velocity: torch.Tensor, i: int, sample: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`flow_velocity`: the model output (v or eps) that velocity stands for."""
+        a, b = self._path(i)
+        if self.config.prediction_type == "v_prediction":
+            return (flow_velocity - (b - a) * sample) / (a + b)
+        return (a * flow_velocity + sample) / (a + b)
+
     def _alpha(self, t: int) -> torch.Tensor:
         return self.alphas_cumprod[t] if t >= 0 else self.final_alpha_cumprod
 

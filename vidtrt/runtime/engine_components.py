@@ -367,7 +367,8 @@ COMPONENT_LOADERS = {"text_encoder": engine_text_encoder, "dit": engine_dit, "va
 
 def load_component(key: str, model: str | Path | ModelSource, engine: str = "torch", *,
                    artifacts: str | Path | None = None, device: str = "cpu", precision: str = "fp32", threads: int = 0,
-                   providers: Sequence[str] | None = None, sp_degree: int = 1, attention: str | None = None):
+                   providers: Sequence[str] | None = None, sp_degree: int = 1, attention: str | None = None,
+                   fp8_amax=None):
     """The callable a Triton component model serves (``key``: text_encoder, dit or vae_decoder -- the
     decoder as the tile engine), on ``engine``.
 
@@ -376,7 +377,8 @@ def load_component(key: str, model: str | Path | ModelSource, engine: str = "tor
     the text encoder and VAE in bf16). ``onnxruntime`` / ``tensorrt``: the exported artifacts in ``artifacts``
     (fp32 only; ``threads`` / ``providers`` for onnxruntime). ``sp_degree`` > 1: the torch DiT over that many
     processes (:mod:`vidtrt.runtime.parallel_dit`). ``attention``: the torch DiT's attention backend (checked
-    like ``vidtrt run --attention``). Raises EngineError / ConfigError.
+    like ``vidtrt run --attention``). ``fp8_amax``: precision fp8's static scales (a quantization state's
+    amax map, :class:`vidtrt.source.quant_state.QuantState`). Raises EngineError / ConfigError.
     """
     if key not in COMPONENT_LOADERS:
         raise EngineError(f"unknown component {key!r}; accepted {list(COMPONENT_LOADERS)}")
@@ -392,7 +394,7 @@ def load_component(key: str, model: str | Path | ModelSource, engine: str = "tor
         if key == "dit":
             pipeline.check_run_choices(device, attention, source.config.transformer.attention_head_dim, precision)
             return pipeline.torch_denoiser(source, device, dtype, attention, precision=precision,
-                                           sp_degree=sp_degree)
+                                           sp_degree=sp_degree, fp8_amax=fp8_amax)
         return loader(source, device, dtype)
     if sp_degree != 1:
         raise EngineError(f"sequence parallelism (sp_degree {sp_degree}) needs engine 'torch'")

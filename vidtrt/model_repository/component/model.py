@@ -63,10 +63,17 @@ class TritonPythonModel:
                     f"{self.model_name}: config tensors {declared_in} -> {declared_out} do not match the {key} spec "
                     f"{spec.input_names} -> {spec.output_names}; rebuild the repository with `vidtrt build`")
             engine = params.get("engine") or "torch"
-            artifacts = model_dir / str(args.get("model_version") or "1") if engine != "torch" else None
+            version_dir = model_dir / str(args.get("model_version") or "1")
+            artifacts = version_dir if engine != "torch" else None
+            fp8_amax = None
+            if params.get("quantized"):  # torch fp8 DiT: static scales from the state `vidtrt build` linked here
+                from vidtrt.source.quant_state import QuantState
+
+                fp8_amax = QuantState.load(version_dir / params["quantized"], source).amax
             fn = load_component(key, source, engine=engine, device=device, artifacts=artifacts,
                                 precision=params.get("precision") or "fp32", attention=params.get("attention") or None,
-                                sp_degree=int(params.get("sp_degree") or 1))  # >1: starts DiT worker processes
+                                sp_degree=int(params.get("sp_degree") or 1),  # >1: starts DiT worker processes
+                                fp8_amax=fp8_amax)
         except VidtrtError as e:
             raise pb_utils.TritonModelException(f"{self.model_name}: {e}") from None
         fail = params.get("fail_on_guidance") or None
