@@ -55,7 +55,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     request = request.validate(source.config)  # fail fast, before loading any weights (and only once)
     if getattr(args, "engine", "torch") == "torch":
         from vidtrt.config.model_config import resolve_precision
-        from vidtrt.runtime.pipeline import check_run_choices
+        from vidtrt.runtime.pipeline import check_family_choices, check_run_choices
+
+        check_family_choices(source, args.precision, args.nproc_per_node)
 
         check_run_choices(args.device, args.attention, source.config.transformer.attention_head_dim,
                           resolve_precision(args.precision, args.device))

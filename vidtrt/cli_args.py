@@ -16,7 +16,7 @@ MAX_FPS = 240
 def add_request_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompt", help="text prompt describing the video")
     parser.add_argument("-o", "--output", default=None,
-                        help="output file: .mp4 (H.264, 24 fps) or .npy (raw uint8 frames [F, H, W, 3]); "
+                        help="output file: .mp4 (H.264, at --fps) or .npy (raw uint8 frames [F, H, W, 3]); "
                              "default: <prompt>-seed<seed>.mp4")
     parser.add_argument("--height", type=int, default=None, help="pixels, multiple of 16 (model default)")
     parser.add_argument("--width", type=int, default=None, help="pixels, multiple of 16 (model default)")

@@ -359,6 +359,8 @@ def quantize_model(model: str | Path | ModelSource, out: str | Path, cfg: FP8Qua
     back (checked against the model). ``quality_prompts``: prompts of the report (None: all, 0: none)."""
     cfg = (cfg or FP8QuantConfig()).validate()
     source = ModelSource.open(model)
+    if source.family.name != "hunyuan_video":
+        raise ConfigError(f"vidtrt quantize calibrates HunyuanVideo's DiT only, so far (not {source.family.name})")
     prompts = read_prompts(prompts_file, cfg.calib_size)
     _requests(source, cfg, prompts)  # a bad size fails here, before any weight loads
     n_quality = len(prompts) if quality_prompts is None else quality_prompts

@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 from vidtrt.config.model_config import PRECISIONS, resolve_precision
-from vidtrt.errors import VidtrtError
+from vidtrt.errors import ConfigError, VidtrtError
 from vidtrt.paths import REPOSITORY_FILE as MARKER
 
 FAMILY = "hunyuan_video"  # the template folders' prefix (the first family's Triton model names)
@@ -188,6 +188,13 @@ def build_repository(
     # --artifacts leaves an existing repository as it was.
     source = ModelSource.open(model)
     config = source.config
+    if engine == "torch":
+        from vidtrt.runtime.pipeline import check_family_choices
+
+        try:
+            check_family_choices(source, precision, sp_degree)
+        except ConfigError as e:
+            raise RepositoryError(str(e)) from None
     specs = specs_for_triton(config)
     artifact_files = _artifact_files(artifacts, source) if artifacts and engine != "tensorrt" else {}
     if quantized is not None and engine == "torch":  # checked against this checkpoint before anything is written
@@ -361,7 +368,9 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="instances (= concurrent requests) of the non-streaming hunyuan_video_sync model")
     parser.add_argument("--no-sync-model", action="store_true",
                         help="leave out the non-streaming hunyuan_video_sync model (HTTP /infer)")
-    parser.add_argument("--force", action="store_true", help="replace an existing vidtrt repository at --out")
+    parser.add_argument("--force", action="store_true",
+                        help="kept for old scripts: a vidtrt repository at --out is always replaced, any other "
+                             "non-empty folder never is")
     return parser
 
 

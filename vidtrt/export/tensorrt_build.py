@@ -89,8 +89,9 @@ def require_tensorrt():
     except (ImportError, OSError) as e:
         raise TensorRTBuildError(
             "--engine tensorrt needs TensorRT, which is not installed here (the tensorrt 10.x/11.x Python package "
-            "and libnvinfer: e.g. `pip install tensorrt-cu12==10.5.0` inside nvcr.io/nvidia/tritonserver:24.10-py3,"
-            f" see docs/tensorrt.md); nothing was written ({type(e).__name__})") from None
+            "and libnvinfer: e.g. `pip install tensorrt-cu12-bindings==10.5.0` inside "
+            "nvcr.io/nvidia/tritonserver:24.10-py3, see docs/tensorrt.md); nothing was written "
+            f"({type(e).__name__})") from None
     if not hasattr(trt, "Builder"):
         raise TensorRTBuildError(f"the tensorrt module at {getattr(trt, '__file__', '?')} has no Builder (a stub "
                                  "package without libnvinfer?); nothing was written")

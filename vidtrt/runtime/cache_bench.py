@@ -226,5 +226,7 @@ def _row(name: str, run: Run, ref: Run | None) -> str:
 
 
 def cache_bench_main(args: argparse.Namespace) -> int:
+    if args.json is not None and not Path(args.json).resolve().parent.is_dir():
+        raise VidtrtError(f"invalid --json {args.json!r}: its folder does not exist")
     run_benchmark(args)
     return 0

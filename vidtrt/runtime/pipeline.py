@@ -73,6 +73,20 @@ def select_kernels(device: str | torch.device, attention: str | None = None) -> 
     return choice
 
 
+def check_family_choices(source: ModelSource, precision: str | None = None, sp_degree: int = 1) -> None:
+    """What only HunyuanVideo's DiT has so far: FP8 (``precision`` fp8, quantization) and sequence
+    parallelism (``sp_degree`` > 1). ConfigError (one line) for another family, before any weight loads."""
+    name = source.family.name
+    if name == "hunyuan_video":
+        return
+    if precision == "fp8":
+        raise ConfigError(f"precision fp8 runs HunyuanVideo's DiT only, so far (not {name}); accepted here: "
+                          "auto, fp32, bf16, fp16")
+    if sp_degree != 1:
+        raise ConfigError(f"sequence parallelism runs HunyuanVideo's DiT only, so far (not {name}); accepted "
+                          "here: 1 process")
+
+
 def check_run_choices(device: str | torch.device, attention: str | None, head_dim: int,
                       precision: str | None = None) -> KernelChoice:
     """What ``vidtrt run`` checks before any weights load: the device exists here, the attention backend is
@@ -202,6 +216,7 @@ def load_components(model: str | Path | ModelSource = "tiny", device: str = "cpu
     from vidtrt.models.sequence_parallel import check_degree
 
     source = ModelSource.open(model)
+    check_family_choices(source, precision, sp_degree)
     if precision is not None:
         precision = resolve_precision(precision, str(device))
         dtype = getattr(torch, precision_dtype_name(precision))

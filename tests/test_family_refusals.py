@@ -1,0 +1,38 @@
+"""What only HunyuanVideo has so far (FP8, quantization, sequence parallelism) is refused for another family in
+one line, exit 2, before any weight loads or anything is written; cache-bench checks its --json folder first."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from vidtrt.cli import main
+
+
+def _one_line_exit_2(argv, capsys) -> str:
+    t0 = time.perf_counter()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vidtrt: error: ") and "\n" not in err, err
+    assert time.perf_counter() - t0 < 30  # refused before weights (the model takes longer to load and run)
+    return err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["run", "a cat", "--model", "tiny-cogvideox", "--precision", "fp8"], "precision fp8 runs HunyuanVideo's DiT"),
+    (["run", "a cat", "--model", "tiny-cogvideox", "--nproc-per-node", "2"], "sequence parallelism runs HunyuanVideo"),
+    (["build", "--model", "tiny-cogvideox", "--precision", "fp8"], "precision fp8 runs HunyuanVideo's DiT"),
+    (["build", "--model", "tiny-cogvideox", "--sp-degree", "2"], "sequence parallelism runs HunyuanVideo"),
+    (["quantize", "--model", "tiny-cogvideox"], "calibrates HunyuanVideo's DiT only"),
+])
+def test_hunyuan_only_features_refuse_cogvideox(argv, needle, tmp_path, capsys):
+    out = tmp_path / ("x.npy" if argv[0] == "run" else "out")
+    err = _one_line_exit_2([*argv, "-o" if argv[0] == "run" else "--out", str(out)], capsys)
+    assert needle in err and "cogvideox" in err
+    assert not out.exists()
+
+
+def test_cache_bench_checks_its_json_folder_first(tmp_path, capsys):
+    err = _one_line_exit_2(["cache-bench", "--model", "tiny", "--json", str(tmp_path / "missing" / "x.json")], capsys)
+    assert "--json" in err and "does not exist" in err
