@@ -199,15 +199,16 @@ print(json.dumps(dict(help_s=help_s, rc=rc, err=err.getvalue(), torch="torch" in
 
 def test_help_and_client_need_no_torch(tmp_path):
     """Every subcommand's --help, and `vidtrt generate` itself, run without importing torch (the client
-    machine needs none): the help pages in < 0.5 s after interpreter start (measured ~0.26 s here). CPU
-    seconds of this process, so other work on a busy machine (CI, parallel jobs) does not fail it."""
+    machine needs none): the help pages in < 1 s of CPU after interpreter start (~0.3-0.53 s measured as
+    subcommands were added; importing torch alone costs seconds, so the bound still catches it). CPU seconds of
+    this process, so other work on a busy machine (CI, parallel jobs) does not fail it."""
     out = subprocess.run([sys.executable, "-c", TORCH_FREE_CHILD, str(tmp_path / "x.npy")], capture_output=True,
                          text=True, timeout=120)  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["torch"] is False
     assert got["rc"] == 3 and got["err"].startswith("vidtrt: error:") and got["err"].count("\n") == 1, got
-    assert got["help_s"] < 0.5, got
+    assert got["help_s"] < 1.0, got
 
 
 def test_non_finite_generation_is_exit_1_one_line_nothing_written(tmp_path, capsys, monkeypatch):
