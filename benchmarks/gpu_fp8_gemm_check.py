@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -311,25 +309,6 @@ def layer_sets(device: str, smoke: bool, budget_s: float) -> dict:
 # ----------------------------------------------------------------------------------------------
 # Report
 # ----------------------------------------------------------------------------------------------
-def _slug(s: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", s.lower()).strip("-")
-
-
-def environment(device: str) -> dict:
-    import triton
-
-    import vidtrt
-
-    env = {"python": platform.python_version(), "torch": torch.__version__, "triton": triton.__version__,
-           "device": device, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-           "vidtrt_from": str(Path(vidtrt.__file__).resolve().parent)}  # fmt: skip
-    if device == "cuda":
-        env["gpu"] = torch.cuda.get_device_name()
-        env["capability"] = ".".join(map(str, torch.cuda.get_device_capability()))
-        env["torch_cuda"] = torch.version.cuda
-    return env
-
-
 def all_checks(report: dict) -> list[dict]:
     keys = ("quantizer", "gemm_correctness", "dit_step", "layer_sets")
     return [c for key in keys for c in report.get(key, {}).get("checks", [])]
@@ -394,6 +373,8 @@ def main(argv=None) -> int:
     out_dir = Path(a.out) if a.out else (Path(tempfile.mkdtemp(prefix="fp8-gemm-smoke-")) if a.smoke
                                           else HERE / "results")  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
+    from gpu_kernels_check import _slug, environment  # the kernel check's report fields and file names
+
     env = environment(device)
     log(f"== {env.get('gpu', 'CPU (interpreter)')}  torch {env['torch']}  triton {env['triton']}")
     report: dict = {"environment": env, "errors": {}}
