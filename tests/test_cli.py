@@ -271,3 +271,18 @@ def test_generate_checks_the_output_before_contacting_the_server(tmp_path, capsy
                            (["-o", str(tmp_path / "x.mp4"), "--fps", "1000"], "invalid --fps 1000")):
         code, out, err = _run(capsys, ["generate", PROMPT, "--url", "127.0.0.1:9", *argv])
         assert code == 2 and err.count("\n") == 1 and fragment in err, err
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["run", PROMPT, "--height", "abc"], "argument --height: invalid int value: 'abc'"),
+    (["run", PROMPT, "--prompt-policy", "maybe"], "argument --prompt-policy: invalid choice: 'maybe'"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ([], "required: command"),
+])
+def test_argument_errors_are_one_line(capsys, argv, fragment):
+    """argparse's own errors (types, choices, missing arguments) follow the project's style: one line, exit 2."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    out, err = capsys.readouterr()
+    assert e.value.code == 2 and out == "", (e.value.code, out, err)
+    assert err.count("\n") == 1 and err.startswith("vidtrt") and fragment in err and "--help" in err, err

@@ -240,6 +240,11 @@ def test_generate_cli_against_the_server(srv, pipe, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 3 and "NaN/inf" in err[-1] and len(err) == 1, err
     assert not (tmp_path / "x.npy").exists() and not (tmp_path / "y.npy").exists()
+    # a model name the server does not serve: one line naming the one it does, before any request
+    rc = main(["generate", PROMPT, "--url", srv.grpc_url, "-o", str(tmp_path / "z.npy"), "--model-name", "cogvideox"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "'cogvideox'" in err[0] and "it serves hunyuan_video" in err[0], err
+    assert not (tmp_path / "z.npy").exists()
 
 
 def test_metrics_endpoint_shows_the_custom_metrics(srv):

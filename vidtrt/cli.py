@@ -61,9 +61,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         check_run_choices(args.device, args.attention, source.config.transformer.attention_head_dim,
                           resolve_precision(args.precision, args.device))
-    elif args.precision == "fp8":
-        raise ConfigError(f"--precision fp8 runs with --engine torch; the {args.engine} engine runs what "
-                          "`vidtrt export` wrote (accepted with it: auto, fp32)")
+    elif args.precision not in ("auto", "fp32"):
+        raise ConfigError(f"--precision {args.precision} runs with --engine torch; the {args.engine} engine runs "
+                          "what `vidtrt export` wrote (accepted with it: auto, fp32)")
     fp8_amax = None
     if args.quantized is not None:
         from vidtrt.source.quant_state import QuantState
@@ -108,11 +108,21 @@ def _load_pipeline(args, source, fp8_amax=None):
     return load_pipeline_with_engine(source, engine, args.artifacts, threads=args.threads)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error style: one line on stderr (no usage block), exit code 2.
+    Subcommand parsers are of this class too (``add_subparsers`` uses the parent's class)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from vidtrt import __version__
     from vidtrt.cli_args import add_request_arguments
 
-    parser = argparse.ArgumentParser(prog="vidtrt", description="HunyuanVideo text-to-video: run, export, serve.")
+    parser = _Parser(prog="vidtrt", description="Text-to-video diffusion (HunyuanVideo, CogVideoX): run in "
+                                                "process, quantize, export, build a Triton repository, serve, "
+                                                "generate through a server.")
     parser.add_argument("--version", action="version", version=f"vidtrt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -47,6 +47,8 @@ def generate_main(args: argparse.Namespace) -> int:
     if args.model_name is None:
         model_name = client.served_generation_model()
         client = VideoClient(args.url, protocol=args.protocol, model_name=model_name, timeout_s=args.timeout)
+    else:
+        client.check_model_ready()
     bar = _ProgressBar(disabled=args.no_progress or args.protocol == "http")
     t0 = time.perf_counter()
     try:

@@ -196,6 +196,28 @@ class VideoClient:
             msg = _server_message(e)[0]
             raise TransportError(f"cannot connect to {self.protocol} server at {self.url}: {msg}") from None
 
+    def check_model_ready(self) -> None:
+        """Raise VidtrtError (one line, exit 2) when this client's model is not ready on the server, naming the
+        vidtrt generation models that are; TransportError when the server cannot be asked."""
+        client = self._make_client()
+        try:
+            ready = client.is_model_ready(self.model_name)
+        except Exception as e:
+            raise TransportError(f"cannot ask the {self.protocol} server at {self.url} for its models: "
+                                 f"{_server_message(e)[0]}") from None
+        finally:
+            client.close()
+        if not ready:
+            try:
+                served = self.served_generation_model()
+            except TransportError:
+                raise
+            except VidtrtError:
+                served = None
+            hint = f"it serves {served}" if served else "it serves no single vidtrt generation model"
+            raise VidtrtError(f"the server at {self.url} has no model {self.model_name!r} ready ({hint}): "
+                              "check --model-name")
+
     def served_generation_model(self) -> str:
         """The one vidtrt generation model the server has ready (its streaming name, e.g. ``hunyuan_video`` or
         ``cogvideox``): asks the server's model-readiness API (open to clients; ``vidtrt serve`` restricts the
