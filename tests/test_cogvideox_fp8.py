@@ -10,7 +10,8 @@ Tolerances (stated, measured values in the comments):
   (one bf16 rounding; the FP8 values and scales are the same);
 - FP8 DiT (torch engine) vs the bf16 DiT: cosine >= 0.999; frames vs bf16 / fp32 frames: PSNR >= 35 dB;
 - FP8 ONNX in onnxruntime vs the torch fake-quant DiT: norm relative error <= 1e-3, and 10x below the FP8 effect.
-Calibration is kept tiny: 2 prompts x 2 steps (CFG on, the preset's 6.0) at the preset's 96x64x9.
+Calibration is kept tiny: 2 prompts x 2 steps (CFG on, the preset's 6.0) at the preset's 96x64x9, quality
+report on 1 prompt.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def cog_state(tmp_path_factory):
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        code = cli_main(["quantize", "--model", MODEL, "--out", str(out), "--calib-size", "2", "--calib-steps", "2"])
+        code = cli_main(["quantize", "--model", MODEL, "--out", str(out), "--calib-size", "2", "--calib-steps", "2",
+                         "--quality-prompts", "1"])
     assert code == 0, buf.getvalue()
     return out, buf.getvalue()
 
@@ -156,7 +158,7 @@ def test_state_folder_and_quality_report(cog_state):
     assert all(v.dtype == torch.float32 and v.ndim == 0 and float(v) > 0 for v in state.amax.values())
     assert float(state.amax["transformer_blocks.1.attn1.softmax_quantizer"]) == 1.0
     report = json.loads((folder / "quality.json").read_text())
-    assert [s["step"] for s in report["per_step"]] == [1, 2] and len(report["per_prompt"]) == 2
+    assert [s["step"] for s in report["per_step"]] == [1, 2] and len(report["per_prompt"]) == 1
     for s in report["per_step"]:  # random tiny weights: the mechanism, at the FP8 noise floor
         assert 0.99 < s["cosine_min"] < 1.0 and 1e-4 < s["rel_err_max"] < 0.2, s
     assert all(p["psnr_db"] is not None and 25 < p["psnr_db"] < 90 for p in report["per_prompt"])
@@ -197,7 +199,8 @@ def test_fp8_layers_equal_the_fake_quant_reference(fp8_pipe):
             layer = dit.get_submodule(path)
             assert isinstance(layer, Fp8Linear) and layer.activations == "static", path
             assert float(layer.input_scale) == pytest.approx(float(amax[f"{path}.input_quantizer"]) / 448, rel=1e-6)
-            ref = plain.get_submodule(path)
+            ref = plain.get_submodule(path)  # the engine's DiT is bf16: the same bf16 weights, in fp32
+            ref.weight.data, ref.bias.data = (t.to(torch.bfloat16).float() for t in (ref.weight.data, ref.bias.data))
             ref.__class__ = FP8Linear
             ref.input_quantizer = FP8Quantizer(amax[f"{path}.input_quantizer"])
             ref.weight_quantizer = FP8Quantizer(amax[f"{path}.weight_quantizer"])
@@ -292,6 +295,7 @@ def test_fp8_onnx_runs_in_onnxruntime(cog_state, tmp_path):
 
 
 # ------------------------------------------------------------------------------------- diffusers folder
+@pytest.mark.slow
 def test_diffusers_folder_quantize_run_export(tmp_path):
     """A 1.5-like folder written by diffusers (Linear patch embedding over time-patched latents): quantize
     (1 prompt x 2 steps), FP8 torch pipeline frames vs fp32, FP8 ONNX vs fake quant."""
@@ -299,7 +303,7 @@ def test_diffusers_folder_quantize_run_export(tmp_path):
 
     folder = write_diffusers_folder(tmp_path / "cog15", "1.5", seed=3)
     state_dir = tmp_path / "state"
-    quantize_model(folder, state_dir, FP8QuantConfig(calib_size=1, calib_steps=2), quality_prompts=1, log=None)
+    quantize_model(folder, state_dir, FP8QuantConfig(calib_size=1, calib_steps=2), quality_prompts=0, log=None)
     source = ModelSource.open(folder)
     state = QuantState.load(state_dir, source)
     assert "patch_embed.proj.input_quantizer" in state.amax  # 1.5's Linear patch embedding is calibrated

@@ -11,8 +11,8 @@ Positions: fixed 3D sin-cos added to the video tokens (2B), or 3D RoPE on the vi
 (5B: crop-resized linspace grid; 1.5: integer grid, time patched by ``patch_size_t``). Differences from
 diffusers that do not change the result: RoPE is computed inside the module from the latent shape (diffusers'
 pipeline passes it in), attention goes through :func:`vidtrt.models.attention.attention` (the backend switch:
-our Triton kernels serve head dim 64; FP8 fake quant through ``QuantizableAttention.attend``), sin-cos positions are added to the video tokens only (diffusers adds
-zeros to the text tokens).
+our Triton kernels serve head dim 64; FP8 fake quant through ``QuantizableAttention.attend``), sin-cos
+positions are added to the video tokens only (diffusers adds zeros to the text tokens).
 
 Shapes: B batch, F latent frames, C latent channels, H x W latent size, L text tokens, D = heads x head_dim.
 """
