@@ -177,6 +177,26 @@ def test_state_for_another_model_is_one_line(cog_state, tmp_path, capsys):
     assert err.count("\n") == 0 and "made for another model" in err and not out.exists()
 
 
+@pytest.mark.parametrize("argv, needle", [
+    (["run", "a cat", "--model", MODEL, "--precision", "fp8", "--quantized", "{tmp}/missing"],
+     "quantization state folder not found"),
+    (["run", "a cat", "--model", MODEL, "--precision", "fp8", "--nproc-per-node", "2"],
+     "sequence parallelism runs HunyuanVideo's DiT only"),
+    (["run", "a cat", "--model", MODEL, "--engine", "onnxruntime", "--artifacts", "{tmp}", "--precision", "fp8"],
+     "--precision fp8 runs with --engine torch"),
+    (["quantize", "--model", MODEL, "--height", "100"], "invalid --height 100"),
+    (["build", "--model", MODEL, "--precision", "fp8", "--sp-degree", "2"], "sequence parallelism runs HunyuanVideo"),
+])
+def test_remaining_refusals_are_one_line(argv, needle, tmp_path, capsys):
+    """What FP8 on CogVideoX still refuses: one line, exit 2, before any weights load or anything is written."""
+    out = tmp_path / ("x.npy" if argv[0] == "run" else "out")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv] + ["-o" if argv[0] == "run" else "--out", str(out)]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vidtrt: error: ") and "\n" not in err and needle in err, err
+    assert not out.exists()
+
+
 # ------------------------------------------------------------------------------------- torch engine FP8
 @pytest.fixture(scope="module")
 def fp8_pipe(cog_state):
