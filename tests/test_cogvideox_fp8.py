@@ -336,3 +336,22 @@ def test_diffusers_folder_quantize_run_export(tmp_path):
     _onnx_vs_fake_quant(source, state_dir, tmp_path / "onnx", (
         {"batch": 2, "latent_frames": 2, "latent_height": 8, "latent_width": 8},
         {"batch": 1, "latent_frames": 4, "latent_height": 6, "latent_width": 10}))
+
+
+@pytest.mark.server
+def test_fp8_repository_serves_the_in_process_frames(cog_state, fp8_pipe, tmp_path):
+    """`vidtrt build --model tiny-cogvideox --precision fp8 --quantized DIR` served by a real tritonserver: the DiT
+    model process loads the state from its 1/quant/ and the frames are the in-process FP8 pipeline's."""
+    from vidtrt.client import VideoClient
+    from vidtrt.config.request import GenerationRequest
+    from vidtrt.export.repository import build_repository
+    from vidtrt.serving.server import TritonServer
+
+    repo = build_repository(MODEL, tmp_path / "repo", precision="fp8", quantized=cog_state[0])
+    request = GenerationRequest("a red car", seed=4, num_inference_steps=2, negative_prompt="blurry",
+                                true_cfg_scale=5.0)
+    expected = fp8_pipe[0].run(request)
+    with TritonServer(repo, log_file=tmp_path / "tritonserver.log", exit_timeout_s=5, ready_timeout_s=600) as srv:
+        got = VideoClient(srv.grpc_url, model_name="cogvideox").run(request).frames
+    assert got.shape == expected.shape
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1  # thread counts may differ
