@@ -7,9 +7,10 @@ The step is what ``vidtrt run`` does per step for CogVideoX-5B at its default si
 batched [uncond; cond] latents [2, 13, 16, 60, 90] with 226 T5 tokens each (S = 226 + 13 * 30 * 45 = 17,776
 tokens, 48 heads x 64, 42 layers, 3D RoPE). Backends: ``sdpa`` (PyTorch's attention, the reference) and our
 Triton kernels through the model's backend switch (``triton``, ``triton-fp8``, ``triton-tma``,
-``triton-fp8-tma``; the TMA flavours only on Hopper). Each backend's output is compared with sdpa's (relative
-error; FP8 is expected near 1e-2). Weights are random (normal, std 0.02; norms 1): timings are real, outputs
-only compare backends.
+``triton-fp8-tma``; the TMA flavours only on Hopper), and last ``fp8-gemms``: what ``--precision fp8`` runs
+(FP8 GEMMs on the attention projections and MLP inputs with dynamic per-token scales + FP8 attention). Each
+backend's output is compared with sdpa's (relative error; FP8 is expected near 1e-2). Weights are random
+(normal, std 0.02; norms 1): timings are real, outputs only compare backends.
 
 Runs from a checkout that was never installed (Python 3.12, torch 2.11, triton 3.6; no diffusers). Output:
 ``benchmarks/results/<date>-<device>-cogvideox.json`` and ``.md`` (copies in ``$OUT`` when set); the last
@@ -41,7 +42,11 @@ from _bootstrap import bootstrap  # noqa: E402
 
 bootstrap()
 
-BACKENDS = ("sdpa", "triton", "triton-fp8", "triton-tma", "triton-fp8-tma")
+# "fp8-gemms": the torch engine's --precision fp8 (FP8 GEMMs on the family's layer set, COGVIDEOX_KEEP_BF16, with
+# dynamic per-token scales, and FP8 attention: triton-fp8-tma on Hopper, triton-fp8 on Ada, sdpa on CPU). It swaps
+# the model's Linear layers in place, so it runs last.
+FP8_GEMMS = "fp8-gemms"
+BACKENDS = ("sdpa", "triton", "triton-fp8", "triton-tma", "triton-fp8-tma", FP8_GEMMS)
 BUDGET_S = 240.0
 
 
@@ -117,8 +122,17 @@ def run(smoke: bool, steps: int, backends, budget_s: float) -> dict:
             info["backends"][name] = {"skipped": "needs Hopper TMA"}
             continue
         entry = {}
+        attention = name
         try:
-            with use_backend(name), torch.inference_mode():
+            if name == FP8_GEMMS:
+                from vidtrt.models.fp8_linear import COGVIDEOX_KEEP_BF16, Fp8LinearConfig, swap_linears_to_fp8
+
+                swapped = swap_linears_to_fp8(model, None, Fp8LinearConfig(keep_bf16=COGVIDEOX_KEEP_BF16))
+                entry["fp8_layers"] = len(swapped)
+                attention = ("sdpa" if device != "cuda" else
+                             "triton-fp8-tma" if torch.cuda.get_device_capability() >= (9, 0) else "triton-fp8")
+                entry["attention"] = attention
+            with use_backend(attention), torch.inference_mode():
                 t0 = time.perf_counter()
                 out = model(latents, text, timestep)  # warm-up: Triton JIT / autotune
                 if device == "cuda":
@@ -190,7 +204,9 @@ def main() -> int:
     if not args.smoke and not torch.cuda.is_available():
         log("no CUDA device: run with --smoke on CPU")
         return 2
-    backends = [b for b in args.backends if not (args.smoke and "fp8" in b)]  # FP8 needs a GPU's float8 support
+    # FP8 attention needs a GPU's float8 support; the FP8 GEMMs are emulated on CPU
+    backends = [b for b in args.backends if not (args.smoke and "fp8" in b and b != FP8_GEMMS)]
+    backends = [b for b in backends if b != FP8_GEMMS] + [b for b in backends if b == FP8_GEMMS]  # it swaps: last
     info = run(args.smoke, 1 if args.smoke else args.steps, backends, args.budget)
     for path in write(info):
         log(f"wrote {path}")

@@ -13,6 +13,26 @@ Variants (facts: ``../shared/reference/cogvideox.md``, diffusers 0.42):
 * CogVideoX-2B: 30 heads x 64, 30 layers, fixed 3D sin-cos positions, DDIM, SNR shift 3.0.
 * CogVideoX-5B: 48 heads x 64, 42 layers, 3D RoPE, DPM (2nd order), SNR shift 1.0, VAE scale 0.7.
 * CogVideoX1.5-5B: as 5B with time patched by 2 (``patch_size_t=2``), 1360x768, 16N+1 frames at 16 fps.
+
+Sources of the preset values (checked 2026-11-30; ``tests/test_cogvideox_presets.py`` pins them):
+
+* ``../shared/reference/cogvideox.md``: widths, depths, positions, default videos, frame rules, fps, CFG 6.
+* diffusers 0.42's class defaults: ``CogVideoXTransformer3DModel`` and ``AutoencoderKLCogVideoX`` default to the
+  2B (our field defaults equal them), the schedulers' betas, ``num_train_timesteps``, ``snr_shift_scale`` 3.0.
+* The upstream converter that writes the published diffusers folders, THUDM/CogVideo
+  ``tools/convert_weight_sat2hf.py``: 2B vs 5B ``num_layers`` 30 / 42, ``num_attention_heads`` 30 / 48, RoPE
+  off / on, VAE ``scaling_factor`` 1.15258426 / 0.7, ``snr_shift_scale`` 3.0 / 1.0, the scheduler fields
+  (scaled-linear 0.00085..0.012, v-prediction, zero-SNR, trailing, ``set_alpha_to_one``); version 1.5:
+  ``patch_size_t`` 2, ``patch_bias`` false, ``sample_frames`` 81, VAE ``invert_scale_latents`` true.
+* Its SAT configs ``sat/configs/cogvideox_5b.yaml`` / ``cogvideox1.5_5b.yaml``: latent grid 60 x 90 / 300 x 300,
+  ``time_embed_dim`` 512, 3072 wide, DPM-Solver++ sampling (``VPSDEDPMPP2MSampler``), shift 1.0. For 1.5 the
+  published ``transformer/config.json`` has ``sample_height = sample_width = 300`` like the SAT config (the
+  converter's default 96 x 170 is not what was uploaded: diffusers' maintainers confirm 300 for 1.5 in
+  huggingface/finetrainers#121): a 150 x 150-token RoPE table that 1.5 slices (``grid_type="slice"``), hence
+  the 2400-pixel bound of :meth:`CogVideoXModelConfig.check_request`.
+* Open: the 1.5 SAT config encodes 224 T5 tokens (``max_length: 224``); diffusers' pipeline pads every variant
+  to its ``max_sequence_length`` default 226 and we follow diffusers (the published 1.5 configs were not
+  available to check ``max_text_seq_length``; the DiT does not depend on it without learned positions).
 """
 
 from __future__ import annotations

@@ -49,6 +49,8 @@ class ModelFamily:
     config_reader: str = "vidtrt.source.checkpoints:read_model_config"
     sampler: str = "vidtrt.runtime.orchestrator:denoise"
     torch_denoiser: str = "vidtrt.runtime.pipeline:TorchDenoiser"  # the DiT module as a Denoiser
+    # The fnmatch patterns of DiT Linear layers that stay bf16 under --precision fp8 (vidtrt.models.fp8_linear).
+    fp8_keep_bf16: str = "vidtrt.models.fp8_linear:DEFAULT_KEEP_BF16"
 
     def load(self, what: str):
         """The class named by field ``what`` ("transformer", "vae_decoder", ...), imported now."""
@@ -102,6 +104,7 @@ COGVIDEOX = ModelFamily(
     config_reader="vidtrt.source.cogvideox_source:read_cogvideox_config",
     sampler="vidtrt.runtime.cogvideox_sampler:denoise",
     torch_denoiser="vidtrt.runtime.cogvideox_pipeline:CogVideoXTorchDenoiser",
+    fp8_keep_bf16="vidtrt.models.fp8_linear:COGVIDEOX_KEEP_BF16",
 )
 
 FAMILIES: dict[str, ModelFamily] = {HUNYUAN_VIDEO.name: HUNYUAN_VIDEO, COGVIDEOX.name: COGVIDEOX}

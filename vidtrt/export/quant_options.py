@@ -10,7 +10,8 @@ DEFAULT_CALIB_STEPS = 10
 
 def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="tiny",
-                        help="'tiny' (embedded default), 'small' or a checkpoint folder (diffusers or official layout)")
+                        help="'tiny' (embedded default), 'small', 'tiny-cogvideox' or a checkpoint folder "
+                             "(HunyuanVideo: diffusers or official layout; CogVideoX: diffusers)")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="state folder to write: vidtrt-quant.json, amax.safetensors, quality.json")
     parser.add_argument("--prompts", default=None, metavar="FILE",

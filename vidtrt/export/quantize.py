@@ -5,12 +5,15 @@ quality report.
 
 1. The DiT is loaded in float32 and handed to ``mtq.quantize`` (``modelopt.torch.quantization``) with
    :func:`modelopt_config`: every ``nn.Linear`` gets an FP8 input quantizer (per tensor) and weight
-   quantizer (per tensor, or per output channel), and every attention module (``JointAttention``,
-   ``SingleAttention``, ``RefinerAttention``, registered with ModelOpt here) FP8 quantizers on the BMM
-   inputs q, k, v and the softmax output, as ModelOpt's diffusers example does with MHA quantization.
-   The patch-embedding Conv3d stays in full precision. Calibration (``algorithm: max``) runs real
-   generations -- text encoder, seeded noise, the scheduler's own timesteps for ``calib_steps`` steps --
-   for ``calib_size`` prompts (built in, or ``--prompts FILE``); the VAE is not needed for it.
+   quantizer (per tensor, or per output channel), and every attention module (the DiT's
+   :class:`~vidtrt.models.attention.QuantizableAttention` modules: HunyuanVideo's ``JointAttention``,
+   ``SingleAttention``, ``RefinerAttention``, CogVideoX's ``JointAttention``; registered with ModelOpt here)
+   FP8 quantizers on the BMM inputs q, k, v and the softmax output, as ModelOpt's diffusers example does with
+   MHA quantization. Convolutional patch embeddings stay in full precision. Calibration (``algorithm: max``)
+   runs real generations through the model family's own sampling loop -- text encoder, seeded noise, the
+   scheduler's own timesteps for ``calib_steps`` steps, and CFG where the family's defaults have it on
+   (CogVideoX: one batched [uncond; cond] DiT pass per step) -- for ``calib_size`` prompts (built in, or
+   ``--prompts FILE``); the VAE is not needed for it.
 2. The calibrated amax values are written as a state folder (:mod:`vidtrt.source.quant_state`).
 3. The quality report loads the state into our own fake-quant DiT (:mod:`vidtrt.models.fp8`, what the
    FP8 ONNX holds) and, per prompt, follows the unquantized trajectory: at every step the velocity of
@@ -132,9 +135,10 @@ def _import_modelopt():
     return mtq
 
 
-def register_attention_with_modelopt() -> None:
+def register_attention_with_modelopt(model: torch.nn.Module | None = None) -> None:
     """Register our attention modules with ModelOpt: converted, they carry q / k / v / softmax
-    TensorQuantizers that :meth:`QuantizableAttention.attend` feeds (idempotent)."""
+    TensorQuantizers that :meth:`QuantizableAttention.attend` feeds (idempotent). ``model``: register the
+    :class:`QuantizableAttention` classes it holds (any family); None: those of both families' DiTs."""
     import warnings
 
     with warnings.catch_warnings():
@@ -142,16 +146,22 @@ def register_attention_with_modelopt() -> None:
         from modelopt.torch.quantization.nn import QuantModuleRegistry, TensorQuantizer
         from modelopt.torch.quantization.nn.modules.quant_module import QuantInputBase, QuantModule
 
-    from vidtrt.models.transformer import JointAttention, RefinerAttention, SingleAttention
+    if model is None:
+        from vidtrt.models import cogvideox_transformer, transformer
+
+        classes = {transformer.JointAttention, transformer.SingleAttention, transformer.RefinerAttention,
+                   cogvideox_transformer.JointAttention}
+    else:
+        classes = {type(m) for m in model.modules() if isinstance(m, QuantizableAttention)}
 
     class _QuantVidtrtAttention(QuantModule):
         def _setup(self):
             for name in ATTENTION_QUANTIZERS:
                 self._register_temp_attribute(name, TensorQuantizer(QuantInputBase.default_quant_desc_input))
 
-    for cls in (JointAttention, SingleAttention, RefinerAttention):
-        if QuantModuleRegistry.get(cls) is None:
-            QuantModuleRegistry.register({cls: f"vidtrt.{cls.__name__}"})(_QuantVidtrtAttention)
+    for cls in sorted(classes, key=lambda c: f"{c.__module__}.{c.__qualname__}"):
+        if QuantModuleRegistry.get(cls) is None:  # two families both have a JointAttention: qualified names
+            QuantModuleRegistry.register({cls: f"{cls.__module__}.{cls.__qualname__}"})(_QuantVidtrtAttention)
 
 
 def read_prompts(path: str | Path | None, count: int) -> list[str]:
@@ -191,13 +201,12 @@ def calibrate(source: ModelSource, cfg: FP8QuantConfig, prompts: Sequence[str],
     cfg = cfg.validate()
     requests = _requests(source, cfg, prompts)
     mtq = _import_modelopt()
-    register_attention_with_modelopt()
     from vidtrt.config.components import Components
-    from vidtrt.runtime.orchestrator import denoise
-    from vidtrt.runtime.pipeline import TorchDenoiser
 
+    denoise, TorchDenoiser = source.family.load("sampler"), source.family.load("torch_denoiser")
     text_encoder = text_encoder or source.load_text_encoder()
     dit = source.load_transformer(torch.float32)
+    register_attention_with_modelopt(dit)
     components = Components(encode_text=text_encoder, dit=TorchDenoiser(dit), decode_tile=None)
     t0 = time.perf_counter()
 
@@ -218,7 +227,8 @@ def calibrate(source: ModelSource, cfg: FP8QuantConfig, prompts: Sequence[str],
     r0 = requests[0]
     record = {"prompts": list(prompts), "steps": cfg.calib_steps, "height": r0.height, "width": r0.width,
               "num_frames": r0.num_frames, "seeds": [r.seed for r in requests], "flow_shift": r0.flow_shift,
-              "embedded_guidance_scale": r0.embedded_guidance_scale, "algorithm": cfg.algorithm,
+              "embedded_guidance_scale": r0.embedded_guidance_scale, "true_cfg_scale": r0.true_cfg_scale,
+              "use_dynamic_cfg": r0.use_dynamic_cfg, "algorithm": cfg.algorithm,
               "seconds": round(time.perf_counter() - t0, 3), "quantizers": len(amax)}
     del model, dit
     return amax, record
@@ -254,10 +264,8 @@ def collect_amax(model: torch.nn.Module, cfg: FP8QuantConfig) -> dict[str, torch
 class _StepCompare:
     """A Denoiser returning the unquantized velocity, recording the FP8 one on the same inputs."""
 
-    def __init__(self, module: torch.nn.Module):
-        from vidtrt.runtime.pipeline import TorchDenoiser
-
-        self.module, self.denoiser = module, TorchDenoiser(module)
+    def __init__(self, module: torch.nn.Module, denoiser_cls):
+        self.module, self.denoiser = module, denoiser_cls(module)
         self.cosine: list[float] = []
         self.rel_err: list[float] = []
 
@@ -285,8 +293,10 @@ def quality_report(source: ModelSource, state: QuantState, prompts: Sequence[str
     """Per-step velocity cosine / relative error (teacher-forced on the unquantized trajectory) and final
     frame PSNR (each pipeline on its own trajectory), per prompt, with seeds other than calibration's."""
     from vidtrt.config.components import Components
-    from vidtrt.runtime.orchestrator import decode_latents, denoise
-    from vidtrt.runtime.pipeline import TorchDenoiser, TorchTileDecoder
+    from vidtrt.runtime.orchestrator import decode_latents
+    from vidtrt.runtime.pipeline import TorchTileDecoder
+
+    denoise, TorchDenoiser = source.family.load("sampler"), source.family.load("torch_denoiser")
 
     cfg = cfg.validate()
     requests = _requests(source, cfg, prompts, seed_offset=1000)
@@ -295,7 +305,7 @@ def quality_report(source: ModelSource, state: QuantState, prompts: Sequence[str
     decoder = TorchTileDecoder(source.load_vae_decoder(torch.float32))
     per_prompt = []
     for r in requests:
-        compare = _StepCompare(dit)
+        compare = _StepCompare(dit, TorchDenoiser)
         comps = Components(encode_text=text_encoder, dit=compare, decode_tile=decoder)
         with torch.inference_mode():
             ref_frames = decode_latents(denoise(r, source.config, comps), source.config, comps)
@@ -359,8 +369,6 @@ def quantize_model(model: str | Path | ModelSource, out: str | Path, cfg: FP8Qua
     back (checked against the model). ``quality_prompts``: prompts of the report (None: all, 0: none)."""
     cfg = (cfg or FP8QuantConfig()).validate()
     source = ModelSource.open(model)
-    if source.family.name != "hunyuan_video":
-        raise ConfigError(f"vidtrt quantize calibrates HunyuanVideo's DiT only, so far (not {source.family.name})")
     prompts = read_prompts(prompts_file, cfg.calib_size)
     _requests(source, cfg, prompts)  # a bad size fails here, before any weight loads
     n_quality = len(prompts) if quality_prompts is None else quality_prompts

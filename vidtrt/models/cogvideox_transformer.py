@@ -11,8 +11,8 @@ Positions: fixed 3D sin-cos added to the video tokens (2B), or 3D RoPE on the vi
 (5B: crop-resized linspace grid; 1.5: integer grid, time patched by ``patch_size_t``). Differences from
 diffusers that do not change the result: RoPE is computed inside the module from the latent shape (diffusers'
 pipeline passes it in), attention goes through :func:`vidtrt.models.attention.attention` (the backend switch:
-our Triton kernels serve head dim 64), sin-cos positions are added to the video tokens only (diffusers adds
-zeros to the text tokens).
+our Triton kernels serve head dim 64; FP8 fake quant through ``QuantizableAttention.attend``), sin-cos
+positions are added to the video tokens only (diffusers adds zeros to the text tokens).
 
 Shapes: B batch, F latent frames, C latent channels, H x W latent size, L text tokens, D = heads x head_dim.
 """
@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vidtrt.config.cogvideox_config import CogVideoXTransformerConfig
-from vidtrt.models.attention import attention
+from vidtrt.models.attention import QuantizableAttention
 from vidtrt.models.transformer import timestep_sinusoid
 
 _QK_NORM_EPS = 1e-6
@@ -220,8 +220,9 @@ class ExpertAdaLayerNorm(nn.Module):
         return video, text, gate[:, None, :], t_gate[:, None, :]
 
 
-class JointAttention(nn.Module):
-    """Full self-attention over [text; video] with LayerNorm on q and k; RoPE (if any) on video tokens only."""
+class JointAttention(QuantizableAttention):
+    """Full self-attention over [text; video] with LayerNorm on q and k; RoPE (if any) on video tokens only.
+    FP8 q / k / v / softmax quantizers attach here (:class:`~vidtrt.models.attention.QuantizableAttention`)."""
 
     def __init__(self, heads: int, head_dim: int, bias: bool):
         super().__init__()
@@ -243,7 +244,7 @@ class JointAttention(nn.Module):
             cos, sin = rope
             q = torch.cat([q[:, :text_len], apply_rope(q[:, text_len:], cos, sin)], dim=1)
             k = torch.cat([k[:, :text_len], apply_rope(k[:, text_len:], cos, sin)], dim=1)
-        out = attention(q, k, v).reshape(b, s, -1)
+        out = self.attend(q, k, v, None).reshape(b, s, -1)
         return self.to_out[0](out)
 
 

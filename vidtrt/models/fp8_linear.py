@@ -61,6 +61,19 @@ DEFAULT_KEEP_BF16 = (
     "single_transformer_blocks.*.proj_out",
 )
 
+# The same rule for CogVideoXTransformer3D (the family's ``fp8_keep_bf16``, vidtrt.config.families): the timestep
+# embedding, the patch embedding (its text projection, 226 tokens; 1.5's Linear over latent patches, the first
+# layer), the adaLN modulations (``norm1`` / ``norm2`` / ``norm_out``: M = batch), the final projection and the
+# MLP output projections (``ff.net.2``) stay bf16; the attention projections (``attn1.to_q/k/v``,
+# ``attn1.to_out.0``) and the MLP input projections (``ff.net.0.proj``) run FP8.
+COGVIDEOX_KEEP_BF16 = (
+    "time_embedding.*",
+    "patch_embed.*",
+    "*norm*.linear",
+    "proj_out",
+    "*.net.2",
+)
+
 
 @dataclass(frozen=True)
 class Fp8LinearConfig:

@@ -47,11 +47,13 @@ class CogVideoXPipeline(HunyuanVideoPipeline):
 
     @classmethod
     def from_model(cls, model: str | Path | ModelSource = "tiny-cogvideox", device: str = "cpu", dtype=torch.float32,
-                   attention: str | None = None):
+                   attention: str | None = None, precision: str | None = None, fp8_amax=None):
+        """``precision`` ("fp8", "bf16", ...; None: ``dtype``) and ``fp8_amax`` (a quantization state's amax map:
+        static FP8 scales) as :meth:`HunyuanVideoPipeline.from_model`."""
         source = ModelSource.open(model)
         if source.family.name != "cogvideox":
             raise ConfigError(f"{source.ref} is a {source.family.name} model; CogVideoXPipeline takes CogVideoX models")
-        return super().from_model(source, device, dtype, attention)
+        return super().from_model(source, device, dtype, attention, precision, fp8_amax)
 
     def generate(
         self,

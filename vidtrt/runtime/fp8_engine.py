@@ -50,9 +50,11 @@ def load_fp8_transformer(source: ModelSource, device: str | torch.device = "cpu"
     The bf16 weights are read where the checkpoint loader puts them (memory-mapped on the host), each
     Linear quantized on ``device`` one at a time (never a second copy of the weights), then the rest
     moves to ``device``. ``amax``: a quantization state's amax map (static input scales; see
-    :func:`vidtrt.models.fp8_linear.swap_linears_to_fp8`); None: dynamic per-token scales.
+    :func:`vidtrt.models.fp8_linear.swap_linears_to_fp8`); None: dynamic per-token scales. ``config``
+    default: the family's layer set (``ModelFamily.fp8_keep_bf16``), dynamic per-token activations.
     """
     dev = torch.device(device)
     module = source.load_transformer(torch.bfloat16)
-    swap_linears_to_fp8(module, amax, config or Fp8LinearConfig(), device=dev)
+    config = config or Fp8LinearConfig(keep_bf16=tuple(source.family.load("fp8_keep_bf16")))
+    swap_linears_to_fp8(module, amax, config, device=dev)
     return module.to(dev).eval()

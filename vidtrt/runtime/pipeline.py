@@ -74,14 +74,11 @@ def select_kernels(device: str | torch.device, attention: str | None = None) -> 
 
 
 def check_family_choices(source: ModelSource, precision: str | None = None, sp_degree: int = 1) -> None:
-    """What only HunyuanVideo's DiT has so far: FP8 (``precision`` fp8, quantization) and sequence
-    parallelism (``sp_degree`` > 1). ConfigError (one line) for another family, before any weight loads."""
+    """What only HunyuanVideo's DiT has so far: sequence parallelism (``sp_degree`` > 1; FP8 runs every
+    family). ConfigError (one line) for another family, before any weight loads."""
     name = source.family.name
     if name == "hunyuan_video":
         return
-    if precision == "fp8":
-        raise ConfigError(f"precision fp8 runs HunyuanVideo's DiT only, so far (not {name}); accepted here: "
-                          "auto, fp32, bf16, fp16")
     if sp_degree != 1:
         raise ConfigError(f"sequence parallelism runs HunyuanVideo's DiT only, so far (not {name}); accepted "
                           "here: 1 process")
@@ -180,7 +177,7 @@ def torch_denoiser(source: ModelSource, device="cpu", dtype=torch.float32, atten
             raise ConfigError(f"precision fp8 runs in one process; sequence parallelism (degree {sp_degree}) "
                               "accepts fp32, bf16 or fp16")
         kernels = check_run_choices(device, attention, source.config.transformer.attention_head_dim, "fp8")
-        return TorchDenoiser(load_fp8_transformer(source, device, fp8_amax), device, kernels)
+        return source.family.load("torch_denoiser")(load_fp8_transformer(source, device, fp8_amax), device, kernels)
     kernels = select_kernels(device, attention)
     if sp_degree != 1:
         if "sta" in kernels.attention.split("-"):
