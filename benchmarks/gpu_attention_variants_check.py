@@ -127,6 +127,19 @@ def _time_ms(fn, device: str, reps: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def _sdpa(qt, kt, vt, device: str):
+    """(name, fn) of the reference: cuDNN SDPA on a GPU (the fastest on an H200), the math backend on CPU."""
+    if device != "cuda":
+        return "sdpa-math", lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def fn():
+        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+            return torch.nn.functional.scaled_dot_product_attention(qt, kt, vt)
+
+    return "sdpa-cudnn", fn
+
+
 def timing(names, device: str, smoke: bool, runner: PhaseRunner, seqs=SEQS) -> dict:
     """{"rows": [...], "skipped": [...]}: one row per (S, method)."""
     h, d = (2, 64) if smoke else (24, 128)
@@ -140,20 +153,11 @@ def timing(names, device: str, smoke: bool, runner: PhaseRunner, seqs=SEQS) -> d
         inputs[s] = (q, k, v, quantize_qkv_fp8(q, k, v))
         flops = 4.0 * h * s * s * d
         qt, kt, vt = (x.transpose(1, 2).contiguous() for x in (q, k, v))
-        name, fn = "sdpa-math", lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt)
-        if device == "cuda":
-            from torch.nn.attention import SDPBackend, sdpa_kernel
-
-            name = "sdpa-cudnn"
-
-            def fn():
-                with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
-                    return torch.nn.functional.scaled_dot_product_attention(qt, kt, vt)
+        name, fn = _sdpa(qt, kt, vt, device)
         fn()
         ms = _time_ms(fn, device, 3 if s > 100_000 else 5)
         res["rows"].append({"seq": s, "method": name, "ms": round(ms, 3), "tflops": round(flops / ms / 1e9, 1)})
         log(f"  S={s:>7} {name:<28} {ms:9.3f} ms {flops / ms / 1e9:7.1f} TFLOP/s")
-        del qt, kt, vt
     for name in names:
         if not smoke and runner.left() < MIN_START_S:
             res["skipped"].append(name)
@@ -164,7 +168,7 @@ def timing(names, device: str, smoke: bool, runner: PhaseRunner, seqs=SEQS) -> d
             flops = 4.0 * h * s * s * d
             kw = {"quantized": ops} if var.fp8 else {}
             try:
-                def fn(q=q, k=k, v=v, kw=kw):
+                def fn(q=q, k=k, v=v, kw=kw, name=name):
                     return flash_attention_variant(q, k, v, variant=name, **kw, **blocks)
 
                 t0 = time.perf_counter()
@@ -221,7 +225,7 @@ def to_markdown(report: dict) -> str:
                   "| variant | ok | rel err vs exact | cos vs fp32 | rel err vs emulation (limit) | error |",
                   "|---|---|---|---|---|---|"]  # fmt: skip
         for r in report["correctness"]:
-            f = lambda k: f"{r[k]:.4g}" if isinstance(r.get(k), float) else ""  # noqa: E731
+            f = lambda k, r=r: f"{r[k]:.4g}" if isinstance(r.get(k), float) else ""  # noqa: E731
             lim = f" ({r['limit']:g})" if "rel_err_vs_emulation" in r else ""
             lines.append(f"| {r['variant']} | {'yes' if r['ok'] else 'NO'} | {f('rel_err_vs_exact')} | "
                          f"{f('cos_vs_fp32')} | {f('rel_err_vs_emulation')}{lim} | {r.get('error', '')} |")  # fmt: skip

@@ -165,7 +165,8 @@ def loop_stats(body: list[str]) -> dict:
             "waits >0": waits - waits0, "ex2": ops.count("MUFU.EX2"), "ex2 ovl": ovl, "ffma": ops.count("FFMA"),
             "tma": sum(1 for o in ops if o.startswith("UTMALDG")),
             "cp16": sum(1 for o in ops if o.startswith("LDGSTS.E.BYPASS.128")),
-            "bar": sum(1 for o in ops if o.startswith("BAR.SYNC")), "mbar": sum(1 for o in ops if o.startswith("SYNCS")),
+            "bar": sum(1 for o in ops if o.startswith("BAR.SYNC")),
+            "mbar": sum(1 for o in ops if o.startswith("SYNCS")),
             "loop instrs": len(body)}  # fmt: skip
 
 
@@ -187,7 +188,8 @@ def to_markdown(rows: list[dict], command: str, triton_version: str) -> str:
     lines = [f"# sm_90a SASS of the dense attention variants (Triton {triton_version}, head dim 128, no GPU)", "",
              f"date: {time.strftime('%Y-%m-%d')}  ", f"command: `{command}`", "",
              "Loop columns count the hot loop (the unmasked key-block loop); see the script's docstring.", "",
-             "| variant | " + " | ".join(COLUMNS) + " | loop instrs |", "|---|" + "---|" * (len(COLUMNS) + 1)]  # fmt: skip
+             "| variant | " + " | ".join(COLUMNS) + " | loop instrs |",
+             "|---|" + "---|" * (len(COLUMNS) + 1)]  # fmt: skip
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['variant']} | error: {r['error']} |")

@@ -33,17 +33,27 @@ BF16_CASES = [
     (3, 37, 52, [52, 32, 0]),
     (1, 45, 45, None),
 ]
+# The distinct code paths (in the interpreter blocks are 32 x 16 at most, so the 128 / 256-row
+# variants run the code of the 128-row ones): each switch alone, all three together, the wrapper of
+# the production kernel.
+BF16_PATHS = ["bf16-base-tma", "bf16-pipe-tma", "bf16-poly-tma", "bf16-persist-tma", "bf16-persist-pipe-poly-tma"]
+FP8_PATHS = ["fp8-base-tma", "fp8-poly-tma", "fp8-pipe-tma", "fp8-accmma-tma", "fp8-persist-poly-tma"]
+ALL_SWITCHES = "bf16-persist-pipe-poly-tma"
 
 
-@pytest.mark.parametrize("name", variant_names(fp8=False))
-@pytest.mark.parametrize("case", BF16_CASES, ids=lambda c: f"B{c[0]}-S{c[1]}x{c[2]}-kl{c[3]}")
+@pytest.mark.parametrize(
+    "name, case",
+    [(n, BF16_CASES[0]) for n in BF16_PATHS] + [(ALL_SWITCHES, c) for c in BF16_CASES[1:]],
+    ids=lambda x: x if isinstance(x, str) else f"B{x[0]}-S{x[1]}x{x[2]}-kl{x[3]}",
+)
 def test_bf16_variants_fp32_vs_float64(name, case, device):
     """fp32 inputs (exact products): the variant computes attention to 1e-5 (the FMA-pipe exp2 of the
     poly variants: 2e-4, its cubic's relative error is < 1e-4)."""
     b, s_q, s_k, kl = case
-    q, k, v = _qkv(b, s_q, s_k, 2, 64, torch.float32, device)
+    q, k, v = _qkv(b, s_q, s_k, 1, 64, torch.float32, device)
     key_lengths = None if kl is None else torch.tensor(kl, device=device)
-    # 16-key blocks: several full blocks, the pipelined prologue / recompute path and the masked tail
+    # 16-key blocks: several full blocks, the pipelined prologue / recompute path and the masked tail;
+    # 2 persistent programs for 6-9 tiles
     out = flash_attention_variant(q, k, v, key_lengths, variant=name, block_m=32, block_n=16, num_programs=2)
     ref = attention_reference(q, k, v, key_lengths)
     assert out.shape == q.shape and out.dtype == torch.float32
@@ -52,7 +62,21 @@ def test_bf16_variants_fp32_vs_float64(name, case, device):
         assert bool((out[kl.index(0)] == 0).all())  # key length 0 -> zeros
 
 
-@pytest.mark.parametrize("name", [n for n in variant_names(fp8=False) if VARIANTS[n].kernel == "variant"])
+def test_every_variant_runs_and_agrees(device):
+    """All variants, 128 / 256-row ones included, on one small case (BF16 exact, FP8 cosine)."""
+    q, k, v = _qkv(1, 40, 40, 1, 64, torch.float32, device, seed=4)
+    kl = torch.tensor([29], device=device)
+    ref = attention_reference(q, k, v, kl)
+    ops = quantize_qkv_fp8(q, k, v, 32)
+    for name, var in VARIANTS.items():
+        out = flash_attention_variant(q, k, v, kl, variant=name, quantized=ops if var.fp8 else None, block_n=16)
+        if var.fp8:
+            assert cosine_similarity(out, ref) >= 0.995, name
+        else:
+            assert _rel(out, ref) <= 2e-4, name
+
+
+@pytest.mark.parametrize("name", [ALL_SWITCHES])
 def test_bf16_variants_half_precision(name, device):
     q, k, v = _qkv(2, 40, 40, 2, 64, torch.bfloat16, device, seed=1)
     kl = torch.tensor([40, 23], device=device)
@@ -61,14 +85,14 @@ def test_bf16_variants_half_precision(name, device):
     assert _rel(out, attention_reference(q, k, v, kl)) <= 1.5e-2
 
 
-@pytest.mark.parametrize("name", variant_names(fp8=True))
+@pytest.mark.parametrize("name", FP8_PATHS)
 def test_fp8_variants_vs_emulation(name, device):
     """The FP8 variants compute the production FP8 algorithm: against its block emulation to 1e-5 in the
     interpreter (fp32 accumulation order); FMA-pipe exp2 moves a few P values across an e4m3 rounding
     boundary (bound 2e-2); cosine vs the fp32 reference >= 0.995 for all."""
     v_ = VARIANTS[name]
-    q, k, v = _qkv(2, 70, 70, 2, 64, torch.float32, device, seed=2, k_bias=3.0)
-    kl = torch.tensor([70, 37], device=device)
+    q, k, v = _qkv(2, 45, 45, 1, 64, torch.float32, device, seed=2, k_bias=3.0)
+    kl = torch.tensor([45, 21], device=device)
     ops = quantize_qkv_fp8(q, k, v, 32)
     out = flash_attention_variant(q, k, v, kl, variant=name, quantized=ops, block_m=32, block_n=16, num_programs=2)
     assert out.dtype == torch.float32 and out.shape == q.shape
@@ -120,3 +144,8 @@ def test_custom_variant_object(device):
     custom = Variant("mine", fp8=False, kernel="variant", persistent=True, pipeline=True)
     out = flash_attention_variant(q, k, v, variant=custom, block_m=16, block_n=16, num_programs=1)
     assert _rel(out, attention_reference(q, k, v)) <= 1e-5
+
+
+def test_variant_names():
+    assert variant_names(fp8=True) + variant_names(fp8=False) == sorted(VARIANTS, key=lambda n: not VARIANTS[n].fp8)
+    assert set(BF16_PATHS) <= set(variant_names(fp8=False)) and set(FP8_PATHS) <= set(variant_names(fp8=True))

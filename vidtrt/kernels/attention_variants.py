@@ -527,8 +527,9 @@ def flash_attention_variant(
         if not v_.fp8:
             return flash_attention(q, k, v, key_lengths, **cfg)
         ops = quantized or quantize_qkv_fp8(q, k, v)
-        return flash_attention_fp8(ops.q8, ops.k8, ops.v8, key_lengths, q_scale=ops.q_scale, k_scale=ops.k_scale,
-                                   v_scale=ops.v_scale, quant_block=ops.quant_block, out_dtype=q.dtype, **cfg)  # fmt: skip
+        return flash_attention_fp8(ops.q8, ops.k8, ops.v8, key_lengths, q_scale=ops.q_scale,
+                                   k_scale=ops.k_scale, v_scale=ops.v_scale, quant_block=ops.quant_block,
+                                   out_dtype=q.dtype, **cfg)  # fmt: skip
     if v_.fp8:
         return _run_fp8(v_, q, k, v, key_lengths, quantized, sm_scale, bm, bn, num_programs, on_gpu)
     return _run_bf16(v_, q, k, v, key_lengths, sm_scale, bm, bn, num_programs, on_gpu)
