@@ -13,6 +13,7 @@ shared memory, and in the hot loop (the backward branch with the most warpgroup 
   ffma        FFMA in the loop (the FMA-pipe exp2 adds ~4 per element it takes over)
   tma / cp16  UTMALDG bulk tensor copies / LDGSTS.E.BYPASS.128 16-byte async copies
   bar / mbar  BAR.SYNC CTA barriers / SYNCS mbarrier instructions
+  serial      ptxas's advisory that it serialized the wgmma (waits after each: registers ran out)
   setmaxnreg  USETMAXREG anywhere in the kernel (warp specialization with register reallocation)
 
 Static facts, not timings: ``benchmarks/gpu_attention_variants_check.py`` measures on a GPU.
@@ -37,8 +38,8 @@ os.environ.pop("TRITON_INTERPRET", None)  # compiling needs triton's real front 
 
 from _bootstrap import bootstrap  # noqa: E402
 
-COLUMNS = ("regs", "spill B", "smem B", "wgmma", "waits 0", "waits >0", "ex2", "ex2 ovl", "ffma", "tma", "cp16",
-           "bar", "mbar", "setmaxnreg")  # fmt: skip
+COLUMNS = ("regs", "spill B", "smem B", "serial", "wgmma", "waits 0", "waits >0", "ex2", "ex2 ovl", "ffma", "tma",
+           "cp16", "bar", "mbar", "setmaxnreg")  # fmt: skip
 _LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?);")
 
 
@@ -179,6 +180,7 @@ def analyse(v, d: int = 128) -> dict:
     row = {"variant": v.name, "regs": int(regs.group(1)) if regs else None,
            "spill B": int(spills.group(1)) + int(spills.group(2)) if spills else None, "smem B": int(md.shared),
            "setmaxnreg": sum(1 for _, t in instrs if _op(t).startswith("USETMAXREG")),
+           "serial": "yes" if re.search(r"wgmma.*serializ", log, re.I | re.S) else "no",
            "kernel instrs": len(instrs)}  # fmt: skip
     row.update(loop_stats(hot_loop(instrs)))
     return row
