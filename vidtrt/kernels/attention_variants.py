@@ -263,7 +263,7 @@ def _bf16_tile(Q, K, V, Out, b, h, pid_m, kl, seq_q, stride_qb, stride_qs, strid
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=m_ok[:, None])
 
 
-@triton.jit(do_not_specialize=["seq_q", "seq_k"])
+@triton.jit(do_not_specialize=["seq_q", "seq_k", "num_heads", "num_bh"])
 def _attn_variant_kernel(
     Q, K, V, KEY_LENS,
     seq_q, seq_k, num_heads, num_bh,
@@ -423,7 +423,7 @@ def _fp8_tile(Q, K, V, Q_SCALE, K_SCALE, V_SCALE, Out, b, h, pid_m, kl, seq_q,
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=m_ok[:, None])
 
 
-@triton.jit(do_not_specialize=["seq_q", "seq_k"])
+@triton.jit(do_not_specialize=["seq_q", "seq_k", "num_heads", "num_bh"])
 def _attn_fp8_variant_kernel(
     Q, K, V, Q_SCALE, K_SCALE, V_SCALE, KEY_LENS,
     seq_q, seq_k, num_heads, num_bh,
