@@ -21,11 +21,11 @@ from pathlib import Path
 class PhaseRunner:
     def __init__(self, report: dict, json_path: Path, md_path: Path, to_markdown: Callable[[dict], str],
                  budget_s: float, log: Callable[[str], None] = print, before_save: Callable[[dict], None] | None = None,
-                 after_phase: Callable[[], None] | None = None):  # fmt: skip
+                 after_phase: Callable[[], None] | None = None, t_start: float | None = None):  # fmt: skip
         self.report, self.json_path, self.md_path = report, Path(json_path), Path(md_path)
         self.to_markdown, self.budget_s, self.log = to_markdown, budget_s, log
         self.before_save, self.after_phase = before_save, after_phase
-        self.t_start = time.perf_counter()
+        self.t_start = time.perf_counter() if t_start is None else t_start  # the budget counts from here
         report.setdefault("errors", {})
 
     def elapsed(self) -> float:

@@ -379,9 +379,8 @@ def main(argv=None) -> int:
     name = f"{time.strftime('%Y-%m-%d')}-{_slug(env.get('gpu', 'cpu-smoke'))}-fp8-gemm"
     json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
 
-    runner = PhaseRunner(report, json_path, md_path, to_markdown, a.budget_s, log,
+    runner = PhaseRunner(report, json_path, md_path, to_markdown, a.budget_s, log, t_start=t_start,
                          after_phase=torch.cuda.empty_cache if device == "cuda" else None)  # fmt: skip
-    runner.t_start = t_start
     left, save, phase = runner.left, runner.save, runner.phase
 
     smoke = a.smoke

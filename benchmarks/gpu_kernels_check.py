@@ -542,8 +542,7 @@ def main(argv=None) -> int:
     name = f"{time.strftime('%Y-%m-%d')}-{_slug(env.get('gpu', 'cpu-smoke'))}"
     json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
 
-    runner = PhaseRunner(report, json_path, md_path, to_markdown, a.budget_s, log)
-    runner.t_start = t_start
+    runner = PhaseRunner(report, json_path, md_path, to_markdown, a.budget_s, log, t_start=t_start)
     left, save, phase = runner.left, runner.save, runner.phase
 
     smoke = a.smoke

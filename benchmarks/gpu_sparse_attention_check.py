@@ -292,8 +292,8 @@ def main(argv=None) -> int:
     def before_save(rep: dict) -> None:
         rep["summary"] = summary(rep)
 
-    runner = PhaseRunner(report, json_path, md_path, to_markdown, a.budget_s, log, before_save=before_save)
-    runner.t_start = t_start
+    runner = PhaseRunner(report, json_path, md_path, to_markdown, a.budget_s, log, before_save=before_save,
+                         t_start=t_start)
     save, phase = runner.save, runner.phase
 
     phase("correctness", lambda: correctness(device, smoke))
