@@ -16,6 +16,9 @@ shared memory, and in the hot loop (the backward branch with the most warpgroup 
   serial      ptxas's advisory that it serialized the wgmma (waits after each: registers ran out)
   setmaxnreg  USETMAXREG anywhere in the kernel (warp specialization with register reallocation)
 
+Last, a probe: a minimal Gluon ``warp_specialize`` kernel (Triton >= 3.6), to show whether that route
+gives setmaxnreg on sm_90a.
+
 Static facts, not timings: ``benchmarks/gpu_attention_variants_check.py`` measures on a GPU.
 
     python benchmarks/sass_attention_variants.py [--out benchmarks/results/<date>-sm90a-sass-attention-variants.md]
@@ -186,7 +189,43 @@ def analyse(v, d: int = 128) -> dict:
     return row
 
 
-def to_markdown(rows: list[dict], command: str, triton_version: str) -> str:
+def gluon_setmaxnreg_probe() -> str:
+    """Whether Gluon's ``warp_specialize`` (a 4-warp default partition, a 1-warp worker given 24 registers)
+    compiles to setmaxnreg on sm_90a with this Triton: the register reallocation FA3's producer /
+    consumer warpgroups rely on, which plain Triton's kernels above never get."""
+    try:
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.experimental import gluon
+        from triton.experimental.gluon import language as gl
+        from triton.experimental.gluon._runtime import GluonASTSource
+
+        @gluon.jit
+        def _default(ptr, N: gl.constexpr):
+            offs = gl.arange(0, N, layout=gl.BlockedLayout([1], [32], [4], [0]))
+            gl.store(ptr + offs, offs.to(gl.float32) * 2.0)
+
+        @gluon.jit
+        def _worker(ptr, N: gl.constexpr):
+            offs = gl.arange(0, N, layout=gl.BlockedLayout([1], [32], [1], [0]))
+            gl.store(ptr + N + offs, offs.to(gl.float32))
+
+        @gluon.jit
+        def _probe(ptr, N: gl.constexpr):
+            gl.warp_specialize([(_default, (ptr, N)), (_worker, (ptr, N))], [1], [24])
+
+        c = triton.compile(GluonASTSource(_probe, {"ptr": "*fp32", "N": "constexpr"}, {"N": 128}),
+                           target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})  # fmt: skip
+        _, sass = ptxas_sass(c.asm["ptx"])
+        ops = [_op(t) for _, t in parse_sass(sass)]
+        n = sum(1 for o in ops if o.startswith("USETMAXREG"))
+        kinds = sorted({o for o in ops if o.startswith("USETMAXREG")})
+        return f"Gluon warp_specialize probe: {n} USETMAXREG in the sm_90a SASS ({', '.join(kinds) or 'none'})"
+    except Exception as e:  # noqa: BLE001 - another Triton's Gluon API: say so
+        return f"Gluon warp_specialize probe failed: {str(e).strip().splitlines()[-1][:160] if str(e).strip() else e!r}"
+
+
+def to_markdown(rows: list[dict], command: str, triton_version: str, probe: str = "") -> str:
     lines = [f"# sm_90a SASS of the dense attention variants (Triton {triton_version}, head dim 128, no GPU)", "",
              f"date: {time.strftime('%Y-%m-%d')}  ", f"command: `{command}`", "",
              "Loop columns count the hot loop (the unmasked key-block loop); see the script's docstring.", "",
@@ -198,6 +237,8 @@ def to_markdown(rows: list[dict], command: str, triton_version: str) -> str:
         else:
             lines.append(f"| {r['variant']} | " + " | ".join(str(r.get(c, "")) for c in COLUMNS)
                          + f" | {r.get('loop instrs', '')} |")  # fmt: skip
+    if probe:
+        lines += ["", probe + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -221,7 +262,9 @@ def main(argv=None) -> int:
         rows.append(row)
         print(" ".join(f"{k}={v}" for k, v in row.items()) + f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
     cmd = "python benchmarks/sass_attention_variants.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    md = to_markdown(rows, cmd.strip(), triton.__version__)
+    probe = gluon_setmaxnreg_probe()
+    print(probe)
+    md = to_markdown(rows, cmd.strip(), triton.__version__, probe)
     print(md)
     if a.out:
         Path(a.out).write_text(md)
