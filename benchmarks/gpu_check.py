@@ -10,6 +10,7 @@ table of what ran, what failed and what the budget skipped. Order and shares (se
 
     fp8_gemm          FP8 GEMMs + FP8 attention DiT step at 720p vs bf16 SDPA (issue: FP8)
     sparse_attention  sliding-tile attention vs dense at S = 119,056, DiT step 720p (issue: attention)
+    attention_variants  dense kernel variants vs cuDNN at S = 67,576 / 119,056, names the winner (issue 13.2)
     step_cache        544p step loop with / without EasyCache (issue: caching)
     cogvideox         CogVideoX-5B DiT step 720x480x49 with CFG per backend (issue: CogVideoX)
     kernels           the kernel suite of 2026-11-30 (--quick), only when budget is left
@@ -32,6 +33,7 @@ HERE = Path(__file__).resolve().parent
 CHECKS = (
     ("fp8_gemm", "gpu_fp8_gemm_check.py", 140.0, []),
     ("sparse_attention", "gpu_sparse_attention_check.py", 130.0, []),
+    ("attention_variants", "gpu_attention_variants_check.py", 170.0, []),
     ("step_cache", "gpu_step_cache_check.py", 80.0, ["--thresholds", "0.1"]),
     ("cogvideox", "gpu_cogvideox_check.py", 60.0, []),
     ("kernels", "gpu_kernels_check.py", 60.0, ["--quick", "--no-pytest"]),

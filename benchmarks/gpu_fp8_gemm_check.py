@@ -27,14 +27,11 @@ and .md (copies in $OUT when set).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
 if "--smoke" in sys.argv:
@@ -47,6 +44,7 @@ sys.path.insert(0, str(HERE))
 
 import bench_dit_step  # noqa: E402
 from _bootstrap import bootstrap  # noqa: E402
+from _phases import PhaseRunner  # noqa: E402
 
 bootstrap()
 
@@ -381,31 +379,9 @@ def main(argv=None) -> int:
     name = f"{time.strftime('%Y-%m-%d')}-{_slug(env.get('gpu', 'cpu-smoke'))}-fp8-gemm"
     json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
 
-    def left() -> float:
-        return a.budget_s - (time.perf_counter() - t_start)
-
-    def save() -> None:
-        report["elapsed_s"] = round(time.perf_counter() - t_start, 1)
-        json_path.write_text(json.dumps(report, indent=1, default=str))
-        md_path.write_text(to_markdown(report))
-        if os.environ.get("OUT"):
-            for pth in (json_path, md_path):
-                shutil.copy(pth, Path(os.environ["OUT"]) / pth.name)
-
-    def phase(key: str, fn, need_s: float = 0.0):
-        if left() < need_s:
-            report["errors"][key] = f"skipped: {left():.0f} s left of the budget"
-            log(f"== {key}: skipped (budget)")
-            return
-        log(f"== {key}")
-        try:
-            report[key] = fn()
-        except Exception:  # noqa: BLE001 - record and go on with the other phases
-            report["errors"][key] = traceback.format_exc()
-            log(report["errors"][key])
-        save()
-        if device == "cuda":
-            torch.cuda.empty_cache()
+    runner = PhaseRunner(report, json_path, md_path, to_markdown, a.budget_s, log, t_start=t_start,
+                         after_phase=torch.cuda.empty_cache if device == "cuda" else None)  # fmt: skip
+    left, save, phase = runner.left, runner.save, runner.phase
 
     smoke = a.smoke
     phase("quantizer", lambda: quantizer(device, smoke))

@@ -188,18 +188,22 @@ def _exponent(x: torch.Tensor) -> torch.Tensor:
     return torch.floor(torch.log2(torch.where(ax > 0, ax, torch.ones_like(ax))))
 
 
-def sm90_fp8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def sm90_fp8_matmul(a: torch.Tensor, b: torch.Tensor, acc: torch.Tensor | None = None) -> torch.Tensor:
     """a @ b as Hopper's FP8 WGMMA computes it within one ``tl.dot`` (model above; float64 internally).
 
     a: [..., M, K], b: [..., K, N], both holding fp8 (e4m3) values in any float dtype (products of two
     e4m3 values are exact in float64). Returns float32 [..., M, N]. Per k-step of
     ``SM90_FP8_K_STEP``: the products and the accumulator are truncated to the grid
     2**(e - SM90_FP8_ACC_BITS), e the exponent of the largest of them, summed exactly, and the sum is
-    truncated to SM90_FP8_ACC_BITS mantissa bits.
+    truncated to SM90_FP8_ACC_BITS mantissa bits. ``acc`` [..., M, N]: the accumulator the product adds
+    to (a wgmma with its C operand), default zeros.
     """
     a64, b64 = a.double(), b.double()
     k = a64.shape[-1]
-    acc = torch.zeros(*a64.shape[:-1], b64.shape[-1], dtype=torch.float64, device=a.device)
+    if acc is None:
+        acc = torch.zeros(*a64.shape[:-1], b64.shape[-1], dtype=torch.float64, device=a.device)
+    else:
+        acc = acc.double()
     for start in range(0, k, SM90_FP8_K_STEP):
         stop = min(start + SM90_FP8_K_STEP, k)
         prods = a64[..., :, start:stop, None] * b64[..., None, start:stop, :]  # [..., M, k, N]
@@ -222,6 +226,7 @@ def attention_fp8_emulation(
     block_n: int = 64,
     quant_block: int = 128,
     fp8_mma: str = "fp32",
+    one_level: bool = False,
 ) -> torch.Tensor:
     """Torch emulation of the FP8 kernel's algorithm, block by block (float32 math).
 
@@ -234,6 +239,8 @@ def attention_fp8_emulation(
     accumulation-order noise. "sm90": Hopper's FP22 accumulation within each product
     (:func:`sm90_fp8_matmul`), fp32 across key blocks: the kernel on an H100/H200. The two differ by
     ~1e-2 of max |O| at S = 1000 (0.0131 measured on an H200 between the kernel and "fp32").
+    one_level: P8 V8 accumulates into the running accumulator inside the product (the ACC_IN_MMA
+    variants of ``attention_variants``), so with "sm90" the whole sum goes through the FP22 accumulator.
     """
     if fp8_mma not in FP8_MMA_MODELS:
         raise ValueError(f"fp8_mma={fp8_mma!r}: accepted {FP8_MMA_MODELS}")
@@ -263,7 +270,10 @@ def attention_fp8_emulation(
             alpha = torch.exp2(m - m_new)
             l_sum = l_sum * alpha + p.sum(dim=-1)
             p8 = (p * FP8_MAX).to(FP8_DTYPE).float()
-            acc = acc * alpha[..., None] + matmul(p8, vf[b, :, start:stop])
+            if one_level and fp8_mma == "sm90":
+                acc = sm90_fp8_matmul(p8, vf[b, :, start:stop], acc * alpha[..., None])
+            else:
+                acc = acc * alpha[..., None] + matmul(p8, vf[b, :, start:stop])
             m = m_new
         l_safe = torch.where(l_sum == 0, torch.ones_like(l_sum), l_sum)
         out[b] = acc / (l_safe[..., None] * FP8_MAX) * vs[b][:, None, :]
