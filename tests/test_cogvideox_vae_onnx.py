@@ -16,7 +16,12 @@ import pytest
 import torch
 
 from vidtrt.config.cogvideox_config import CogVideoXVAEConfig
-from vidtrt.config.cogvideox_specs import conv_cache_layout, frame_batches, vae_decoder_batch_spec, vae_decoder_tile_spec
+from vidtrt.config.cogvideox_specs import (
+    conv_cache_layout,
+    frame_batches,
+    vae_decoder_batch_spec,
+    vae_decoder_tile_spec,
+)
 from vidtrt.models.cogvideox_vae import CogVideoXVAEDecoder, CogVideoXVAEFrameBatch
 from vidtrt.source.model_source import ModelSource
 
@@ -38,7 +43,8 @@ def test_frame_batches_are_diffusers():
         frame_batches(0)
 
 
-@pytest.mark.parametrize("vae, count", [(CogVideoXVAEConfig(), 38), (ModelSource.open("tiny-cogvideox").config.vae, 22)])
+@pytest.mark.parametrize("vae, count", [(CogVideoXVAEConfig(), 38),
+                                        (ModelSource.open("tiny-cogvideox").config.vae, 22)])
 def test_conv_cache_layout_is_the_modules(vae, count):
     with torch.device("meta"):
         decoder = CogVideoXVAEDecoder(vae)

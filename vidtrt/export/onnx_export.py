@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import inspect
 import io
 import json
 import logging
@@ -257,11 +258,16 @@ def trace_onnx(module: torch.nn.Module, spec: ComponentSpec, opset: int = DEFAUL
     device = "meta" if weights is not None else "cpu"
     args = tuple(torch.from_numpy(feeds[n]).to(device) for n in spec.input_names)
     module = module.eval()
+    shapes = torch_dynamic_shapes(spec)
+    params = inspect.signature(module.forward).parameters.values()
+    if any(p.kind == p.VAR_POSITIONAL for p in params):  # forward(a, b, *rest): torch.export wants (a, b, (rest...))
+        n = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+        shapes = (*shapes[:n], shapes[n:])
     try:
         with torch.no_grad(), _quiet_export():
             program = torch.onnx.export(
                 module, args, input_names=spec.input_names, output_names=spec.output_names, dynamo=True,
-                dynamic_shapes=torch_dynamic_shapes(spec), opset_version=opset, optimize=False, verbose=False,
+                dynamic_shapes=shapes, opset_version=opset, optimize=False, verbose=False,
                 custom_translation_table=custom_translation_table,
             )
     except Exception as e:  # the exporter raises many types; one line, the cause chained for debugging
@@ -402,7 +408,8 @@ def export_components(model: str | Path | ModelSource = "tiny", out: str | Path 
     names = list(components or accepted)
     unknown = [n for n in names if n not in accepted]
     if unknown:
-        raise ExportError(f"unknown component {unknown[0]!r} of a {source.family.name} model; accepted: {list(accepted)}")
+        raise ExportError(f"unknown component {unknown[0]!r} of a {source.family.name} model; "
+                          f"accepted: {list(accepted)}")
     if quantized is not None and source.family.name != "hunyuan_video":
         raise ExportError(f"--quantized: FP8 export is HunyuanVideo's DiT only, so far (not {source.family.name})")
     out = Path(out)

@@ -50,7 +50,8 @@ class ConvCache:
 
     def head(self, key: int, x: torch.Tensor, frames: int) -> torch.Tensor:
         """The ``frames`` frames to put before ``x`` [B, C, T, H, W] in time."""
-        replicate = x[:, :, :1].expand(-1, -1, frames, -1, -1)
+        first_frame = x.index_select(2, torch.zeros(1, dtype=torch.long, device=x.device))  # a gather, as resize_space
+        replicate = first_frame.expand(-1, -1, frames, -1, -1)
         prev = self.stored.get(key)
         if prev is None:
             return replicate
@@ -64,10 +65,23 @@ class ConvCache:
 
 def double_time(x: torch.Tensor) -> torch.Tensor:
     """Nearest 2x in time as diffusers' decoder does it: [B, C, T, ...] -> [B, C, 2 T - T % 2, ...]; an odd
-    count keeps its first frame single (x0, x1, x1, x2, x2), an even one doubles all (x0, x0, x1, x1)."""
-    b, c, t = x.shape[:3]
-    doubled = x.unsqueeze(3).expand(b, c, t, 2, *x.shape[3:]).reshape(b, c, 2 * t, *x.shape[3:])
-    return doubled[:, :, t % 2:]
+    count keeps its first frame single (x0, x1, x1, x2, x2), an even one doubles all (x0, x0, x1, x1).
+
+    A gather, no view: the frame count after it is a function of T's parity, and views of such a dim make
+    ``torch.export`` specialise the count (their strides differ when it is 1)."""
+    t = x.shape[2]
+    index = torch.div(torch.arange(2 * t - t % 2, device=x.device) + t % 2, 2, rounding_mode="floor")
+    return x.index_select(2, index)
+
+
+def resize_space(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Nearest resize of [B, C, T, h, w] to [B, C, T, height, width] (``F.interpolate``'s "nearest" for the
+    integer ratios of the decoder: source index floor(i h / height)), as two gathers: its decomposition
+    guards on the frame count being 1, which ``torch.export`` would bake in."""
+    h, w = x.shape[-2:]
+    rows = torch.div(torch.arange(height, device=x.device) * h, height, rounding_mode="floor")
+    cols = torch.div(torch.arange(width, device=x.device) * w, width, rounding_mode="floor")
+    return x.index_select(3, rows).index_select(4, cols)
 
 
 class CausalConv3d(nn.Module):
@@ -99,7 +113,7 @@ class SpatialNorm3D(nn.Module):
     def forward(self, f: torch.Tensor, zq: torch.Tensor, cache: ConvCache) -> torch.Tensor:
         """``zq``: the latents already at ``f``'s frame count (:func:`double_time` per temporal level, which is
         diffusers' nearest resize in time, first frame apart); resized here in space only."""
-        zq = F.interpolate(zq, size=(zq.shape[2], *f.shape[-2:]))
+        zq = resize_space(zq, *f.shape[-2:])
         return self.norm_layer(f) * self.conv_y(zq, cache) + self.conv_b(zq, cache)
 
 
@@ -123,7 +137,9 @@ class ResnetBlock3D(nn.Module):
 
 
 class Upsample3D(nn.Module):
-    """Nearest 2x in space (and in time after the first frame when ``compress_time``), then a 3x3 Conv2d."""
+    """Nearest 2x in space (and in time after the first frame when ``compress_time``), then a 3x3 Conv2d on
+    every frame. The per-frame work runs before the time doubling (it commutes with repeating frames: the
+    same frames, fewer convs), as a (1, 3, 3) Conv3d of the Conv2d's weight (no frames-into-batch view)."""
 
     def __init__(self, channels: int, compress_time: bool):
         super().__init__()
@@ -131,12 +147,9 @@ class Upsample3D(nn.Module):
         self.compress_time = compress_time
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.compress_time:
-            x = double_time(x)
-        b, c, t, h, w = x.shape
-        x = F.interpolate(x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w), scale_factor=2.0)
-        x = self.conv(x)
-        return x.reshape(b, t, *x.shape[1:]).permute(0, 2, 1, 3, 4)
+        x = resize_space(x, 2 * x.shape[3], 2 * x.shape[4])
+        x = F.conv3d(x, self.conv.weight.unsqueeze(2), self.conv.bias, padding=(0, 1, 1))
+        return double_time(x) if self.compress_time else x
 
 
 class MidBlock3D(nn.Module):
