@@ -1,4 +1,4 @@
-"""The CogVideoX 3D causal VAE decoder, numerically equal to diffusers' ``AutoencoderKLCogVideoX`` decode.
+"""The CogVideoX 3D causal VAE decoder, equal to diffusers' ``AutoencoderKLCogVideoX`` decode (fp32 rounding).
 
 Parameter names are diffusers' (``decoder.*``; the encoder's ``encoder.*`` keys of a checkpoint are
 ignored), so a diffusers ``vae/`` folder loads as it is.
@@ -17,9 +17,11 @@ planner (:mod:`vidtrt.config.tiling`, spatial tiles only) and the ``decode_tile`
 
 One frame batch (:meth:`Decoder3D.forward`) has no Python branch on its frame count: diffusers' odd-count
 handling (the first frame is neither doubled in time nor mixed with the others by the nearest resizes) is
-"repeat every frame twice in time, then drop the first copy when the count is odd", a slice whose start is
-``t % 2``. So :class:`CogVideoXVAEFrameBatch` exports as one ONNX graph, dynamic in the frame count and the
-tile size, with the conv caches as explicit inputs and outputs (:mod:`vidtrt.export.cogvideox_export`).
+"repeat every frame twice in time, then drop the first copy when the count is odd" (:func:`double_time`, a
+gather of frames (i + t % 2) // 2), and no tensor with such a parity-sized frame dim is viewed (resizes and
+padding are gathers; the upsampler's per-frame Conv2d runs as a (1, 3, 3) Conv3d: 4e-7 from diffusers
+instead of 0). So :class:`CogVideoXVAEFrameBatch` exports as one ONNX graph, dynamic in the frame count and
+the tile size, with the conv caches as explicit inputs and outputs (:mod:`vidtrt.export.cogvideox_export`).
 """
 
 from __future__ import annotations
