@@ -376,10 +376,17 @@ def load_engine_components(model: str | Path | ModelSource = "tiny", engine: str
 def load_pipeline_with_engine(model: str | Path | ModelSource = "tiny", engine: str = "onnxruntime",
                               artifacts: str | Path | None = None, threads: int = 0,
                               providers: Sequence[str] | None = None, device: str | None = None):
-    """A :class:`~vidtrt.runtime.pipeline.HunyuanVideoPipeline` whose components run on ``engine``."""
+    """A :class:`~vidtrt.runtime.pipeline.HunyuanVideoPipeline` (a CogVideoX model: a
+    :class:`~vidtrt.runtime.cogvideox_pipeline.CogVideoXPipeline`) whose components run on ``engine``."""
     from vidtrt.runtime.pipeline import HunyuanVideoPipeline
 
-    return HunyuanVideoPipeline(*load_engine_components(model, engine, artifacts, threads, providers, device))
+    source = ModelSource.open(model)
+    cls = HunyuanVideoPipeline
+    if source.family.name == "cogvideox":
+        from vidtrt.runtime.cogvideox_pipeline import CogVideoXPipeline
+
+        cls = CogVideoXPipeline
+    return cls(*load_engine_components(source, engine, artifacts, threads, providers, device))
 
 
 COMPONENT_LOADERS = {"text_encoder": engine_text_encoder, "dit": engine_dit, "vae_decoder": engine_vae_decoder}
