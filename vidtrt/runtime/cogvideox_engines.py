@@ -49,7 +49,8 @@ class FrameBatchTileDecoder:
     ``run({"latents": [1, C, t, h, w]})`` -> ``{"video": [1, 3, F, 8 h, 8 w]}`` with F = 4 (t - 1) + 1 for odd t
     (4 t for even t), equal to :class:`~vidtrt.models.cogvideox_vae.CogVideoXVAEDecoder` on the tile: one engine
     call per frame batch, the first with ``first`` set and zero caches, the others with the previous call's
-    caches. The zero caches of a tile size are made once and kept."""
+    caches. The zero caches of each tile size are made once and kept (np.zeros: pages only read stay the
+    kernel's zero page). The caches travel through host memory between batches."""
 
     def __init__(self, batch_engine: Engine, spec: ComponentSpec):
         self.engine, self.spec = batch_engine, spec
@@ -65,7 +66,7 @@ class FrameBatchTileDecoder:
     def _zero_caches(self, h: int, w: int) -> dict[str, np.ndarray]:
         if (h, w) not in self._zeros:
             axes = self.engine.spec.full_axes({"latent_height": h, "latent_width": w})
-            self._zeros = {(h, w): {t.name: np.zeros(t.dims(axes), np.float32) for t in self.cache_in}}
+            self._zeros[(h, w)] = {t.name: np.zeros(t.dims(axes), np.float32) for t in self.cache_in}
         return self._zeros[(h, w)]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
