@@ -1,5 +1,6 @@
-"""What only HunyuanVideo has so far (FP8, quantization, sequence parallelism, TensorRT plans) is refused for another family in
-one line, exit 2, before any weight loads or anything is written; cache-bench checks its --json folder first."""
+"""What only HunyuanVideo has so far (FP8, quantization, sequence parallelism, TensorRT plans) is refused for another
+family in one line, exit 2, before any weight loads or anything is written; cache-bench checks its --json folder
+first."""
 
 from __future__ import annotations
 
