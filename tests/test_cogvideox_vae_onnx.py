@@ -4,8 +4,8 @@ tests/test_cogvideox_models.py). The whole tiny-cogvideox pipeline on onnxruntim
 
 2B, 5B and 1.5 share the decoder network (their VAE configs differ in ``scaling_factor`` and
 ``invert_scale_latents``, applied before the decoder), so the embedded preset's decoder stands for all three
-(one export per session, shared with the pipeline and server tests: a trace takes ~30-100 s on 2 shared
-cores). The cache layout is checked against the modules for the released shape too.
+(one export per session, shared with the pipeline and server tests: ~25 s on 2 idle cores, minutes on
+loaded ones). The cache layout is checked against the modules for the released shape too.
 """
 
 from __future__ import annotations
