@@ -16,3 +16,12 @@ def tiny_artifacts() -> Path:
     root = Path(os.environ.get("VIDTRT_CACHE") or tempfile.gettempdir()) / "onnx-tiny"
     ensure_exported("tiny", root)
     return root
+
+
+def tiny_cogvideox_artifacts() -> Path:
+    """`vidtrt export --model tiny-cogvideox`: dit.onnx and vae_decoder_batch.onnx (the VAE's frame-batch graph)."""
+    from vidtrt.export.onnx_export import ensure_exported
+
+    root = Path(os.environ.get("VIDTRT_CACHE") or tempfile.gettempdir()) / "onnx-tiny-cogvideox"
+    ensure_exported("tiny-cogvideox", root)
+    return root

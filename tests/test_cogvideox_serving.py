@@ -37,3 +37,23 @@ def test_same_frames_as_in_process(tmp_path):
             expected = pipe.run(request)
             assert result.frames.dtype == np.uint8 and result.frames.shape == expected.shape
             np.testing.assert_array_equal(result.frames, expected)
+
+
+def test_onnxruntime_repository_gives_the_in_process_frames(tmp_path):
+    """`vidtrt build --engine onnxruntime` of the exported DiT and VAE frame-batch graph: the real tritonserver
+    gives the frames of the same artifacts in process (one frame batch and two)."""
+    from onnx_artifacts import tiny_cogvideox_artifacts
+
+    from vidtrt.runtime.engine_components import load_pipeline_with_engine
+
+    artifacts = tiny_cogvideox_artifacts()
+    repo = build_repository("tiny-cogvideox", tmp_path / "repo", engine="onnxruntime", artifacts=artifacts)
+    pipe = load_pipeline_with_engine("tiny-cogvideox", "onnxruntime", artifacts)
+    requests = [GenerationRequest("a cat walks on the grass", seed=5, num_inference_steps=2, num_frames=17),
+                GenerationRequest("a dog", seed=6, num_frames=1, height=48, width=80, num_inference_steps=2)]
+    with TritonServer(repo, log_file=tmp_path / "tritonserver.log", exit_timeout_s=5, ready_timeout_s=600) as srv:
+        client = VideoClient(srv.grpc_url, model_name="cogvideox")
+        for request in requests:
+            got, want = client.run(request).frames, pipe.run(request)
+            assert got.shape == want.shape
+            assert np.abs(got.astype(int) - want.astype(int)).max() <= 1  # same ONNX files; thread counts may differ

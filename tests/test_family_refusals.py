@@ -1,5 +1,6 @@
-"""What only HunyuanVideo has so far (sequence parallelism) is refused for another family in
-one line, exit 2, before any weight loads or anything is written; cache-bench checks its --json folder first."""
+"""What only HunyuanVideo has so far (sequence parallelism, TensorRT plans, FP8 export) is refused for another
+family in one line, exit 2, before any weight loads or anything is written; cache-bench checks its --json folder
+first."""
 
 from __future__ import annotations
 
@@ -34,3 +35,18 @@ def test_hunyuan_only_features_refuse_cogvideox(argv, needle, tmp_path, capsys):
 def test_cache_bench_checks_its_json_folder_first(tmp_path, capsys):
     err = _one_line_exit_2(["cache-bench", "--model", "tiny", "--json", str(tmp_path / "missing" / "x.json")], capsys)
     assert "--json" in err and "does not exist" in err
+
+
+def test_tensorrt_plans_and_fp8_export_refuse_cogvideox(tmp_path):
+    """The onnxruntime engine serves CogVideoX; TensorRT plans and the FP8 ONNX DiT are HunyuanVideo's only (one
+    line, before TensorRT is imported or anything is exported)."""
+    from vidtrt.export.onnx_export import ExportError, export_components
+    from vidtrt.export.tensorrt_build import TensorRTBuildError, build_plans
+    from vidtrt.source.model_source import ModelSource
+
+    source = ModelSource.open("tiny-cogvideox")
+    with pytest.raises(TensorRTBuildError, match="HunyuanVideo only.*not cogvideox"):
+        build_plans(source, "bf16", tmp_path / "trt", trt=object())
+    with pytest.raises(ExportError, match="FP8 export is HunyuanVideo's DiT only.*not cogvideox"):
+        export_components(source, tmp_path / "onnx", quantized=tmp_path)
+    assert not (tmp_path / "onnx").exists() and not (tmp_path / "trt").exists()

@@ -7,16 +7,49 @@
   (the 2B's sin-cos positions assume all L text tokens) -> v-prediction [B, F', C, h, w].
 - ``vae_decoder_tile``: one spatial tile with all its latent frames [1, C, t, h, w] (t odd, up to the
   longest video; h, w up to the tile) -> video [1, 3, 4 (t - 1) + 1, 8 h, 8 w]; the decoder carries its
-  causal conv cache across frame batches inside the call.
+  causal conv cache across frame batches inside the call. The orchestrator and Triton see this contract.
+- ``vae_decoder_batch`` (ONNX only): what the tile decoder is exported as, one frame batch of one tile:
+  latents [1, C, t, h, w] (t in 1..3: diffusers' batches of :func:`frame_batches`), ``first`` (bool [1]: the
+  first batch, which pads each causal conv with copies of its first input frame) and one conv cache per
+  causal conv (:func:`conv_cache_layout`: [1, C_i, 2, 2^l h, 2^l w], zeros allowed when ``first``) -> video
+  [1, 3, 4 t - 3 (t % 2), 8 h, 8 w] and the next caches. The onnxruntime engine of ``vae_decoder_tile``
+  (:mod:`vidtrt.runtime.cogvideox_engines`) loops over the batches, feeding the caches back.
 """
 
 from __future__ import annotations
 
-from vidtrt.config.cogvideox_config import CogVideoXModelConfig
+from vidtrt.config.cogvideox_config import CogVideoXModelConfig, CogVideoXVAEConfig
 from vidtrt.config.specs import AxisRange, ComponentSpec, TensorSpec
 from vidtrt.config.tiling import plan_tiles
 
-COGVIDEOX_COMPONENTS = ("dit", "vae_decoder_tile")
+COGVIDEOX_COMPONENTS = ("dit", "vae_decoder_tile", "vae_decoder_batch")
+ONNX_COMPONENTS = ("dit", "vae_decoder_batch")  # what `vidtrt export` writes for a CogVideoX model
+FRAME_BATCH = 2  # latent frames per decoder batch (diffusers' num_latent_frames_batch_size)
+CACHE_FRAMES = 2  # input frames each causal conv (time kernel 3) carries to the next batch
+
+
+def frame_batches(t: int, size: int = FRAME_BATCH) -> list[tuple[int, int]]:
+    """diffusers' frame batches of a ``t``-latent-frame decode as [start, stop): batches of ``size``, the first
+    taking the remainder (1 -> [(0, 1)], 3 -> [(0, 3)], 5 -> [(0, 3), (3, 5)], 4 -> [(0, 2), (2, 4)])."""
+    if t < 1:
+        raise ValueError(f"a decode needs at least one latent frame, got {t}")
+    rem = t % size
+    return [(0 if i == 0 else size * i + rem, min(size * (i + 1) + rem, t)) for i in range(max(t // size, 1))]
+
+
+def conv_cache_layout(vae: CogVideoXVAEConfig) -> list[tuple[int, int]]:
+    """(input channels, spatial level l: the feature map is 2^l x the latents) of every causal conv with a
+    time kernel > 1, in the decoder's module order: conv_in, the mid block's two resnets (conv1, conv2),
+    each up block's ``layers_per_block + 1`` resnets, conv_out. 38 for the released models, 22 for the
+    tiny preset."""
+    ch = list(reversed(vae.block_out_channels))
+    out = [(vae.latent_channels, 0)] + [(ch[0], 0)] * 4
+    prev = ch[0]
+    for level, c in enumerate(ch):
+        for j in range(vae.layers_per_block + 1):
+            out += [(prev if j == 0 else c, level), (c, level)]
+        prev = c
+    return out + [(ch[-1], len(ch) - 1)]
 
 
 def _sizes(config: CogVideoXModelConfig) -> list[tuple[int, int, int]]:
@@ -85,6 +118,38 @@ def vae_decoder_tile_spec(config: CogVideoXModelConfig) -> ComponentSpec:
     )
 
 
+def vae_decoder_batch_spec(config: CogVideoXModelConfig) -> ComponentSpec:
+    v, tile = config.vae, vae_decoder_tile_spec(config)
+    s = v.spatial_compression_ratio
+    h, w = tile.axes["latent_height"].max, tile.axes["latent_width"].max
+    max_b = min(FRAME_BATCH + 1, tile.axes["latent_frames"].max)
+    derived = {"height": ("latent_height", s, 0), "width": ("latent_width", s, 0)}
+    caches_in, caches_out = [], []
+    for i, (c, level) in enumerate(conv_cache_layout(v)):
+        hh, ww = ("latent_height", "latent_width") if level == 0 else (f"height_x{2 ** level}", f"width_x{2 ** level}")
+        if level:
+            derived[hh], derived[ww] = ("latent_height", 2 ** level, 0), ("latent_width", 2 ** level, 0)
+        shape = (1, c, CACHE_FRAMES, hh, ww)
+        caches_in.append(TensorSpec(f"cache_in_{i:02d}", "float32", shape, f"conv {i}'s last input frames"))
+        caches_out.append(TensorSpec(f"cache_out_{i:02d}", "float32", shape, f"conv {i}'s cache for the next batch"))
+    return ComponentSpec(
+        name="vae_decoder_batch",
+        inputs=(TensorSpec("latents", "float32", (1, v.latent_channels, "batch_frames", "latent_height",
+                                                  "latent_width"), "one frame batch of one spatial tile"),
+                TensorSpec("first", "bool", (1,), "the first batch: pad with the first frame, ignore the caches",
+                           "int", 0, 2),
+                *caches_in),
+        outputs=(TensorSpec("video", "float32", (1, v.out_channels, "video_frames", "height", "width"),
+                            "4 t - 3 (t % 2) decoded frames in about [-1, 1]"),
+                 *caches_out),
+        axes={"batch_frames": AxisRange(1, min(FRAME_BATCH, max_b), max_b), "latent_height": AxisRange(1, h, h),
+              "latent_width": AxisRange(1, w, w)},
+        derived=derived,
+        export_axes={"batch_frames": max_b, "latent_height": min(4, h), "latent_width": min(5, w)},
+        doc="CogVideoX VAE decoder, one frame batch of one spatial tile (conv caches in and out)",
+    )
+
+
 def text_encoder_spec(config: CogVideoXModelConfig) -> ComponentSpec:
     n = config.text.max_sequence_length
     return ComponentSpec(
@@ -105,7 +170,7 @@ def specs_for_triton(config: CogVideoXModelConfig) -> dict[str, ComponentSpec]:
 
 
 def component_specs(config: CogVideoXModelConfig, names=COGVIDEOX_COMPONENTS) -> dict[str, ComponentSpec]:
-    makers = {"dit": dit_spec, "vae_decoder_tile": vae_decoder_tile_spec}
+    makers = {"dit": dit_spec, "vae_decoder_tile": vae_decoder_tile_spec, "vae_decoder_batch": vae_decoder_batch_spec}
     unknown = [n for n in names if n not in makers]
     if unknown:
         from vidtrt.errors import EngineError

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import inspect
 import io
 import json
 import logging
@@ -91,6 +92,10 @@ def torch_dynamic_shapes(spec: ComponentSpec) -> tuple[dict[int, object] | None,
             dims[axis] = m * Dim(f"{axis}_div{m}", min=math.ceil(rng.min / m), max=rng.max // m)
         else:
             dims[axis] = Dim(axis, min=rng.min, max=rng.max)
+    used = {a for t in spec.inputs for a in t.dynamic_axes.values()}
+    for axis, (src, scale, offset) in spec.derived.items():  # an input sized by another axis (e.g. 2 x height)
+        if axis in used:
+            dims[axis] = scale * dims[src] + offset if offset else scale * dims[src]
     out = []
     for t in spec.inputs:
         dyn = {i: dims[a] for i, a in t.dynamic_axes.items()}
@@ -253,11 +258,16 @@ def trace_onnx(module: torch.nn.Module, spec: ComponentSpec, opset: int = DEFAUL
     device = "meta" if weights is not None else "cpu"
     args = tuple(torch.from_numpy(feeds[n]).to(device) for n in spec.input_names)
     module = module.eval()
+    shapes = torch_dynamic_shapes(spec)
+    params = inspect.signature(module.forward).parameters.values()
+    if any(p.kind == p.VAR_POSITIONAL for p in params):  # forward(a, b, *rest): torch.export wants (a, b, (rest...))
+        n = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+        shapes = (*shapes[:n], shapes[n:])
     try:
         with torch.no_grad(), _quiet_export():
             program = torch.onnx.export(
                 module, args, input_names=spec.input_names, output_names=spec.output_names, dynamo=True,
-                dynamic_shapes=torch_dynamic_shapes(spec), opset_version=opset, optimize=False, verbose=False,
+                dynamic_shapes=shapes, opset_version=opset, optimize=False, verbose=False,
                 custom_translation_table=custom_translation_table,
             )
     except Exception as e:  # the exporter raises many types; one line, the cause chained for debugging
@@ -393,19 +403,20 @@ def export_components(model: str | Path | ModelSource = "tiny", out: str | Path 
     """
     from vidtrt.runtime.engine_components import MANIFEST_FORMAT, MANIFEST_NAME, component_module, text_encoder_modules
 
-    names = list(components or COMPONENTS)
-    unknown = [n for n in names if n not in COMPONENTS]
+    source = ModelSource.open(model)
+    accepted = exported_components(source)
+    names = list(components or accepted)
+    unknown = [n for n in names if n not in accepted]
     if unknown:
-        raise ExportError(f"unknown component {unknown[0]!r}; accepted: {list(COMPONENTS)}")
+        raise ExportError(f"unknown component {unknown[0]!r} of a {source.family.name} model; "
+                          f"accepted: {list(accepted)}")
+    if quantized is not None and source.family.name != "hunyuan_video":
+        raise ExportError(f"--quantized: FP8 export is HunyuanVideo's DiT only, so far (not {source.family.name})")
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ExportError(f"cannot create --out folder {out}: {one_line(e)}") from None
-    source = ModelSource.open(model)
-    if source.family.name == "cogvideox":
-        raise ExportError("CogVideoX: only the DiT exports to ONNX yet, through "
-                          "vidtrt.export.cogvideox_export.export_cogvideox_dit (the VAE tile decoder does not)")
     config = source.config
     state = None
     if quantized is not None and "dit" in names:
@@ -512,6 +523,15 @@ def export_components(model: str | Path | ModelSource = "tiny", out: str | Path 
     return manifest
 
 
+def exported_components(source: ModelSource) -> tuple[str, ...]:
+    """The ONNX components of ``source``'s family (CogVideoX: the DiT and the VAE's frame-batch graph)."""
+    if source.family.name == "cogvideox":
+        from vidtrt.config.cogvideox_specs import ONNX_COMPONENTS
+
+        return ONNX_COMPONENTS
+    return COMPONENTS
+
+
 def export_fp8_dit(source: ModelSource, state, spec: ComponentSpec, path: str | Path, opset: int = 19,
                    optimize: bool = True, metadata: dict[str, str] | None = None,
                    stream_weights: bool = True) -> tuple[ExportResult, dict[str, int]]:
@@ -552,12 +572,12 @@ def ensure_exported(model: str | Path | ModelSource, out: str | Path, components
 
     from vidtrt.runtime.engine_components import MANIFEST_NAME
 
-    names = list(components or COMPONENTS)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / ".export.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         source = ModelSource.open(model)
+        names = list(components or exported_components(source))
         specs = source.specs(names)
         try:
             manifest = json.loads((out / MANIFEST_NAME).read_text())

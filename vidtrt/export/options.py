@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from vidtrt.config.cogvideox_specs import ONNX_COMPONENTS as COGVIDEOX_ONNX
 from vidtrt.config.specs import COMPONENTS
 
 DEFAULT_OPSET = 18
@@ -18,8 +19,10 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="tiny",
                         help="'tiny' (embedded default) or a checkpoint folder (diffusers or official layout)")
     parser.add_argument("--out", required=True, help="output folder for <component>.onnx and manifest.json")
-    parser.add_argument("--components", nargs="+", choices=list(COMPONENTS), default=None, metavar="NAME",
-                        help=f"components to export (default: all of {', '.join(COMPONENTS)})")
+    parser.add_argument("--components", nargs="+", choices=list(dict.fromkeys(COMPONENTS + COGVIDEOX_ONNX)),
+                        default=None, metavar="NAME",
+                        help=f"components to export (default: all of the model's: {', '.join(COMPONENTS)}; "
+                             f"CogVideoX: {', '.join(COGVIDEOX_ONNX)})")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                         help=f"ONNX opset (default {DEFAULT_OPSET}; {MIN_OPSET}..{MAX_OPSET}; the FP8 DiT of "
                              "--quantized uses at least 19)")

@@ -396,6 +396,8 @@ def build_main(args: argparse.Namespace) -> int:
 # The ONNX files each Triton component model runs (engine_components loaders' names).
 COMPONENT_ARTIFACTS = {"text_encoder": ("llm_text_encoder", "clip_text_encoder"), "dit": ("dit",),
                        "vae_decoder": ("vae_decoder_tile",)}
+# CogVideoX: T5 runs in torch (not exported); the tile decoder loops over the VAE's frame-batch graph.
+COGVIDEOX_ARTIFACTS = {"text_encoder": (), "dit": ("dit",), "vae_decoder": ("vae_decoder_batch",)}
 
 
 def _artifact_files(artifacts, source) -> dict[str, list[str]]:
@@ -415,7 +417,8 @@ def _artifact_files(artifacts, source) -> dict[str, list[str]]:
             f"{str(exported.get('config_sha256'))[:12]}), not from {source.config.name!r} (config "
             f"{source.fingerprint[:12]}); re-export with `vidtrt export --model {source.ref}`")
     out: dict[str, list[str]] = {}
-    for key, names in COMPONENT_ARTIFACTS.items():
+    table = COGVIDEOX_ARTIFACTS if source.family.name == "cogvideox" else COMPONENT_ARTIFACTS
+    for key, names in table.items():
         files = [MANIFEST_NAME]
         for name in names:
             entry = manifest.get("components", {}).get(name)

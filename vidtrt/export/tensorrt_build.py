@@ -529,6 +529,10 @@ def build_plans(source, precision: str, work: str | Path, *, artifacts: str | Pa
                 host: TensorRTHost | None = None, log: Callable[[str], None] | None = print) -> PlanSet:
     """ONNX (:func:`onnx_sources`) -> one plan per :data:`TRT_COMPONENTS` entry in ``work/plans-<precision>/``
     (``config.timing_cache`` None: :func:`default_timing_cache`)."""
+    if source.family.name != "hunyuan_video":  # before TensorRT is imported: the same line on any machine
+        raise TensorRTBuildError(f"TensorRT plans are built for HunyuanVideo only, so far (not "
+                                 f"{source.family.name}: its VAE is a frame-batch graph the plan component does not "
+                                 "loop over); accepted engines here: torch, onnxruntime")
     trt = trt or require_tensorrt()
     if host is None:
         name, cc = gpu_identity(0)

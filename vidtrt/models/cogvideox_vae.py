@@ -1,4 +1,4 @@
-"""The CogVideoX 3D causal VAE decoder, numerically equal to diffusers' ``AutoencoderKLCogVideoX`` decode.
+"""The CogVideoX 3D causal VAE decoder, equal to diffusers' ``AutoencoderKLCogVideoX`` decode (fp32 rounding).
 
 Parameter names are diffusers' (``decoder.*``; the encoder's ``encoder.*`` keys of a checkpoint are
 ignored), so a diffusers ``vae/`` folder loads as it is.
@@ -14,6 +14,14 @@ odd one out) and carries every causal conv's last inputs (its *conv cache*) to t
 GroupNorm statistics are those of the batch. :class:`CogVideoXVAEDecoder` does exactly this inside one
 call, so a call on a spatial tile with all its latent frames is a pure function of the tile: the shared tile
 planner (:mod:`vidtrt.config.tiling`, spatial tiles only) and the ``decode_tile`` protocol apply unchanged.
+
+One frame batch (:meth:`Decoder3D.forward`) has no Python branch on its frame count: diffusers' odd-count
+handling (the first frame is neither doubled in time nor mixed with the others by the nearest resizes) is
+"repeat every frame twice in time, then drop the first copy when the count is odd" (:func:`double_time`, a
+gather of frames (i + t % 2) // 2), and no tensor with such a parity-sized frame dim is viewed (resizes and
+padding are gathers; the upsampler's per-frame Conv2d runs as a (1, 3, 3) Conv3d: 4e-7 from diffusers
+instead of 0). So :class:`CogVideoXVAEFrameBatch` exports as one ONNX graph, dynamic in the frame count and
+the tile size, with the conv caches as explicit inputs and outputs (:mod:`vidtrt.export.cogvideox_export`).
 """
 
 from __future__ import annotations
@@ -25,12 +33,57 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vidtrt.config.cogvideox_config import CogVideoXVAEConfig
+from vidtrt.config.cogvideox_specs import frame_batches
 
 IGNORED_PREFIXES = ("encoder.", "quant_conv.")
-FRAME_BATCH = 2  # latent frames per decoder call (diffusers' num_latent_frames_batch_size)
 
-# Conv caches of one decode: id(conv module) -> its last (kernel_t - 1) input frames.
-ConvCache = dict
+
+class ConvCache:
+    """Every causal conv's last ``kernel_t - 1`` input frames, carried from one frame batch to the next
+    (diffusers' ``conv_cache``), keyed by the conv module's id.
+
+    A conv without stored frames pads its input in time with copies of its first frame (the first batch).
+    ``first`` (a bool tensor [1], the exported frame batch): every conv has stored frames (graph inputs) and
+    pads with copies of its first frame where ``first`` is true, with the stored frames otherwise."""
+
+    def __init__(self, stored: dict[int, torch.Tensor] | None = None, first: torch.Tensor | None = None):
+        self.stored = dict(stored or {})
+        self.first = first
+
+    def head(self, key: int, x: torch.Tensor, frames: int) -> torch.Tensor:
+        """The ``frames`` frames to put before ``x`` [B, C, T, H, W] in time."""
+        first_frame = x.index_select(2, torch.zeros(1, dtype=torch.long, device=x.device))  # a gather, as resize_space
+        replicate = first_frame.expand(-1, -1, frames, -1, -1)
+        prev = self.stored.get(key)
+        if prev is None:
+            return replicate
+        if self.first is None:
+            return prev
+        return torch.where(self.first.reshape(1, 1, 1, 1, 1), replicate, prev)
+
+    def store(self, key: int, tail: torch.Tensor) -> None:
+        self.stored[key] = tail
+
+
+def double_time(x: torch.Tensor) -> torch.Tensor:
+    """Nearest 2x in time as diffusers' decoder does it: [B, C, T, ...] -> [B, C, 2 T - T % 2, ...]; an odd
+    count keeps its first frame single (x0, x1, x1, x2, x2), an even one doubles all (x0, x0, x1, x1).
+
+    A gather, no view: the frame count after it is a function of T's parity, and views of such a dim make
+    ``torch.export`` specialise the count (their strides differ when it is 1)."""
+    t = x.shape[2]
+    index = torch.div(torch.arange(2 * t - t % 2, device=x.device) + t % 2, 2, rounding_mode="floor")
+    return x.index_select(2, index)
+
+
+def resize_space(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Nearest resize of [B, C, T, h, w] to [B, C, T, height, width] (``F.interpolate``'s "nearest" for the
+    integer ratios of the decoder: source index floor(i h / height)), as two gathers: its decomposition
+    guards on the frame count being 1, which ``torch.export`` would bake in."""
+    h, w = x.shape[-2:]
+    rows = torch.div(torch.arange(height, device=x.device) * h, height, rounding_mode="floor")
+    cols = torch.div(torch.arange(width, device=x.device) * w, width, rounding_mode="floor")
+    return x.index_select(3, rows).index_select(4, cols)
 
 
 class CausalConv3d(nn.Module):
@@ -45,10 +98,8 @@ class CausalConv3d(nn.Module):
     def forward(self, x: torch.Tensor, cache: ConvCache) -> torch.Tensor:
         k = self.time_kernel
         if k > 1:
-            prev = cache.get(id(self))
-            head = prev if prev is not None else x[:, :, :1].expand(-1, -1, k - 1, -1, -1)
-            x = torch.cat([head, x], dim=2)
-            cache[id(self)] = x[:, :, -(k - 1):]
+            x = torch.cat([cache.head(id(self), x, k - 1), x], dim=2)
+            cache.store(id(self), x[:, :, -(k - 1):])
         return self.conv(x)
 
 
@@ -62,12 +113,9 @@ class SpatialNorm3D(nn.Module):
         self.conv_b = CausalConv3d(zq_channels, f_channels, kernel_size=1)
 
     def forward(self, f: torch.Tensor, zq: torch.Tensor, cache: ConvCache) -> torch.Tensor:
-        if f.shape[2] > 1 and f.shape[2] % 2 == 1:
-            first = F.interpolate(zq[:, :, :1], size=(1, *f.shape[-2:]))
-            rest = F.interpolate(zq[:, :, 1:], size=(f.shape[2] - 1, *f.shape[-2:]))
-            zq = torch.cat([first, rest], dim=2)
-        else:
-            zq = F.interpolate(zq, size=f.shape[-3:])
+        """``zq``: the latents already at ``f``'s frame count (:func:`double_time` per temporal level, which is
+        diffusers' nearest resize in time, first frame apart); resized here in space only."""
+        zq = resize_space(zq, *f.shape[-2:])
         return self.norm_layer(f) * self.conv_y(zq, cache) + self.conv_b(zq, cache)
 
 
@@ -91,7 +139,9 @@ class ResnetBlock3D(nn.Module):
 
 
 class Upsample3D(nn.Module):
-    """Nearest 2x in space (and in time after the first frame when ``compress_time``), then a 3x3 Conv2d."""
+    """Nearest 2x in space (and in time after the first frame when ``compress_time``), then a 3x3 Conv2d on
+    every frame. The per-frame work runs before the time doubling (it commutes with repeating frames: the
+    same frames, fewer convs), as a (1, 3, 3) Conv3d of the Conv2d's weight (no frames-into-batch view)."""
 
     def __init__(self, channels: int, compress_time: bool):
         super().__init__()
@@ -99,18 +149,9 @@ class Upsample3D(nn.Module):
         self.compress_time = compress_time
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, t, h, w = x.shape
-        if self.compress_time and t > 1 and t % 2 == 1:
-            first = F.interpolate(x[:, :, 0], scale_factor=2.0)[:, :, None]
-            x = torch.cat([first, F.interpolate(x[:, :, 1:], scale_factor=2.0)], dim=2)
-        elif self.compress_time and t > 1:
-            x = F.interpolate(x, scale_factor=2.0)
-        else:
-            x = F.interpolate(x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w), scale_factor=2.0)
-            x = x.reshape(b, t, c, 2 * h, 2 * w).permute(0, 2, 1, 3, 4)
-        b, c, t, h, w = x.shape
-        x = self.conv(x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w))
-        return x.reshape(b, t, *x.shape[1:]).permute(0, 2, 1, 3, 4)
+        x = resize_space(x, 2 * x.shape[3], 2 * x.shape[4])
+        x = F.conv3d(x, self.conv.weight.unsqueeze(2), self.conv.bias, padding=(0, 1, 1))
+        return double_time(x) if self.compress_time else x
 
 
 class MidBlock3D(nn.Module):
@@ -163,11 +204,19 @@ class Decoder3D(nn.Module):
         self.conv_out = CausalConv3d(ch[-1], config.out_channels)
 
     def forward(self, z: torch.Tensor, cache: ConvCache) -> torch.Tensor:
+        """One frame batch: z [B, C, t, h, w] -> [B, 3, 4 t - 3 (t % 2), 8 h, 8 w] (any t >= 1)."""
         x = self.conv_in(z, cache)
-        x = self.mid_block(x, z, cache)
+        zq = z
+        x = self.mid_block(x, zq, cache)
         for block in self.up_blocks:
-            x = block(x, z, cache)
-        return self.conv_out(F.silu(self.norm_out(x, z, cache)), cache)
+            x = block(x, zq, cache)
+            if block.upsamplers is not None and block.upsamplers[0].compress_time:
+                zq = double_time(zq)  # the latents follow the features' frame count
+        return self.conv_out(F.silu(self.norm_out(x, zq, cache)), cache)
+
+    def cached_convs(self) -> list[CausalConv3d]:
+        """The convs that carry frames across batches, in the order of ``cogvideox_specs.conv_cache_layout``."""
+        return [m for m in self.modules() if isinstance(m, CausalConv3d) and m.time_kernel > 1]
 
 
 class CogVideoXVAEDecoder(nn.Module):
@@ -184,13 +233,26 @@ class CogVideoXVAEDecoder(nn.Module):
         self.decoder = Decoder3D(config)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        t = z.shape[2]
-        batches = max(t // FRAME_BATCH, 1)
-        rem = t % FRAME_BATCH
-        cache: ConvCache = {}
-        outs = []
-        for i in range(batches):
-            start = FRAME_BATCH * i + (0 if i == 0 else rem)
-            stop = FRAME_BATCH * (i + 1) + rem
-            outs.append(self.decoder(z[:, :, start:stop], cache))
-        return torch.cat(outs, dim=2)
+        cache = ConvCache()
+        return torch.cat([self.decoder(z[:, :, a:b], cache) for a, b in frame_batches(z.shape[2])], dim=2)
+
+
+class CogVideoXVAEFrameBatch(nn.Module):
+    """One frame batch of :class:`CogVideoXVAEDecoder` with the conv caches as tensors (what is exported).
+
+    forward(latents [1, C, t, h, w], first bool [1], *caches) -> (video [1, 3, 4 t - 3 (t % 2), 8 h, 8 w],
+    *next caches): ``caches`` in ``Decoder3D.cached_convs`` order, each [1, C_i, 2, 2^l h, 2^l w]; where
+    ``first`` is true they are ignored (the first batch pads with copies of its first frames) and may be
+    zeros. Calling it over :func:`frame_batches` with the caches fed back equals the decoder's forward."""
+
+    def __init__(self, decoder: CogVideoXVAEDecoder):
+        super().__init__()
+        self.decoder = decoder.decoder
+        self.convs = self.decoder.cached_convs()
+
+    def forward(self, latents: torch.Tensor, first: torch.Tensor, *caches: torch.Tensor):
+        if len(caches) != len(self.convs):
+            raise ValueError(f"{len(caches)} conv caches given, the decoder has {len(self.convs)}")
+        cache = ConvCache({id(c): x for c, x in zip(self.convs, caches, strict=True)}, first=first)
+        video = self.decoder(latents, cache)
+        return (video, *(cache.stored[id(c)] for c in self.convs))

@@ -80,6 +80,10 @@ def component_module(source: ModelSource, name: str, dtype: torch.dtype = torch.
         return source.load_transformer(dtype)
     if name in ("vae_decoder", "vae_decoder_tile"):
         return source.load_vae_decoder(dtype)
+    if name == "vae_decoder_batch":  # CogVideoX: one frame batch, conv caches in and out
+        from vidtrt.models.cogvideox_vae import CogVideoXVAEFrameBatch
+
+        return CogVideoXVAEFrameBatch(source.load_vae_decoder(dtype)).eval()
     if name in ("llm_text_encoder", "clip_text_encoder"):
         _, llm, clip = text_encoder_modules(source, dtype)
         return llm if name == "llm_text_encoder" else clip
@@ -269,9 +273,6 @@ class _Loader:
     def __init__(self, source: ModelSource, engine: str, artifacts, threads: int, providers,
                  device: str | None = None):
         _check_engine_kind(engine, artifacts)
-        if engine != "torch" and source.family.name == "cogvideox":
-            raise EngineError(f"engine {engine!r} does not serve CogVideoX models yet (only their DiT exports to "
-                              "ONNX, and the VAE does not); accepted for CogVideoX: 'torch'")
         self.source, self.engine, self.artifacts = source, engine, artifacts
         self.device = str(device) if device is not None else "cpu"
         self.threads = threads
@@ -294,6 +295,10 @@ def engine_text_encoder(model: str | Path | ModelSource, engine: str = "onnxrunt
     """The text encoder (tokenizers in Python, LLM + CLIP on ``engine``)."""
     source = ModelSource.open(model)
     ld = _loader or _Loader(source, engine, artifacts, threads, providers, device)
+    if source.family.name == "cogvideox":  # T5 is not exported: the torch module on every engine
+        from vidtrt.runtime.pipeline import torch_text_encoder
+
+        return torch_text_encoder(source)
     specs = source.specs(("llm_text_encoder", "clip_text_encoder"))
     if ld.engine == "torch":
         te, llm, clip = text_encoder_modules(source)
@@ -317,6 +322,10 @@ def engine_dit(model: str | Path | ModelSource, engine: str = "onnxruntime", art
         eng: Engine = TorchEngine(spec, component_module(source, "dit").to(ld.device), ld.device)
     else:
         eng = ld.onnx_engine("dit", spec)
+    if source.family.name == "cogvideox":
+        from vidtrt.runtime.cogvideox_engines import CogVideoXEngineDenoiser
+
+        return CogVideoXEngineDenoiser(eng)
     return EngineDenoiser(eng, text_length_buckets(ld.config))
 
 
@@ -330,6 +339,17 @@ def engine_vae_decoder(model: str | Path | ModelSource, engine: str = "onnxrunti
     ld = _loader or _Loader(source, engine, artifacts, threads, providers, device)
     name = "vae_decoder_tile" if tile else "vae_decoder"
     spec = source.specs((name,))[name]
+    if source.family.name == "cogvideox":  # the tile decoder walks the frame batches of the exported graph
+        from vidtrt.runtime.cogvideox_engines import FrameBatchTileDecoder
+
+        if not tile:
+            raise EngineError("CogVideoX models have a tile decoder only (vae_decoder_tile)")
+        bspec = source.specs(("vae_decoder_batch",))["vae_decoder_batch"]
+        if ld.engine == "torch":
+            batch: Engine = TorchEngine(bspec, component_module(source, "vae_decoder_batch").to(ld.device), ld.device)
+        else:
+            batch = ld.onnx_engine("vae_decoder_batch", bspec)
+        return EngineTileDecoder(FrameBatchTileDecoder(batch, spec))
     if ld.engine == "torch":
         eng: Engine = TorchEngine(spec, component_module(source, name).to(ld.device), ld.device)
     else:
@@ -356,10 +376,17 @@ def load_engine_components(model: str | Path | ModelSource = "tiny", engine: str
 def load_pipeline_with_engine(model: str | Path | ModelSource = "tiny", engine: str = "onnxruntime",
                               artifacts: str | Path | None = None, threads: int = 0,
                               providers: Sequence[str] | None = None, device: str | None = None):
-    """A :class:`~vidtrt.runtime.pipeline.HunyuanVideoPipeline` whose components run on ``engine``."""
+    """A :class:`~vidtrt.runtime.pipeline.HunyuanVideoPipeline` (a CogVideoX model: a
+    :class:`~vidtrt.runtime.cogvideox_pipeline.CogVideoXPipeline`) whose components run on ``engine``."""
     from vidtrt.runtime.pipeline import HunyuanVideoPipeline
 
-    return HunyuanVideoPipeline(*load_engine_components(model, engine, artifacts, threads, providers, device))
+    source = ModelSource.open(model)
+    cls = HunyuanVideoPipeline
+    if source.family.name == "cogvideox":
+        from vidtrt.runtime.cogvideox_pipeline import CogVideoXPipeline
+
+        cls = CogVideoXPipeline
+    return cls(*load_engine_components(source, engine, artifacts, threads, providers, device))
 
 
 COMPONENT_LOADERS = {"text_encoder": engine_text_encoder, "dit": engine_dit, "vae_decoder": engine_vae_decoder}

@@ -187,8 +187,14 @@ class ModelSource:
                                clip_hidden=int(clip_cfg.hidden_size), clip_vocab=int(clip_cfg.vocab_size),
                                crop_start=int(crop))
 
-    def specs(self, names=COMPONENTS) -> dict[str, ComponentSpec]:
-        """The component specs ``names`` (text-encoder dims read only when a text component is asked)."""
+    def specs(self, names=None) -> dict[str, ComponentSpec]:
+        """The component specs ``names`` (default: all of the family's; text-encoder dims read only when a
+        text component is asked)."""
+        if self.family.name == "cogvideox":
+            from vidtrt.config import cogvideox_specs
+
+            return cogvideox_specs.component_specs(self.config, names or cogvideox_specs.COGVIDEOX_COMPONENTS)
+        names = names or COMPONENTS
         text = self.text_dims if any(n in ("llm_text_encoder", "clip_text_encoder") for n in names) else None
         return component_specs(self.config, text, names)
 
