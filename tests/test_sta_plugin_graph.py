@@ -35,7 +35,8 @@ LAYER_WINDOWS = ((1, 1, 1), ((2, 1, 1), (1, 1, 2)))
 @pytest.fixture(scope="module")
 def sta_model(tmp_path_factory):
     """The tiny checkpoint with 128-token tiles and two layer windows (vidtrt.json), its STA graphs exported:
-    fp32 with reference functions (onnxruntime), the FP8 flavour likewise, bf16 without (TensorRT)."""
+    fp32 with reference functions (onnxruntime), the FP8 flavour likewise, bf16 without (TensorRT). The three
+    traces and five reference functions took 454 s on the shared 2-core machine at load 9 (hence ``slow``)."""
     from vidtrt.export.sta_onnx import export_sta_dit
 
     root = tmp_path_factory.mktemp("sta")
@@ -132,6 +133,7 @@ def _plugin_counts(path):
     return {k: kinds.count(k) for k in set(kinds)}, model
 
 
+@pytest.mark.slow
 def test_plugin_nodes_and_inputs(sta_model):
     counts, model = _plugin_counts(sta_model["fp32"] / "dit_sta.onnx")
     # 1 dual + 1 single block: their joint attention block-sparse, the token refiner's dense
@@ -157,6 +159,7 @@ def test_plugin_nodes_and_inputs(sta_model):
 CASES = [((3, 8, 12), 2, 7, "config"), ((1, 12, 8), 1, 5, "dense"), ((2, 20, 32), 2, 9, "request")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("latent, batch, text, which", CASES)
 def test_onnxruntime_matches_the_torch_sparse_dit(sta_model, latent, batch, text, which):
     """onnxruntime on the STA graph (reference functions) through the engine component that makes the host inputs
@@ -182,6 +185,7 @@ def test_onnxruntime_matches_the_torch_sparse_dit(sta_model, latent, batch, text
         assert _rel(dense, want) > 100 * STA_VERIFY_TOL
 
 
+@pytest.mark.slow
 def test_fp8_flavour_matches_its_torch_twin(sta_model):
     """plugin-sta-fp8 in onnxruntime vs the same graph in torch eager (StaPluginDiT, the plugin ops' CPU
     references) and vs the float32 sparse DiT (cosine >= 0.99: FP8 rounding)."""
@@ -216,6 +220,7 @@ def standin():
     importlib.reload(trt_plugins)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("surface", ["10.12", "11"])
 def test_tensorrt_build_and_plan_runner(sta_model, standin, surface, tmp_path):
     """The bf16 STA graph builds against the stand-in: the vidtrt plugins (attention_sta among them) registered
