@@ -396,7 +396,9 @@ def _register_backends() -> None:
 
 _register_backends()
 
-FLAVOURS = ("decomposed", "plugin", "plugin-fp8", "plugin-sta", "plugin-sta-fp8", "plugin-qdq-fp8")
+FLAVOURS = ("decomposed", "plugin", "plugin-fp8")  # for any module (export_onnx)
+# for the DiT's graphs: the sliding-tile graph (vidtrt.export.sta_onnx) and the FP8 Q/DQ graph's attention
+DIT_FLAVOURS = ("plugin-sta", "plugin-sta-fp8", "plugin-qdq-fp8")
 _FLAVOUR_BACKENDS = {"plugin": "trt-plugin", "plugin-fp8": "trt-plugin-fp8", "plugin-sta": "trt-plugin-sta",
                      "plugin-sta-fp8": "trt-plugin-sta-fp8"}
 
@@ -410,8 +412,8 @@ def plugin_flavour(flavour: str = "plugin") -> Iterator[None]:
     from vidtrt.models import attention as attn_api
     from vidtrt.models import rope as rope_api
 
-    if flavour not in FLAVOURS:
-        raise ValueError(f"flavour={flavour!r}: accepted {', '.join(FLAVOURS)}")
+    if flavour not in FLAVOURS + DIT_FLAVOURS:
+        raise ValueError(f"flavour={flavour!r}: accepted {', '.join(FLAVOURS + DIT_FLAVOURS)}")
     quantized = None
     if flavour == "decomposed":
         backend, rope_impl = "sdpa", None

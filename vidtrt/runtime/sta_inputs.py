@@ -89,7 +89,7 @@ def _tile_rows(grid: tuple[int, int, int], tile: tuple[int, int, int]) -> np.nda
     return rows.numpy()  # cached: callers must not modify it
 
 
-@functools.lru_cache(maxsize=64)  # 720p: a sparse layout is ~30 MB of int32 per group, a dense one ~170 MB
+@functools.lru_cache(maxsize=8)  # 720p: a sparse layout is ~25 MB of int32 per group, a dense one ~170 MB
 def _layout(grid, tile, window, text_length: int, heads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     tiles = TileGrid(grid, tile)
     per_head = isinstance(window[0], (tuple, list))
