@@ -36,7 +36,7 @@ LAYER_WINDOWS = ((1, 1, 1), ((2, 1, 1), (1, 1, 2)))
 def sta_model(tmp_path_factory):
     """The tiny checkpoint with 128-token tiles and two layer windows (vidtrt.json), its STA graphs exported:
     fp32 with reference functions (onnxruntime), the FP8 flavour likewise, bf16 without (TensorRT). The three
-    traces and five reference functions took 454 s on the shared 2-core machine at load 9 (hence ``slow``)."""
+    traces and five reference functions take ~120 s on the 2-core machine (454 s at load 9): ``slow``."""
     from vidtrt.export.sta_onnx import export_sta_dit
 
     root = tmp_path_factory.mktemp("sta")
