@@ -267,6 +267,49 @@ def test_fp8_onnx_matches_torch_fake_quant_at_several_shapes(tiny_state, fp8_art
     assert min(fp8_noise) > 10 * max(max(errors), 1e-6)  # the comparison can tell FP8 from float32
 
 
+def test_fp8_graph_attention_plugin_flavour(tiny_state, tmp_path):
+    """The FP8 Q/DQ graph with its attention as vidtrt::attention_fp8 plugin nodes: QuantizeLinear (calibrated
+    per-tensor scales) feeds the plugin its FP8 q / k / v(transposed); onnxruntime (reference functions attached)
+    matches the torch fake-quant DiT (norm relative error: the plugin quantizes P as fp8(P * 448) against the
+    running max instead of the calibrated softmax scale) and the plain Q/DQ graph."""
+    from vidtrt.export.onnx_export import FP8_VERIFY_TOL, export_fp8_dit, norm_relative_error
+    from vidtrt.kernels import onnx_plugins
+
+    source = ModelSource.open("tiny")
+    spec = source.specs(("dit",))["dit"]
+    state = QuantState.load(tiny_state[0], source)
+    path = tmp_path / "dit_fp8_plugin.onnx"
+    _, counts = export_fp8_dit(source, state, spec, path, opset=21, attention_plugin=True)
+    assert counts["quantize_only"] == 9 and counts["weights"] == 40  # q, k, v of 3 attentions; every Linear
+    proto = onnx.load(str(path), load_external_data=False)
+    plugins = onnx_plugins.plugin_nodes(proto)
+    assert [n.op_type for n in plugins] == ["attention_fp8"] * 3
+    assert not [n for n in proto.graph.node if n.op_type == "Softmax"]
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    for node in plugins:  # FP8 q, k, v straight from QuantizeLinear (v after its transpose + pad)
+        assert [producers[i].op_type for i in node.input[:3]] == ["QuantizeLinear"] * 3
+    (tmp_path / "ref").mkdir()
+    ref = tmp_path / "ref" / "dit.onnx"
+    onnx.save(onnx_plugins.attach_reference_functions(onnx.load(str(path))), str(ref))
+    engine = OnnxRuntimeEngine(ref, spec, fp8=True)
+    dit, plain = _fake_quant_dit(source, tiny_state[0]), source.load_transformer()
+    errors, fp8_noise = [], []
+    for seed, (axes, lengths) in enumerate([({"batch": 2, "latent_frames": 1, "latent_height": 8,
+                                              "latent_width": 12, "text_length": 16}, [16, 5]),
+                                             ({"batch": 1, "latent_frames": 3, "latent_height": 12,
+                                               "latent_width": 8, "text_length": 8}, [3])]):
+        feeds = spec.example_inputs(axes, seed=300 + seed, lengths=lengths)
+        got = engine.run(feeds)["velocity"]
+        with torch.no_grad():
+            args = [torch.from_numpy(feeds[n]) for n in spec.input_names]
+            want, ref = dit(*args).numpy(), plain(*args).numpy()
+        errors.append(norm_relative_error(got, want))
+        fp8_noise.append(norm_relative_error(got, ref))
+    print(f"FP8 plugin graph vs torch fake quant (norm relative): {errors}; vs unquantized {fp8_noise}")
+    assert max(errors) <= FP8_VERIFY_TOL, errors
+    assert max(errors) < min(fp8_noise)  # closer to the fake-quant DiT than to the float32 one
+
+
 def _torch_fp8_pipeline(source: ModelSource, state: Path):
     from vidtrt.config.components import Components
     from vidtrt.runtime.pipeline import HunyuanVideoPipeline, TorchDenoiser, torch_tile_decoder

@@ -171,6 +171,24 @@ def step_schedule(cfg: SparseAttentionConfig, num_layers: int, window: str | Non
     return at
 
 
+# ------------------------------------------------------------------------------------------ the plugin graph
+# (BLOCK_M, BLOCK_N) of the vidtrt::attention_sta(_fp8) TensorRT plugins (compiled into their payloads): the
+# layouts fed to an STA plugin graph are made with these blocks, so a tile must hold a multiple of 128 tokens.
+PLUGIN_BLOCKS = (128, 64)
+
+
+def window_groups(windows: tuple[LayerWindow, ...]) -> tuple[tuple[LayerWindow, ...], tuple[int, ...]]:
+    """(distinct layer windows in first-use order, each layer's index into them): the STA plugin graph takes
+    one layout per distinct window of the model config, and its layers share them (``dit_spec(sparse=True)``)."""
+    distinct: list[LayerWindow] = []
+    index = []
+    for w in windows:
+        if w not in distinct:
+            distinct.append(w)
+        index.append(distinct.index(w))
+    return tuple(distinct), tuple(index)
+
+
 # ------------------------------------------------------------------------------------------ the current step
 _current: ContextVar[SparseStep | None] = ContextVar("vidtrt_sparse_step", default=None)
 

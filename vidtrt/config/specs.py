@@ -22,6 +22,7 @@ Nothing here imports torch: the specs are read by Triton model builders and clie
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -321,9 +322,12 @@ def latent_buckets(config: ModelConfig) -> tuple[dict[str, int], ...]:
 
 
 # ------------------------------------------------------------------------------------------- the specs
-def dit_spec(config: ModelConfig) -> ComponentSpec:
+def dit_spec(config: ModelConfig, sparse: bool = False) -> ComponentSpec:
     """The DiT: one denoising velocity, every size the request validator accepts (H, W multiples of 16
-    up to the maximum; 4k+1 frames); buckets = the resolution table x frame counts."""
+    up to the maximum; 4k+1 frames); buckets = the resolution table x frame counts.
+
+    ``sparse``: the sliding-tile plugin graph (:func:`sta_inputs`): the same inputs plus the tile order and
+    the block-sparse layouts, which the host makes per request shape and step."""
     tc, d = config.transformer, config.defaults
     c = tc.in_channels
     p = tc.patch_size
@@ -353,7 +357,7 @@ def dit_spec(config: ModelConfig) -> ComponentSpec:
                                  "uniform", 1000.0, 10000.0))
     export_axes = {"batch": 2, "latent_frames": min(3, max_t), "latent_height": axes["latent_height"].clamp(4 * step),
                    "latent_width": axes["latent_width"].clamp(6 * step), "text_length": min(7, max_text)}
-    return ComponentSpec(
+    spec = ComponentSpec(
         name="dit",
         inputs=tuple(inputs),
         outputs=(TensorSpec("velocity", "float32", lat, "flow-matching velocity"),),
@@ -362,6 +366,82 @@ def dit_spec(config: ModelConfig) -> ComponentSpec:
         export_axes=export_axes,
         doc="HunyuanVideo DiT, one forward",
     )
+    return sta_inputs(config, spec) if sparse else spec
+
+
+def sta_grid(config: ModelConfig, latent_frames: int, latent_height: int, latent_width: int) -> tuple[int, ...]:
+    """(T, H, W) tokens after patching and (nt, nh, nw) tiles of the model's sparse_attention.tile."""
+    tc = config.transformer
+    grid = (latent_frames // tc.patch_size_t, latent_height // tc.patch_size, latent_width // tc.patch_size)
+    tiles = tuple(-(-g // t) for g, t in zip(grid, config.sparse_attention.tile, strict=True))
+    return grid + tiles
+
+
+def sta_rows(config: ModelConfig, latent_frames: int, latent_height: int, latent_width: int) -> int:
+    """Rows of the padded tile order (whole tiles) of a latent size."""
+    *_, nt, nh, nw = sta_grid(config, latent_frames, latent_height, latent_width)
+    t = config.sparse_attention.tile
+    return nt * nh * nw * t[0] * t[1] * t[2]
+
+
+def sta_inputs(config: ModelConfig, spec: ComponentSpec) -> ComponentSpec:
+    """``spec`` (the DiT's) with the inputs of the sliding-tile plugin graph (``vidtrt.export.sta_onnx``):
+
+    - ``sta_tile_rows`` int64 [sta_rows]: per row of the padded tile order, the natural image token it holds
+      (t -> h -> w order after patching), or the token count for a padding row;
+    - ``sta_kv_end`` int32 [sta_k_blocks] and, per distinct layer window ``g`` of the model config
+      (:func:`vidtrt.config.sparse_attention.window_groups`), ``sta_kv_idx_<g>`` int32 [heads, sta_q_blocks,
+      sta_max_blocks_<g>] and ``sta_kv_cnt_<g>`` int32 [heads, sta_q_blocks, 2]: the block-sparse layout of
+      ``vidtrt.kernels.sparse_layout`` made with :data:`~vidtrt.config.sparse_attention.PLUGIN_BLOCKS`
+      (128 x 64) over ``[tile-order rows; text]`` (a dense step: a window covering the video).
+
+    Buckets add ``sta_rows`` (fixed by the latent size); the block counts depend on the text length and the
+    max-keys axes on the window, so TensorRT profiles give them their whole range (min 1 .. the largest
+    video's block count). ConfigError when the tile holds no multiple of 128 tokens."""
+    from vidtrt.config.sparse_attention import PLUGIN_BLOCKS, window_groups
+    from vidtrt.errors import ConfigError
+
+    sa, tc = config.sparse_attention, config.transformer
+    bm, bn = PLUGIN_BLOCKS
+    tile_tokens = sa.tile[0] * sa.tile[1] * sa.tile[2]
+    if tile_tokens % bm or tile_tokens % bn:
+        raise ConfigError(f"sparse_attention.tile {tuple(sa.tile)} has {tile_tokens} tokens; the STA plugin graph "
+                          f"accepts a multiple of {bm} (its kernels' {bm} x {bn} blocks)")
+    layer_windows = sa.layer_window_list(tc.num_layers + tc.num_single_layers)
+    groups, _ = window_groups(layer_windows)
+    ax = spec.axes
+    max_text = ax["text_length"].max
+    rows = {w: sta_rows(config, *(getattr(ax[a], w) for a in ("latent_frames", "latent_height", "latent_width")))
+            for w in ("opt", "max")}
+    cdiv = lambda a, b: -(-a // b)  # noqa: E731
+    opt_grid = sta_grid(config, ax["latent_frames"].opt, ax["latent_height"].opt, ax["latent_width"].opt)
+    kmax = cdiv(rows["max"] + max_text, bn)
+    axes = dict(ax)
+    axes["sta_rows"] = AxisRange(tile_tokens, rows["opt"], rows["max"], multiple=tile_tokens)
+    axes["sta_q_blocks"] = AxisRange(cdiv(tile_tokens + 1, bm), cdiv(rows["opt"] + max_text, bm),
+                                     cdiv(rows["max"] + max_text, bm))
+    axes["sta_k_blocks"] = AxisRange(cdiv(tile_tokens + 1, bn), cdiv(rows["opt"] + max_text, bn), kmax)
+    heads = tc.num_attention_heads
+    inputs = [TensorSpec("sta_tile_rows", "int64", ("sta_rows",), "natural image token of each tile-order row "
+                         "(the token count: padding)", "int", 0, 1),
+              TensorSpec("sta_kv_end", "int32", ("sta_k_blocks",), "one past the last valid key of each key block",
+                         "int", 0, 1)]
+    for g, window in enumerate(groups):
+        per_head = window if isinstance(window[0], tuple) else (window,)
+        seen = max(math.prod(min(w, n) for w, n in zip(win, opt_grid[3:], strict=True)) for win in per_head)
+        opt = min(kmax, seen * tile_tokens // bn + cdiv(max_text, bn))
+        axes[f"sta_max_blocks_{g}"] = AxisRange(1, opt, kmax)
+        inputs += [TensorSpec(f"sta_kv_idx_{g}", "int32", (heads, "sta_q_blocks", f"sta_max_blocks_{g}"),
+                              f"key blocks each query block visits (layers of window {list(window)})", "int", 0, 1),
+                   TensorSpec(f"sta_kv_cnt_{g}", "int32", (heads, "sta_q_blocks", 2),
+                              "(unmasked, all) listed key blocks", "int", 0, 1)]
+    buckets = tuple({**b, "sta_rows": sta_rows(config, b["latent_frames"], b["latent_height"], b["latent_width"])}
+                    for b in spec.buckets)
+    export_axes = {**spec.export_axes, "sta_rows": sta_rows(config, spec.export_axes["latent_frames"],
+                                                            spec.export_axes["latent_height"],
+                                                            spec.export_axes["latent_width"])}
+    return dataclasses.replace(spec, inputs=(*spec.inputs, *inputs), axes=axes, buckets=buckets,
+                               export_axes=export_axes, doc=spec.doc + ", sliding-tile plugin graph")
 
 
 def _decoder_outputs(config: ModelConfig, batch: int | str) -> tuple[tuple[TensorSpec, ...], dict]:

@@ -244,17 +244,19 @@ def optimize_graph(model) -> None:
 
 
 def trace_onnx(module: torch.nn.Module, spec: ComponentSpec, opset: int = DEFAULT_OPSET, optimize: bool = True,
-               weights: Mapping[str, torch.Tensor] | None = None, custom_translation_table: dict | None = None):
+               weights: Mapping[str, torch.Tensor] | None = None, custom_translation_table: dict | None = None,
+               example: Mapping[str, np.ndarray] | None = None):
     """Steps 1-3 of the module docstring: the checked ``onnx_ir`` model of ``module`` (not yet saved).
 
     ``weights``: ``module`` lives on the meta device (no RAM for weights) and its parameters come from
     this mapping (e.g. the memory-mapped checkpoint), converted lazily when the file is written.
     ``custom_translation_table``: the exporter's, for custom ops (e.g. FP8 Q/DQ, ``onnx_fp8``).
+    ``example``: the inputs to trace with (default: the spec's random example at its export axes).
     """
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ExportError(f"--opset {opset} is not supported; accepted: {MIN_OPSET}..{MAX_OPSET} (18 is the dynamo "
                           f"exporter's floor; 23's Attention op takes no [B, 1, 1, S] key mask in onnxruntime)")
-    feeds = spec.example_inputs(spec.export_axes, seed=0)
+    feeds = example if example is not None else spec.example_inputs(spec.export_axes, seed=0)
     device = "meta" if weights is not None else "cpu"
     args = tuple(torch.from_numpy(feeds[n]).to(device) for n in spec.input_names)
     module = module.eval()
@@ -534,9 +536,13 @@ def exported_components(source: ModelSource) -> tuple[str, ...]:
 
 def export_fp8_dit(source: ModelSource, state, spec: ComponentSpec, path: str | Path, opset: int = 19,
                    optimize: bool = True, metadata: dict[str, str] | None = None,
-                   stream_weights: bool = True) -> tuple[ExportResult, dict[str, int]]:
+                   stream_weights: bool = True, attention_plugin: bool = False) -> tuple[ExportResult, dict[str, int]]:
     """The FP8 DiT of ``state`` (a QuantState) as ``path`` (external data always; see
-    :mod:`vidtrt.export.onnx_fp8`); returns the result and the Q/DQ lowering counts."""
+    :mod:`vidtrt.export.onnx_fp8`); returns the result and the Q/DQ lowering counts.
+
+    ``attention_plugin``: every quantized attention is one ``vidtrt::attention_fp8`` plugin node fed by
+    ``QuantizeLinear`` outputs (flavour ``plugin-qdq-fp8`` of :mod:`vidtrt.kernels.onnx_plugins`; opset >= 21),
+    the rest of the graph as without it."""
     from vidtrt.export.onnx_fp8 import (
         FP8_MIN_OPSET,
         FP8ExportError,
@@ -553,13 +559,23 @@ def export_fp8_dit(source: ModelSource, state, spec: ComponentSpec, path: str | 
     else:
         module, weights = source.load_transformer(torch.float32), None
     weights = fp8_dit_weights(state, module, weights)
-    model = trace_onnx(module.eval(), spec, opset, optimize, weights, custom_translation_table=translation_table())
+    table = translation_table()
+    flavour = contextlib.nullcontext()
+    if attention_plugin:
+        from vidtrt.kernels import onnx_plugins
+
+        table = {**table, **onnx_plugins.custom_translation_table()}
+        flavour = onnx_plugins.plugin_flavour("plugin-qdq-fp8")
+    with flavour:
+        model = trace_onnx(module.eval(), spec, opset, optimize, weights, custom_translation_table=table)
     try:
         counts = lower_fp8_markers(model)
     except FP8ExportError as e:
         raise ExportError(f"{spec.name}: {e}") from None
     meta = {**(metadata or {}), "vidtrt.quantization": "fp8_e4m3",
             "vidtrt.quant_weights_sha256": state.weights_fingerprint}
+    if attention_plugin:
+        meta["vidtrt.flavour"] = "plugin-qdq-fp8"
     return save_onnx(model, spec, path, "always", meta, time.perf_counter() - t0), counts
 
 

@@ -36,6 +36,7 @@ from vidtrt.source.quant_state import QuantState
 
 FP8_DOMAIN = "vidtrt.fp8"
 MARKER = "FP8QDQ"
+QUANTIZE_MARKER = "FP8Q"  # quantize only (FP8 output to a plugin node): lowered to one QuantizeLinear
 FP8_MIN_OPSET = 19  # QuantizeLinear / DequantizeLinear with float8e4m3fn
 FP8_DIT_FILE = "dit_fp8.onnx"
 
@@ -49,15 +50,21 @@ def register_marker_schema() -> None:
     import onnx
     from onnx.defs import OpSchema
 
-    if onnx.defs.has(MARKER, FP8_DOMAIN):
-        return
     fp = OpSchema.FormalParameter
-    onnx.defs.register_schema(OpSchema(
-        MARKER, FP8_DOMAIN, 1, doc="FP8 e4m3 quantize-dequantize (lowered to QuantizeLinear/DequantizeLinear)",
-        inputs=[fp("x", "T"), fp("scale", "F")], outputs=[fp("y", "T")],
-        type_constraints=[("T", ["tensor(float)"], "x"), ("F", ["tensor(float)"], "scale")],
-        attributes=[OpSchema.Attribute("axis", OpSchema.AttrType.INT, "channel axis; -1 with a scalar scale")],
-    ))
+    if not onnx.defs.has(MARKER, FP8_DOMAIN):
+        onnx.defs.register_schema(OpSchema(
+            MARKER, FP8_DOMAIN, 1, doc="FP8 e4m3 quantize-dequantize (lowered to QuantizeLinear/DequantizeLinear)",
+            inputs=[fp("x", "T"), fp("scale", "F")], outputs=[fp("y", "T")],
+            type_constraints=[("T", ["tensor(float)"], "x"), ("F", ["tensor(float)"], "scale")],
+            attributes=[OpSchema.Attribute("axis", OpSchema.AttrType.INT, "channel axis; -1 with a scalar scale")],
+        ))
+    if not onnx.defs.has(QUANTIZE_MARKER, FP8_DOMAIN):
+        onnx.defs.register_schema(OpSchema(
+            QUANTIZE_MARKER, FP8_DOMAIN, 1, doc="FP8 e4m3 quantize, per tensor (lowered to QuantizeLinear)",
+            inputs=[fp("x", "T"), fp("scale", "F")], outputs=[fp("y", "Q")],
+            type_constraints=[("T", ["tensor(float)"], "x"), ("F", ["tensor(float)"], "scale"),
+                              ("Q", ["tensor(float8e4m3fn)"], "y")],
+        ))
 
 
 def translation_table() -> dict:
@@ -70,7 +77,10 @@ def translation_table() -> dict:
     def fp8_qdq(x, scale, axis: int):
         return dom.FP8QDQ(x, scale, axis=axis)
 
-    return {torch.ops.vidtrt.fp8_qdq.default: fp8_qdq}
+    def fp8_quantize(x, scale):
+        return dom.FP8Q(x, scale)
+
+    return {torch.ops.vidtrt.fp8_qdq.default: fp8_qdq, torch.ops.vidtrt.fp8_quantize.default: fp8_quantize}
 
 
 def quantize_weight_fp8(w: np.ndarray, scale: np.ndarray, axis: int | None) -> np.ndarray:
@@ -101,6 +111,21 @@ def lower_fp8_markers(model) -> dict[str, int]:
     graph = model.graph
     counts = {"weights": 0, "activations": 0, "transposes_folded": 0}
     for node in list(graph):
+        if node.domain == FP8_DOMAIN and node.op_type == QUANTIZE_MARKER:
+            x, scale_value = node.inputs
+            if _const_numpy(scale_value) is None or _const_numpy(scale_value).ndim:
+                raise FP8ExportError(f"FP8 quantize scale {scale_value.name!r} is not a constant scalar")
+            zp = ir.Value(name=f"{node.name}_zero_point", shape=ir.Shape([]),
+                          type=ir.TensorType(ir.DataType.FLOAT8E4M3FN),
+                          const_value=ir.tensor(np.zeros((), dtype=ml_dtypes.float8_e4m3fn),
+                                                name=f"{node.name}_zero_point"))
+            graph.register_initializer(zp)
+            q = ir.node("QuantizeLinear", [x, scale_value, zp], {}, name=f"{node.name}_q")
+            graph.insert_before(node, q)
+            node.outputs[0].replace_all_uses_with(q.outputs[0])
+            graph.remove(node, safe=False)
+            counts["quantize_only"] = counts.get("quantize_only", 0) + 1
+            continue
         if node.domain != FP8_DOMAIN or node.op_type != MARKER:
             continue
         x, scale_value = node.inputs

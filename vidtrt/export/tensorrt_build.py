@@ -166,6 +166,7 @@ class OnnxSummary:
     plugin_nodes: list[str]       # op types of vidtrt plugin nodes
     external_data: list[str]
     metadata: dict[str, str] = field(default_factory=dict)
+    plugin_functions: list[str] = field(default_factory=list)  # reference ONNX functions of plugin ops attached
 
     @property
     def main_float_type(self) -> str | None:
@@ -233,7 +234,8 @@ def inspect_onnx(path: str | Path) -> OnnxSummary:
         return [(v.name, _ONNX.get(v.type.tensor_type.elem_type, str(v.type.tensor_type.elem_type))) for v in values]
 
     return OnnxSummary(path, opset, io(g.input), io(g.output), dict(weight_bytes), q, dq, plugins, external,
-                       {p.key: p.value for p in model.metadata_props if p.key != "vidtrt.spec"})
+                       {p.key: p.value for p in model.metadata_props if p.key != "vidtrt.spec"},
+                       sorted(f.name for f in model.functions if f.domain == PLUGIN_DOMAIN))
 
 
 def check_onnx(summary: OnnxSummary, spec: ComponentSpec, precision: str, fingerprint: str | None = None,
@@ -251,6 +253,10 @@ def check_onnx(summary: OnnxSummary, spec: ComponentSpec, precision: str, finger
     if fingerprint and got and got != fingerprint:
         raise TensorRTBuildError(f"{spec.name}: {p} was exported from model config {got[:12]}, not {fingerprint[:12]}; "
                                  "export it again from this model")
+    if summary.plugin_functions:
+        raise TensorRTBuildError(f"{spec.name}: {p} carries reference functions of its plugin ops "
+                                 f"({', '.join(summary.plugin_functions)}: the onnxruntime check file); build from the "
+                                 "export without them")
     missing = [f for f in summary.external_data if not (p.parent / f).is_file()]
     if missing:
         raise TensorRTBuildError(f"{spec.name}: {p} needs its external data file {p.parent / missing[0]}, which is "

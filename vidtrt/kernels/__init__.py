@@ -18,5 +18,7 @@ Modules (import them explicitly; this package imports nothing, so CPU installs n
   aot            ahead-of-time payloads (PTX for sm_90, launch grid / scalars) for TensorRT plugins,
                  with their ptxas / SASS facts (registers, spills, instruction mix).
   trt_plugins    TensorRT quickly deployable plugins (AOT) built on ``aot``.
-  onnx_plugins   ONNX export flavour with plugin nodes; attention backends "trt-plugin(-fp8)".
+  onnx_plugins   ONNX export flavour with plugin nodes; attention backends "trt-plugin(-fp8)",
+                 "trt-plugin-sta(-fp8)" (block-sparse nodes in the STA graph), the FP8 Q/DQ graph's
+                 attention as an attention_fp8 node ("plugin-qdq-fp8").
 """

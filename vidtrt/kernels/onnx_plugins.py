@@ -72,6 +72,19 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "outputs": [("out", "O")],
         "attrs": {},
     },  # fmt: skip
+    # block-sparse (sliding-tile): the layout as three int32 tensors (graph inputs of the STA export)
+    "attention_sta": {
+        "inputs": [("q", "T"), ("k", "T"), ("v", "T"), ("key_lengths", "I"), ("kv_idx", "I"), ("kv_cnt", "I"),
+                   ("kv_end", "I")],
+        "outputs": [("out", "T")],
+        "attrs": {},
+    },  # fmt: skip
+    "attention_sta_fp8": {
+        "inputs": [("q8", "Q"), ("k8", "Q"), ("v8t", "Q"), ("q_scale", "F"), ("k_scale", "F"), ("v_scale", "F"),
+                   ("key_lengths", "I"), ("kv_idx", "I"), ("kv_cnt", "I"), ("kv_end", "I")],
+        "outputs": [("out", "O")],
+        "attrs": {},
+    },  # fmt: skip
 }
 _TYPE_CONSTRAINTS = {
     "T": _FLOAT,
@@ -188,6 +201,55 @@ def _(q8, k8, v8t, q_scale, k_scale, v_scale, key_lengths):
     return q8.new_empty(q8.shape, dtype=torch.bfloat16)
 
 
+def _layout(kv_idx: Tensor, kv_cnt: Tensor, kv_end: Tensor, seq_len: int):
+    from vidtrt.config.sparse_attention import PLUGIN_BLOCKS
+
+    from .sparse_layout import BlockSparseLayout
+
+    return BlockSparseLayout(kv_idx, kv_cnt, kv_end, *PLUGIN_BLOCKS, seq_len)
+
+
+@torch.library.custom_op("vidtrt::attention_sta", mutates_args=())
+def attention_sta_op(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor, kv_idx: Tensor, kv_cnt: Tensor,
+                     kv_end: Tensor) -> Tensor:
+    layout = _layout(kv_idx, kv_cnt, kv_end, q.shape[1])
+    if q.is_cuda:
+        from .block_sparse import block_sparse_attention
+
+        return block_sparse_attention(q, k, v, layout, key_lengths)
+    from .sparse_layout import block_sparse_reference
+
+    return block_sparse_reference(q, k, v, layout, key_lengths, compute_dtype=torch.float32).to(q.dtype)
+
+
+@attention_sta_op.register_fake
+def _(q, k, v, key_lengths, kv_idx, kv_cnt, kv_end):
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("vidtrt::attention_sta_fp8", mutates_args=())
+def attention_sta_fp8_op(q8: Tensor, k8: Tensor, v8t: Tensor, q_scale: Tensor, k_scale: Tensor, v_scale: Tensor,
+                         key_lengths: Tensor, kv_idx: Tensor, kv_cnt: Tensor, kv_end: Tensor) -> Tensor:
+    layout = _layout(kv_idx, kv_cnt, kv_end, q8.shape[1])
+    if q8.is_cuda:
+        from .block_sparse import block_sparse_attention_fp8
+
+        v8 = v8t[..., : k8.shape[1]].permute(0, 3, 1, 2)
+        return block_sparse_attention_fp8(q8, k8, v8, layout, key_lengths, q_scale=q_scale, k_scale=k_scale,
+                                          v_scale=v_scale, out_dtype=torch.bfloat16)  # fmt: skip
+    from .sparse_layout import block_sparse_reference
+
+    q = q8.float() * q_scale[:, None, :, None]
+    k = k8.float() * k_scale[:, None, :, None]
+    v = (v8t[..., : k8.shape[1]].float() * v_scale[..., None]).permute(0, 3, 1, 2)
+    return block_sparse_reference(q, k, v, layout, key_lengths, compute_dtype=torch.float32).to(torch.bfloat16)
+
+
+@attention_sta_fp8_op.register_fake
+def _(q8, k8, v8t, q_scale, k_scale, v_scale, key_lengths, kv_idx, kv_cnt, kv_end):
+    return q8.new_empty(q8.shape, dtype=torch.bfloat16)
+
+
 # ----------------------------------------------------------------------------------------------
 # ONNX translations
 # ----------------------------------------------------------------------------------------------
@@ -211,12 +273,21 @@ def custom_translation_table() -> dict:
     def attn_fp8(q8, k8, v8t, q_scale, k_scale, v_scale, key_lengths):
         return plug.attention_fp8(q8, k8, v8t, q_scale, k_scale, v_scale, key_lengths, **PLUGIN_ATTRS)
 
+    def attn_sta(q, k, v, key_lengths, kv_idx, kv_cnt, kv_end):
+        return plug.attention_sta(q, k, v, key_lengths, kv_idx, kv_cnt, kv_end, **PLUGIN_ATTRS)
+
+    def attn_sta_fp8(q8, k8, v8t, q_scale, k_scale, v_scale, key_lengths, kv_idx, kv_cnt, kv_end):
+        return plug.attention_sta_fp8(q8, k8, v8t, q_scale, k_scale, v_scale, key_lengths, kv_idx, kv_cnt, kv_end,
+                                      **PLUGIN_ATTRS)  # fmt: skip
+
     ops = torch.ops.vidtrt
     return {
         ops.qk_norm_rope.default: rope,
         ops.qk_norm_rope_fp8.default: rope_fp8,
         ops.attention.default: attn,
         ops.attention_fp8.default: attn_fp8,
+        ops.attention_sta.default: attn_sta,
+        ops.attention_sta_fp8.default: attn_sta_fp8,
     }
 
 
@@ -258,6 +329,54 @@ def attention_fp8_plugin_backend(q, k, v, key_lengths):
     return out.to(q.dtype)
 
 
+def attention_sta_plugin_backend(q, k, v, key_lengths):
+    """Attention backend ``trt-plugin-sta``: one ``vidtrt::attention_sta`` node inside a DiT block of the
+    sliding-tile plugin graph (layout tensors current, ``sparse_layout.layout_tensors``), else ``attention``."""
+    from .sparse_layout import current_layout_tensors
+
+    layout = current_layout_tensors()
+    if layout is None:
+        return attention_plugin_backend(q, k, v, key_lengths)
+    return torch.ops.vidtrt.attention_sta(q, k, v, _full_lengths(key_lengths, q, k), *layout)
+
+
+def attention_sta_fp8_plugin_backend(q, k, v, key_lengths):
+    """Attention backend ``trt-plugin-sta-fp8``: in-graph quantization + ``vidtrt::attention_sta_fp8`` (the
+    token refiner: ``attention_fp8``)."""
+    from .sparse_layout import current_layout_tensors
+
+    layout = current_layout_tensors()
+    if layout is None:
+        return attention_fp8_plugin_backend(q, k, v, key_lengths)
+    q8, k8, v8t, qs, ks, vs = quantize_for_fp8_plugin(q, k, v)
+    out = torch.ops.vidtrt.attention_sta_fp8(q8, k8, v8t, qs, ks, vs, _full_lengths(key_lengths, q, k), *layout)
+    return out.to(q.dtype)
+
+
+def quantized_attention_fp8_plugin(q, k, v, key_lengths, q_quantizer, k_quantizer, v_quantizer, softmax_quantizer):
+    """Drop-in for ``vidtrt.models.attention.quantized_attention`` in the FP8 Q/DQ graph (flavour
+    ``plugin-qdq-fp8``): q, k, v quantized with the calibrated per-tensor scales (``vidtrt::fp8_quantize``, one
+    ``QuantizeLinear`` each once lowered; v transposed to [B, H, D, S16] and zero-padded first) and one
+    ``vidtrt::attention_fp8`` node. The softmax quantizer is not used: the kernel quantizes P itself as
+    fp8(P * 448) against its running row max (= a softmax amax of 1); the result is cast back to q's dtype."""
+    from vidtrt.models.fp8 import fp8_quantize
+
+    for name, qz in (("q", q_quantizer), ("k", k_quantizer), ("v", v_quantizer)):
+        if getattr(qz, "scale", None) is None or qz.scale.ndim != 0:
+            raise ValueError(f"the FP8 attention plugin takes per-tensor {name} scales; the {name} quantizer has "
+                             f"{getattr(qz, 'scale', None)!r}")
+    b, s, h, d = q.shape
+    q8 = fp8_quantize(q, q_quantizer.scale)
+    k8 = fp8_quantize(k, k_quantizer.scale)
+    vt = torch.nn.functional.pad(v.permute(0, 2, 3, 1), (0, (-s) % 16))  # [B, H, D, S16]
+    v8t = fp8_quantize(vt, v_quantizer.scale)
+    ones = q.new_ones((b, h), dtype=torch.float32)
+    out = torch.ops.vidtrt.attention_fp8(q8, k8, v8t, ones * q_quantizer.scale, ones * k_quantizer.scale,
+                                         ones[..., None].expand(b, h, d) * v_quantizer.scale,
+                                         _full_lengths(key_lengths, q, k))  # fmt: skip
+    return out.to(q.dtype)
+
+
 def qk_norm_rope_plugin(q, k, norm_q, norm_k, cos, sin, num_image_tokens):
     """Drop-in for ``vidtrt.models.rope.qk_norm_rope``: one ``vidtrt::qk_norm_rope`` node."""
     eps = float(getattr(norm_q, "eps", 1e-6))
@@ -271,35 +390,49 @@ def _register_backends() -> None:
 
     register_backend("trt-plugin", attention_plugin_backend)
     register_backend("trt-plugin-fp8", attention_fp8_plugin_backend)
+    register_backend("trt-plugin-sta", attention_sta_plugin_backend)
+    register_backend("trt-plugin-sta-fp8", attention_sta_fp8_plugin_backend)
 
 
 _register_backends()
 
-FLAVOURS = ("decomposed", "plugin", "plugin-fp8")
+FLAVOURS = ("decomposed", "plugin", "plugin-fp8")  # for any module (export_onnx)
+# for the DiT's graphs: the sliding-tile graph (vidtrt.export.sta_onnx) and the FP8 Q/DQ graph's attention
+DIT_FLAVOURS = ("plugin-sta", "plugin-sta-fp8", "plugin-qdq-fp8")
+_FLAVOUR_BACKENDS = {"plugin": "trt-plugin", "plugin-fp8": "trt-plugin-fp8", "plugin-sta": "trt-plugin-sta",
+                     "plugin-sta-fp8": "trt-plugin-sta-fp8"}
 
 
 @contextlib.contextmanager
 def plugin_flavour(flavour: str = "plugin") -> Iterator[None]:
     """Within the block the DiT's norm+RoPE and attention go through the plugin custom ops
-    (``decomposed``: the PyTorch code; ``plugin``; ``plugin-fp8``: FP8 attention plugin)."""
+    (``decomposed``: the PyTorch code; ``plugin``; ``plugin-fp8``: FP8 attention plugin; ``plugin-sta`` /
+    ``plugin-sta-fp8``: the block-sparse plugins inside the DiT blocks of a sliding-tile graph, whose layout
+    tensors ``vidtrt.models.sparse_tiles.GraphTilePlan`` makes current, the dense ones elsewhere)."""
     from vidtrt.models import attention as attn_api
     from vidtrt.models import rope as rope_api
 
-    if flavour not in FLAVOURS:
-        raise ValueError(f"flavour={flavour!r}: accepted {', '.join(FLAVOURS)}")
+    if flavour not in FLAVOURS + DIT_FLAVOURS:
+        raise ValueError(f"flavour={flavour!r}: accepted {', '.join(FLAVOURS + DIT_FLAVOURS)}")
+    quantized = None
     if flavour == "decomposed":
         backend, rope_impl = "sdpa", None
+    elif flavour == "plugin-qdq-fp8":
+        # the FP8 Q/DQ graph (float32 between its Q/DQ): only its quantized attention becomes a plugin node;
+        # the norm + RoPE plugin takes bf16 / fp16 only, so it stays decomposed there
+        backend, rope_impl, quantized = "sdpa", None, quantized_attention_fp8_plugin
     else:
-        backend = "trt-plugin" if flavour == "plugin" else "trt-plugin-fp8"
+        backend = _FLAVOUR_BACKENDS[flavour]
         rope_impl = qk_norm_rope_plugin
-    with attn_api.use_backend(backend), rope_api.use_qk_norm_rope_impl(rope_impl):
+    with (attn_api.use_backend(backend), rope_api.use_qk_norm_rope_impl(rope_impl),
+          attn_api.use_quantized_attention_impl(quantized)):
         yield
 
 
 def export_onnx(module: torch.nn.Module, args: tuple, flavour: str = "plugin", path: str | None = None,
                 dynamic_shapes: Any = None, opset_version: int | None = None, **kwargs) -> onnx.ModelProto:
     """Dynamo ONNX export of ``module`` in one flavour; returns the ModelProto (and saves it to ``path``)."""
-    opset = opset_version or (FP8_OPSET if flavour == "plugin-fp8" else 18)
+    opset = opset_version or (FP8_OPSET if flavour.endswith("fp8") else 18)
     with plugin_flavour(flavour), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
         prog = torch.onnx.export(
             module, args, dynamo=True, dynamic_shapes=dynamic_shapes, opset_version=opset,
@@ -365,6 +498,42 @@ class _AttnRef(torch.nn.Module):
         return torch.einsum("bhqk,bkhd->bqhd", p, vf).to(out_dtype)
 
 
+class _StaRef(torch.nn.Module):
+    """attention_sta(_fp8) written out: dense attention masked by the layout (128 x 64 blocks), per-sample key
+    lengths; a query that sees no key (padding rows) gives zeros, as the kernels do."""
+
+    def __init__(self, fp8: bool):
+        super().__init__()
+        self.fp8 = fp8
+
+    def forward(self, q, k, v, a3, a4, a5, a6, a7=None, a8=None, a9=None):
+        from vidtrt.config.sparse_attention import PLUGIN_BLOCKS
+
+        if self.fp8:
+            q_scale, k_scale, v_scale, key_lengths, kv_idx, kv_cnt, kv_end = a3, a4, a5, a6, a7, a8, a9
+            q = q.float() * q_scale[:, None, :, None]
+            k = k.float() * k_scale[:, None, :, None]
+            v = (v.float()[..., : k.shape[1]] * v_scale[..., None]).permute(0, 3, 1, 2)
+            out_dtype = torch.bfloat16
+        else:
+            key_lengths, kv_idx, kv_cnt, kv_end = a3, a4, a5, a6
+            out_dtype = q.dtype
+        bm, bn = PLUGIN_BLOCKS
+        dev = q.device
+        pos = torch.arange(q.shape[1], device=dev)
+        listed = torch.arange(kv_idx.shape[2], device=dev)[None, None, :] < kv_cnt[..., 1:2]  # [H, NQB, MAXK]
+        blocks = torch.arange(kv_end.shape[0], device=dev)
+        block_ok = ((kv_idx[..., None] == blocks) & listed[..., None]).any(2)  # [H, NQB, NKB]
+        allowed = block_ok.index_select(1, pos // bm).index_select(2, pos // bn)  # [H, S, S]
+        key_ok = (pos < kv_end.index_select(0, pos // bn))[None, :] & (pos[None, :] < key_lengths[:, None])
+        keep = allowed[None] & key_ok[:, None, None, :]  # [B, H, S, S]
+        qf, kf, vf = q.float(), k.float(), v.float()
+        scores = torch.einsum("bqhd,bkhd->bhqk", qf, kf) * (qf.shape[-1] ** -0.5)
+        scores = scores.masked_fill(~keep, float("-inf"))
+        p = torch.where(keep.any(-1, keepdim=True), torch.softmax(scores, dim=-1), torch.zeros((), device=dev))
+        return torch.einsum("bhqk,bkhd->bqhd", p, vf).to(out_dtype)
+
+
 def _graph_to_function(model: onnx.ModelProto, name: str, attrs: list[str]) -> onnx.FunctionProto:
     nodes = []
     for init in model.graph.initializer:
@@ -410,6 +579,21 @@ def _reference_function(name: str, eps: float, opset_version: int) -> onnx.Funct
                           (f8(b, s, h, d), f8(b, s, h, d), f8(b, h, d, 16), t(b, h), t(b, h), t(b, h, d), kl),
                           (x4, x4, {0: dyn_b, 3: dyn_s16}, {0: dyn_b}, {0: dyn_b}, {0: dyn_b}, {0: dyn_b})),
     }  # fmt: skip
+    # sliding-tile: S = 200 rows -> 2 query blocks of 128, 4 key blocks of 64 (sizes > 1: nothing specialises)
+    s2 = 200
+    kv_idx = torch.tensor([[[0, 3, 1], [1, 2, 3]]] * h, dtype=torch.int32)
+    kv_cnt = torch.tensor([[[1, 2], [2, 3]]] * h, dtype=torch.int32)
+    kv_end = torch.tensor([64, 128, 150, s2], dtype=torch.int32)
+    kl2 = torch.full((b,), s2, dtype=torch.int32)
+    dyn_nqb = torch.export.Dim("NQB", min=1, max=10000)
+    lay_dyn = ({1: dyn_nqb, 2: torch.export.Dim("MAXK", min=1, max=20000)}, {1: dyn_nqb},
+               {0: torch.export.Dim("NKB", min=1, max=20000)})
+    specs["attention_sta"] = (_StaRef(False), (t(b, s2, h, d), t(b, s2, h, d), t(b, s2, h, d), kl2, kv_idx, kv_cnt,
+                                               kv_end), (x4, x4, x4, {0: dyn_b}, *lay_dyn))
+    specs["attention_sta_fp8"] = (_StaRef(True), (f8(b, s2, h, d), f8(b, s2, h, d), f8(b, h, d, 208), t(b, h), t(b, h),
+                                                  t(b, h, d), kl2, kv_idx, kv_cnt, kv_end),
+                                  (x4, x4, {0: dyn_b, 3: dyn_s16}, {0: dyn_b}, {0: dyn_b}, {0: dyn_b}, {0: dyn_b},
+                                   *lay_dyn))  # fmt: skip
     mod, args, dyn = specs[name]
     attrs = [*SCHEMAS[name]["attrs"], *PLUGIN_ATTRS]
     with contextlib.redirect_stdout(io.StringIO()):

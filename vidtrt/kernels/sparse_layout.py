@@ -37,8 +37,10 @@ __all__ = [
     "BlockSparseLayout",
     "TileGrid",
     "block_sparse_reference",
+    "current_layout_tensors",
     "current_tile_window",
     "dense_mask_from_layout",
+    "layout_tensors",
     "sliding_tile_layout",
     "sliding_tile_mask",
     "sliding_tile_reference",
@@ -235,6 +237,26 @@ def tile_window(tiles: TileGrid, window) -> Iterator[None]:
 def current_tile_window():
     """(TileGrid, window) set by :func:`tile_window`, or None (the STA backends then attend densely)."""
     return _window.get()
+
+
+_layout_tensors: ContextVar = ContextVar("vidtrt_sta_layout_tensors", default=None)
+
+
+@contextlib.contextmanager
+def layout_tensors(kv_idx: torch.Tensor, kv_cnt: torch.Tensor, kv_end: torch.Tensor) -> Iterator[None]:
+    """Within the block, the STA plugin backends (``vidtrt.kernels.onnx_plugins``) attend with this layout,
+    given as tensors (the graph inputs of the STA plugin export: kv_idx [H, NQB, MAXK], kv_cnt [H, NQB, 2],
+    kv_end [NKB] int32, 128 x 64 blocks)."""
+    token = _layout_tensors.set((kv_idx, kv_cnt, kv_end))
+    try:
+        yield
+    finally:
+        _layout_tensors.reset(token)
+
+
+def current_layout_tensors():
+    """(kv_idx, kv_cnt, kv_end) set by :func:`layout_tensors`, or None (the plugin backends attend densely)."""
+    return _layout_tensors.get()
 
 
 # ----------------------------------------------------------------------------------------------

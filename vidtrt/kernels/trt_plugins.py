@@ -62,7 +62,7 @@ PLUGINS: dict[str, dict[str, list[str]]] = {
 
 # Block-sparse (sliding-tile) attention: the layout arrives as three int32 tensors made on the host
 # (``kernels/sparse_layout.sliding_tile_layout`` per head, 128 x 64 blocks: the block sizes are compiled
-# into the payload); not in the ONNX flavour yet (its DiT export would need the layout as graph inputs).
+# into the payload); graph inputs of the STA plugin export (``vidtrt.export.sta_onnx``).
 _LAYOUT = ["kv_idx", "kv_cnt", "kv_end"]
 STA_PLUGINS: dict[str, dict[str, list[str]]] = {
     "attention_sta": {"inputs": ["q", "k", "v", "key_lengths", *_LAYOUT], "attrs": [], "outputs": ["out"]},

@@ -147,6 +147,22 @@ def quantized_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_l
     return torch.matmul(probs, vt).transpose(1, 2).to(dtype)
 
 
+# An override of quantized_attention (same arguments) for this thread / task: the FP8 Q/DQ export's plugin
+# flavour replaces the written-out attention by one FP8 attention plugin node (vidtrt.kernels.onnx_plugins).
+_quantized_impl: ContextVar[Callable | None] = ContextVar("vidtrt_quantized_attention", default=None)
+
+
+@contextlib.contextmanager
+def use_quantized_attention_impl(fn: Callable | None) -> Iterator[None]:
+    """Within the block, quantized attention (quantizers attached) runs ``fn`` instead of
+    :func:`quantized_attention` (None: the default)."""
+    token = _quantized_impl.set(fn)
+    try:
+        yield
+    finally:
+        _quantized_impl.reset(token)
+
+
 class QuantizableAttention(nn.Module):
     """Base of the modules that run attention: :meth:`attend` is :func:`attention`, unless q / k / v /
     softmax quantizers (:data:`ATTENTION_QUANTIZERS`) are attached as child modules (FP8 fake quant,
@@ -160,4 +176,4 @@ class QuantizableAttention(nn.Module):
         quantizers = [getattr(self, name, None) for name in ATTENTION_QUANTIZERS]
         if any(qz is None for qz in quantizers) or not any(getattr(qz, "is_enabled", True) for qz in quantizers):
             return attention(q, k, v, key_lengths) if plain is None else plain(q, k, v, key_lengths=key_lengths)
-        return quantized_attention(q, k, v, key_lengths, *quantizers)
+        return (_quantized_impl.get() or quantized_attention)(q, k, v, key_lengths, *quantizers)

@@ -64,6 +64,18 @@ def _(x: torch.Tensor, scale: torch.Tensor, axis: int) -> torch.Tensor:
     return torch.empty_like(x)
 
 
+@torch.library.custom_op("vidtrt::fp8_quantize", mutates_args=())
+def fp8_quantize(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``saturate_e4m3(x / scale)`` as float8_e4m3fn (per-tensor ``scale``): the quantize half of
+    :func:`fp8_qdq`, for graphs that hand FP8 tensors to a kernel (ONNX: one ``QuantizeLinear``)."""
+    return (x.to(torch.float32) / scale.to(torch.float32)).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
+
+
+@fp8_quantize.register_fake
+def _(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x, dtype=torch.float8_e4m3fn)
+
+
 class FP8Quantizer(nn.Module):
     """One fake quantizer: ``amax`` (float32 scalar, or [C] per channel along ``axis``) as a
     non-persistent buffer, so the owning module's ``state_dict`` is the checkpoint's."""

@@ -13,12 +13,14 @@ them) nor outputs. Each block runs inside :meth:`TilePlan.layer`, which tells th
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
 
 import torch
 
 from vidtrt.config.sparse_attention import LayerWindow, current_sparse_step
 from vidtrt.errors import ConfigError
-from vidtrt.kernels.sparse_layout import TileGrid, tile_window
+from vidtrt.kernels.sparse_layout import TileGrid, layout_tensors, tile_window
 
 TILED_BACKENDS = ("triton-sta", "triton-fp8-sta", "triton-sta-tma", "triton-fp8-sta-tma")
 
@@ -53,10 +55,62 @@ class TilePlan:
         return tile_window(self.tiles, self.windows[index])
 
 
-def tile_plan(grid: tuple[int, int, int], num_blocks: int, device, exporting: bool = False) -> TilePlan | None:
-    """The forward's TilePlan when the attention backend is an STA one and a sparse step is current."""
+class GraphTilePlan:
+    """The tile order and layouts as tensors: the graph inputs of the sliding-tile plugin export
+    (``vidtrt.config.specs.sta_inputs``), so one graph serves every video size, window and step.
+
+    ``tile_rows`` int64 [P]: the natural image token of each tile-order row (``S_img``: a padding row);
+    ``layouts``: one (kv_idx, kv_cnt, kv_end) per distinct window, ``layer_group[i]`` the one of block i.
+    Entering gathers the rows (a zero row / cos 1 / sin 0 for padding); leaving scatters them back (the
+    padding rows all land on one extra row, dropped), so both are one Gather / ScatterND in the graph."""
+
+    def __init__(self, tile_rows: torch.Tensor, layouts, layer_group: tuple[int, ...]):
+        self.rows, self.layouts, self.layer_group = tile_rows, layouts, layer_group
+        self.num_tokens = None
+
+    def enter(self, img: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        b, s, c = img.shape
+        self.num_tokens = s
+        x = torch.cat((img, img.new_zeros((b, 1, c))), 1).index_select(1, self.rows)
+        cos_t = torch.cat((cos, cos.new_ones((1, cos.shape[1]))), 0).index_select(0, self.rows)
+        sin_t = torch.cat((sin, sin.new_zeros((1, sin.shape[1]))), 0).index_select(0, self.rows)
+        return x, cos_t, sin_t
+
+    def leave(self, img: torch.Tensor) -> torch.Tensor:
+        b, _, c = img.shape
+        out = img.new_zeros((b, self.num_tokens + 1, c))
+        out[:, self.rows] = img
+        return out[:, : self.num_tokens]
+
+    def layer(self, index: int):
+        return layout_tensors(*self.layouts[self.layer_group[index]])
+
+
+_graph_plan: ContextVar[GraphTilePlan | None] = ContextVar("vidtrt_graph_tile_plan", default=None)
+
+
+@contextlib.contextmanager
+def graph_tile_plan(plan: GraphTilePlan) -> Iterator[None]:
+    """Within the block the DiT runs in ``plan``'s tile order whatever the backend and step (the STA plugin
+    export and its eager twin)."""
+    token = _graph_plan.set(plan)
+    try:
+        yield
+    finally:
+        _graph_plan.reset(token)
+
+
+def tile_plan(grid: tuple[int, int, int], num_blocks: int, device, exporting: bool = False):
+    """The forward's TilePlan when the attention backend is an STA one and a sparse step is current (or the
+    :class:`GraphTilePlan` set by :func:`graph_tile_plan`)."""
     from vidtrt.models.attention import get_backend
 
+    graph = _graph_plan.get()
+    if graph is not None:
+        if len(graph.layer_group) != num_blocks:
+            raise ConfigError(f"the graph tile plan has {len(graph.layer_group)} layer windows: accepted one per "
+                              f"block ({num_blocks})")
+        return graph
     step = current_sparse_step()
     if exporting or step is None or get_backend() not in TILED_BACKENDS:
         return None

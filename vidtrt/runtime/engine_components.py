@@ -154,11 +154,13 @@ class EngineDenoiser:
     exact: padding tokens are never keys. ``run(feeds)`` does the same on numpy feeds (Triton).
     """
 
-    def __init__(self, engine: Engine, text_buckets: Sequence[int] = ()):
+    def __init__(self, engine: Engine, text_buckets: Sequence[int] = (), sta=None):
         self.engine = engine
         self.spec = engine.spec
         self.text_buckets = tuple(sorted(text_buckets))
         self.has_guidance = "guidance" in self.spec.input_names
+        # the sliding-tile plugin graph: its tile order / layouts per shape and step (runtime.sta_inputs)
+        self.sta = sta
 
     def text_keep(self, mask: np.ndarray) -> int:
         """Text columns to keep for an int mask [B, L]."""
@@ -181,6 +183,11 @@ class EngineDenoiser:
             if keep < mask.shape[1]:
                 feeds["encoder_attention_mask"] = mask[:, :keep]
                 feeds["encoder_hidden_states"] = feeds["encoder_hidden_states"][:, :keep]
+        if self.sta is not None and "sta_tile_rows" not in feeds:
+            from vidtrt.config.sparse_attention import current_sparse_step
+
+            feeds.update(self.sta.feeds(feeds["hidden_states"].shape, feeds["encoder_hidden_states"].shape[1],
+                                        current_sparse_step()))
         return self.engine.run(feeds)
 
     def __call__(self, latents: torch.Tensor, timestep: torch.Tensor, text: TextEmbeddings,
@@ -284,7 +291,9 @@ class _Loader:
 
     def onnx_engine(self, name: str, spec: ComponentSpec) -> OnnxRuntimeEngine:
         path = artifact_path(self.artifacts, name, self.config, spec, self.manifest)
-        fp8 = bool(self.manifest.get("components", {}).get(name, {}).get("quantization"))  # Q/DQ: basic graph opts
+        entry = self.manifest.get("components", {}).get(name, {})
+        # Q/DQ or in-graph FP8 casts: basic graph optimisations
+        fp8 = bool(entry.get("quantization")) or str(entry.get("flavour", "")).endswith("fp8")
         return OnnxRuntimeEngine(path, spec, threads=self.threads, providers=self.providers, fp8=fp8)
 
 
@@ -318,15 +327,22 @@ def engine_dit(model: str | Path | ModelSource, engine: str = "onnxruntime", art
     source = ModelSource.open(model)
     ld = _loader or _Loader(source, engine, artifacts, threads, providers, device)
     spec = source.specs(("dit",))["dit"]
+    sta = None
     if ld.engine == "torch":
         eng: Engine = TorchEngine(spec, component_module(source, "dit").to(ld.device), ld.device)
+    elif (ld.manifest.get("components", {}).get("dit", {}).get("flavour") or "").startswith("plugin-sta"):
+        from vidtrt.config.specs import dit_spec
+        from vidtrt.runtime.sta_inputs import StaInputs
+
+        # the sliding-tile plugin graph (vidtrt.export.sta_onnx, reference functions attached for onnxruntime)
+        eng, sta = ld.onnx_engine("dit", dit_spec(ld.config, sparse=True)), StaInputs(ld.config)
     else:
         eng = ld.onnx_engine("dit", spec)
     if source.family.name == "cogvideox":
         from vidtrt.runtime.cogvideox_engines import CogVideoXEngineDenoiser
 
         return CogVideoXEngineDenoiser(eng)
-    return EngineDenoiser(eng, text_length_buckets(ld.config))
+    return EngineDenoiser(eng, text_length_buckets(ld.config), sta)
 
 
 def engine_vae_decoder(model: str | Path | ModelSource, engine: str = "onnxruntime",
