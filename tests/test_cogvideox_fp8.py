@@ -314,6 +314,32 @@ def test_fp8_onnx_runs_in_onnxruntime(cog_state, tmp_path):
     _onnx_vs_fake_quant(ModelSource.open(MODEL), cog_state[0], tmp_path, SHAPES)
 
 
+def test_export_cli_quantized_then_onnxruntime_pipeline(cog_state, tmp_path, capsys):
+    """`vidtrt export --quantized` (the CLI, which refused CogVideoX before) writes the FP8 DiT beside the float
+    VAE graph, and `vidtrt run --engine onnxruntime` generates from it: close to the float32 ONNX pipeline's
+    frames, and not equal to them (the FP8 graph is the one that ran)."""
+    import shutil
+
+    from onnx_artifacts import tiny_cogvideox_artifacts
+
+    art = tmp_path / "art"
+    shutil.copytree(tiny_cogvideox_artifacts(), art)  # float dit.onnx + vae_decoder_batch.onnx, shared export
+    assert cli_main(["export", "--model", MODEL, "--quantized", str(cog_state[0]), "--components", "dit",
+                     "--out", str(art)]) == 0
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert manifest["components"]["dit"]["file"] == FP8_DIT_FILE and "quantization" in manifest["components"]["dit"]
+    assert set(manifest["components"]) == {"dit", "vae_decoder_batch"}
+    args = ["run", "a cat", "--model", MODEL, "--engine", "onnxruntime", "--frames", "9", "--steps", "3",
+            "--seed", "5", "--no-progress"]
+    assert cli_main([*args, "--artifacts", str(art), "-o", str(tmp_path / "fp8.npy")]) == 0
+    assert cli_main([*args, "--artifacts", str(tiny_cogvideox_artifacts()), "-o", str(tmp_path / "f32.npy")]) == 0
+    capsys.readouterr()
+    fp8, f32 = np.load(tmp_path / "fp8.npy"), np.load(tmp_path / "f32.npy")
+    psnr = _psnr(fp8, f32)
+    print(f"CogVideoX onnxruntime FP8 DiT vs float32 frames: PSNR {psnr:.2f} dB")
+    assert fp8.shape == f32.shape and not np.array_equal(fp8, f32) and psnr >= 30.0, psnr
+
+
 # ------------------------------------------------------------------------------------- diffusers folder
 @pytest.mark.slow
 def test_diffusers_folder_quantize_run_export(tmp_path):

@@ -1,4 +1,4 @@
-"""What only HunyuanVideo has so far (sequence parallelism, TensorRT plans, FP8 export) is refused for another
+"""What only HunyuanVideo has so far (sequence parallelism, TensorRT plans) is refused for another
 family in one line, exit 2, before any weight loads or anything is written; cache-bench checks its --json folder
 first."""
 
@@ -37,16 +37,13 @@ def test_cache_bench_checks_its_json_folder_first(tmp_path, capsys):
     assert "--json" in err and "does not exist" in err
 
 
-def test_tensorrt_plans_and_fp8_export_refuse_cogvideox(tmp_path):
-    """The onnxruntime engine serves CogVideoX; TensorRT plans and the FP8 ONNX DiT are HunyuanVideo's only (one
-    line, before TensorRT is imported or anything is exported)."""
-    from vidtrt.export.onnx_export import ExportError, export_components
+def test_tensorrt_plans_refuse_cogvideox(tmp_path):
+    """The onnxruntime engine serves CogVideoX (FP8 DiT included: tests/test_cogvideox_fp8.py); TensorRT plans are
+    HunyuanVideo's only (one line, before TensorRT is imported or anything is built)."""
     from vidtrt.export.tensorrt_build import TensorRTBuildError, build_plans
     from vidtrt.source.model_source import ModelSource
 
     source = ModelSource.open("tiny-cogvideox")
     with pytest.raises(TensorRTBuildError, match="HunyuanVideo only.*not cogvideox"):
         build_plans(source, "bf16", tmp_path / "trt", trt=object())
-    with pytest.raises(ExportError, match="FP8 export is HunyuanVideo's DiT only.*not cogvideox"):
-        export_components(source, tmp_path / "onnx", quantized=tmp_path)
-    assert not (tmp_path / "onnx").exists() and not (tmp_path / "trt").exists()
+    assert not (tmp_path / "trt").exists()

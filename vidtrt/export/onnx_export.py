@@ -412,8 +412,6 @@ def export_components(model: str | Path | ModelSource = "tiny", out: str | Path 
     if unknown:
         raise ExportError(f"unknown component {unknown[0]!r} of a {source.family.name} model; "
                           f"accepted: {list(accepted)}")
-    if quantized is not None and source.family.name != "hunyuan_video":
-        raise ExportError(f"--quantized: FP8 export is HunyuanVideo's DiT only, so far (not {source.family.name})")
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
