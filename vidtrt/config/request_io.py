@@ -88,7 +88,7 @@ REQUEST_INPUTS: tuple[IOTensor, ...] = (
     IOTensor("prompt_policy", "TYPE_STRING", (1,), doc="'truncate' or 'error'"),
     IOTensor("output_format", "TYPE_STRING", (1,),
              doc="'frames' (video only) or 'mp4' (video + mp4 bytes)"),
-    IOTensor("cache_policy", "TYPE_STRING", (1,), doc="step caching: 'none' or 'easycache' (default: the model's)"),
+    IOTensor("cache_policy", "TYPE_STRING", (1,), doc="step caching: 'none', 'easycache' or 'teacache' (default: the model's)"),
     IOTensor("cache_threshold", "TYPE_FP32", (1,),
              doc="step caching: accumulated change that calls the DiT; 0 = never skip"),
     IOTensor("cache_warmup_steps", "TYPE_INT32", (1,), doc="step caching: first steps that always call the DiT"),
