@@ -50,12 +50,13 @@ class HunyuanVideoDiTProbe(nn.Module):
         return self.norm1(img, temb)[0]
 
     def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, pooled_projections: torch.Tensor,
-                *rest: torch.Tensor) -> torch.Tensor:
+                arg3: torch.Tensor, arg4: torch.Tensor, arg5: torch.Tensor | None = None) -> torch.Tensor:
+        """Positional as the ``dit_probe`` spec: (..., guidance, prev_hidden_states, prev_timestep), or without
+        ``guidance`` for a DiT that does not embed it."""
         if self.guidance_embeds:
-            guidance, prev_hidden_states, prev_timestep = rest
+            guidance, prev_hidden_states, prev_timestep = arg3, arg4, arg5
         else:
-            guidance = None
-            prev_hidden_states, prev_timestep = rest
+            guidance, prev_hidden_states, prev_timestep = None, arg3, arg4
         now = self.modulated(hidden_states, timestep, pooled_projections, guidance)
         prev = self.modulated(prev_hidden_states, prev_timestep, pooled_projections, guidance)
         acc = torch.float32 if _exporting() else torch.float64
