@@ -63,8 +63,9 @@ class EngineDitProbe:
 
     def __call__(self, latents, timestep, prev_latents, prev_timestep, pooled, guidance) -> torch.Tensor:
         f32 = lambda t: np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy())  # noqa: E731
-        feeds = {"hidden_states": f32(latents), "timestep": f32(timestep.reshape(-1)), "pooled_projections": f32(pooled),
-                 "prev_hidden_states": f32(prev_latents), "prev_timestep": f32(prev_timestep.reshape(-1))}
+        feeds = {"hidden_states": f32(latents), "timestep": f32(timestep.reshape(-1)),
+                 "pooled_projections": f32(pooled), "prev_hidden_states": f32(prev_latents),
+                 "prev_timestep": f32(prev_timestep.reshape(-1))}
         if self.has_guidance:
             feeds["guidance"] = f32(guidance.reshape(-1))
         return torch.from_numpy(np.asarray(self.run(feeds)["rel_l1"], dtype=np.float32))

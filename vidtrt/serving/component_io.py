@@ -35,8 +35,15 @@ import torch
 from vidtrt.config.components import Components, TextEmbeddings
 from vidtrt.config.model_config import ModelConfig
 from vidtrt.config.sparse_attention import SparseStep, current_sparse_step, sparse_step
-from vidtrt.config.specs import (TRITON_DTYPES, AxisRange, ComponentSpec, TensorSpec, dit_probe_spec, dit_spec,
-                                 vae_decoder_spec)
+from vidtrt.config.specs import (
+    TRITON_DTYPES,
+    AxisRange,
+    ComponentSpec,
+    TensorSpec,
+    dit_probe_spec,
+    dit_spec,
+    vae_decoder_spec,
+)
 from vidtrt.errors import EngineError, VidtrtError
 
 KEYS = ("text_encoder", "dit", "vae_decoder", "dit_probe")
