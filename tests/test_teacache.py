@@ -21,6 +21,7 @@ from vidtrt.models.transformer import HunyuanVideoTransformer3D
 from vidtrt.runtime.step_cache import DitCallTally, StepCache, TeaCache, make_step_cache, rescale
 
 PROMPT = "a cat walks on the grass"
+THRESHOLDS = "0.1,0.3"  # cache-bench on small, 30 steps: 17 and 8 DiT calls of 30 (docs/step-caching.md)
 # Two architectures (as tests/test_transformer.py): with and without the guidance embedder.
 CONFIGS = {
     "guidance": dict(num_attention_heads=2, attention_head_dim=16, num_layers=2, num_single_layers=1,
@@ -253,8 +254,6 @@ def test_small_preset_calls_fall_as_threshold_rises(tmp_path, capsys):
         assert r["pattern"][:3] == [1, 1, 1] and r["pattern"][-1] == 1
 
 
-THRESHOLDS = "0.1,0.3"
-
 
 # ------------------------------------------------------------------------------------------- refusals
 @pytest.mark.parametrize("kwargs, param", [
@@ -281,3 +280,15 @@ def test_cogvideox_refuses_teacache_in_one_line(tmp_path, capsys):
                "teacache"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("vidtrt: error: invalid --cache-policy "), err
+
+
+def test_cli_run_with_teacache_reports_skipped_calls(tmp_path, capsys):
+    from vidtrt.cli import main
+
+    rc = main(["run", PROMPT, "-o", str(tmp_path / "x.npy"), "--steps", "12", "--frames", "1", "--height", "64",
+               "--width", "64", "--cache-policy", "teacache", "--cache-threshold", "0.3", "--cache-warmup-steps", "2",
+               "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0 and (tmp_path / "x.npy").is_file(), out
+    calls, skipped = [int(v) for v in out.split("DiT calls ")[1].replace("(", "").split()[:2]]
+    assert calls + skipped == 12 and 0 < skipped < 12, out
