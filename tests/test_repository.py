@@ -16,7 +16,7 @@ from vidtrt.runtime.engine_components import load_component
 from vidtrt.serving.component_io import ComponentServer, remote_components, specs_for_triton
 
 MODELS = ["hunyuan_video", "hunyuan_video_sync", "hunyuan_video_text_encoder", "hunyuan_video_dit",
-          "hunyuan_video_vae_decoder"]
+          "hunyuan_video_vae_decoder", "hunyuan_video_dit_probe"]
 
 
 def _entries(text: str, stanza: str) -> dict[str, tuple[str, str, bool]]:

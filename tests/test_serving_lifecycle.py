@@ -305,7 +305,7 @@ def test_sigterm_drains_in_flight_generations_then_unloads_bls_first(serve):
     log = serve.log.read_text()
     order = re.findall(r"successfully unloaded '(\w+)'", log)
     assert sorted(order) == sorted(["hunyuan_video", "hunyuan_video_sync", "hunyuan_video_text_encoder",
-                                    "hunyuan_video_dit", "hunyuan_video_vae_decoder"]), order
+                                    "hunyuan_video_dit", "hunyuan_video_vae_decoder", "hunyuan_video_dit_probe"]), order
     assert set(order[:2]) == {"hunyuan_video", "hunyuan_video_sync"}, order
     assert "Server not ready" not in log and "Exit timeout expired" not in log
     assert "draining: unloaded hunyuan_video, hunyuan_video_sync" in serve.stderr.read_text()

@@ -194,7 +194,7 @@ def test_small_preset_calls_fall_as_threshold_rises_and_harness_prints_psnr(tmp_
 
 # ------------------------------------------------------------------------------------------- validation
 @pytest.mark.parametrize("kwargs, param", [
-    (dict(cache_policy="teacache"), "cache_policy"),
+    (dict(cache_policy="magic"), "cache_policy"),
     (dict(cache_policy=""), "cache_policy"),
     (dict(cache_threshold=-0.1), "cache_threshold"),
     (dict(cache_threshold=float("nan")), "cache_threshold"),
@@ -242,7 +242,7 @@ def test_wire_carries_the_cache_fields():
 
 
 @pytest.mark.parametrize("argv, flag", [
-    (["--cache-policy", "teacache"], "--cache-policy"),
+    (["--cache-policy", "magic"], "--cache-policy"),
     (["--cache-threshold", "-1"], "--cache-threshold"),
     (["--cache-warmup-steps", "-2"], "--cache-warmup-steps"),
 ])

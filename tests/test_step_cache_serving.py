@@ -93,7 +93,7 @@ def test_http_final_response_reports_the_calls(srv, pipe):
 
 
 @pytest.mark.parametrize("kwargs, param", [
-    (dict(cache_policy="teacache"), "cache_policy"),
+    (dict(cache_policy="magic"), "cache_policy"),
     (dict(cache_threshold=-1.0), "cache_threshold"),
     (dict(cache_threshold=float("nan")), "cache_threshold"),
     (dict(cache_warmup_steps=-3), "cache_warmup_steps"),

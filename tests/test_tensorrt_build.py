@@ -324,7 +324,7 @@ def _tiny_bf16_artifacts() -> Path:
     from vidtrt.source.model_source import ModelSource
 
     out = Path(os.environ["VIDTRT_CACHE"]) / "onnx-tiny-bf16"
-    export_bf16_components(ModelSource.open("tiny"), ["dit", "vae_decoder_tile"], out)
+    export_bf16_components(ModelSource.open("tiny"), ["dit", "vae_decoder_tile", "dit_probe"], out)
     return out
 
 
@@ -359,14 +359,18 @@ def test_tensorrt_repository(surface, tmp_path, monkeypatch, standin):
     assert record["tensorrt"]["tensorrt_version"] == trt.__version__
 
     parsed = [a[0] for a in calls(trt, "parse_from_file")]
-    assert parsed == [str(artifacts / "dit.onnx"), str(artifacts / "vae_decoder_tile.onnx")]
+    assert parsed == [str(artifacts / "dit.onnx"), str(artifacts / "vae_decoder_tile.onnx"),
+                      str(artifacts / "dit_probe.onnx")]
     profiles = [p for (p,) in calls(trt, "add_optimization_profile")]
-    n_dit = len(specs["dit"].buckets)
-    assert profiles[:n_dit] == specs["dit"].profiles() and profiles[n_dit:] == specs["vae_decoder"].profiles()
+    n_dit, n_vae = len(specs["dit"].buckets), len(specs["vae_decoder"].buckets)
+    assert profiles[:n_dit] == specs["dit"].profiles()
+    assert profiles[n_dit:n_dit + n_vae] == specs["vae_decoder"].profiles()
+    assert profiles[n_dit + n_vae:] == specs["dit_probe"].profiles() and len(specs["dit_probe"].buckets) == n_dit
     assert n_dit == len(source.specs(["dit"])["dit"].buckets) > 1
 
     runtime = trt.Runtime(trt.Logger())
-    for model, spec in (("hunyuan_video_dit", specs["dit"]), ("hunyuan_video_vae_decoder", specs["vae_decoder"])):
+    for model, spec in (("hunyuan_video_dit", specs["dit"]), ("hunyuan_video_vae_decoder", specs["vae_decoder"]),
+                        ("hunyuan_video_dit_probe", specs["dit_probe"])):
         folder = out / model
         cfg = _parse_config(folder / "config.pbtxt")
         assert cfg.platform == "tensorrt_plan" and not cfg.backend and cfg.default_model_filename == "model.plan"
@@ -395,9 +399,10 @@ def test_tensorrt_repository(surface, tmp_path, monkeypatch, standin):
     assert (out / "hunyuan_video_text_encoder" / "1" / "model.py").is_file()
     bls = _parse_config(out / "hunyuan_video" / "config.pbtxt")
     assert {k: v.string_value for k, v in bls.parameters.items()}["dit_model"] == "hunyuan_video_dit"
+    assert {k: v.string_value for k, v in bls.parameters.items()}["dit_probe_model"] == "hunyuan_video_dit_probe"
 
     # vidtrt serve's pre-flight: this machine's TensorRT / GPU against every plan's manifest.
-    assert len(tp.check_repository_plans(out, tp.TensorRTHost(trt.__version__, *H200))) == 2
+    assert len(tp.check_repository_plans(out, tp.TensorRTHost(trt.__version__, *H200))) == 3
     with pytest.raises(EngineError, match="hunyuan_video_dit/1/model.plan was built for TensorRT"):
         tp.check_repository_plans(out, tp.TensorRTHost("10.7.0", *H200))
 
@@ -442,8 +447,8 @@ def test_bf16_onnx_is_the_torch_function_in_bf16():
 
     artifacts = _tiny_bf16_artifacts()
     source = ModelSource.open("tiny")
-    specs = source.specs(["dit", "vae_decoder_tile"])
-    for name in ("dit", "vae_decoder_tile"):
+    specs = source.specs(["dit", "vae_decoder_tile", "dit_probe"])
+    for name in ("dit", "vae_decoder_tile", "dit_probe"):
         s = tb.inspect_onnx(artifacts / f"{name}.onnx")
         assert s.main_float_type == "bfloat16" and s.weight_bytes["bfloat16"] > 50 * s.weight_bytes.get("float32", 0)
         assert {dt for _, dt in s.inputs + s.outputs} <= {"float32", "int64"}

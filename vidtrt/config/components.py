@@ -51,8 +51,27 @@ class DecodeTile(Protocol):
         ...
 
 
+class DitProbe(Protocol):
+    def __call__(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        prev_latents: torch.Tensor,
+        prev_timestep: torch.Tensor,
+        pooled: torch.Tensor,
+        guidance: torch.Tensor,
+    ) -> torch.Tensor:
+        """Relative L1 change float32 [B] of the DiT's first-block modulated input from (prev_latents,
+        prev_timestep) to (latents, timestep) (:mod:`vidtrt.models.dit_probe`; spec ``dit_probe``)."""
+        ...
+
+
 @dataclass
 class Components:
+    """The orchestrator's callables. ``probe``: the DiT probe TeaCache decides from (None: not served, so
+    ``cache_policy teacache`` is refused per request)."""
+
     encode_text: EncodeText
     dit: Denoiser
     decode_tile: DecodeTile
+    probe: DitProbe | None = None

@@ -89,6 +89,7 @@ HUNYUAN_VIDEO = ModelFamily(
     vae_decoder="vidtrt.models.vae:HunyuanVideoVAEDecoder",
     text_encoder="vidtrt.models.text_encoders:HunyuanTextEncoder",
     scheduler="vidtrt.runtime.scheduler:flow_match_sigmas",
+    components=(*TRITON_COMPONENTS, "dit_probe"),  # the probe is optional: see vidtrt.export.repository
 )
 
 COGVIDEOX = ModelFamily(

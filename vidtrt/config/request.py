@@ -109,7 +109,7 @@ class GenerationRequest:
             raise InvalidRequestError("prompt_policy", r.prompt_policy, f"one of {list(PROMPT_POLICIES)}")
         if r.output_format not in OUTPUT_FORMATS:
             raise InvalidRequestError("output_format", r.output_format, f"one of {list(OUTPUT_FORMATS)}")
-        r.step_cache.validate(d.max_num_inference_steps)
+        r.step_cache.validate(d.max_num_inference_steps, getattr(config, "family", "hunyuan_video"))
         if r.sparse_window is not None:
             parse_window(r.sparse_window)
         if r.sparse_steps is not None:

@@ -16,6 +16,8 @@ Components (``COMPONENTS``):
 - ``llm_text_encoder``: token ids + mask -> the LLM hidden states the DiT uses (before the template
   crop), dynamic batch and token count.
 - ``clip_text_encoder``: CLIP token ids (fixed length) -> pooled output, dynamic batch.
+- ``dit_probe``: the DiT's first-block modulated input for two steps -> its relative L1 change per batch row
+  (TeaCache's signal, :mod:`vidtrt.models.dit_probe`); the DiT's latent axes and buckets, no text axis.
 
 Nothing here imports torch: the specs are read by Triton model builders and clients too.
 """
@@ -33,7 +35,8 @@ import numpy as np
 from vidtrt.config.model_config import ModelConfig
 from vidtrt.errors import EngineError
 
-COMPONENTS: tuple[str, ...] = ("dit", "vae_decoder_tile", "vae_decoder", "llm_text_encoder", "clip_text_encoder")
+COMPONENTS: tuple[str, ...] = ("dit", "vae_decoder_tile", "vae_decoder", "llm_text_encoder", "clip_text_encoder",
+                               "dit_probe")
 
 # (height, width) of the released model's supported sizes (540p and 720p tiers, five aspect ratios).
 RESOLUTIONS: tuple[tuple[int, int], ...] = (
@@ -444,6 +447,29 @@ def sta_inputs(config: ModelConfig, spec: ComponentSpec) -> ComponentSpec:
                                export_axes=export_axes, doc=spec.doc + ", sliding-tile plugin graph")
 
 
+def dit_probe_spec(config: ModelConfig) -> ComponentSpec:
+    """The DiT probe (TeaCache's signal): this step's and the previous step's latents and timesteps, the pooled
+    text and guidance -> float32 [batch] relative L1 change of block 0's modulated image input. The DiT's
+    latent axes, buckets and export example (its ``dit_spec`` inputs that the modulation reads)."""
+    dit = dit_spec(config)
+    keep = [t for t in dit.inputs if t.name in ("hidden_states", "timestep", "pooled_projections", "guidance")]
+    lat, ts = dit.input("hidden_states"), dit.input("timestep")
+    inputs = (*keep, TensorSpec("prev_hidden_states", "float32", lat.shape, "the previous step's latents"),
+              TensorSpec("prev_timestep", "float32", ts.shape, "the previous step's 1000 * sigma", "uniform",
+                         0.0, 1000.0))
+    axes = {k: v for k, v in dit.axes.items() if k != "text_length"}
+    return ComponentSpec(
+        name="dit_probe",
+        inputs=inputs,
+        outputs=(TensorSpec("rel_l1", "float32", ("batch",),
+                            "mean|m - m_prev| / mean|m_prev| of block 0's modulated image input, per row"),),
+        axes=axes,
+        buckets=dit.buckets,
+        export_axes={k: v for k, v in dit.export_axes.items() if k != "text_length"},
+        doc="HunyuanVideo DiT probe: relative change of the first block's modulated input (TeaCache)",
+    )
+
+
 def _decoder_outputs(config: ModelConfig, batch: int | str) -> tuple[tuple[TensorSpec, ...], dict]:
     rt, rs = config.vae.temporal_compression_ratio, config.vae.spatial_compression_ratio
     outputs = (TensorSpec("video", "float32", (batch, config.vae.out_channels, "frames", "height", "width"),
@@ -573,6 +599,8 @@ def component_specs(config: ModelConfig, text: TextEncoderDims | None = None,
     for name in names:
         if name == "dit":
             out[name] = dit_spec(config)
+        elif name == "dit_probe":
+            out[name] = dit_probe_spec(config)
         elif name == "vae_decoder_tile":
             out[name] = vae_decoder_spec(config, tile=True)
         elif name == "vae_decoder":

@@ -15,6 +15,15 @@ Policies (``CACHE_POLICIES``):
   accumulator; while the accumulator stays below ``threshold`` the step reuses ``x_t + (output - input)``
   instead of calling the DiT; once it passes, the DiT runs and the accumulator restarts at 0. The first
   ``warmup_steps`` steps and the last step always call the DiT. ``threshold`` 0 never skips.
+- ``teacache``: TeaCache (Liu et al. 2024, arXiv 2411.19108) on the first double-stream block's modulated
+  image input, ``norm1(x_embedder(x)) * (1 + scale) + shift``, computed by the stateless ``dit_probe``
+  component (:mod:`vidtrt.models.dit_probe`). At each step after the warm-up it adds
+  ``poly(rel_l1)`` to an accumulator, ``rel_l1 = mean|m_t - m_{t-1}| / mean|m_{t-1}|`` the relative L1
+  change of that modulated input since the previous step and ``poly`` the per-model rescaling polynomial
+  (:data:`TEACACHE_COEFFICIENTS`); while the accumulator stays below ``threshold`` the step reuses the last
+  computed step's ``output - input``; once it passes, the DiT runs and the accumulator restarts at 0. The
+  first ``max(warmup_steps, 1)`` steps and the last step always call the DiT. HunyuanVideo models only (the
+  family with a probe and coefficients).
 
 No torch here (layer 0).
 """
@@ -26,7 +35,15 @@ from dataclasses import dataclass
 
 from vidtrt.errors import InvalidRequestError
 
-CACHE_POLICIES: tuple[str, ...] = ("none", "easycache")
+CACHE_POLICIES: tuple[str, ...] = ("none", "easycache", "teacache")
+# TeaCache's rescaling polynomial per model family, highest power first (numpy.poly1d order): the published
+# TeaCache4HunyuanVideo coefficients (github.com/ali-vilab/TeaCache, TeaCache4HunyuanVideo/
+# teacache_sample_video.py, ``coefficients``), fitted on the released HunyuanVideo's trajectories: they map
+# the released weights' modulated-input change to their output change, and mean little for other weights
+# (the random-weight presets included). A family not listed has no TeaCache (CogVideoX: no probe yet).
+TEACACHE_COEFFICIENTS: dict[str, tuple[float, ...]] = {
+    "hunyuan_video": (7.33226126e02, -4.01131952e02, 6.75869174e01, -3.14987800e00, 9.61237896e-02),
+}
 MAX_CACHE_THRESHOLD = 10.0  # an accumulated relative change of 10x the output's size: beyond any useful value
 # Request field names (the wire, the Python keywords and the CLI flags' dests).
 CACHE_FIELDS = ("cache_policy", "cache_threshold", "cache_warmup_steps")
@@ -51,11 +68,16 @@ class StepCacheParams:
         """Whether this setting can skip a DiT call at all (a policy other than none, threshold > 0)."""
         return self.policy != "none" and self.threshold > 0.0
 
-    def validate(self, max_warmup_steps: int) -> StepCacheParams:
+    def validate(self, max_warmup_steps: int, family: str = "hunyuan_video") -> StepCacheParams:
         """Raise InvalidRequestError naming the request field (``cache_policy``, ``cache_threshold``,
-        ``cache_warmup_steps``) and what it accepts; returns self."""
+        ``cache_warmup_steps``) and what it accepts; returns self. ``family``: the model's family (``teacache``
+        needs one listed in :data:`TEACACHE_COEFFICIENTS`)."""
         if not isinstance(self.policy, str) or self.policy not in CACHE_POLICIES:
             raise InvalidRequestError("cache_policy", self.policy, f"one of {list(CACHE_POLICIES)}")
+        if self.policy == "teacache" and family not in TEACACHE_COEFFICIENTS:
+            accepted = [p for p in CACHE_POLICIES if p != "teacache"]
+            raise InvalidRequestError("cache_policy", self.policy, f"one of {accepted} for {family} models (teacache "
+                                      f"needs a DiT probe and fitted coefficients: {sorted(TEACACHE_COEFFICIENTS)})")
         t = self.threshold
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) \
                 or not 0.0 <= t <= MAX_CACHE_THRESHOLD:

@@ -28,7 +28,7 @@ from vidtrt.export import onnx_export
 from vidtrt.export.options import DEFAULT_OPSET
 
 BF16_MANIFEST_FORMAT = "vidtrt-onnx-bf16/1"
-BF16_COMPONENTS = ("dit", "vae_decoder_tile", "vae_decoder")
+BF16_COMPONENTS = ("dit", "vae_decoder_tile", "vae_decoder", "dit_probe")
 
 
 class Bf16Io(nn.Module):

@@ -7,7 +7,9 @@ writes one folder per Triton model (``config.pbtxt`` + ``1/model.py``), named wi
 - ``hunyuan_video``: the generation model (Python BLS, decoupled: progress per step, then the video);
 - ``hunyuan_video_sync``: the same model.py, not decoupled (HTTP ``/infer``, perf_analyzer without
   streaming);
-- ``hunyuan_video_text_encoder``, ``hunyuan_video_dit``, ``hunyuan_video_vae_decoder``: Python-backend
+- ``hunyuan_video_text_encoder``, ``hunyuan_video_dit``, ``hunyuan_video_vae_decoder`` and
+  ``hunyuan_video_dit_probe`` (TeaCache's signal; left out when ``--artifacts`` has no ``dit_probe`` or the
+  TensorRT build made no probe plan, and then ``cache_policy teacache`` is refused per request): Python-backend
   models serving the components on an engine (``torch`` or ``onnxruntime``, see
   :func:`vidtrt.runtime.engine_components.load_component`); with ``--engine tensorrt`` the DiT and the VAE
   decoder are ``tensorrt_plan`` models instead (:mod:`vidtrt.export.tensorrt_build`), the text encoder a
@@ -41,6 +43,9 @@ COMPONENT_DOCS = {
     "dit": ("HunyuanVideo DiT: one flow-matching velocity per call.", "denoising step (two with true CFG)"),
     "vae_decoder": ("3D causal VAE decoder, one latent tile per call; the tile plan and blending run in the "
                     "generation model (vidtrt.config.tiling).", "tile of the tiled decode"),
+    "dit_probe": ("DiT probe: relative L1 change of the first block's modulated input between two steps "
+                  "(TeaCache's signal; holds the DiT's embedders and block 0's norm1 only).",
+                  "denoising step probed by cache_policy teacache"),
 }
 
 
@@ -223,10 +228,15 @@ def build_repository(
 
     family = source.family
     kind = "KIND_GPU" if device == "cuda" else "KIND_CPU"
-    instances = {"text_encoder": text_encoder_instances, "dit": dit_instances, "vae_decoder": vae_decoder_instances}
+    instances = {"text_encoder": text_encoder_instances, "dit": dit_instances, "vae_decoder": vae_decoder_instances,
+                 "dit_probe": 1}
+    # The DiT probe is optional: served by the torch engine, from the artifacts' dit_probe, or from a probe plan.
+    served = [k for k in family.components if k != "dit_probe" or (
+        (plan_set is None or k in plan_set.plans) and (engine != "onnxruntime" or k in artifact_files))]
     common = dict(model=source.ref, fingerprint=source.fingerprint,
                   text_encoder_name=family.component_model("text_encoder"), dit_name=family.component_model("dit"),
                   vae_decoder_name=family.component_model("vae_decoder"), max_concurrent=max_concurrent_generations,
+                  dit_probe_name=family.component_model("dit_probe") if "dit_probe" in served else "",
                   max_queue=max_queue_size,
                   fps=config.defaults.fps, stream_name=family.stream_model, sync_name=family.sync_model,
                   sync_instances=sync_instances,
@@ -252,7 +262,7 @@ def build_repository(
                                          io=io, **common), bls_py)
     from vidtrt.serving.component_io import spec_io_pbtxt
 
-    for key in family.components:
+    for key in served:
         doc, per_call = COMPONENT_DOCS[key]
         n = instances[key]
         if plan_set is not None and key in plan_set.plans:
@@ -395,7 +405,8 @@ def build_main(args: argparse.Namespace) -> int:
 
 # The ONNX files each Triton component model runs (engine_components loaders' names).
 COMPONENT_ARTIFACTS = {"text_encoder": ("llm_text_encoder", "clip_text_encoder"), "dit": ("dit",),
-                       "vae_decoder": ("vae_decoder_tile",)}
+                       "vae_decoder": ("vae_decoder_tile",), "dit_probe": ("dit_probe",)}
+OPTIONAL_ARTIFACTS = ("dit_probe",)  # exports without it (older ones) build a repository without the probe
 # CogVideoX: T5 runs in torch (not exported); the tile decoder loops over the VAE's frame-batch graph.
 COGVIDEOX_ARTIFACTS = {"text_encoder": (), "dit": ("dit",), "vae_decoder": ("vae_decoder_batch",)}
 
@@ -420,6 +431,8 @@ def _artifact_files(artifacts, source) -> dict[str, list[str]]:
     table = COGVIDEOX_ARTIFACTS if source.family.name == "cogvideox" else COMPONENT_ARTIFACTS
     for key, names in table.items():
         files = [MANIFEST_NAME]
+        if key in OPTIONAL_ARTIFACTS and not all(n in manifest.get("components", {}) for n in names):
+            continue
         for name in names:
             entry = manifest.get("components", {}).get(name)
             if entry is None:

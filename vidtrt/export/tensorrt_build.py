@@ -62,7 +62,7 @@ from vidtrt.runtime.tensorrt_plans import (
 
 TRT_PRECISIONS = ("bf16", "fp8")
 # Triton component key -> the spec / ONNX component its plan serves (the text encoder stays Python).
-TRT_COMPONENTS = {"dit": "dit", "vae_decoder": "vae_decoder_tile"}
+TRT_COMPONENTS = {"dit": "dit", "vae_decoder": "vae_decoder_tile", "dit_probe": "dit_probe"}
 FP8_MIN_OPSET = 19  # QuantizeLinear / DequantizeLinear to float8e4m3fn
 PLUGIN_DOMAIN = "trt.plugins"
 PLUGIN_NAMESPACE = "vidtrt"

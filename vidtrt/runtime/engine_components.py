@@ -78,6 +78,10 @@ def component_module(source: ModelSource, name: str, dtype: torch.dtype = torch.
     """The torch module of one component, taking the spec's inputs positionally."""
     if name == "dit":
         return source.load_transformer(dtype)
+    if name == "dit_probe":  # holds only the DiT's embedders and block 0's norm1; the rest of it is freed
+        from vidtrt.models.dit_probe import HunyuanVideoDiTProbe
+
+        return HunyuanVideoDiTProbe(source.load_transformer(dtype)).eval()
     if name in ("vae_decoder", "vae_decoder_tile"):
         return source.load_vae_decoder(dtype)
     if name == "vae_decoder_batch":  # CogVideoX: one frame batch, conv caches in and out
@@ -345,6 +349,22 @@ def engine_dit(model: str | Path | ModelSource, engine: str = "onnxruntime", art
     return EngineDenoiser(eng, text_length_buckets(ld.config), sta)
 
 
+def engine_dit_probe(model: str | Path | ModelSource, engine: str = "onnxruntime", artifacts: str | Path | None = None,
+                     threads: int = 0, providers: Sequence[str] | None = None, device: str | None = None,
+                     _loader: _Loader | None = None):
+    """The DiT probe (TeaCache's signal, spec ``dit_probe``) on ``engine`` as a DitProbe."""
+    from vidtrt.runtime.dit_probe import EngineDitProbe
+
+    source = ModelSource.open(model)
+    ld = _loader or _Loader(source, engine, artifacts, threads, providers, device)
+    spec = source.specs(("dit_probe",))["dit_probe"]
+    if ld.engine == "torch":
+        eng: Engine = TorchEngine(spec, component_module(source, "dit_probe").to(ld.device), ld.device)
+    else:
+        eng = ld.onnx_engine("dit_probe", spec)
+    return EngineDitProbe(eng)
+
+
 def engine_vae_decoder(model: str | Path | ModelSource, engine: str = "onnxruntime",
                        artifacts: str | Path | None = None, threads: int = 0,
                        providers: Sequence[str] | None = None, tile: bool = True, device: str | None = None,
@@ -381,10 +401,13 @@ def load_engine_components(model: str | Path | ModelSource = "tiny", engine: str
     onnxruntime reads ``artifacts``, the folder `vidtrt export` wrote)."""
     source = ModelSource.open(model)
     ld = _Loader(source, engine, artifacts, threads, providers, device)
+    has_probe = source.family.name == "hunyuan_video" and (
+        ld.manifest is None or "dit_probe" in ld.manifest.get("components", {}))  # older exports have none
     components = Components(
         encode_text=engine_text_encoder(source, _loader=ld),
         dit=engine_dit(source, _loader=ld),
         decode_tile=engine_vae_decoder(source, tile=True, _loader=ld),
+        probe=engine_dit_probe(source, _loader=ld) if has_probe else None,
     )
     return ld.config, components
 
@@ -405,15 +428,16 @@ def load_pipeline_with_engine(model: str | Path | ModelSource = "tiny", engine: 
     return cls(*load_engine_components(source, engine, artifacts, threads, providers, device))
 
 
-COMPONENT_LOADERS = {"text_encoder": engine_text_encoder, "dit": engine_dit, "vae_decoder": engine_vae_decoder}
+COMPONENT_LOADERS = {"text_encoder": engine_text_encoder, "dit": engine_dit, "vae_decoder": engine_vae_decoder,
+                     "dit_probe": engine_dit_probe}
 
 
 def load_component(key: str, model: str | Path | ModelSource, engine: str = "torch", *,
                    artifacts: str | Path | None = None, device: str = "cpu", precision: str = "fp32", threads: int = 0,
                    providers: Sequence[str] | None = None, sp_degree: int = 1, attention: str | None = None,
                    fp8_amax=None):
-    """The callable a Triton component model serves (``key``: text_encoder, dit or vae_decoder -- the
-    decoder as the tile engine), on ``engine``.
+    """The callable a Triton component model serves (``key``: text_encoder, dit, vae_decoder -- the
+    decoder as the tile engine -- or dit_probe), on ``engine``.
 
     ``engine="torch"``: the project's PyTorch modules (:mod:`vidtrt.runtime.pipeline` loaders), exactly what
     ``vidtrt run`` uses, in ``precision`` (fp32, bf16, fp16; fp8: the DiT with FP8 GEMMs and FP8 attention,
@@ -434,6 +458,10 @@ def load_component(key: str, model: str | Path | ModelSource, engine: str = "tor
             raise EngineError(f"invalid precision {precision!r}: accepted {[*PRECISION_DTYPES, 'fp8']}")
         dtype = getattr(torch, precision_dtype_name(precision))
         loader = {"text_encoder": pipeline.torch_text_encoder, "vae_decoder": pipeline.torch_tile_decoder}.get(key)
+        if key == "dit_probe":  # the DiT's embedders and block 0's norm1 only, in the DiT's dtype (fp8: bf16)
+            from vidtrt.runtime.dit_probe import TorchDitProbe
+
+            return TorchDitProbe(component_module(source, "dit_probe", dtype).to(device), device)
         if key == "dit":
             pipeline.check_run_choices(device, attention, source.config.transformer.attention_head_dim, precision)
             return pipeline.torch_denoiser(source, device, dtype, attention, precision=precision,

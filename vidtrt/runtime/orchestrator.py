@@ -25,7 +25,7 @@ from vidtrt.config.request import GenerationRequest
 from vidtrt.config.sparse_attention import sparse_step, step_schedule
 from vidtrt.errors import CancelledError, DeadlineExceededError, InvalidRequestError, NonFiniteError
 from vidtrt.runtime.scheduler import euler_step, flow_match_sigmas, initial_noise, timesteps_from_sigmas
-from vidtrt.runtime.step_cache import make_step_cache
+from vidtrt.runtime.step_cache import make_step_cache, require_probe
 from vidtrt.video_io import to_uint8_frames
 
 
@@ -94,6 +94,7 @@ def denoise(
     r = request
     start = time.perf_counter() if start_time is None else start_time
     check_cancel(should_cancel, deadline, "before text encoding")  # e.g. cancelled while queued
+    require_probe(r.step_cache, components.probe)  # teacache without a served DiT probe: refused before any work
     text = components.encode_text([r.prompt], r.prompt_policy)
     negative: TextEmbeddings | None = None
     if r.do_true_cfg:
@@ -105,7 +106,8 @@ def denoise(
     guidance = torch.tensor([r.embedded_guidance_scale], dtype=torch.float32) * 1000.0
 
     total = r.num_inference_steps
-    cache = make_step_cache(r.step_cache, total)  # vidtrt.runtime.step_cache: one decision for both CFG branches
+    probe = None if components.probe is None else functools.partial(_probe, components.probe, timesteps, text, guidance)
+    cache = make_step_cache(r.step_cache, total, probe)  # vidtrt.runtime.step_cache: one decision for both CFG branches
     calls_per_step = 2 if negative is not None else 1
     tc = config.transformer
     sparse_at = step_schedule(config.sparse_attention, tc.num_layers + tc.num_single_layers, r.sparse_window,
@@ -124,6 +126,13 @@ def denoise(
             progress(ProgressEvent(step=i + 1, total=total, elapsed_s=time.perf_counter() - start,
                                    dit_calls=calls, dit_calls_skipped=calls_per_step - calls))
     return latents
+
+
+def _probe(probe, timesteps: torch.Tensor, text: TextEmbeddings, guidance: torch.Tensor, step: int,
+           latents: torch.Tensor, prev_step: int, prev_latents: torch.Tensor) -> float:
+    """TeaCache's signal between two steps, from the conditional branch (its pooled text): a Python float."""
+    rel = probe(latents, timesteps[step].expand(1), prev_latents, timesteps[prev_step].expand(1), text.pooled, guidance)
+    return float(rel.reshape(-1)[0])
 
 
 def _velocity(components: Components, latents: torch.Tensor, t: torch.Tensor, text: TextEmbeddings,

@@ -222,11 +222,14 @@ def load_components(model: str | Path | ModelSource = "tiny", device: str = "cpu
     if precision == "fp8" and sp_degree != 1:
         raise ConfigError(f"precision fp8 runs in one process; sequence parallelism (degree {sp_degree}) "
                           "accepts fp32, bf16 or fp16")
+    from vidtrt.runtime.dit_probe import probe_of
+
+    dit = torch_denoiser(source, device, dtype, attention, sp_degree=sp_degree, precision=precision, fp8_amax=fp8_amax)
     components = Components(
         encode_text=torch_text_encoder(source, device, dtype),
-        dit=torch_denoiser(source, device, dtype, attention, sp_degree=sp_degree, precision=precision,
-                           fp8_amax=fp8_amax),
+        dit=dit,
         decode_tile=torch_tile_decoder(source, device, dtype),
+        probe=probe_of(dit),  # TeaCache's signal, on the DiT's own weights (None: no probe for this DiT)
     )
     return source.config, components
 

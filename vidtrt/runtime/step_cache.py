@@ -8,7 +8,8 @@ Parameters and the policies' definitions: :mod:`vidtrt.config.step_cache`.
 True CFG: the step's velocity is ``u + s (c - u)``, an affine combination of the two branches with
 weights summing to 1, so reusing each branch's ``output - input`` is the same as reusing the guided
 velocity's: one decision and one cache per step cover both branches, which therefore always skip or
-call together (0 or 2 DiT calls per step).
+call together (0 or 2 DiT calls per step). TeaCache probes the conditional branch only (its pooled text), so
+its one decision covers both branches as well.
 """
 
 from __future__ import annotations
@@ -19,7 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vidtrt.config.step_cache import StepCacheParams
+from vidtrt.config.step_cache import TEACACHE_COEFFICIENTS, StepCacheParams
+from vidtrt.errors import InvalidRequestError
+
+# (step, latents, prev_step, prev_latents) -> relative L1 change of the DiT's first-block modulated input from
+# step prev_step to step (the conditional branch's; :mod:`vidtrt.models.dit_probe`).
+ProbeFn = Callable[[int, torch.Tensor, int, torch.Tensor], float]
 
 
 def _mean_abs(x: torch.Tensor) -> float:
@@ -93,15 +99,82 @@ class EasyCache(StepCache):
         return out, True
 
 
-_POLICIES: dict[str, type[StepCache]] = {"none": StepCache, "easycache": EasyCache}
+def rescale(coefficients: tuple[float, ...], x: float) -> float:
+    """``numpy.poly1d(coefficients)(x)`` (highest power first) in float64, by Horner's rule."""
+    out = 0.0
+    for c in coefficients:
+        out = out * x + float(c)
+    return out
 
 
-def make_step_cache(params: StepCacheParams, total_steps: int) -> StepCache:
+class TeaCache(StepCache):
+    """TeaCache on the DiT probe (see :mod:`vidtrt.config.step_cache` for the rule).
+
+    ``probe(step, latents, prev_step, prev_latents)`` gives the relative L1 change of block 0's modulated
+    input between two consecutive steps (computed or not, as TeaCache compares each step with the one
+    before). After a warm-up of ``max(warmup_steps, 1)`` steps, each step but the last adds
+    ``rescale(coefficients, change)`` to the accumulator and reuses ``x_t + (v_c - x_c)`` (the last computed
+    step's transformation, TeaCache's cached residual at the DiT's boundary) while it stays below the
+    threshold (compared in float32 precision, as the wire carries it). ``coefficients``: the rescaling
+    polynomial, highest power first (default: the HunyuanVideo one of
+    :data:`~vidtrt.config.step_cache.TEACACHE_COEFFICIENTS`). ``changes`` keeps every probed value (None for
+    steps not probed), for inspection.
+    """
+
+    def __init__(self, params: StepCacheParams, total_steps: int, probe: ProbeFn,
+                 coefficients: tuple[float, ...] | None = None):
+        super().__init__(params, total_steps)
+        self.threshold = float(np.float32(params.threshold))
+        self.probe = probe
+        self.coefficients = tuple(coefficients or TEACACHE_COEFFICIENTS["hunyuan_video"])
+        self.accumulated = 0.0
+        self.prev_latents: torch.Tensor | None = None
+        self.transform: torch.Tensor | None = None
+        self.changes: list[float | None] = []
+
+    def _reuse(self, step: int, latents: torch.Tensor, prev: torch.Tensor | None) -> bool:
+        if step < max(self.params.warmup_steps, 1) or step >= self.total_steps - 1 or prev is None \
+                or self.transform is None:
+            self.accumulated = 0.0
+            self.changes.append(None)
+            return False
+        change = float(self.probe(step, latents, step - 1, prev))
+        self.changes.append(change)
+        self.accumulated += rescale(self.coefficients, change)
+        if self.accumulated < self.threshold:
+            return True
+        self.accumulated = 0.0
+        return False
+
+    def velocity(self, step, latents, compute):
+        prev, self.prev_latents = self.prev_latents, latents
+        if self._reuse(step, latents, prev):
+            return latents + self.transform, False
+        out = compute().to(torch.float32)
+        self.transform = out - latents
+        return out, True
+
+
+def require_probe(params: StepCacheParams, probe: object | None) -> None:
+    """InvalidRequestError (``cache_policy``) when ``params`` ask for TeaCache and no DiT probe is served
+    (a model repository or artifacts folder without ``dit_probe``); checked before any work."""
+    if params.policy == "teacache" and params.skips and probe is None:
+        raise InvalidRequestError("cache_policy", params.policy, "'none' or 'easycache' here: this deployment "
+                                  "serves no DiT probe (dit_probe), which teacache needs; rebuild or re-export with it")
+
+
+def make_step_cache(params: StepCacheParams, total_steps: int, probe: ProbeFn | None = None,
+                    family: str = "hunyuan_video") -> StepCache:
     """The cache of one generation (``params`` validated): a plain :class:`StepCache` when it cannot skip
-    (policy ``none`` or threshold 0), so such requests run exactly the uncached loop."""
+    (policy ``none`` or threshold 0), so such requests run exactly the uncached loop. ``probe``: the DiT
+    probe TeaCache needs (``teacache`` without one: InvalidRequestError); ``family``: whose TeaCache
+    coefficients."""
     if not params.skips:
         return StepCache(params, total_steps)
-    return _POLICIES[params.policy](params, total_steps)
+    if params.policy == "teacache":
+        require_probe(params, probe)
+        return TeaCache(params, total_steps, probe, TEACACHE_COEFFICIENTS[family])
+    return EasyCache(params, total_steps)
 
 
 @dataclass

@@ -14,6 +14,8 @@ key                tensors (``max_batch_size: 0``, batch kept)  spec
                                                                  guidance -> velocity
 ``vae_decoder``    :func:`vidtrt.config.specs.vae_decoder_spec`         latents [1,C,t,h,w] -> video [1,3,F,H,W]
                    (``tile=True``: one tile per call)
+``dit_probe``      :func:`vidtrt.config.specs.dit_probe_spec`           hidden_states, timestep, pooled_projections,
+                   (HunyuanVideo; optional: TeaCache's signal)   guidance, prev_hidden_states, prev_timestep -> rel_l1
 =================  =========================================  ==============================================
 
 Both sides of a call live here so they cannot drift: :func:`remote_components` turns an ``infer``
@@ -33,10 +35,18 @@ import torch
 from vidtrt.config.components import Components, TextEmbeddings
 from vidtrt.config.model_config import ModelConfig
 from vidtrt.config.sparse_attention import SparseStep, current_sparse_step, sparse_step
-from vidtrt.config.specs import TRITON_DTYPES, AxisRange, ComponentSpec, TensorSpec, dit_spec, vae_decoder_spec
+from vidtrt.config.specs import (
+    TRITON_DTYPES,
+    AxisRange,
+    ComponentSpec,
+    TensorSpec,
+    dit_probe_spec,
+    dit_spec,
+    vae_decoder_spec,
+)
 from vidtrt.errors import EngineError, VidtrtError
 
-KEYS = ("text_encoder", "dit", "vae_decoder")
+KEYS = ("text_encoder", "dit", "vae_decoder", "dit_probe")
 STRING = "bytes"  # dtype name of string tensors in these specs
 
 # infer(model_name, inputs by name, output names) -> outputs by name (numpy, owned by the caller)
@@ -87,6 +97,7 @@ def specs_for_triton(config: ModelConfig, sparse_input: bool = True) -> dict[str
         "text_encoder": text_encoder_spec(config),
         "dit": dataclasses.replace(dit, inputs=(*dit.inputs, SPARSE_INPUT)) if sparse_input else dit,
         "vae_decoder": vae_decoder_spec(config, tile=True),
+        "dit_probe": dit_probe_spec(config),
     }
 
 
@@ -117,7 +128,8 @@ def _np(x: torch.Tensor, dtype: np.dtype) -> np.ndarray:
 def remote_components(infer: InferFn, model_names: Mapping[str, str], config: ModelConfig,
                       dit_sparse: bool = False) -> Components:
     """Components whose calls go through ``infer`` to the component models named in ``model_names``
-    (keys ``text_encoder``, ``dit``, ``vae_decoder``). Tensors cross as float32 / int64 numpy arrays, the
+    (keys ``text_encoder``, ``dit``, ``vae_decoder``, and ``dit_probe`` when one is served: Components.probe,
+    else None). Tensors cross as float32 / int64 numpy arrays, the
     dtypes the in-process engines receive, so the same request gives the same bits either way.
     ``dit_sparse``: the DiT model runs a sliding-tile backend, so each sparse step's ``sparse_attention``
     input is sent (other DiT models, TensorRT plans included, never get it)."""
@@ -161,7 +173,19 @@ def remote_components(infer: InferFn, model_names: Mapping[str, str], config: Mo
         out = infer(model_names["vae_decoder"], {"latents": _np(latents, np.float32)}, ["video"])
         return torch.from_numpy(out["video"])
 
-    return Components(encode_text=encode_text, dit=dit, decode_tile=decode_tile)
+    probe = None
+    if model_names.get("dit_probe") and "dit_probe" in specs:
+        probe_inputs = specs["dit_probe"].input_names
+
+        def probe(latents, timestep, prev_latents, prev_timestep, pooled, guidance):
+            feeds = {"hidden_states": _np(latents, np.float32), "timestep": _np(timestep.reshape(-1), np.float32),
+                     "pooled_projections": _np(pooled, np.float32), "guidance": _np(guidance.reshape(-1), np.float32),
+                     "prev_hidden_states": _np(prev_latents, np.float32),
+                     "prev_timestep": _np(prev_timestep.reshape(-1), np.float32)}
+            feeds = {k: v for k, v in feeds.items() if k in probe_inputs}
+            return torch.from_numpy(infer(model_names["dit_probe"], feeds, ["rel_l1"])["rel_l1"])
+
+    return Components(encode_text=encode_text, dit=dit, decode_tile=decode_tile, probe=probe)
 
 
 # ------------------------------------------------------------------------------------------ model side
@@ -231,6 +255,12 @@ class ComponentServer:
             if self._injected(guidance, 1):
                 velocity = torch.full_like(velocity, float("nan"))
             return {"velocity": _np(velocity, np.float32)}
+        if self.key == "dit_probe":
+            t = lambda name: torch.from_numpy(_writable(feeds[name]))  # noqa: E731
+            guidance = t("guidance") if feeds.get("guidance") is not None else torch.zeros(feeds["timestep"].shape)
+            rel = self.fn(t("hidden_states"), t("timestep"), t("prev_hidden_states"), t("prev_timestep"),
+                          t("pooled_projections"), guidance)
+            return {"rel_l1": _np(rel, np.float32)}
         if self.key == "vae_decoder":
             video = self.fn(torch.from_numpy(_writable(feeds["latents"])))
             return {"video": _np(video, np.float32)}

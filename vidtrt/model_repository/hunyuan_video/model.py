@@ -132,7 +132,8 @@ class TritonPythonModel:
         except (VidtrtError, ValueError) as e:
             raise pb_utils.TritonModelException(f"{self.model_name}: {e}") from None
         names = {"text_encoder": params["text_encoder_model"], "dit": params["dit_model"],
-                 "vae_decoder": params["vae_decoder_model"]}
+                 "vae_decoder": params["vae_decoder_model"],
+                 "dit_probe": params.get("dit_probe_model", "")}  # empty: no probe, teacache refused per request
         self.components = remote_components(self._infer, names, self.config,
                                             dit_sparse=params.get("dit_sparse_attention") == "true")
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{self.model_name}-gen")
