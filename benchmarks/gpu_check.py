@@ -8,11 +8,11 @@ Each check is its own script (a failing or overrunning one does not stop the oth
 JSON + md to benchmarks/results/ (and $OUT when set); this runner prints one line per check and the
 table of what ran, what failed and what the budget skipped. Order and shares (seconds):
 
-    fp8_gemm          FP8 GEMMs + FP8 attention DiT step at 720p vs bf16 SDPA (issue: FP8)
-    sparse_attention  sliding-tile attention vs dense at S = 119,056, DiT step 720p (issue: attention)
-    attention_variants  dense kernel variants vs cuDNN at S = 67,576 / 119,056, names the winner (issue 13.2)
-    step_cache        544p step loop with / without EasyCache (issue: caching)
-    cogvideox         CogVideoX-5B DiT step 720x480x49 with CFG per backend (issue: CogVideoX)
+    sparse_attention  sliding-tile attention vs dense at S = 119,056, DiT step 720p (issue 13)
+    attention_variants  dense kernel variants vs cuDNN at S = 67,576 / 119,056, names the winner (issue 13)
+    step_cache        544p step loop with / without EasyCache and TeaCache (issue 12)
+    cogvideox         CogVideoX-5B DiT step 720x480x49 with CFG per backend, FP8 GEMMs last (issue 15)
+    fp8_gemm          FP8 GEMMs + FP8 attention DiT step at 720p vs bf16 SDPA (issue 11, resolved: last)
     kernels           the kernel suite of 2026-11-30 (--quick), only when budget is left
 
 Runs from a checkout that was never installed (Python 3.12, torch 2.11, triton 3.6; no network).
@@ -31,11 +31,11 @@ HERE = Path(__file__).resolve().parent
 
 # name, script, share of the budget (s), extra arguments on the GPU
 CHECKS = (
-    ("fp8_gemm", "gpu_fp8_gemm_check.py", 140.0, []),
-    ("sparse_attention", "gpu_sparse_attention_check.py", 130.0, []),
-    ("attention_variants", "gpu_attention_variants_check.py", 170.0, []),
-    ("step_cache", "gpu_step_cache_check.py", 80.0, ["--thresholds", "0.1"]),
-    ("cogvideox", "gpu_cogvideox_check.py", 60.0, []),
+    ("sparse_attention", "gpu_sparse_attention_check.py", 120.0, []),
+    ("attention_variants", "gpu_attention_variants_check.py", 130.0, []),
+    ("step_cache", "gpu_step_cache_check.py", 90.0, ["--thresholds", "0.1", "--teacache-thresholds", "0.15"]),
+    ("cogvideox", "gpu_cogvideox_check.py", 70.0, []),
+    ("fp8_gemm", "gpu_fp8_gemm_check.py", 100.0, []),
     ("kernels", "gpu_kernels_check.py", 60.0, ["--quick", "--no-pytest"]),
 )
 BUDGET_S = 450.0

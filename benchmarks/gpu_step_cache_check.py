@@ -7,10 +7,10 @@
 Runs the real denoising loop (:func:`vidtrt.runtime.orchestrator.denoise`, the step cache hook included) with the
 13 B DiT (random bf16 weights, as ``bench_dit_step.py`` builds it) as the in-process torch engine, fixed random
 text embeddings in place of the text encoders, and no VAE decode: what is timed is the text-conditioned step
-loop, which is where caching acts. One uncached video first (policy ``none``), then one per EasyCache threshold,
-same seed. Prints per run: DiT calls, wall s per video, s per DiT call, the cache's own cost per step (reused
-steps' wall time), and the relative L2 difference of the final latents from the uncached ones; then the ratio
-uncached / cached wall time last.
+loop, which is where caching acts. One uncached video first (policy ``none``), then one per EasyCache threshold
+and one per TeaCache threshold (its probe on the same DiT module), same seed. Prints per run: DiT calls, wall s
+per video, s per DiT call, the cache's own cost per step (reused steps' wall time), and the relative L2
+difference of the final latents from the uncached ones; then the ratio uncached / cached wall time last.
 
 Random weights: the skip pattern (and so the speed-up) is the mechanism's on this model, not a trained model's;
 on real HunyuanVideo weights EasyCache reports ~2.2x at PSNR ~32.7 dB (docs/step-caching.md). The wall time per
@@ -68,13 +68,14 @@ class _TimedDenoiser:
 
 
 def run(height: int, width: int, frames: int, steps: int, thresholds: list[float], warmup: int, attention: str,
-        device: str, smoke: bool, budget_s: float) -> dict:
+        device: str, smoke: bool, budget_s: float, teacache_thresholds: tuple[float, ...] = ()) -> dict:
     bootstrap()
     import bench_dit_step
 
     from vidtrt.config.components import Components, TextEmbeddings
     from vidtrt.config.model_config import hunyuan_video_config, tiny_config
     from vidtrt.config.request import GenerationRequest
+    from vidtrt.runtime.dit_probe import probe_of
     from vidtrt.runtime.orchestrator import denoise
     from vidtrt.runtime.pipeline import KernelChoice, TorchDenoiser
     from vidtrt.runtime.step_cache import DitCallTally
@@ -93,8 +94,11 @@ def run(height: int, width: int, frames: int, steps: int, thresholds: list[float
     text = TextEmbeddings(torch.randn(1, text_len, tc.text_embed_dim, generator=g),
                           (torch.arange(text_len) < max(1, text_len * 3 // 4)).long()[None],
                           torch.randn(1, tc.pooled_projection_dim, generator=g))
-    dit = _TimedDenoiser(TorchDenoiser(model, device, KernelChoice(attention, fused_rope=attention != "sdpa")), device)
-    components = Components(encode_text=lambda prompts, policy="truncate": text, dit=dit, decode_tile=None)
+    denoiser = TorchDenoiser(model, device, KernelChoice(attention, fused_rope=attention != "sdpa"))
+    dit = _TimedDenoiser(denoiser, device)
+    # TeaCache's probe on the same DiT module (block 0's modulated input; its cost is in the reused steps' time)
+    components = Components(encode_text=lambda prompts, policy="truncate": text, dit=dit, decode_tile=None,
+                            probe=probe_of(denoiser))
     base = GenerationRequest("random text embeddings", height=height, width=width, num_frames=frames,
                              num_inference_steps=steps, seed=0, cache_warmup_steps=warmup)
     base = base.validate(config)  # checks sizes and warm-up against the model's limits before any step
@@ -103,7 +107,7 @@ def run(height: int, width: int, frames: int, steps: int, thresholds: list[float
     denoise(dataclasses.replace(base, num_inference_steps=2, cache_policy="none").validate(config), config, components)
     rows: list[dict] = []
     reference = None
-    plans = [("none", 0.0)] + [("easycache", t) for t in thresholds]
+    plans = [("none", 0.0)] + [("easycache", t) for t in thresholds] + [("teacache", t) for t in teacache_thresholds]
     for policy, thr in plans:
         spent = time.perf_counter() - t_start
         if rows and spent + rows[0]["wall_s"] * 1.1 > budget_s:
@@ -174,6 +178,8 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, default=33)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--thresholds", default="0.025,0.1", help="EasyCache thresholds, comma-separated")
+    ap.add_argument("--teacache-thresholds", default="0.1,0.15",
+                    help="TeaCache thresholds, comma-separated (published HunyuanVideo: 0.1 ~1.6x, 0.15 ~2.1x)")
     ap.add_argument("--warmup-steps", type=int, default=3)
     ap.add_argument("--attention", default="sdpa", help="sdpa (default), triton, triton-fp8, ...")
     ap.add_argument("--budget-s", type=float, default=240.0, help="no run starts that would pass this")
@@ -181,15 +187,16 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help="results folder (default benchmarks/results; --smoke: a temp folder)")
     a = ap.parse_args(argv)
     thresholds = [float(t) for t in a.thresholds.split(",") if t.strip()]
+    tea = tuple(float(t) for t in a.teacache_thresholds.split(",") if t.strip())
     device = "cuda" if torch.cuda.is_available() and not a.smoke else "cpu"
     if device == "cpu" and not a.smoke:
         log("no CUDA device: running the --smoke variant")
         a.smoke = True
     if a.smoke:
-        report = run(64, 96, 9, 12, [0.05, 0.5], 2, "sdpa", "cpu", True, a.budget_s)
+        report = run(64, 96, 9, 12, [0.05, 0.5], 2, "sdpa", "cpu", True, a.budget_s, (0.05, 2.0))
     else:
         report = run(a.height, a.width, a.frames, a.steps, thresholds, a.warmup_steps, a.attention, device, False,
-                     a.budget_s)
+                     a.budget_s, tea)
     out_dir = Path(a.out) if a.out else (Path(tempfile.mkdtemp(prefix="step-cache-smoke-")) if a.smoke
                                           else HERE / "results")  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -201,11 +208,12 @@ def main(argv=None) -> int:
         for p in (json_path, md_path):
             shutil.copy(p, Path(os.environ["OUT"]) / p.name)
     done = [r for r in report["runs"][1:] if "wall_s" in r]
-    best = max(done, key=lambda r: r["speedup_vs_uncached"], default=None)
     log(f"== {json_path}")
-    if best is not None:
-        log(f"uncached {report['runs'][0]['wall_s']:.2f} s/video, easycache {best['threshold']:g} "
-            f"{best['wall_s']:.2f} s/video: ratio {best['speedup_vs_uncached']:.2f}")
+    for policy in ("easycache", "teacache"):
+        best = max((r for r in done if r["policy"] == policy), key=lambda r: r["speedup_vs_uncached"], default=None)
+        if best is not None:
+            log(f"uncached {report['runs'][0]['wall_s']:.2f} s/video, {policy} {best['threshold']:g} "
+                f"{best['wall_s']:.2f} s/video: ratio {best['speedup_vs_uncached']:.2f}")
     return 0 if all(r.get("finite", True) for r in report["runs"]) else 1
 
 
