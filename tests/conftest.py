@@ -33,3 +33,19 @@ def triton_context(tmp_path_factory) -> Path:
                        env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, f"build-context.sh: {r.stdout[-2000:]}{r.stderr[-3000:]}"
     return out
+
+
+@pytest.fixture(scope="session")
+def cogvideox_server(tmp_path_factory):
+    """One real tritonserver on the default tiny CogVideoX repository (``build_repository("tiny-cogvideox")``),
+    shared by the serving tests that only send it requests and read metric deltas (test_cogvideox_serving.py,
+    test_cogvideox_step_cache_serving.py): a server start costs 15-30 s on 2 cores. A test that changes it
+    (unloads a model) must restore it before it ends; tests that stop, drain or overload a server, or need
+    another repository, start their own."""
+    from vidtrt.export.repository import build_repository
+    from vidtrt.serving.server import TritonServer
+
+    root = tmp_path_factory.mktemp("cogvideox-serving")
+    repo = build_repository("tiny-cogvideox", root / "repo")
+    with TritonServer(repo, log_file=root / "tritonserver.log", exit_timeout_s=5, ready_timeout_s=600) as server:
+        yield server
