@@ -11,16 +11,16 @@ import pytest
 
 from vidtrt.client import VideoClient
 from vidtrt.config.request import GenerationRequest
-from vidtrt.export.repository import build_repository
-from vidtrt.serving.server import TritonServer
 
 pytestmark = pytest.mark.server
 
 
-def test_same_frames_as_in_process(tmp_path):
+def test_same_frames_as_in_process(cogvideox_server):
+    """On the session's shared server (conftest.py ``cogvideox_server``: build_repository("tiny-cogvideox"))."""
     from vidtrt.runtime.cogvideox_pipeline import CogVideoXPipeline
 
-    repo = build_repository("tiny-cogvideox", tmp_path / "repo")
+    srv = cogvideox_server
+    repo = srv.repository
     record = json.loads((repo / "vidtrt-repository.json").read_text())
     assert record["family"] == "cogvideox" and record["generation_model"] == "cogvideox"
     assert {p.name for p in repo.iterdir() if p.is_dir()} == {
@@ -29,14 +29,13 @@ def test_same_frames_as_in_process(tmp_path):
     requests = [GenerationRequest("a cat walks on the grass", seed=5, num_inference_steps=2, negative_prompt="blurry"),
                 GenerationRequest("a dog", seed=6, num_frames=1, height=48, width=80, num_inference_steps=2,
                                   true_cfg_scale=3.0)]
-    with TritonServer(repo, log_file=tmp_path / "tritonserver.log", exit_timeout_s=5, ready_timeout_s=600) as srv:
-        client = VideoClient(srv.grpc_url, model_name=record["generation_model"])
-        for request in requests:
-            steps = []
-            result = client.run(request, progress=steps.append)
-            expected = pipe.run(request)
-            assert result.frames.dtype == np.uint8 and result.frames.shape == expected.shape
-            np.testing.assert_array_equal(result.frames, expected)
+    client = VideoClient(srv.grpc_url, model_name=record["generation_model"])
+    for request in requests:
+        steps = []
+        result = client.run(request, progress=steps.append)
+        expected = pipe.run(request)
+        assert result.frames.dtype == np.uint8 and result.frames.shape == expected.shape
+        np.testing.assert_array_equal(result.frames, expected)
 
 
 def test_onnxruntime_repository_gives_the_in_process_frames(tmp_path):
@@ -44,7 +43,9 @@ def test_onnxruntime_repository_gives_the_in_process_frames(tmp_path):
     gives the frames of the same artifacts in process (one frame batch and two)."""
     from onnx_artifacts import tiny_cogvideox_artifacts
 
+    from vidtrt.export.repository import build_repository
     from vidtrt.runtime.engine_components import load_pipeline_with_engine
+    from vidtrt.serving.server import TritonServer
 
     artifacts = tiny_cogvideox_artifacts()
     repo = build_repository("tiny-cogvideox", tmp_path / "repo", engine="onnxruntime", artifacts=artifacts)

@@ -10,9 +10,7 @@ from server_metrics import metric
 
 from vidtrt.client import VideoClient
 from vidtrt.config.request import GenerationRequest
-from vidtrt.export.repository import build_repository
 from vidtrt.runtime.step_cache import DitCallTally
-from vidtrt.serving.server import TritonServer
 
 pytestmark = pytest.mark.server
 
@@ -21,11 +19,10 @@ SMALL = dict(num_frames=1, height=32, width=48, negative_prompt="blurry")
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cogvideox-cache-serving")
-    repo = build_repository("tiny-cogvideox", root / "repo")
-    with TritonServer(repo, log_file=root / "tritonserver.log", exit_timeout_s=5, ready_timeout_s=600) as server:
-        yield server
+def srv(cogvideox_server):
+    """The session's shared server on the default tiny CogVideoX repository (conftest.py): every check here reads
+    metric deltas, and the one test that unloads a model loads it again."""
+    return cogvideox_server
 
 
 @pytest.fixture(scope="module")
@@ -74,12 +71,30 @@ def test_generate_cli_finds_the_served_model(srv, pipe, tmp_path, capsys, protoc
 
 
 def test_generate_cli_without_a_ready_generation_model_is_one_line(srv, tmp_path, capsys):
-    """Last in the module: unloads the sync model, so HTTP has no generation model left to find."""
+    """Last in the module: unloads the sync model, so HTTP has no generation model left to find (then loads it
+    again: the server is shared)."""
     from vidtrt.cli import main
 
     status, body = srv._admin("/v2/repository/models/cogvideox_sync/unload")
     assert status == 200, body
-    rc = main(["generate", PROMPT, "--url", srv.http_url, "--protocol", "http", "-o", str(tmp_path / "v.npy")])
+    try:
+        rc = main(["generate", PROMPT, "--url", srv.http_url, "--protocol", "http", "-o", str(tmp_path / "v.npy")])
+    finally:  # the server is shared (conftest.py cogvideox_server): leave it as it was
+        _load_again(srv, "cogvideox_sync")
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "no vidtrt generation model" in err[0] and "--model-name" in err[0], err
     assert not (tmp_path / "v.npy").exists()
+
+
+def _load_again(srv, model: str) -> None:
+    """Load ``model`` through the restricted repository API and wait for it (the launcher's ``_admin`` gives up
+    after 10 s; loading a model takes longer than that on a loaded machine)."""
+    import urllib.request
+
+    from vidtrt.serving.server import ADMIN_HEADER
+
+    req = urllib.request.Request(f"http://{srv.http_url}/v2/repository/models/{model}/load", data=b"{}",
+                                 method="POST", headers={ADMIN_HEADER: srv._admin_token})
+    with urllib.request.urlopen(req, timeout=600) as r:
+        assert r.status == 200
+    assert srv.is_ready()

@@ -16,20 +16,20 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx_artifacts import tiny_artifacts
+from onnx_artifacts import FP8_CALIB, tiny_fp8_artifacts, tiny_fp8_state
 
 from vidtrt.cli import main as cli_main
 from vidtrt.errors import CheckpointError
 from vidtrt.export.onnx_export import export_components, relative_error
 from vidtrt.export.onnx_fp8 import FP8_DIT_FILE
-from vidtrt.export.quantize import FP8QuantConfig, quantize_model
+from vidtrt.export.quantize import FP8QuantConfig
 from vidtrt.models.fp8 import apply_fp8, fp8_disabled, fp8_qdq_reference, fp8_scale, quantizer_names
 from vidtrt.runtime.engines import OnnxRuntimeEngine
 from vidtrt.source.model_source import ModelSource
 from vidtrt.source.quant_state import AMAX_FILE, QUALITY_FILE, QUANT_FORMAT, STATE_FILE, QuantState
 
 ONNX_TOL = 1e-3  # onnxruntime FP8 graph vs the torch fake-quant DiT (max |diff| / max |ref|)
-CALIB = FP8QuantConfig(calib_size=2, calib_steps=2)
+CALIB = FP8QuantConfig(**FP8_CALIB)
 
 
 def one_line(e: pytest.ExceptionInfo) -> str:
@@ -47,21 +47,16 @@ def _two_threads():
 
 
 @pytest.fixture(scope="module")
-def tiny_state(tmp_path_factory):
-    """`vidtrt quantize` of tiny (Python API): the state folder and what it printed."""
-    out = tmp_path_factory.mktemp("fp8") / "state"
-    lines: list[str] = []
-    quantize_model("tiny", out, CALIB, log=lines.append)
-    return out, lines
+def tiny_state():
+    """`vidtrt quantize` of tiny (Python API, CALIB): the state folder and what it printed. Made once per session
+    (tests/onnx_artifacts.py, which conftest.py starts making in the background); the tests only read it."""
+    return tiny_fp8_state()
 
 
 @pytest.fixture(scope="module")
-def fp8_artifacts(tiny_state, tmp_path_factory):
-    """The session's tiny ONNX artifacts with the DiT replaced by the FP8 one."""
-    folder = tmp_path_factory.mktemp("fp8") / "artifacts"
-    shutil.copytree(tiny_artifacts(), folder, ignore=shutil.ignore_patterns(".export.lock", "dit.onnx*"))
-    export_components("tiny", folder, ["dit"], quantized=tiny_state[0], log=None)
-    return folder
+def fp8_artifacts(tiny_state):
+    """The session's tiny ONNX artifacts with the DiT replaced by the FP8 one (tests/onnx_artifacts.py)."""
+    return tiny_fp8_artifacts()
 
 
 def _fake_quant_dit(source: ModelSource, state: Path) -> torch.nn.Module:

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnx_artifacts import tiny_bf16_artifacts
 from trt_standin import calls, install
 
 from vidtrt.config.specs import AxisRange, ComponentSpec, TensorSpec
@@ -319,13 +320,9 @@ def test_without_tensorrt_build_is_one_line_exit_2_and_writes_nothing(tmp_path, 
 
 
 def _tiny_bf16_artifacts() -> Path:
-    """The tiny model's bf16 ONNX (DiT and VAE tile), exported once per session into $VIDTRT_CACHE."""
-    from vidtrt.export.bf16_onnx import export_bf16_components
-    from vidtrt.source.model_source import ModelSource
-
-    out = Path(os.environ["VIDTRT_CACHE"]) / "onnx-tiny-bf16"
-    export_bf16_components(ModelSource.open("tiny"), ["dit", "vae_decoder_tile", "dit_probe"], out)
-    return out
+    """The tiny model's bf16 ONNX (DiT, VAE tile, DiT probe), exported once per session into $VIDTRT_CACHE
+    (tests/onnx_artifacts.py, which conftest.py starts making in the background)."""
+    return tiny_bf16_artifacts()
 
 
 def _parse_config(path: Path):
