@@ -167,8 +167,8 @@ def make_step_cache(params: StepCacheParams, total_steps: int, probe: ProbeFn | 
                     family: str = "hunyuan_video") -> StepCache:
     """The cache of one generation (``params`` validated): a plain :class:`StepCache` when it cannot skip
     (policy ``none`` or threshold 0), so such requests run exactly the uncached loop. ``probe``: the DiT
-    probe TeaCache needs (``teacache`` without one: InvalidRequestError); ``family``: whose TeaCache
-    coefficients."""
+    probe TeaCache needs (``teacache`` without one: InvalidRequestError); ``family``: the key of its
+    TeaCache coefficients in :data:`~vidtrt.config.step_cache.TEACACHE_COEFFICIENTS` (``teacache_variant``)."""
     if not params.skips:
         return StepCache(params, total_steps)
     if params.policy == "teacache":
