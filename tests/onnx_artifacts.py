@@ -19,7 +19,8 @@ def tiny_artifacts() -> Path:
 
 
 def tiny_cogvideox_artifacts() -> Path:
-    """`vidtrt export --model tiny-cogvideox`: dit.onnx, vae_decoder_batch.onnx (the VAE's frame-batch graph), dit_probe.onnx."""
+    """`vidtrt export --model tiny-cogvideox`: dit.onnx, vae_decoder_batch.onnx (the VAE's frame-batch graph) and
+    dit_probe.onnx."""
     from vidtrt.export.onnx_export import ensure_exported
 
     root = Path(os.environ.get("VIDTRT_CACHE") or tempfile.gettempdir()) / "onnx-tiny-cogvideox"
