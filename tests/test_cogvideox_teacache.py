@@ -210,3 +210,42 @@ def test_cli_run_with_teacache_reports_skipped_calls(tmp_path, capsys):
     assert rc == 0 and (tmp_path / "x.npy").is_file(), out
     calls, skipped = [int(v) for v in out.split("DiT calls ")[1].replace("(", "").split()[:2]]
     assert (calls, skipped) == (3, 13), out  # the 5B polynomial on the random preset: see the test above
+
+
+def test_onnxruntime_engines_and_repository_pick_up_the_exported_probe(pipe, tmp_path, monkeypatch):
+    """`vidtrt export` of tiny-cogvideox holds dit_probe: the onnxruntime components carry it and make the torch
+    pipeline's decisions (identity polynomial, 16 steps), and `vidtrt build --engine onnxruntime` serves it as
+    cogvideox_dit_probe. Artifacts without it (an older export): no probe, no probe model, teacache refused."""
+    import json
+
+    from onnx_artifacts import tiny_cogvideox_artifacts
+
+    from vidtrt.export.repository import build_repository
+    from vidtrt.runtime.engine_components import MANIFEST_NAME, load_pipeline_with_engine
+
+    art = tiny_cogvideox_artifacts()
+    ort = load_pipeline_with_engine("tiny-cogvideox", "onnxruntime", art, providers=["CPUExecutionProvider"])
+    assert ort.components.probe is not None
+    monkeypatch.setitem(TEACACHE_COEFFICIENTS, "cogvideox-5b", (1.0, 0.0))
+    kwargs = dict(seed=2, num_inference_steps=16, cache_policy="teacache", cache_threshold=1.5, cache_warmup_steps=2)
+    _, want = _run(pipe, **kwargs)
+    _, got = _run(ort, **kwargs)
+    assert got.pattern == want.pattern and 0 < got.skipped < 14, (got.pattern, want.pattern)
+    assert (build_repository("tiny-cogvideox", tmp_path / "repo", "onnxruntime", artifacts=art)
+            / "cogvideox_dit_probe" / "config.pbtxt").is_file()
+
+    old = tmp_path / "old"
+    old.mkdir()
+    manifest = json.loads((art / MANIFEST_NAME).read_text())
+    del manifest["components"]["dit_probe"]
+    for f in art.iterdir():
+        if f.name != MANIFEST_NAME and not f.name.startswith("dit_probe"):
+            (old / f.name).symlink_to(f)
+    (old / MANIFEST_NAME).write_text(json.dumps(manifest))
+    bare = load_pipeline_with_engine("tiny-cogvideox", "onnxruntime", old, providers=["CPUExecutionProvider"])
+    assert bare.components.probe is None
+    with pytest.raises(InvalidRequestError) as e:
+        bare.run(GenerationRequest(PROMPT, **SMALL, cache_policy="teacache", cache_threshold=0.1))
+    assert e.value.param == "cache_policy"
+    assert not (build_repository("tiny-cogvideox", tmp_path / "repo-old", "onnxruntime", artifacts=old)
+                / "cogvideox_dit_probe").exists()
