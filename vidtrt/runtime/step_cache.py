@@ -24,7 +24,8 @@ from vidtrt.config.step_cache import TEACACHE_COEFFICIENTS, StepCacheParams
 from vidtrt.errors import InvalidRequestError
 
 # (step, latents, prev_step, prev_latents) -> relative L1 change of the DiT's first-block modulated input from
-# step prev_step to step (the conditional branch's; :mod:`vidtrt.models.dit_probe`).
+# step prev_step to step (the conditional branch's; :mod:`vidtrt.models.dit_probe`), or for CogVideoX of its
+# timestep embedding (:mod:`vidtrt.models.cogvideox_probe`).
 ProbeFn = Callable[[int, torch.Tensor, int, torch.Tensor], float]
 
 
