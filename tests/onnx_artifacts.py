@@ -81,8 +81,9 @@ def tiny_artifacts() -> Path:
 
 
 def tiny_cogvideox_artifacts() -> Path:
-    """`vidtrt export --model tiny-cogvideox`: dit.onnx and vae_decoder_batch.onnx (the VAE's frame-batch graph;
-    test_cogvideox_vae_onnx.py, test_cogvideox_fp8.py, test_cogvideox_serving.py)."""
+    """`vidtrt export --model tiny-cogvideox`: dit.onnx, vae_decoder_batch.onnx (the VAE's frame-batch graph) and
+    dit_probe.onnx (test_cogvideox_vae_onnx.py, test_cogvideox_fp8.py, test_cogvideox_serving.py,
+    test_cogvideox_teacache.py)."""
     from vidtrt.export.onnx_export import ensure_exported
 
     root = _cache() / "onnx-tiny-cogvideox"
@@ -150,7 +151,7 @@ PREFETCH = {
     "tiny_fp8_artifacts": (tiny_fp8_artifacts, {"test_fp8_quant.py"}),
     "tiny_bf16_artifacts": (tiny_bf16_artifacts, {"test_tensorrt_build.py"}),
     "tiny_cogvideox_artifacts": (tiny_cogvideox_artifacts, {"test_cogvideox_vae_onnx.py", "test_cogvideox_fp8.py",
-                                                            "test_cogvideox_serving.py"}),
+                                                            "test_cogvideox_serving.py", "test_cogvideox_teacache.py"}),
 }
 
 

@@ -323,12 +323,12 @@ def test_export_cli_quantized_then_onnxruntime_pipeline(cog_state, tmp_path, cap
     from onnx_artifacts import tiny_cogvideox_artifacts
 
     art = tmp_path / "art"
-    shutil.copytree(tiny_cogvideox_artifacts(), art)  # float dit.onnx + vae_decoder_batch.onnx, shared export
+    shutil.copytree(tiny_cogvideox_artifacts(), art)  # float dit.onnx, vae_decoder_batch.onnx, dit_probe.onnx
     assert cli_main(["export", "--model", MODEL, "--quantized", str(cog_state[0]), "--components", "dit",
                      "--out", str(art)]) == 0
     manifest = json.loads((art / "manifest.json").read_text())
     assert manifest["components"]["dit"]["file"] == FP8_DIT_FILE and "quantization" in manifest["components"]["dit"]
-    assert set(manifest["components"]) == {"dit", "vae_decoder_batch"}
+    assert set(manifest["components"]) == {"dit", "vae_decoder_batch", "dit_probe"}
     args = ["run", "a cat", "--model", MODEL, "--engine", "onnxruntime", "--frames", "9", "--steps", "3",
             "--seed", "5", "--no-progress"]
     assert cli_main([*args, "--artifacts", str(art), "-o", str(tmp_path / "fp8.npy")]) == 0

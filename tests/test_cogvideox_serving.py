@@ -1,5 +1,6 @@
 """The tiny CogVideoX model through a real tritonserver: the repository names its models by the family
-(cogvideox, cogvideox_sync, cogvideox_text_encoder, cogvideox_dit, cogvideox_vae_decoder) and the same request
+(cogvideox, cogvideox_sync, cogvideox_text_encoder, cogvideox_dit, cogvideox_vae_decoder,
+cogvideox_dit_probe) and the same request
 gives the same frames as in process (CFG with a negative prompt, tiled decode)."""
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ def test_same_frames_as_in_process(cogvideox_server):
     record = json.loads((repo / "vidtrt-repository.json").read_text())
     assert record["family"] == "cogvideox" and record["generation_model"] == "cogvideox"
     assert {p.name for p in repo.iterdir() if p.is_dir()} == {
-        "cogvideox", "cogvideox_sync", "cogvideox_text_encoder", "cogvideox_dit", "cogvideox_vae_decoder"}
+        "cogvideox", "cogvideox_sync", "cogvideox_text_encoder", "cogvideox_dit", "cogvideox_vae_decoder",
+        "cogvideox_dit_probe"}
     pipe = CogVideoXPipeline.from_model("tiny-cogvideox")
     requests = [GenerationRequest("a cat walks on the grass", seed=5, num_inference_steps=2, negative_prompt="blurry"),
                 GenerationRequest("a dog", seed=6, num_frames=1, height=48, width=80, num_inference_steps=2,

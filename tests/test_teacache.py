@@ -1,6 +1,6 @@
 """TeaCache in process: the DiT probe against diffusers' own block-0 modulation, its ONNX export in onnxruntime
 against torch, the rule step by step, bit-identical frames when it cannot skip, fewer DiT calls as the threshold
-rises on the small preset, true CFG deciding once per step, and refusals (bad values, no probe, CogVideoX) in one
+rises on the small preset, true CFG deciding once per step, and refusals (bad values, no probe) in one
 line naming the field, before any work."""
 
 from __future__ import annotations
@@ -266,20 +266,6 @@ def test_invalid_teacache_values_are_named(kwargs, param):
     with pytest.raises(InvalidRequestError) as e:
         GenerationRequest(PROMPT, **kwargs).validate(tiny_config())
     assert e.value.param == param and "\n" not in str(e.value) and "accepted" in str(e.value)
-
-
-def test_cogvideox_refuses_teacache_in_one_line(tmp_path, capsys):
-    from vidtrt.cli import main
-    from vidtrt.config.cogvideox_config import COGVIDEOX_PRESETS
-
-    config = COGVIDEOX_PRESETS["tiny-cogvideox"]()
-    with pytest.raises(InvalidRequestError) as e:
-        GenerationRequest(PROMPT, cache_policy="teacache").validate(config)
-    assert e.value.param == "cache_policy" and "cogvideox" in str(e.value)
-    rc = main(["run", PROMPT, "--model", "tiny-cogvideox", "-o", str(tmp_path / "x.npy"), "--cache-policy",
-               "teacache"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and err[0].startswith("vidtrt: error: invalid --cache-policy "), err
 
 
 def test_cli_run_with_teacache_reports_skipped_calls(tmp_path, capsys):

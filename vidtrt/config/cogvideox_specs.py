@@ -14,6 +14,9 @@
   causal conv (:func:`conv_cache_layout`: [1, C_i, 2, 2^l h, 2^l w], zeros allowed when ``first``) -> video
   [1, 3, 4 t - 3 (t % 2), 8 h, 8 w] and the next caches. The onnxruntime engine of ``vae_decoder_tile``
   (:mod:`vidtrt.runtime.cogvideox_engines`) loops over the batches, feeding the caches back.
+- ``dit_probe`` (optional; TeaCache's signal, :mod:`vidtrt.models.cogvideox_probe`): this step's and the
+  previous step's timesteps [B] -> float32 [B] relative L1 change of the DiT's timestep embedding. No latent
+  or text input: TeaCache4CogVideoX's indicator depends on the timestep only.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ from vidtrt.config.cogvideox_config import CogVideoXModelConfig, CogVideoXVAECon
 from vidtrt.config.specs import AxisRange, ComponentSpec, TensorSpec
 from vidtrt.config.tiling import plan_tiles
 
-COGVIDEOX_COMPONENTS = ("dit", "vae_decoder_tile", "vae_decoder_batch")
-ONNX_COMPONENTS = ("dit", "vae_decoder_batch")  # what `vidtrt export` writes for a CogVideoX model
+COGVIDEOX_COMPONENTS = ("dit", "vae_decoder_tile", "vae_decoder_batch", "dit_probe")
+ONNX_COMPONENTS = ("dit", "vae_decoder_batch", "dit_probe")  # what `vidtrt export` writes for a CogVideoX model
 FRAME_BATCH = 2  # latent frames per decoder batch (diffusers' num_latent_frames_batch_size)
 CACHE_FRAMES = 2  # input frames each causal conv (time kernel 3) carries to the next batch
 
@@ -89,6 +92,23 @@ def dit_spec(config: CogVideoXModelConfig) -> ComponentSpec:
         export_axes={"batch": 2, "latent_frames": min(2 * pt, max_f), "latent_height": 2 * p,
                      "latent_width": 3 * p},
         doc="CogVideoX DiT, one forward (batched CFG: batch 2)",
+    )
+
+
+def dit_probe_spec(config: CogVideoXModelConfig) -> ComponentSpec:
+    """TeaCache's signal for CogVideoX: timestep, prev_timestep [batch] (the DiT's integer timesteps as
+    float32) -> rel_l1 float32 [batch], the relative L1 change of the DiT's timestep embedding. The DiT's
+    batch axis; nothing else varies."""
+    ts = dit_spec(config).input("timestep")
+    return ComponentSpec(
+        name="dit_probe",
+        inputs=(ts, TensorSpec("prev_timestep", "float32", ("batch",), "the previous step's timestep", "int", 0,
+                               1000)),
+        outputs=(TensorSpec("rel_l1", "float32", ("batch",),
+                            "mean|e - e_prev| / mean|e_prev| of the DiT's timestep embedding, per row"),),
+        axes={"batch": AxisRange(1, 1, 2)},
+        export_axes={"batch": 2},
+        doc="CogVideoX DiT probe: relative change of the timestep embedding (TeaCache)",
     )
 
 
@@ -166,11 +186,12 @@ def text_encoder_spec(config: CogVideoXModelConfig) -> ComponentSpec:
 
 def specs_for_triton(config: CogVideoXModelConfig) -> dict[str, ComponentSpec]:
     return {"text_encoder": text_encoder_spec(config), "dit": dit_spec(config),
-            "vae_decoder": vae_decoder_tile_spec(config)}
+            "vae_decoder": vae_decoder_tile_spec(config), "dit_probe": dit_probe_spec(config)}
 
 
 def component_specs(config: CogVideoXModelConfig, names=COGVIDEOX_COMPONENTS) -> dict[str, ComponentSpec]:
-    makers = {"dit": dit_spec, "vae_decoder_tile": vae_decoder_tile_spec, "vae_decoder_batch": vae_decoder_batch_spec}
+    makers = {"dit": dit_spec, "vae_decoder_tile": vae_decoder_tile_spec, "vae_decoder_batch": vae_decoder_batch_spec,
+              "dit_probe": dit_probe_spec}
     unknown = [n for n in names if n not in makers]
     if unknown:
         from vidtrt.errors import EngineError

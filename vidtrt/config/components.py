@@ -62,7 +62,9 @@ class DitProbe(Protocol):
         guidance: torch.Tensor,
     ) -> torch.Tensor:
         """Relative L1 change float32 [B] of the DiT's first-block modulated input from (prev_latents,
-        prev_timestep) to (latents, timestep) (:mod:`vidtrt.models.dit_probe`; spec ``dit_probe``)."""
+        prev_timestep) to (latents, timestep) (:mod:`vidtrt.models.dit_probe`; spec ``dit_probe``). CogVideoX:
+        of its timestep embedding, from the timesteps alone (:mod:`vidtrt.models.cogvideox_probe`; the other
+        arguments may be None)."""
         ...
 
 

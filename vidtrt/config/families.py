@@ -106,6 +106,7 @@ COGVIDEOX = ModelFamily(
     sampler="vidtrt.runtime.cogvideox_sampler:denoise",
     torch_denoiser="vidtrt.runtime.cogvideox_pipeline:CogVideoXTorchDenoiser",
     fp8_keep_bf16="vidtrt.models.fp8_linear:COGVIDEOX_KEEP_BF16",
+    components=(*TRITON_COMPONENTS, "dit_probe"),  # the probe is optional: see vidtrt.export.repository
 )
 
 FAMILIES: dict[str, ModelFamily] = {HUNYUAN_VIDEO.name: HUNYUAN_VIDEO, COGVIDEOX.name: COGVIDEOX}

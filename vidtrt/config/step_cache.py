@@ -22,8 +22,9 @@ Policies (``CACHE_POLICIES``):
   change of that modulated input since the previous step and ``poly`` the per-model rescaling polynomial
   (:data:`TEACACHE_COEFFICIENTS`); while the accumulator stays below ``threshold`` the step reuses the last
   computed step's ``output - input``; once it passes, the DiT runs and the accumulator restarts at 0. The
-  first ``max(warmup_steps, 1)`` steps and the last step always call the DiT. HunyuanVideo models only (the
-  family with a probe and coefficients).
+  first ``max(warmup_steps, 1)`` steps and the last step always call the DiT. CogVideoX models use
+  TeaCache4CogVideoX's indicator instead, the timestep embedding ``time_embedding(sinusoid(t))``
+  (:mod:`vidtrt.models.cogvideox_probe`), with their per-variant coefficients (:func:`teacache_variant`).
 
 No torch here (layer 0).
 """
@@ -36,14 +37,39 @@ from dataclasses import dataclass
 from vidtrt.errors import InvalidRequestError
 
 CACHE_POLICIES: tuple[str, ...] = ("none", "easycache", "teacache")
-# TeaCache's rescaling polynomial per model family, highest power first (numpy.poly1d order): the published
-# TeaCache4HunyuanVideo coefficients (github.com/ali-vilab/TeaCache, TeaCache4HunyuanVideo/
-# teacache_sample_video.py, ``coefficients``), fitted on the released HunyuanVideo's trajectories: they map
-# the released weights' modulated-input change to their output change, and mean little for other weights
-# (the random-weight presets included). A family not listed has no TeaCache (CogVideoX: no probe yet).
+# TeaCache's rescaling polynomial per model variant, highest power first (numpy.poly1d order), as published in
+# github.com/ali-vilab/TeaCache (commit 7c10efc, 2025-06-08):
+# - hunyuan_video: TeaCache4HunyuanVideo/teacache_sample_video.py, ``coefficients``;
+# - cogvideox-2b, cogvideox-5b: eval/teacache/experiments/cogvideox.py (TeaCache4CogVideoX; 2B: no RoPE, 5B:
+#   RoPE), also TeaCache4CogVideoX1.5/teacache_sample_video.py ``coefficients_dict`` "CogVideoX-2b" / "-5b";
+# - cogvideox1.5-5b: TeaCache4CogVideoX1.5/teacache_sample_video.py ``coefficients_dict["CogVideoX1.5-5B"]``
+#   (text-to-video; the -I2V variants have their own, not served here).
+# Each was fitted on the released weights' trajectories: it maps those weights' indicator change to their
+# output change, and means little for other weights (the random-weight presets included). The HunyuanVideo
+# indicator is block 0's modulated input, the CogVideoX one the timestep embedding (see the policies above).
 TEACACHE_COEFFICIENTS: dict[str, tuple[float, ...]] = {
     "hunyuan_video": (7.33226126e02, -4.01131952e02, 6.75869174e01, -3.14987800e00, 9.61237896e-02),
+    "cogvideox-2b": (-3.10658903e01, 2.54732368e01, -5.92380459e00, 1.75769064e00, -3.61568434e-03),
+    "cogvideox-5b": (-1.53880483e03, 8.43202495e02, -1.34363087e02, 7.97131516e00, -5.23162339e-02),
+    "cogvideox1.5-5b": (2.50210439e02, -1.65061612e02, 3.57804877e01, -7.81551492e-01, 3.58559703e-02),
 }
+TEACACHE_FAMILIES: tuple[str, ...] = ("hunyuan_video", "cogvideox")  # the families with a DiT probe
+
+
+def teacache_variant(config) -> str:
+    """The :data:`TEACACHE_COEFFICIENTS` key of a resolved model config: ``hunyuan_video``, or for CogVideoX
+    by its DiT's architecture as TeaCache chooses (eval/teacache/experiments/cogvideox.py): ``patch_size_t``
+    set -> ``cogvideox1.5-5b``; else RoPE -> ``cogvideox-5b`` (tiny-cogvideox, a 5B-architecture preset, gets
+    this one); else ``cogvideox-2b`` (sin-cos positions)."""
+    family = getattr(config, "family", "hunyuan_video")
+    if family != "cogvideox":
+        return family
+    tc = config.transformer
+    if tc.patch_size_t is not None:
+        return "cogvideox1.5-5b"
+    return "cogvideox-5b" if tc.use_rotary_positional_embeddings else "cogvideox-2b"
+
+
 MAX_CACHE_THRESHOLD = 10.0  # an accumulated relative change of 10x the output's size: beyond any useful value
 # Request field names (the wire, the Python keywords and the CLI flags' dests).
 CACHE_FIELDS = ("cache_policy", "cache_threshold", "cache_warmup_steps")
@@ -71,13 +97,13 @@ class StepCacheParams:
     def validate(self, max_warmup_steps: int, family: str = "hunyuan_video") -> StepCacheParams:
         """Raise InvalidRequestError naming the request field (``cache_policy``, ``cache_threshold``,
         ``cache_warmup_steps``) and what it accepts; returns self. ``family``: the model's family (``teacache``
-        needs one listed in :data:`TEACACHE_COEFFICIENTS`)."""
+        needs one of :data:`TEACACHE_FAMILIES`)."""
         if not isinstance(self.policy, str) or self.policy not in CACHE_POLICIES:
             raise InvalidRequestError("cache_policy", self.policy, f"one of {list(CACHE_POLICIES)}")
-        if self.policy == "teacache" and family not in TEACACHE_COEFFICIENTS:
+        if self.policy == "teacache" and family not in TEACACHE_FAMILIES:
             accepted = [p for p in CACHE_POLICIES if p != "teacache"]
             raise InvalidRequestError("cache_policy", self.policy, f"one of {accepted} for {family} models (teacache "
-                                      f"needs a DiT probe and fitted coefficients: {sorted(TEACACHE_COEFFICIENTS)})")
+                                      f"needs a DiT probe and fitted coefficients: {list(TEACACHE_FAMILIES)})")
         t = self.threshold
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) \
                 or not 0.0 <= t <= MAX_CACHE_THRESHOLD:

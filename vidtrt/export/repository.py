@@ -408,7 +408,8 @@ COMPONENT_ARTIFACTS = {"text_encoder": ("llm_text_encoder", "clip_text_encoder")
                        "vae_decoder": ("vae_decoder_tile",), "dit_probe": ("dit_probe",)}
 OPTIONAL_ARTIFACTS = ("dit_probe",)  # exports without it (older ones) build a repository without the probe
 # CogVideoX: T5 runs in torch (not exported); the tile decoder loops over the VAE's frame-batch graph.
-COGVIDEOX_ARTIFACTS = {"text_encoder": (), "dit": ("dit",), "vae_decoder": ("vae_decoder_batch",)}
+COGVIDEOX_ARTIFACTS = {"text_encoder": (), "dit": ("dit",), "vae_decoder": ("vae_decoder_batch",),
+                       "dit_probe": ("dit_probe",)}
 
 
 def _artifact_files(artifacts, source) -> dict[str, list[str]]:

@@ -168,10 +168,11 @@ def run_benchmark(args, out=None) -> list[Run]:
           f"{', true CFG ' + format(first.true_cfg_scale, 'g') if first.do_true_cfg else ''}; "
           "PSNR / SSIM vs uncached", file=out)
     if args.cache_policy == "teacache":
-        from vidtrt.config.step_cache import TEACACHE_COEFFICIENTS
+        from vidtrt.config.step_cache import TEACACHE_COEFFICIENTS, teacache_variant
 
-        print(f"teacache rescaling polynomial (published, fitted on the released HunyuanVideo): "
-              f"{list(TEACACHE_COEFFICIENTS[source.family.name])}", file=out)
+        variant = teacache_variant(source.config)
+        print(f"teacache rescaling polynomial {variant} (published, fitted on the released weights): "
+              f"{list(TEACACHE_COEFFICIENTS[variant])}", file=out)
     print(f"{'prompt':<32} {'threshold':>9} {'DiT calls':>9} {'wall s':>8} {'DiT s':>8} {'speed-up':>8} {'PSNR dB':>8} "
           f"{'SSIM':>7}", file=out)
     runs: list[Run] = []

@@ -23,6 +23,11 @@ the DiT hands the sampler the DiT's own (guided) v, so policy none and threshold
 uncached loop. The DPM solver's state follows: its previous x0 is the one of the v the step used (computed
 or reused), and every step draws its Gaussian noise from the generator whether or not it called the DiT,
 so the noise stream of a cached run is the uncached run's.
+
+TeaCache (``cache_policy teacache``) decides from ``components.probe``, the relative change of the DiT's
+timestep embedding between consecutive steps (:mod:`vidtrt.models.cogvideox_probe`, one probe row for the
+batched CFG pair), rescaled by the coefficients of the DiT's variant
+(:func:`vidtrt.config.step_cache.teacache_variant`); the reuse is the same flow-space transformation.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import torch
 from vidtrt.config.components import Components, TextEmbeddings
 from vidtrt.config.lifecycle import Deadline
 from vidtrt.config.request import GenerationRequest
+from vidtrt.config.step_cache import teacache_variant
 from vidtrt.errors import NonFiniteError
 from vidtrt.runtime.cogvideox_scheduler import CogVideoXSampler, dynamic_cfg_scale
 from vidtrt.runtime.orchestrator import (
@@ -44,7 +50,7 @@ from vidtrt.runtime.orchestrator import (
     _encode_negative,
     check_cancel,
 )
-from vidtrt.runtime.step_cache import make_step_cache
+from vidtrt.runtime.step_cache import make_step_cache, require_probe
 
 
 def _batch(a: TextEmbeddings, b: TextEmbeddings) -> TextEmbeddings:
@@ -68,6 +74,7 @@ def denoise(
     r = request
     start = time.perf_counter() if start_time is None else start_time
     check_cancel(should_cancel, deadline, "before text encoding")
+    require_probe(r.step_cache, components.probe)  # teacache without a served probe: refused before any work
     text = components.encode_text([r.prompt], r.prompt_policy)
     cfg = r.do_true_cfg
     if cfg:
@@ -82,7 +89,15 @@ def denoise(
     unused = torch.zeros(2 if cfg else 1, dtype=torch.float32)  # the Denoiser protocol's guidance slot
 
     total = r.num_inference_steps
-    cache = make_step_cache(r.step_cache, total)
+    probe = None
+    if components.probe is not None:
+        timesteps, probe_fn = sampler.timesteps, components.probe
+
+        def probe(step: int, _latents, prev_step: int, _prev) -> float:  # the timestep embedding's change only
+            rel = probe_fn(_latents, timesteps[step].reshape(1), _prev, timesteps[prev_step].reshape(1), None, None)
+            return float(rel.reshape(-1)[0])
+
+    cache = make_step_cache(r.step_cache, total, probe, teacache_variant(config))
     for i, t in enumerate(sampler.timesteps):
         check_cancel(should_cancel, deadline, f"before step {i + 1} of {total}")
         computed: list[torch.Tensor] = []

@@ -2,6 +2,8 @@
 
 - :class:`TorchDitProbe`: :class:`~vidtrt.models.dit_probe.HunyuanVideoDiTProbe` built on the DiT module the
   denoiser runs (the same parameters, no copy), in its dtype and on its device;
+- :class:`TorchCogVideoXProbe`: the same for a CogVideoX DiT
+  (:class:`~vidtrt.models.cogvideox_probe.CogVideoXDiTProbe`: timesteps only);
 - :class:`EngineDitProbe`: an engine of spec ``dit_probe`` (onnxruntime, the torch engine, or TensorRT
   through Triton), ``run(feeds)`` on numpy for a Triton component model.
 
@@ -15,6 +17,8 @@ import contextlib
 import numpy as np
 import torch
 
+from vidtrt.models.cogvideox_probe import CogVideoXDiTProbe
+from vidtrt.models.cogvideox_transformer import CogVideoXTransformer3D
 from vidtrt.models.dit_probe import HunyuanVideoDiTProbe
 from vidtrt.models.transformer import HunyuanVideoTransformer3D
 
@@ -40,10 +44,27 @@ class TorchDitProbe:
             return self.module(*args).to("cpu", torch.float32)
 
 
-def probe_of(denoiser) -> TorchDitProbe | None:
-    """The probe sharing the DiT module of a torch ``denoiser`` (``.module`` a HunyuanVideo DiT), else None
-    (a CogVideoX DiT, or a DiT in other processes: sequence parallelism)."""
+class TorchCogVideoXProbe:
+    """:class:`~vidtrt.models.cogvideox_probe.CogVideoXDiTProbe` on ``device`` as a DitProbe: reads the two
+    timesteps only (as float32, what the wire carries; the DiT's timesteps are integers); the latents, pooled
+    and guidance slots of the protocol are ignored (TeaCache4CogVideoX's indicator is the timestep embedding)."""
+
+    def __init__(self, module: CogVideoXDiTProbe, device: str | torch.device = "cpu"):
+        self.module = module.eval()
+        self.device = torch.device(device)
+
+    @torch.inference_mode()
+    def __call__(self, latents, timestep, prev_latents, prev_timestep, pooled=None, guidance=None) -> torch.Tensor:
+        f32 = lambda t: t.reshape(-1).to(self.device, torch.float32)  # noqa: E731
+        return self.module(f32(timestep), f32(prev_timestep)).to("cpu", torch.float32)
+
+
+def probe_of(denoiser) -> TorchDitProbe | TorchCogVideoXProbe | None:
+    """The probe sharing the DiT module of a torch ``denoiser`` (``.module`` a HunyuanVideo or CogVideoX DiT),
+    else None (a DiT in other processes: sequence parallelism)."""
     module = getattr(denoiser, "module", None)
+    if isinstance(module, CogVideoXTransformer3D):
+        return TorchCogVideoXProbe(CogVideoXDiTProbe(module), getattr(denoiser, "device", "cpu"))
     if not isinstance(module, HunyuanVideoTransformer3D):
         return None
     return TorchDitProbe(HunyuanVideoDiTProbe(module), getattr(denoiser, "device", "cpu"),
@@ -61,11 +82,12 @@ class EngineDitProbe:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.engine.run(feeds)
 
-    def __call__(self, latents, timestep, prev_latents, prev_timestep, pooled, guidance) -> torch.Tensor:
+    def __call__(self, latents, timestep, prev_latents, prev_timestep, pooled=None, guidance=None) -> torch.Tensor:
+        """Feeds the spec's inputs only (HunyuanVideo: latents, timesteps, pooled, [guidance]; CogVideoX: the two
+        timesteps)."""
         f32 = lambda t: np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy())  # noqa: E731
-        feeds = {"hidden_states": f32(latents), "timestep": f32(timestep.reshape(-1)),
-                 "pooled_projections": f32(pooled), "prev_hidden_states": f32(prev_latents),
-                 "prev_timestep": f32(prev_timestep.reshape(-1))}
-        if self.has_guidance:
-            feeds["guidance"] = f32(guidance.reshape(-1))
+        values = {"hidden_states": latents, "timestep": timestep.reshape(-1), "pooled_projections": pooled,
+                  "prev_hidden_states": prev_latents, "prev_timestep": prev_timestep.reshape(-1),
+                  "guidance": None if guidance is None else guidance.reshape(-1)}
+        feeds = {k: f32(values[k]) for k in self.spec.input_names}
         return torch.from_numpy(np.asarray(self.run(feeds)["rel_l1"], dtype=np.float32))

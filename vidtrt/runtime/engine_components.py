@@ -78,6 +78,10 @@ def component_module(source: ModelSource, name: str, dtype: torch.dtype = torch.
     """The torch module of one component, taking the spec's inputs positionally."""
     if name == "dit":
         return source.load_transformer(dtype)
+    if name == "dit_probe" and source.family.name == "cogvideox":  # the DiT's time_embedding only
+        from vidtrt.models.cogvideox_probe import CogVideoXDiTProbe
+
+        return CogVideoXDiTProbe(source.load_transformer(dtype)).eval()
     if name == "dit_probe":  # holds only the DiT's embedders and block 0's norm1; the rest of it is freed
         from vidtrt.models.dit_probe import HunyuanVideoDiTProbe
 
@@ -401,7 +405,7 @@ def load_engine_components(model: str | Path | ModelSource = "tiny", engine: str
     onnxruntime reads ``artifacts``, the folder `vidtrt export` wrote)."""
     source = ModelSource.open(model)
     ld = _Loader(source, engine, artifacts, threads, providers, device)
-    has_probe = source.family.name == "hunyuan_video" and (
+    has_probe = "dit_probe" in source.family.components and (
         ld.manifest is None or "dit_probe" in ld.manifest.get("components", {}))  # older exports have none
     components = Components(
         encode_text=engine_text_encoder(source, _loader=ld),
@@ -459,9 +463,10 @@ def load_component(key: str, model: str | Path | ModelSource, engine: str = "tor
         dtype = getattr(torch, precision_dtype_name(precision))
         loader = {"text_encoder": pipeline.torch_text_encoder, "vae_decoder": pipeline.torch_tile_decoder}.get(key)
         if key == "dit_probe":  # the DiT's embedders and block 0's norm1 only, in the DiT's dtype (fp8: bf16)
-            from vidtrt.runtime.dit_probe import TorchDitProbe
+            from vidtrt.runtime.dit_probe import TorchCogVideoXProbe, TorchDitProbe
 
-            return TorchDitProbe(component_module(source, "dit_probe", dtype).to(device), device)
+            cls = TorchCogVideoXProbe if source.family.name == "cogvideox" else TorchDitProbe
+            return cls(component_module(source, "dit_probe", dtype).to(device), device)
         if key == "dit":
             pipeline.check_run_choices(device, attention, source.config.transformer.attention_head_dim, precision)
             return pipeline.torch_denoiser(source, device, dtype, attention, precision=precision,

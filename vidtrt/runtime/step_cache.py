@@ -24,7 +24,8 @@ from vidtrt.config.step_cache import TEACACHE_COEFFICIENTS, StepCacheParams
 from vidtrt.errors import InvalidRequestError
 
 # (step, latents, prev_step, prev_latents) -> relative L1 change of the DiT's first-block modulated input from
-# step prev_step to step (the conditional branch's; :mod:`vidtrt.models.dit_probe`).
+# step prev_step to step (the conditional branch's; :mod:`vidtrt.models.dit_probe`), or for CogVideoX of its
+# timestep embedding (:mod:`vidtrt.models.cogvideox_probe`).
 ProbeFn = Callable[[int, torch.Tensor, int, torch.Tensor], float]
 
 
@@ -167,8 +168,8 @@ def make_step_cache(params: StepCacheParams, total_steps: int, probe: ProbeFn | 
                     family: str = "hunyuan_video") -> StepCache:
     """The cache of one generation (``params`` validated): a plain :class:`StepCache` when it cannot skip
     (policy ``none`` or threshold 0), so such requests run exactly the uncached loop. ``probe``: the DiT
-    probe TeaCache needs (``teacache`` without one: InvalidRequestError); ``family``: whose TeaCache
-    coefficients."""
+    probe TeaCache needs (``teacache`` without one: InvalidRequestError); ``family``: the key of its
+    TeaCache coefficients in :data:`~vidtrt.config.step_cache.TEACACHE_COEFFICIENTS` (``teacache_variant``)."""
     if not params.skips:
         return StepCache(params, total_steps)
     if params.policy == "teacache":

@@ -15,7 +15,8 @@ key                tensors (``max_batch_size: 0``, batch kept)  spec
 ``vae_decoder``    :func:`vidtrt.config.specs.vae_decoder_spec`         latents [1,C,t,h,w] -> video [1,3,F,H,W]
                    (``tile=True``: one tile per call)
 ``dit_probe``      :func:`vidtrt.config.specs.dit_probe_spec`           hidden_states, timestep, pooled_projections,
-                   (HunyuanVideo; optional: TeaCache's signal)   guidance, prev_hidden_states, prev_timestep -> rel_l1
+                   (optional: TeaCache's signal; CogVideoX:      guidance, prev_hidden_states, prev_timestep -> rel_l1
+                   ``cogvideox_specs.dit_probe_spec``)           (CogVideoX: timestep, prev_timestep -> rel_l1)
 =================  =========================================  ==============================================
 
 Both sides of a call live here so they cannot drift: :func:`remote_components` turns an ``infer``
@@ -178,11 +179,10 @@ def remote_components(infer: InferFn, model_names: Mapping[str, str], config: Mo
         probe_inputs = specs["dit_probe"].input_names
 
         def probe(latents, timestep, prev_latents, prev_timestep, pooled, guidance):
-            feeds = {"hidden_states": _np(latents, np.float32), "timestep": _np(timestep.reshape(-1), np.float32),
-                     "pooled_projections": _np(pooled, np.float32), "guidance": _np(guidance.reshape(-1), np.float32),
-                     "prev_hidden_states": _np(prev_latents, np.float32),
-                     "prev_timestep": _np(prev_timestep.reshape(-1), np.float32)}
-            feeds = {k: v for k, v in feeds.items() if k in probe_inputs}
+            values = {"hidden_states": latents, "timestep": timestep.reshape(-1), "pooled_projections": pooled,
+                      "guidance": None if guidance is None else guidance.reshape(-1),
+                      "prev_hidden_states": prev_latents, "prev_timestep": prev_timestep.reshape(-1)}
+            feeds = {k: _np(values[k], np.float32) for k in probe_inputs}  # CogVideoX: the two timesteps only
             return torch.from_numpy(infer(model_names["dit_probe"], feeds, ["rel_l1"])["rel_l1"])
 
     return Components(encode_text=encode_text, dit=dit, decode_tile=decode_tile, probe=probe)
@@ -256,7 +256,8 @@ class ComponentServer:
                 velocity = torch.full_like(velocity, float("nan"))
             return {"velocity": _np(velocity, np.float32)}
         if self.key == "dit_probe":
-            t = lambda name: torch.from_numpy(_writable(feeds[name]))  # noqa: E731
+            # CogVideoX's probe takes the two timesteps only: the other slots stay None
+            t = lambda name: torch.from_numpy(_writable(feeds[name])) if feeds.get(name) is not None else None  # noqa: E731
             guidance = t("guidance") if feeds.get("guidance") is not None else torch.zeros(feeds["timestep"].shape)
             rel = self.fn(t("hidden_states"), t("timestep"), t("prev_hidden_states"), t("prev_timestep"),
                           t("pooled_projections"), guidance)
