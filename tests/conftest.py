@@ -80,9 +80,9 @@ def triton_context(tmp_path_factory) -> Path:
 def cogvideox_server(tmp_path_factory):
     """One real tritonserver on the default tiny CogVideoX repository (``build_repository("tiny-cogvideox")``),
     shared by the serving tests that only send it requests and read metric deltas (test_cogvideox_serving.py,
-    test_cogvideox_step_cache_serving.py, test_cogvideox_teacache_serving.py): a server start costs 15-30 s on 2 cores. A test that changes it
-    (unloads a model) must restore it before it ends; tests that stop, drain or overload a server, or need
-    another repository, start their own."""
+    test_cogvideox_step_cache_serving.py, test_cogvideox_teacache_serving.py): a server start costs 15-30 s on
+    2 cores. A test that changes it (unloads a model) must restore it before it ends; tests that stop, drain or
+    overload a server, or need another repository, start their own."""
     from vidtrt.export.repository import build_repository
     from vidtrt.serving.server import TritonServer
 
