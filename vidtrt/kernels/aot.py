@@ -226,7 +226,7 @@ def attention_fp8_spec(head_dim: int = 128, out_dtype: str = "bf16", tactic: int
     )  # fmt: skip
 
 
-_LAYOUT_IO = {"kv_idx": "[H,ceil(Sq/BM),MAXK] int32", "kv_cnt": "[H,ceil(Sq/BM),2] int32",
+_LAYOUT_IO = {"kv_idx": "[H or 1,ceil(Sq/BM),MAXK] int32", "kv_cnt": "[H or 1,ceil(Sq/BM),2] int32",
               "kv_end": "[ceil(Sk/BN)] int32"}
 
 
@@ -234,10 +234,15 @@ def _layout_args() -> list[KernelArg]:
     return [_p("kv_idx", "input", "i32"), _p("kv_cnt", "input", "i32"), _p("kv_end", "input", "i32")]
 
 
-def _layout_scalars(dims: Dims) -> list[Any]:
-    """stride_ih, stride_iq, stride_ch of a per-head layout (kv_idx [H, NQB, MAXK], kv_cnt [H, NQB, 2])."""
-    _, nqb, maxk = dims["kv_idx"]
-    return [nqb * maxk, maxk, nqb * 2]
+def _layout_scalars(dims: Dims, heads: Any, cdiv=py_cdiv) -> list[Any]:
+    """stride_ih, stride_iq, stride_ch of a layout kv_idx [Hl, NQB, MAXK], kv_cnt [Hl, NQB, 2] with Hl = heads
+    (one layout per head) or Hl = 1 (one layout for all heads: head strides 0, as the JIT wrapper passes)."""
+    hl, nqb, maxk = dims["kv_idx"]
+    if isinstance(hl, int) and isinstance(heads, int):
+        per_head = int(hl > 1)
+    else:  # TensorRT shape expressions: cdiv(Hl - 1, H) is 1 for Hl = H > 1, 0 for Hl = 1
+        per_head = cdiv(hl - 1, heads)
+    return [nqb * maxk * per_head, maxk, nqb * 2 * per_head]
 
 
 def attention_sta_spec(dtype: str = "bf16", head_dim: int = 128, block_m: int = 128, block_n: int = 64,
@@ -262,7 +267,8 @@ def attention_sta_spec(dtype: str = "bf16", head_dim: int = 128, block_m: int = 
         sk = dims["k"][1]
         q_str = [sq * h * d, h * d, d]
         k_str = [sk * h * d, h * d, d]
-        return (cdiv(sq, block_m), b * h, 1), [sq, sk, h, *q_str, *k_str, *k_str, *q_str, *_layout_scalars(dims)]
+        return (cdiv(sq, block_m), b * h, 1), [sq, sk, h, *q_str, *k_str, *k_str, *q_str,
+                                               *_layout_scalars(dims, h, cdiv)]
 
     return KernelSpec(
         plugin="vidtrt::attention_sta", kernel_ref="vidtrt.kernels.block_sparse:_sparse_fwd_kernel", args=args,
@@ -307,7 +313,7 @@ def attention_sta_fp8_spec(head_dim: int = 128, out_dtype: str = "bf16", block_m
         v_str = [h * d * sk16, d * sk16, sk16]
         per_bh = [h, 1, 0]
         return (cdiv(sq, block_m), b * h, 1), [sq, sk, h, *q_str, *k_str, *v_str, *per_bh, *per_bh, h * d, d,
-                                               *q_str, *_layout_scalars(dims)]
+                                               *q_str, *_layout_scalars(dims, h, cdiv)]
 
     return KernelSpec(
         plugin="vidtrt::attention_sta_fp8", kernel_ref="vidtrt.kernels.block_sparse:_sparse_fwd_fp8_kernel",
