@@ -248,9 +248,9 @@ def _layout_scalars(dims: Dims, heads: Any, cdiv=py_cdiv) -> list[Any]:
 def attention_sta_spec(dtype: str = "bf16", head_dim: int = 128, block_m: int = 128, block_n: int = 64,
                        num_warps: int = 8, num_stages: int = 3) -> KernelSpec:
     """vidtrt::attention_sta: block-sparse attention (``kernels/block_sparse.py``): q [B, Sq, H, D], k, v
-    [B, Sk, H, D], key_lengths int32 [B] and a BlockSparseLayout as three int32 tensors, per head
-    (kv_idx [H, NQB, MAXK], kv_cnt [H, NQB, 2], kv_end [NKB]) made with ``block_m`` x ``block_n`` blocks
-    (compiled in: a layout of other block sizes is wrong for this payload) -> out [B, Sq, H, D]."""
+    [B, Sk, H, D], key_lengths int32 [B] and a BlockSparseLayout as three int32 tensors, per head or one
+    for all heads (kv_idx [H or 1, NQB, MAXK], kv_cnt [H or 1, NQB, 2], kv_end [NKB]) made with ``block_m`` x
+    ``block_n`` blocks (compiled in: a layout of other block sizes is wrong for this payload) -> out [B, Sq, H, D]."""
     if dtype not in ("bf16", "fp16"):
         raise ValueError(f"dtype={dtype!r}: accepted bf16, fp16")
     args = [_p(t, "input", dtype) for t in ("q", "k", "v")] + [_p("key_lengths", "input", "i32"), *_layout_args()]
