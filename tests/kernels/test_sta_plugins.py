@@ -77,6 +77,25 @@ def test_launch_scalars_of_a_layout_shared_by_all_heads(name):
         d = {**dims, "kv_idx": _Sym.of(lay_.kv_idx.shape), "kv_cnt": tuple(lay_.kv_cnt.shape)}
         named = dict(zip(spec.scalars, spec.launch(d, _Sym.cdiv)[1], strict=True))
         assert tuple(int(named[n]) for n in ("stride_ih", "stride_iq", "stride_ch")) == want
+        # build-time constant shape expressions (static Hl, H: the STA graph's case) resolve without cdiv
+        const = {**dims, "kv_idx": (_Const(lay_.kv_idx.shape[0]), *lay_.kv_idx.shape[1:])}
+        named = dict(zip(spec.scalars, spec.launch(const, aot.py_cdiv)[1], strict=True))
+        assert tuple(int(named[n]) for n in ("stride_ih", "stride_iq", "stride_ch")) == want
+
+
+class _Const:
+    """A TensorRT build-time constant shape expression (``is_constant``, ``constant_value()``)."""
+
+    is_constant = True
+
+    def __init__(self, v):
+        self.v = v
+
+    def constant_value(self):
+        return self.v
+
+    def __sub__(self, o):
+        raise AssertionError("a constant needs no symbolic arithmetic")
 
 
 class _Sym:

@@ -234,13 +234,24 @@ def _layout_args() -> list[KernelArg]:
     return [_p("kv_idx", "input", "i32"), _p("kv_cnt", "input", "i32"), _p("kv_end", "input", "i32")]
 
 
+def _static(x) -> int | None:
+    """x as an int when it is one or a TensorRT build-time constant shape expression, else None."""
+    if isinstance(x, int):
+        return x
+    try:
+        return int(x.constant_value()) if getattr(x, "is_constant", False) is True else None
+    except RuntimeError:  # a "fake" TensorRT shape expression
+        return None
+
+
 def _layout_scalars(dims: Dims, heads: Any, cdiv=py_cdiv) -> list[Any]:
     """stride_ih, stride_iq, stride_ch of a layout kv_idx [Hl, NQB, MAXK], kv_cnt [Hl, NQB, 2] with Hl = heads
     (one layout per head) or Hl = 1 (one layout for all heads: head strides 0, as the JIT wrapper passes)."""
     hl, nqb, maxk = dims["kv_idx"]
-    if isinstance(hl, int) and isinstance(heads, int):
-        per_head = int(hl > 1)
-    else:  # TensorRT shape expressions: cdiv(Hl - 1, H) is 1 for Hl = H > 1, 0 for Hl = 1
+    hl_value, heads_value = _static(hl), _static(heads)
+    if hl_value is not None and heads_value is not None:  # the STA graph's case: both build-time constants
+        per_head = int(hl_value > 1)
+    else:  # a dynamic Hl: cdiv(Hl - 1, H) is 1 for Hl = H > 1, 0 for Hl = 1
         per_head = cdiv(hl - 1, heads)
     return [nqb * maxk * per_head, maxk, nqb * 2 * per_head]
 
