@@ -82,7 +82,10 @@ def test_sta_spec_inputs_axes_and_buckets():
     extra = [t.name for t in spec.inputs[len(plain.inputs):]]
     assert spec.input_names[: len(plain.inputs)] == plain.input_names and spec.name == "dit"
     assert extra == ["sta_tile_rows", "sta_kv_end", "sta_kv_idx_0", "sta_kv_cnt_0", "sta_kv_idx_1", "sta_kv_cnt_1"]
-    assert spec.input("sta_kv_idx_1").shape == (2, "sta_q_blocks", "sta_max_blocks_1")
+    assert spec.input("sta_kv_idx_1").shape == (2, "sta_q_blocks", "sta_max_blocks_1")  # a window per head
+    # one window for all heads: one layout, read by every head (no copy per head)
+    assert spec.input("sta_kv_idx_0").shape == (1, "sta_q_blocks", "sta_max_blocks_0")
+    assert spec.input("sta_kv_cnt_0").shape == (1, "sta_q_blocks", 2)
     assert [spec.input(n).dtype for n in extra] == ["int64"] + ["int32"] * 5
     # max latent 9 x 32 x 32 -> 9 x 16 x 16 tokens -> 9 x 2 x 1 tiles of 128 rows
     assert spec.axes["sta_rows"].max == 18 * 128 and spec.axes["sta_rows"].multiple == 128
@@ -90,8 +93,8 @@ def test_sta_spec_inputs_axes_and_buckets():
     assert len(spec.buckets) == len(plain.buckets)
     for b, p in zip(spec.buckets, spec.profiles(), strict=True):  # sta_rows fixed per bucket, blocks ranging
         assert p["sta_tile_rows"][0] == p["sta_tile_rows"][2] == (b["sta_rows"],)
-        assert p["sta_kv_idx_0"][0] == (2, spec.axes["sta_q_blocks"].min, 1)
-        assert p["sta_kv_idx_0"][2] == (2, spec.axes["sta_q_blocks"].max, spec.axes["sta_k_blocks"].max)
+        assert p["sta_kv_idx_0"][0] == (1, spec.axes["sta_q_blocks"].min, 1)
+        assert p["sta_kv_idx_0"][2] == (1, spec.axes["sta_q_blocks"].max, spec.axes["sta_k_blocks"].max)
     with pytest.raises(ConfigError, match=r"tile \(1, 4, 4\) has 16 tokens; the STA plugin graph accepts a multiple "
                                           r"of 128") as e:
         dit_spec(tiny_config(), sparse=True)
@@ -108,7 +111,11 @@ def test_host_inputs_per_shape_and_step():
     rows = dense["sta_tile_rows"]
     assert rows.shape == (512,) and sorted(rows[rows < 320]) == list(range(320)) and (rows == 320).sum() == 512 - 320
     nkb = -(-(512 + 9) // 64)
-    assert dense["sta_kv_end"].shape == (nkb,) and dense["sta_kv_idx_0"].shape[:2] == (2, -(-(512 + 9) // 128))
+    assert dense["sta_kv_end"].shape == (nkb,) and dense["sta_kv_idx_0"].shape[:2] == (1, -(-(512 + 9) // 128))
+    assert dense["sta_kv_idx_1"].shape[0] == dense["sta_kv_cnt_1"].shape[0] == 2  # per-head group: H layouts
+    for name, arr in dense.items():
+        assert arr.shape == tuple(d if isinstance(d, int) else arr.shape[i]
+                                  for i, d in enumerate(spec.input(name).shape)), name
     # dense step: every non-empty key block listed: per frame tile (0, 0) (128 tokens: two full blocks), tile
     # (1, 0) (32 tokens: one partial block, one empty), then the text block
     assert dense["sta_kv_cnt_0"][0, 0].tolist() == [4, 7] and dense["sta_kv_idx_0"].shape[2] == 7
@@ -118,6 +125,11 @@ def test_host_inputs_per_shape_and_step():
     assert sparse["sta_kv_cnt_0"][0, 0].tolist() == [2, 3] and sparse["sta_kv_cnt_0"][0, -1].tolist() == [4, 7]
     assert not np.array_equal(sparse["sta_kv_cnt_1"][0], sparse["sta_kv_cnt_1"][1])  # per-head windows
     assert sta.feeds(shape, 9, step)["sta_kv_idx_0"] is sparse["sta_kv_idx_0"]  # cached per shape and window
+    # the shared-layout group given the same window per head: that one layout; different ones: refused
+    same = sta.feeds(shape, 9, SparseStep(TILE, ((LAYER_WINDOWS[0],) * 2, LAYER_WINDOWS[1])))
+    assert np.array_equal(same["sta_kv_idx_0"], sparse["sta_kv_idx_0"]) and same["sta_kv_idx_0"].shape[0] == 1
+    with pytest.raises(EngineError, match=r"one window per head; .* accepted one window for all heads"):
+        sta.feeds(shape, 9, SparseStep(TILE, (((1, 1, 1), (2, 1, 1)), LAYER_WINDOWS[1])))
     with pytest.raises(EngineError, match=r"blocks \[0\] .*|tile"):
         sta.feeds(shape, 9, SparseStep((1, 4, 4), step.windows))
     one = StaInputs(dataclasses.replace(cfg, sparse_attention=SparseAttentionConfig(tile=TILE, window=(1, 1, 1))))
@@ -143,6 +155,7 @@ def test_plugin_nodes_and_inputs(sta_model):
     assert [i.name for i in model.graph.input] == spec.input_names
     dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
     assert dims["sta_kv_idx_1"] == [2, "sta_q_blocks", "sta_max_blocks_1"] and dims["sta_tile_rows"] == ["sta_rows"]
+    assert dims["sta_kv_idx_0"] == [1, "sta_q_blocks", "sta_max_blocks_0"]  # one window: one layout for all heads
     # the tile order: one Gather in (image tokens), one ScatterND out; layouts reach the plugin nodes directly
     sta_nodes = [n for n in model.graph.node if n.op_type == "attention_sta"]
     assert {tuple(n.input[4:]) for n in sta_nodes} == {("sta_kv_idx_0", "sta_kv_cnt_0", "sta_kv_end"),

@@ -8,6 +8,8 @@ knows nothing of layouts or permutations.
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -133,3 +135,25 @@ def test_bad_layouts_are_named(device):
         sliding_tile_layout(tiles, (1, 1, 1), 40, 64, 32)
     with pytest.raises(ValueError, match="window="):
         sliding_tile_layout(tiles, (1, 0, 1), 40, 32, 32)
+
+
+@pytest.mark.parametrize("fp8", [False, True], ids=["fp32", "fp8"])
+def test_layout_shared_by_all_heads_equals_per_head_copies(device, fp8):
+    """A [1, NQB, MAXK] layout (head strides 0: what the STA plugins get for a window uniform over heads) gives
+    exactly what its H contiguous copies give."""
+    tiles = TileGrid((2, 4, 8), (1, 4, 8))  # 2 tiles of 32
+    s, heads = tiles.padded_tokens + 9, 3
+    q, k, v = _inputs(2, s, heads, 64, torch.float32, device, seed=11)
+    kl = torch.tensor([s, s - 5], device=device)
+    shared = sliding_tile_layout(tiles, (1, 1, 1), s, 32, 32, device=device)
+    assert shared.kv_idx.shape[0] == 1 and shared.density() < 0.9
+    copies = shared._replace(kv_idx=shared.kv_idx.expand(heads, -1, -1).contiguous(),
+                             kv_cnt=shared.kv_cnt.expand(heads, -1, -1).contiguous())
+    run = functools.partial(block_sparse_attention_fp8, quant_block=32) if fp8 else block_sparse_attention
+    out = run(q, k, v, shared, kl)
+    assert torch.equal(out, run(q, k, v, copies, kl))
+    ref = block_sparse_reference(q, k, v, shared, kl)
+    if fp8:  # as test_fp8_sliding_tile_close_to_reference
+        assert torch.nn.functional.cosine_similarity(out.double().flatten(), ref.flatten(), dim=0).item() >= 0.995
+    else:
+        assert _rel_err(out, ref) <= 1e-5

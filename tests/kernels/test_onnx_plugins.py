@@ -141,6 +141,26 @@ def test_plugin_graphs_compute_the_same(block, block_models):
         assert np.abs(out2 - block(x2, cos2, sin2, kl2).numpy()).max() < 1e-5
 
 
+@pytest.mark.parametrize("flavour", ["plugin", "plugin-fp8"])
+def test_plugin_graph_of_real_head_dim(flavour):
+    """3 heads of 64 (the reference functions are traced with other sizes): onnxruntime on the plugin graph =
+    the torch module (a 1/sqrt(16) softmax scale baked into the functions made this wrong)."""
+    torch.manual_seed(1)
+    blk = TinyAttentionBlock(heads=3, head_dim=64).eval()
+    g = torch.Generator().manual_seed(2)
+    b, n, text = 2, 10, 4
+    x = torch.randn(b, n + text, 3 * 64, generator=g)
+    ang = torch.rand(n, 32, generator=g) * 3
+    cos, sin = ang.cos().repeat_interleave(2, -1), ang.sin().repeat_interleave(2, -1)
+    kl = torch.tensor([n + text, n + 2], dtype=torch.int32)
+    model = op.export_onnx(blk, (x, cos, sin, kl), flavour, dynamic_shapes=_block_dyn())
+    with op.plugin_flavour(flavour), torch.no_grad():  # the eager custom ops (torch references on CPU)
+        ref = blk(x, cos, sin, kl).numpy()
+    feeds = {"x": x.numpy(), "cos": cos.numpy(), "sin": sin.numpy(), "key_lengths": kl.numpy()}
+    out = _ort_run(op.attach_reference_functions(model), feeds)[0]
+    assert np.abs(out - ref).max() < (1e-5 if flavour == "plugin" else 1e-3)
+
+
 def test_custom_ops_eager_cpu():
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 9, 2, 16, generator=g) for _ in range(3))

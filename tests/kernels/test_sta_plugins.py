@@ -51,6 +51,79 @@ def test_launch_scalars_are_the_wrappers():
         layout.kv_idx.stride(0), layout.kv_idx.stride(1), layout.kv_cnt.stride(0))
 
 
+@pytest.mark.parametrize("name", list(trt_plugins.STA_PLUGINS))
+def test_launch_scalars_of_a_layout_shared_by_all_heads(name):
+    """A [1, NQB, MAXK] layout (one window for every head): head strides 0, the JIT wrapper's arguments for
+    the same layout (so the kernel reads entry 0 for every head instead of H copies)."""
+    from vidtrt.kernels.block_sparse import _layout_args
+
+    tiles = TileGrid((5, 9, 16), (1, 8, 16))
+    s, h = tiles.padded_tokens + 77, 3
+    layout = sliding_tile_layout(tiles, (3, 1, 1), s, 128, 64)
+    assert layout.kv_idx.shape[0] == 1
+    spec = aot.spec_from_request(trt_plugins.plugin_requests(name, "bf16", 128))
+    lay = {n: tuple(getattr(layout, n).shape) for n in ("kv_idx", "kv_cnt", "kv_end")}
+    if name == "attention_sta":
+        dims = {"q": (1, s, h, 128), "k": (1, s, h, 128), "v": (1, s, h, 128), "key_lengths": (1,), **lay}
+    else:
+        dims = {"q8": (1, s, h, 128), "k8": (1, s, h, 128), "v8t": (1, h, 128, s + (-s) % 16), "q_scale": (1, h),
+                "k_scale": (1, h), "v_scale": (1, h, 128), "key_lengths": (1,), **lay}
+    named = dict(zip(spec.scalars, spec.launch(dims, aot.py_cdiv)[1], strict=True))
+    got = (named["stride_ih"], named["stride_iq"], named["stride_ch"])
+    assert got == _layout_args(layout, h) == (0, layout.kv_idx.stride(1), 0)
+    # the same through the symbolic branch (TensorRT shape expressions: cdiv(Hl - 1, H))
+    per_head = sliding_tile_layout(tiles, [(3, 1, 1)] * h, s, 128, 64, heads=h)
+    for lay_, want in ((layout, got), (per_head, _layout_args(per_head, h))):
+        d = {**dims, "kv_idx": _Sym.of(lay_.kv_idx.shape), "kv_cnt": tuple(lay_.kv_cnt.shape)}
+        named = dict(zip(spec.scalars, spec.launch(d, _Sym.cdiv)[1], strict=True))
+        assert tuple(int(named[n]) for n in ("stride_ih", "stride_iq", "stride_ch")) == want
+        # build-time constant shape expressions (static Hl, H: the STA graph's case) resolve without cdiv
+        const = {**dims, "kv_idx": (_Const(lay_.kv_idx.shape[0]), *lay_.kv_idx.shape[1:])}
+        named = dict(zip(spec.scalars, spec.launch(const, aot.py_cdiv)[1], strict=True))
+        assert tuple(int(named[n]) for n in ("stride_ih", "stride_iq", "stride_ch")) == want
+
+
+class _Const:
+    """A TensorRT build-time constant shape expression (``is_constant``, ``constant_value()``)."""
+
+    is_constant = True
+
+    def __init__(self, v):
+        self.v = v
+
+    def constant_value(self):
+        return self.v
+
+    def __sub__(self, o):
+        raise AssertionError("a constant needs no symbolic arithmetic")
+
+
+class _Sym:
+    """Stands for a TensorRT shape expression (no int: the launch takes its symbolic branch)."""
+
+    def __init__(self, v):
+        self.v = int(v)
+
+    @classmethod
+    def of(cls, shape):
+        return tuple(cls(x) for x in shape)
+
+    @staticmethod
+    def cdiv(a, b):
+        return _Sym(-(-int(a) // int(b)))
+
+    def __int__(self):
+        return self.v
+
+    def __sub__(self, o):
+        return _Sym(self.v - int(o))
+
+    def __mul__(self, o):
+        return _Sym(self.v * int(o))
+
+    __rmul__ = __mul__
+
+
 def test_plugin_callbacks(monkeypatch, payloads):
     trt, trtp = _fake_tensorrt()
     monkeypatch.setitem(sys.modules, "tensorrt", trt)

@@ -393,8 +393,9 @@ def sta_inputs(config: ModelConfig, spec: ComponentSpec) -> ComponentSpec:
     - ``sta_tile_rows`` int64 [sta_rows]: per row of the padded tile order, the natural image token it holds
       (t -> h -> w order after patching), or the token count for a padding row;
     - ``sta_kv_end`` int32 [sta_k_blocks] and, per distinct layer window ``g`` of the model config
-      (:func:`vidtrt.config.sparse_attention.window_groups`), ``sta_kv_idx_<g>`` int32 [heads, sta_q_blocks,
-      sta_max_blocks_<g>] and ``sta_kv_cnt_<g>`` int32 [heads, sta_q_blocks, 2]: the block-sparse layout of
+      (:func:`vidtrt.config.sparse_attention.window_groups`), ``sta_kv_idx_<g>`` int32 [Hl, sta_q_blocks,
+      sta_max_blocks_<g>] and ``sta_kv_cnt_<g>`` int32 [Hl, sta_q_blocks, 2] (Hl = heads for a window per head,
+      1 for one window: every head reads that one layout, no H copies): the block-sparse layout of
       ``vidtrt.kernels.sparse_layout`` made with :data:`~vidtrt.config.sparse_attention.PLUGIN_BLOCKS`
       (128 x 64) over ``[tile-order rows; text]`` (a dense step: a window covering the video).
 
@@ -434,9 +435,10 @@ def sta_inputs(config: ModelConfig, spec: ComponentSpec) -> ComponentSpec:
         seen = max(math.prod(min(w, n) for w, n in zip(win, opt_grid[3:], strict=True)) for win in per_head)
         opt = min(kmax, seen * tile_tokens // bn + cdiv(max_text, bn))
         axes[f"sta_max_blocks_{g}"] = AxisRange(1, opt, kmax)
-        inputs += [TensorSpec(f"sta_kv_idx_{g}", "int32", (heads, "sta_q_blocks", f"sta_max_blocks_{g}"),
+        hl = heads if isinstance(window[0], tuple) else 1  # a window uniform over heads: one layout for all
+        inputs += [TensorSpec(f"sta_kv_idx_{g}", "int32", (hl, "sta_q_blocks", f"sta_max_blocks_{g}"),
                               f"key blocks each query block visits (layers of window {list(window)})", "int", 0, 1),
-                   TensorSpec(f"sta_kv_cnt_{g}", "int32", (heads, "sta_q_blocks", 2),
+                   TensorSpec(f"sta_kv_cnt_{g}", "int32", (hl, "sta_q_blocks", 2),
                               "(unmasked, all) listed key blocks", "int", 0, 1)]
     buckets = tuple({**b, "sta_rows": sta_rows(config, b["latent_frames"], b["latent_height"], b["latent_width"])}
                     for b in spec.buckets)

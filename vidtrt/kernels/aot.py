@@ -226,7 +226,7 @@ def attention_fp8_spec(head_dim: int = 128, out_dtype: str = "bf16", tactic: int
     )  # fmt: skip
 
 
-_LAYOUT_IO = {"kv_idx": "[H,ceil(Sq/BM),MAXK] int32", "kv_cnt": "[H,ceil(Sq/BM),2] int32",
+_LAYOUT_IO = {"kv_idx": "[H or 1,ceil(Sq/BM),MAXK] int32", "kv_cnt": "[H or 1,ceil(Sq/BM),2] int32",
               "kv_end": "[ceil(Sk/BN)] int32"}
 
 
@@ -234,18 +234,34 @@ def _layout_args() -> list[KernelArg]:
     return [_p("kv_idx", "input", "i32"), _p("kv_cnt", "input", "i32"), _p("kv_end", "input", "i32")]
 
 
-def _layout_scalars(dims: Dims) -> list[Any]:
-    """stride_ih, stride_iq, stride_ch of a per-head layout (kv_idx [H, NQB, MAXK], kv_cnt [H, NQB, 2])."""
-    _, nqb, maxk = dims["kv_idx"]
-    return [nqb * maxk, maxk, nqb * 2]
+def _static(x) -> int | None:
+    """x as an int when it is one or a TensorRT build-time constant shape expression, else None."""
+    if isinstance(x, int):
+        return x
+    try:
+        return int(x.constant_value()) if getattr(x, "is_constant", False) is True else None
+    except RuntimeError:  # a "fake" TensorRT shape expression
+        return None
+
+
+def _layout_scalars(dims: Dims, heads: Any, cdiv=py_cdiv) -> list[Any]:
+    """stride_ih, stride_iq, stride_ch of a layout kv_idx [Hl, NQB, MAXK], kv_cnt [Hl, NQB, 2] with Hl = heads
+    (one layout per head) or Hl = 1 (one layout for all heads: head strides 0, as the JIT wrapper passes)."""
+    hl, nqb, maxk = dims["kv_idx"]
+    hl_value, heads_value = _static(hl), _static(heads)
+    if hl_value is not None and heads_value is not None:  # the STA graph's case: both build-time constants
+        per_head = int(hl_value > 1)
+    else:  # a dynamic Hl: cdiv(Hl - 1, H) is 1 for Hl = H > 1, 0 for Hl = 1
+        per_head = cdiv(hl - 1, heads)
+    return [nqb * maxk * per_head, maxk, nqb * 2 * per_head]
 
 
 def attention_sta_spec(dtype: str = "bf16", head_dim: int = 128, block_m: int = 128, block_n: int = 64,
                        num_warps: int = 8, num_stages: int = 3) -> KernelSpec:
     """vidtrt::attention_sta: block-sparse attention (``kernels/block_sparse.py``): q [B, Sq, H, D], k, v
-    [B, Sk, H, D], key_lengths int32 [B] and a BlockSparseLayout as three int32 tensors, per head
-    (kv_idx [H, NQB, MAXK], kv_cnt [H, NQB, 2], kv_end [NKB]) made with ``block_m`` x ``block_n`` blocks
-    (compiled in: a layout of other block sizes is wrong for this payload) -> out [B, Sq, H, D]."""
+    [B, Sk, H, D], key_lengths int32 [B] and a BlockSparseLayout as three int32 tensors, per head or one
+    for all heads (kv_idx [H or 1, NQB, MAXK], kv_cnt [H or 1, NQB, 2], kv_end [NKB]) made with ``block_m`` x
+    ``block_n`` blocks (compiled in: a layout of other block sizes is wrong for this payload) -> out [B, Sq, H, D]."""
     if dtype not in ("bf16", "fp16"):
         raise ValueError(f"dtype={dtype!r}: accepted bf16, fp16")
     args = [_p(t, "input", dtype) for t in ("q", "k", "v")] + [_p("key_lengths", "input", "i32"), *_layout_args()]
@@ -262,7 +278,8 @@ def attention_sta_spec(dtype: str = "bf16", head_dim: int = 128, block_m: int = 
         sk = dims["k"][1]
         q_str = [sq * h * d, h * d, d]
         k_str = [sk * h * d, h * d, d]
-        return (cdiv(sq, block_m), b * h, 1), [sq, sk, h, *q_str, *k_str, *k_str, *q_str, *_layout_scalars(dims)]
+        return (cdiv(sq, block_m), b * h, 1), [sq, sk, h, *q_str, *k_str, *k_str, *q_str,
+                                               *_layout_scalars(dims, h, cdiv)]
 
     return KernelSpec(
         plugin="vidtrt::attention_sta", kernel_ref="vidtrt.kernels.block_sparse:_sparse_fwd_kernel", args=args,
@@ -307,7 +324,7 @@ def attention_sta_fp8_spec(head_dim: int = 128, out_dtype: str = "bf16", block_m
         v_str = [h * d * sk16, d * sk16, sk16]
         per_bh = [h, 1, 0]
         return (cdiv(sq, block_m), b * h, 1), [sq, sk, h, *q_str, *k_str, *v_str, *per_bh, *per_bh, h * d, d,
-                                               *q_str, *_layout_scalars(dims)]
+                                               *q_str, *_layout_scalars(dims, h, cdiv)]
 
     return KernelSpec(
         plugin="vidtrt::attention_sta_fp8", kernel_ref="vidtrt.kernels.block_sparse:_sparse_fwd_fp8_kernel",

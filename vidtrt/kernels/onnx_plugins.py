@@ -452,27 +452,40 @@ def plugin_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
 # ----------------------------------------------------------------------------------------------
 # Reference ONNX functions (for ONNX Runtime checks of plugin graphs on CPU)
 # ----------------------------------------------------------------------------------------------
-class _RopeRef(torch.nn.Module):
-    def __init__(self, fp8: bool, eps: float):
-        super().__init__()
-        self.fp8, self.eps = fp8, eps
+# Each function is the export of a torch module below, traced with every size symbolic (batch, tokens, heads,
+# head dim, image tokens, layout sizes), so that nothing of the small example is baked into the function: the
+# softmax scale 1/sqrt(D) is computed from q's last dimension in the graph, ``eps`` is the calling node's
+# attribute (the traced ``eps`` input becomes a Constant referencing the function attribute), and T-typed
+# outputs take the type of the node's first input (the example is float16; its output casts become CastLike).
+_EXAMPLE_DTYPE = torch.float16
+_ATTR_INPUTS = {"eps": ("value_float", onnx.AttributeProto.FLOAT)}  # traced input -> Constant of node attribute
 
-    def forward(self, q, k, weight_q, weight_k, cos, sin, q_scale=None, k_scale=None):
-        xs = []
-        for x, w, s in ((q, weight_q, q_scale), (k, weight_k, k_scale)):
-            xf = x.float()
-            xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * w.float()
-            n = cos.shape[0]
-            img = xf[:, :n]
-            pairs = img.unflatten(-1, (-1, 2))
-            rot = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
-            img = img * cos[None, :, None, :] + rot * sin[None, :, None, :]
-            y = torch.cat((img, xf[:, n:]), dim=1)
-            if self.fp8:
-                xs.append((y / s[None, None, :, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE))
-            else:
-                xs.append(y.to(x.dtype))
-        return xs[0], xs[1]
+
+def _softmax_scale(q: Tensor):
+    return q.shape[-1] ** -0.5  # symbolic at export: Shape -> Gather -> ... (not a constant)
+
+
+def _norm_rope(x, w, cos, sin, eps):
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * w.float()
+    n = cos.shape[0]
+    img = xf[:, :n]
+    pairs = img.unflatten(-1, (-1, 2))
+    rot = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+    img = img * cos[None, :, None, :] + rot * sin[None, :, None, :]
+    return torch.cat((img, xf[:, n:]), dim=1)
+
+
+class _RopeRef(torch.nn.Module):
+    def forward(self, q, k, weight_q, weight_k, cos, sin, eps):  # eps: 0-d float32 (the node's attribute)
+        return (_norm_rope(q, weight_q, cos, sin, eps).to(q.dtype),
+                _norm_rope(k, weight_k, cos, sin, eps).to(k.dtype))  # fmt: skip
+
+
+class _RopeFp8Ref(torch.nn.Module):
+    def forward(self, q, k, weight_q, weight_k, cos, sin, q_scale, k_scale, eps):
+        return tuple((_norm_rope(x, w, cos, sin, eps) / s[None, None, :, None]).clamp(-FP8_MAX, FP8_MAX)
+                     .to(FP8_DTYPE) for x, w, s in ((q, weight_q, q_scale), (k, weight_k, k_scale)))
 
 
 class _AttnRef(torch.nn.Module):
@@ -491,7 +504,7 @@ class _AttnRef(torch.nn.Module):
             key_lengths = q_scale_or_lengths
             out_dtype = q.dtype
         qf, kf, vf = q.float(), k.float(), v.float()
-        scores = torch.einsum("bqhd,bkhd->bhqk", qf, kf) * (qf.shape[-1] ** -0.5)
+        scores = torch.einsum("bqhd,bkhd->bhqk", qf, kf) * _softmax_scale(qf)
         keep = key_padding_mask(key_lengths, q.shape[0], k.shape[1], q.device)
         bias = torch.where(keep, torch.zeros((), device=q.device), torch.full((), float("-inf"), device=q.device))
         p = torch.softmax(scores + bias[:, None, None, :], dim=-1)
@@ -499,8 +512,9 @@ class _AttnRef(torch.nn.Module):
 
 
 class _StaRef(torch.nn.Module):
-    """attention_sta(_fp8) written out: dense attention masked by the layout (128 x 64 blocks), per-sample key
-    lengths; a query that sees no key (padding rows) gives zeros, as the kernels do."""
+    """attention_sta(_fp8) written out: dense attention masked by the layout (128 x 64 blocks: the plugins'
+    compiled block sizes, not the example's), per-sample key lengths; a query that sees no key (padding rows)
+    gives zeros, as the kernels do. The layout has one entry per head or one for all heads (Hl = 1)."""
 
     def __init__(self, fp8: bool):
         super().__init__()
@@ -521,63 +535,90 @@ class _StaRef(torch.nn.Module):
         bm, bn = PLUGIN_BLOCKS
         dev = q.device
         pos = torch.arange(q.shape[1], device=dev)
-        listed = torch.arange(kv_idx.shape[2], device=dev)[None, None, :] < kv_cnt[..., 1:2]  # [H, NQB, MAXK]
+        listed = torch.arange(kv_idx.shape[2], device=dev)[None, None, :] < kv_cnt[..., 1:2]  # [Hl, NQB, MAXK]
         blocks = torch.arange(kv_end.shape[0], device=dev)
-        block_ok = ((kv_idx[..., None] == blocks) & listed[..., None]).any(2)  # [H, NQB, NKB]
+        block_ok = ((kv_idx[..., None] == blocks) & listed[..., None]).any(2)  # [Hl, NQB, NKB]
+        # head h reads layout entry h % Hl (Hl = H or 1; a broadcast would make the exporter specialise Hl).
+        # Hl as a tensor: the exporter has no remainder by a symbolic int
+        num_layouts = torch.ones_like(kv_cnt[:, 0, 0], dtype=torch.int64).sum()
+        block_ok = block_ok.index_select(0, torch.arange(q.shape[2], device=dev) % num_layouts)
         allowed = block_ok.index_select(1, pos // bm).index_select(2, pos // bn)  # [H, S, S]
         key_ok = (pos < kv_end.index_select(0, pos // bn))[None, :] & (pos[None, :] < key_lengths[:, None])
         keep = allowed[None] & key_ok[:, None, None, :]  # [B, H, S, S]
         qf, kf, vf = q.float(), k.float(), v.float()
-        scores = torch.einsum("bqhd,bkhd->bhqk", qf, kf) * (qf.shape[-1] ** -0.5)
+        scores = torch.einsum("bqhd,bkhd->bhqk", qf, kf) * _softmax_scale(qf)
         scores = scores.masked_fill(~keep, float("-inf"))
         p = torch.where(keep.any(-1, keepdim=True), torch.softmax(scores, dim=-1), torch.zeros((), device=dev))
         return torch.einsum("bhqk,bkhd->bqhd", p, vf).to(out_dtype)
 
 
 def _graph_to_function(model: onnx.ModelProto, name: str, attrs: list[str]) -> onnx.FunctionProto:
+    graph_inputs = [i.name for i in model.graph.input]
+    first = graph_inputs[0]
     nodes = []
     for init in model.graph.initializer:
         nodes.append(onnx.helper.make_node("Constant", [], [init.name], value=init))
-    nodes += list(model.graph.node)
+    for inp in graph_inputs:
+        if inp in _ATTR_INPUTS:
+            kind, attr_type = _ATTR_INPUTS[inp]
+            ref = onnx.AttributeProto(name=kind, ref_attr_name=inp, type=attr_type)
+            node = onnx.helper.make_node("Constant", [], [inp])
+            node.attribute.append(ref)
+            nodes.append(node)
+    example = onnx.helper.np_dtype_to_tensor_dtype(torch.empty((), dtype=_EXAMPLE_DTYPE).numpy().dtype)
+    for node in model.graph.node:
+        cast_to = {a.name: a.i for a in node.attribute}.get("to") if node.op_type == "Cast" else None
+        if cast_to == example:  # the example's T: cast like the node's first input instead
+            node = onnx.helper.make_node("CastLike", [node.input[0], first], list(node.output), name=node.name)
+        nodes.append(node)
     return onnx.helper.make_function(
-        PLUGIN_DOMAIN, name, [i.name for i in model.graph.input], [o.name for o in model.graph.output], nodes,
+        PLUGIN_DOMAIN, name, [i for i in graph_inputs if i not in _ATTR_INPUTS],
+        [o.name for o in model.graph.output], nodes,
         opset_imports=[o for o in model.opset_import if o.domain == ""], attributes=attrs,
     )  # fmt: skip
 
 
-def reference_functions(names=None, eps: float = 1e-6, opset_version: int = FP8_OPSET) -> list[onnx.FunctionProto]:
+def reference_functions(names=None, opset_version: int = FP8_OPSET) -> list[onnx.FunctionProto]:
     """FunctionProtos computing plugin ops with standard ONNX ops (the torch references, exported).
 
-    names: the ops wanted (default all; the FP8 ones need opset >= 19)."""
+    names: the ops wanted (default all; the FP8 ones need opset >= 19). Any batch, token count, head count,
+    head dim (even for the norm + RoPE ops), node ``eps`` and T in float / float16 / bfloat16."""
     out = []
     for name in names or list(SCHEMAS):
         f = onnx.FunctionProto()
-        f.CopyFrom(_reference_function(name, float(eps), int(opset_version)))
+        f.CopyFrom(_reference_function(name, int(opset_version)))
         out.append(f)
     return out
 
 
 @functools.cache
-def _reference_function(name: str, eps: float, opset_version: int) -> onnx.FunctionProto:
-    b, s, h, d, n = 2, 6, 2, 16, 4
-    dyn_b, dyn_n = torch.export.Dim("B", min=1, max=4096), torch.export.Dim("n_img", min=1, max=100000)
-    dyn_s = torch.export.Dim("S", min=2, max=100000)
-    dyn_s16 = torch.export.Dim("S16", min=2, max=100016)  # v8t's padded token count
+def _reference_function(name: str, opset_version: int) -> onnx.FunctionProto:
+    from torch.export import Dim
+
+    # example sizes: all > 1 and distinct where they are separate axes (size 1 would be specialised)
+    b, s, h, d, n = 2, 6, 3, 16, 4
+    dyn_b, dyn_s, dyn_h = Dim("B", min=1, max=4096), Dim("S", min=2, max=100000), Dim("H", min=1, max=1024)
+    dyn_d = 2 * Dim("D2", min=1, max=512)  # even: RoPE rotates pairs
+    dyn_n = Dim("n_img", min=1, max=100000)
+    dyn_s16 = Dim("S16", min=2, max=100016)  # v8t's padded token count
     # distinct example tensors: the exporter merges inputs that are the same Python object
-    t = lambda *shape: torch.randn(*shape)  # noqa: E731
+    t = lambda *shape: torch.randn(*shape).to(_EXAMPLE_DTYPE)  # noqa: E731
+    f32 = lambda *shape: torch.randn(*shape)  # noqa: E731
     f8 = lambda *shape: torch.randn(*shape).to(FP8_DTYPE)  # noqa: E731
     kl = torch.full((b,), s, dtype=torch.int32)
-    x4 = {0: dyn_b, 1: dyn_s}
-    rope_dyn = (x4, x4, None, None, {0: dyn_n}, {0: dyn_n})
+    eps = torch.tensor(1e-6)
+    x4 = {0: dyn_b, 1: dyn_s, 2: dyn_h, 3: dyn_d}
+    bh, bhd = {0: dyn_b, 1: dyn_h}, {0: dyn_b, 1: dyn_h, 2: dyn_d}
+    rope_args = (t(b, s, h, d), t(b, s, h, d), t(d), t(d), f32(n, d), f32(n, d))
+    rope_dyn = (x4, x4, {0: dyn_d}, {0: dyn_d}, {0: dyn_n, 1: dyn_d}, {0: dyn_n, 1: dyn_d})
     specs = {
-        "qk_norm_rope": (_RopeRef(False, eps), (t(b, s, h, d), t(b, s, h, d), t(d), t(d), t(n, d), t(n, d)), rope_dyn),
-        "qk_norm_rope_fp8": (_RopeRef(True, eps),
-                             (t(b, s, h, d), t(b, s, h, d), t(d), t(d), t(n, d), t(n, d), t(h), t(h)),
-                             (*rope_dyn, None, None)),
+        "qk_norm_rope": (_RopeRef(), (*rope_args, eps), (*rope_dyn, None)),
+        "qk_norm_rope_fp8": (_RopeFp8Ref(), (*rope_args, f32(h), f32(h), eps),
+                             (*rope_dyn, {0: dyn_h}, {0: dyn_h}, None)),
         "attention": (_AttnRef(False), (t(b, s, h, d), t(b, s, h, d), t(b, s, h, d), kl), (x4, x4, x4, {0: dyn_b})),
         "attention_fp8": (_AttnRef(True),
-                          (f8(b, s, h, d), f8(b, s, h, d), f8(b, h, d, 16), t(b, h), t(b, h), t(b, h, d), kl),
-                          (x4, x4, {0: dyn_b, 3: dyn_s16}, {0: dyn_b}, {0: dyn_b}, {0: dyn_b}, {0: dyn_b})),
+                          (f8(b, s, h, d), f8(b, s, h, d), f8(b, h, d, 16), f32(b, h), f32(b, h), f32(b, h, d), kl),
+                          (x4, x4, {**bhd, 3: dyn_s16}, bh, bh, bhd, {0: dyn_b})),
     }  # fmt: skip
     # sliding-tile: S = 200 rows -> 2 query blocks of 128, 4 key blocks of 64 (sizes > 1: nothing specialises)
     s2 = 200
@@ -585,15 +626,14 @@ def _reference_function(name: str, eps: float, opset_version: int) -> onnx.Funct
     kv_cnt = torch.tensor([[[1, 2], [2, 3]]] * h, dtype=torch.int32)
     kv_end = torch.tensor([64, 128, 150, s2], dtype=torch.int32)
     kl2 = torch.full((b,), s2, dtype=torch.int32)
-    dyn_nqb = torch.export.Dim("NQB", min=1, max=10000)
-    lay_dyn = ({1: dyn_nqb, 2: torch.export.Dim("MAXK", min=1, max=20000)}, {1: dyn_nqb},
-               {0: torch.export.Dim("NKB", min=1, max=20000)})
+    dyn_hl, dyn_nqb = Dim("Hl", min=1, max=1024), Dim("NQB", min=1, max=10000)
+    lay_dyn = ({0: dyn_hl, 1: dyn_nqb, 2: Dim("MAXK", min=1, max=20000)}, {0: dyn_hl, 1: dyn_nqb},
+               {0: Dim("NKB", min=1, max=20000)})
     specs["attention_sta"] = (_StaRef(False), (t(b, s2, h, d), t(b, s2, h, d), t(b, s2, h, d), kl2, kv_idx, kv_cnt,
                                                kv_end), (x4, x4, x4, {0: dyn_b}, *lay_dyn))
-    specs["attention_sta_fp8"] = (_StaRef(True), (f8(b, s2, h, d), f8(b, s2, h, d), f8(b, h, d, 208), t(b, h), t(b, h),
-                                                  t(b, h, d), kl2, kv_idx, kv_cnt, kv_end),
-                                  (x4, x4, {0: dyn_b, 3: dyn_s16}, {0: dyn_b}, {0: dyn_b}, {0: dyn_b}, {0: dyn_b},
-                                   *lay_dyn))  # fmt: skip
+    specs["attention_sta_fp8"] = (_StaRef(True), (f8(b, s2, h, d), f8(b, s2, h, d), f8(b, h, d, 208), f32(b, h),
+                                                  f32(b, h), f32(b, h, d), kl2, kv_idx, kv_cnt, kv_end),
+                                  (x4, x4, {**bhd, 3: dyn_s16}, bh, bh, bhd, {0: dyn_b}, *lay_dyn))  # fmt: skip
     mod, args, dyn = specs[name]
     attrs = [*SCHEMAS[name]["attrs"], *PLUGIN_ATTRS]
     with contextlib.redirect_stdout(io.StringIO()):
@@ -602,11 +642,11 @@ def _reference_function(name: str, eps: float, opset_version: int) -> onnx.Funct
     return _graph_to_function(prog.model_proto, name, attrs)
 
 
-def attach_reference_functions(model: onnx.ModelProto, eps: float = 1e-6) -> onnx.ModelProto:
+def attach_reference_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` whose plugin nodes ONNX Runtime can execute (for CPU checks only)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     used = sorted({n.op_type for n in plugin_nodes(model)})
     opset = next(o.version for o in model.opset_import if o.domain == "")
-    out.functions.extend(reference_functions(used, eps, opset_version=opset))
+    out.functions.extend(reference_functions(used, opset_version=opset))
     return out

@@ -245,7 +245,7 @@ _layout_tensors: ContextVar = ContextVar("vidtrt_sta_layout_tensors", default=No
 @contextlib.contextmanager
 def layout_tensors(kv_idx: torch.Tensor, kv_cnt: torch.Tensor, kv_end: torch.Tensor) -> Iterator[None]:
     """Within the block, the STA plugin backends (``vidtrt.kernels.onnx_plugins``) attend with this layout,
-    given as tensors (the graph inputs of the STA plugin export: kv_idx [H, NQB, MAXK], kv_cnt [H, NQB, 2],
+    given as tensors (the graph inputs of the STA plugin export: kv_idx [H or 1, NQB, MAXK], kv_cnt [H or 1, NQB, 2],
     kv_end [NKB] int32, 128 x 64 blocks)."""
     token = _layout_tensors.set((kv_idx, kv_cnt, kv_end))
     try:

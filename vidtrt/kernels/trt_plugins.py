@@ -10,7 +10,8 @@ Plugins (namespace ``vidtrt``; ONNX nodes: op_type = name, ``plugin_namespace="v
                     of 16, 16-byte rows); q_scale, k_scale [B,H] fp32; v_scale [B,H,D] fp32;
                     key_lengths [B] int32 -> out [B,S,H,D] bf16
   attention_sta     attention's inputs + the block-sparse layout (sliding-tile windows):
-                    kv_idx [H,NQB,MAXK], kv_cnt [H,NQB,2], kv_end [NKB] int32 (128 x 64 blocks)
+                    kv_idx [H,NQB,MAXK], kv_cnt [H,NQB,2], kv_end [NKB] int32 (128 x 64 blocks;
+                    Hl = 1 instead of H: one layout read by every head)
   attention_sta_fp8 attention_fp8's inputs + the same layout
 
 Each plugin has an ``aot_impl`` returning the Triton kernel compiled to PTX (``kernels/aot.py``):

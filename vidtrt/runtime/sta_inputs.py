@@ -44,6 +44,8 @@ class StaInputs:
         self.groups, self.layer_group = window_groups(config.sparse_attention.layer_window_list(self.num_layers))
         # first layer of each group: where a step's window for that layout is read
         self.group_first = tuple(self.layer_group.index(g) for g in range(len(self.groups)))
+        # layouts per group in the graph (its sta_kv_idx_<g> [Hl, ...]): one for a window uniform over heads
+        self.layout_heads = tuple(self.heads if isinstance(w[0], (tuple, list)) else 1 for w in self.groups)
 
     def windows(self, step: SparseStep | None, tiles: tuple[int, int, int]) -> tuple:
         """One window per layout group for ``step`` (None: dense, a window covering ``tiles``)."""
@@ -74,7 +76,14 @@ class StaInputs:
         grid, tiles = grid_tiles[:3], grid_tiles[3:]
         out = {"sta_tile_rows": _tile_rows(grid, self.tile)}
         for g, window in enumerate(self.windows(step, tiles)):
-            kv_idx, kv_cnt, kv_end = _layout(grid, self.tile, window, int(text_length), self.heads)
+            hl = self.layout_heads[g]
+            if hl == 1 and isinstance(window[0], (tuple, list)):
+                if any(tuple(w) != tuple(window[0]) for w in window):
+                    raise EngineError(f"sparse step gives the layers of window {list(self.groups[g])} one window per "
+                                      "head; this STA plugin graph takes one layout for all heads there (the model "
+                                      "config's layer_windows): accepted one window for all heads")
+                window = tuple(window[0])
+            kv_idx, kv_cnt, kv_end = _layout(grid, self.tile, window, int(text_length), hl)
             out[f"sta_kv_idx_{g}"], out[f"sta_kv_cnt_{g}"] = kv_idx, kv_cnt
             out["sta_kv_end"] = kv_end
         return out
@@ -89,13 +98,16 @@ def _tile_rows(grid: tuple[int, int, int], tile: tuple[int, int, int]) -> np.nda
     return rows.numpy()  # cached: callers must not modify it
 
 
-@functools.lru_cache(maxsize=8)  # 720p: a sparse layout is ~25 MB of int32 per group, a dense one ~170 MB
+# 720p, 24 heads: a sparse layout per head is ~25 MB of int32 per group, a dense one ~170 MB; one for all heads
+# (heads=1: a window uniform over heads) is 1/24 of that
+@functools.lru_cache(maxsize=8)
 def _layout(grid, tile, window, text_length: int, heads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The layout arrays [heads, NQB, MAXK], [heads, NQB, 2], [NKB]; heads = 1: one uniform window."""
     tiles = TileGrid(grid, tile)
     per_head = isinstance(window[0], (tuple, list))
     lay = sliding_tile_layout(tiles, window, tiles.padded_tokens + text_length, *PLUGIN_BLOCKS,
                               heads=heads if per_head else None)
-    kv_idx = lay.kv_idx.expand(heads, -1, -1).contiguous().numpy()  # the plugins read one layout per head
+    kv_idx = lay.kv_idx.expand(heads, -1, -1).contiguous().numpy()  # a uniform window read per head: copies
     kv_cnt = lay.kv_cnt.expand(heads, -1, -1).contiguous().numpy()
     kv_end = lay.kv_end.contiguous().numpy()
     return kv_idx, kv_cnt, kv_end  # cached: callers must not modify them
