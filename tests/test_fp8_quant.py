@@ -209,7 +209,7 @@ def test_refusals_are_one_line(tiny_state, tmp_path, capsys):
         assert cli_main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and err.startswith("vidtrt: error:") and words in err, err
-    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").glob("*.onnx"))
+    assert not (tmp_path / "o").exists() and not (tmp_path / "q").exists()  # refused before creating --out
 
 
 # ------------------------------------------------------------------------------------- FP8 ONNX

@@ -412,17 +412,17 @@ def export_components(model: str | Path | ModelSource = "tiny", out: str | Path 
     if unknown:
         raise ExportError(f"unknown component {unknown[0]!r} of a {source.family.name} model; "
                           f"accepted: {list(accepted)}")
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ExportError(f"cannot create --out folder {out}: {one_line(e)}") from None
-    config = source.config
     state = None
     if quantized is not None and "dit" in names:
         from vidtrt.source.quant_state import QuantState
 
         state = QuantState.load(quantized, source)  # refused here (one line) before any export work
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)  # after every refusal: a refused export leaves no folder
+    except OSError as e:
+        raise ExportError(f"cannot create --out folder {out}: {one_line(e)}") from None
+    config = source.config
     specs = source.specs(names)
     fingerprint = source.fingerprint
     manifest = {
