@@ -24,6 +24,8 @@ def _one_line_exit_2(argv, capsys) -> str:
 @pytest.mark.parametrize("argv, needle", [
     (["run", "a cat", "--model", "tiny-cogvideox", "--nproc-per-node", "2"], "sequence parallelism runs HunyuanVideo"),
     (["build", "--model", "tiny-cogvideox", "--sp-degree", "2"], "sequence parallelism runs HunyuanVideo"),
+    # the family, not TensorRT's install hint (TensorRT is not installed here): installing it would not help
+    (["build", "--model", "tiny-cogvideox", "--engine", "tensorrt"], "TensorRT plans are built for HunyuanVideo only"),
 ])
 def test_hunyuan_only_features_refuse_cogvideox(argv, needle, tmp_path, capsys):
     out = tmp_path / ("x.npy" if argv[0] == "run" else "out")

@@ -36,9 +36,9 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-policy", choices=["truncate", "error"], default="truncate",
                         help="what to do with a prompt longer than the text encoder's limit")
     parser.add_argument("--cache-policy", default=None,
-                        help="step caching: none, easycache or teacache (HunyuanVideo; skips DiT calls while the "
-                             "estimated change of its output stays under --cache-threshold; default: the model's, "
-                             "none)")
+                        help="step caching: none, easycache or teacache (both families; each skips DiT calls while "
+                             "its estimated change stays under --cache-threshold, after --cache-warmup-steps; "
+                             "default: the model's, none)")
     parser.add_argument("--cache-threshold", type=float, default=None,
                         help="step caching: accumulated relative change that calls the DiT again; 0 = never skip "
                              "(model default 0.025; docs/step-caching.md)")

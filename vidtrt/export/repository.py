@@ -76,6 +76,18 @@ def _render(template_path: Path, **values: object) -> str:
 QUANT_SUBDIR = "quant"  # torch fp8 DiT models: the `vidtrt quantize` state, in the version folder
 
 
+def _family_without_writing(model):
+    """The family of ``model`` without materialising an embedded preset's checkpoint (a folder or ModelSource
+    is opened: that only reads its config files)."""
+    from vidtrt.config.families import FAMILIES
+    from vidtrt.config.model_config import EMBEDDED_PRESETS
+    from vidtrt.source.model_source import ModelSource
+
+    if isinstance(model, str) and model in EMBEDDED_PRESETS:
+        return FAMILIES["cogvideox" if model.endswith("cogvideox") else "hunyuan_video"]
+    return ModelSource.open(model).family
+
+
 def build_repository(
     model: str | os.PathLike = "tiny",
     out_dir: str | os.PathLike = "build/model_repository",
@@ -152,6 +164,7 @@ def build_repository(
         tensorrt_build.TensorRTBuildConfig(precision, profiles=trt_profiles).validate()
         if quantized is not None and precision != "fp8":
             raise RepositoryError("--quantized needs --precision fp8")
+        tensorrt_build.check_family(_family_without_writing(model))  # a refused family: no install hint
         trt = tensorrt_build.require_tensorrt()  # one line, before anything is exported or written
         device = "cuda"
     elif quantized is not None and (engine != "torch" or precision != "fp8"):
@@ -160,8 +173,9 @@ def build_repository(
     elif precision not in PRECISIONS:
         raise RepositoryError(f"invalid precision {precision!r}: accepted {list(PRECISIONS)}")
     if engine == "onnxruntime" and precision not in ("auto", "fp32"):
-        raise RepositoryError(f"precision {precision!r} needs --engine torch; the {engine} engine runs the "
-                              "exported fp32 ONNX (accepted with it: 'auto', 'fp32')")
+        raise RepositoryError(f"precision {precision!r} needs --engine torch; the {engine} engine runs what "
+                              "--artifacts holds (FP8: `vidtrt export --quantized`) (accepted with it: 'auto', "
+                              "'fp32')")
     precision = precision if engine == "tensorrt" else resolve_precision(precision, device)
     for name, n in (("dit_instances", dit_instances), ("text_encoder_instances", text_encoder_instances),
                     ("vae_decoder_instances", vae_decoder_instances),

@@ -530,15 +530,20 @@ class PlanSet:
     host: TensorRTHost
 
 
+def check_family(family) -> None:
+    """TensorRTBuildError (one line) for a model family (a ModelFamily) without TensorRT plans (CogVideoX, so far)."""
+    if family.name != "hunyuan_video":
+        raise TensorRTBuildError(f"TensorRT plans are built for HunyuanVideo only, so far (not "
+                                 f"{family.name}: its VAE is a frame-batch graph the plan component does not "
+                                 "loop over); accepted engines here: torch, onnxruntime")
+
+
 def build_plans(source, precision: str, work: str | Path, *, artifacts: str | Path | None = None,
                 quantized: str | Path | None = None, config: TensorRTBuildConfig | None = None, trt=None,
                 host: TensorRTHost | None = None, log: Callable[[str], None] | None = print) -> PlanSet:
     """ONNX (:func:`onnx_sources`) -> one plan per :data:`TRT_COMPONENTS` entry in ``work/plans-<precision>/``
     (``config.timing_cache`` None: :func:`default_timing_cache`)."""
-    if source.family.name != "hunyuan_video":  # before TensorRT is imported: the same line on any machine
-        raise TensorRTBuildError(f"TensorRT plans are built for HunyuanVideo only, so far (not "
-                                 f"{source.family.name}: its VAE is a frame-batch graph the plan component does not "
-                                 "loop over); accepted engines here: torch, onnxruntime")
+    check_family(source.family)  # before TensorRT is imported: the same line on any machine
     trt = trt or require_tensorrt()
     if host is None:
         name, cc = gpu_identity(0)

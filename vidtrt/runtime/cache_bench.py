@@ -61,7 +61,8 @@ def add_cache_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help="denoising steps (default 30)")
     parser.add_argument("--height", type=int, default=None, help="pixels (model default)")
     parser.add_argument("--width", type=int, default=None, help="pixels (model default)")
-    parser.add_argument("--frames", type=int, default=None, dest="num_frames", help="video frames, 4k + 1")
+    parser.add_argument("--frames", type=int, default=None, dest="num_frames",
+                        help="video frames, 4k + 1 (CogVideoX: 8k + 1; 1.5: 16k + 1)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed of every run (default 0)")
     parser.add_argument("--true-cfg-scale", type=float, default=None,
                         help="> 1: true CFG with the model's negative prompt (two DiT calls per step)")
