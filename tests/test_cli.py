@@ -286,3 +286,14 @@ def test_argument_errors_are_one_line(capsys, argv, fragment):
     out, err = capsys.readouterr()
     assert e.value.code == 2 and out == "", (e.value.code, out, err)
     assert err.count("\n") == 1 and err.startswith("vidtrt") and fragment in err and "--help" in err, err
+
+
+def test_serve_refuses_a_folder_without_models(tmp_path, capsys):
+    """`vidtrt serve` on a folder that holds no Triton model (e.g. a `vidtrt export` folder), or on a missing one:
+    one line, exit 2, before tritonserver starts (it would start on an empty folder and serve nothing)."""
+    export_like = tmp_path / "export"
+    (export_like / "sub").mkdir(parents=True)
+    (export_like / "manifest.json").write_text("{}")
+    for repo, words in ((export_like, "holds no Triton model"), (tmp_path / "missing", "is not a directory")):
+        code, out, err = _run(capsys, ["serve", "--repository", str(repo)])
+        assert code == 2 and out == "" and err.count("\n") == 1 and words in err and "starting" not in err, err

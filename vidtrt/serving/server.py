@@ -879,6 +879,7 @@ def serve_main(args: argparse.Namespace) -> int:
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        _check_repository(srv.repository)
         print(f"starting {srv.command()[0]} on {srv.repository} (log: {srv.log_path})", file=sys.stderr, flush=True)
         srv.start()
         models = ", ".join(sorted(p.name for p in srv.repository.iterdir() if (p / "config.pbtxt").is_file()))
@@ -925,6 +926,16 @@ def serve_main(args: argparse.Namespace) -> int:
         srv.stop()
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def _check_repository(repository: Path) -> None:
+    """ServerError (one line) unless ``repository`` is a folder holding at least one Triton model
+    (``<model>/config.pbtxt``): tritonserver itself would start on an empty one and serve nothing."""
+    if not repository.is_dir():
+        raise ServerError(f"model repository {str(repository)!r} is not a directory (build one with `vidtrt build`)")
+    if not any((p / "config.pbtxt").is_file() for p in repository.iterdir()):
+        raise ServerError(f"{str(repository)!r} holds no Triton model (no <model>/config.pbtxt): pass a folder "
+                          "`vidtrt build` wrote (a `vidtrt export` folder goes to `vidtrt build --artifacts`)")
 
 
 def _copy_new(path: Path, pos: int) -> int:
