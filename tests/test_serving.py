@@ -246,6 +246,11 @@ def test_generate_cli_against_the_server(srv, pipe, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "'cogvideox'" in err[0] and "it serves hunyuan_video" in err[0], err
     assert not (tmp_path / "z.npy").exists()
+    # a component model is served but is not a generation model: one line, before any request
+    rc = main(["generate", PROMPT, "--url", srv.grpc_url, "-o", str(tmp_path / "z.npy"), "--model-name",
+               "hunyuan_video_dit"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "not a vidtrt generation model" in err[0], err
 
 
 def test_metrics_endpoint_shows_the_custom_metrics(srv):

@@ -199,6 +199,12 @@ class VideoClient:
     def check_model_ready(self) -> None:
         """Raise VidtrtError (one line, exit 2) when this client's model is not ready on the server, naming the
         vidtrt generation models that are; TransportError when the server cannot be asked."""
+        from vidtrt.config.families import FAMILIES
+
+        generation = {name for f in FAMILIES.values() for name in (f.stream_model, f.sync_model)}
+        if self.model_name not in generation:  # e.g. a component model (cogvideox_dit): it takes other inputs
+            raise VidtrtError(f"{self.model_name!r} is not a vidtrt generation model: accepted "
+                              f"{sorted(f.stream_model for f in FAMILIES.values())} (or leave out --model-name)")
         client = self._make_client()
         try:
             ready = client.is_model_ready(self.model_name)
