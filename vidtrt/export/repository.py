@@ -79,12 +79,13 @@ QUANT_SUBDIR = "quant"  # torch fp8 DiT models: the `vidtrt quantize` state, in 
 def _family_without_writing(model):
     """The family of ``model`` without materialising an embedded preset's checkpoint (a folder or ModelSource
     is opened: that only reads its config files)."""
+    from vidtrt.config.cogvideox_config import COGVIDEOX_PRESETS
     from vidtrt.config.families import FAMILIES
     from vidtrt.config.model_config import EMBEDDED_PRESETS
     from vidtrt.source.model_source import ModelSource
 
     if isinstance(model, str) and model in EMBEDDED_PRESETS:
-        return FAMILIES["cogvideox" if model.endswith("cogvideox") else "hunyuan_video"]
+        return FAMILIES["cogvideox" if model in COGVIDEOX_PRESETS else "hunyuan_video"]
     return ModelSource.open(model).family
 
 
